@@ -1,0 +1,100 @@
+"""The main job on built-in data: break a deep net, watch its gradients vanish, fix it, compare.
+
+A 12-layer sigmoid MLP with PyTorch's default init trains on scikit-learn's digits under
+`gw.watch`; its first layer's gradient is about 1e-9 of its last. The same net with ReLU and He
+init trains to ~95% accuracy with gradients level across depth. Both runs are written to disk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+
+from .lab.models import he_init, mlp
+from .lab.tasks import digits
+from .monitor import watch
+from .report.terminal import compare_table
+
+DEPTH, WIDTH, EPOCHS, BATCH, LR = 12, 64, 20, 64, 0.02
+
+
+@dataclass
+class DemoRun:
+    name: str
+    description: str
+    accuracy: float
+    final_loss: float
+    stats: pd.DataFrame
+    layers: list[str]
+    types: dict[str, str]
+    path: Path
+
+
+def _train(name, description, model, data, out: Path, progress: Progress, seed: int) -> DemoRun:
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
+    n = len(data.x_train)
+    steps_per_epoch = -(-n // BATCH)
+    task = progress.add_task(description, total=EPOCHS * steps_per_epoch)
+    gen = torch.Generator().manual_seed(seed)
+    loss = torch.tensor(float("nan"))
+    with watch(model, opt, log_dir=out / name, overwrite=True) as w:
+        for _ in range(EPOCHS):
+            perm = torch.randperm(n, generator=gen)
+            for i in range(0, n, BATCH):
+                idx = perm[i : i + BATCH]
+                opt.zero_grad()
+                loss = nn.functional.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+                loss.backward()
+                opt.step()
+                progress.advance(task)
+    with torch.no_grad():
+        acc = (model(data.x_test).argmax(1) == data.y_test).float().mean().item()
+    types = {name or "(root)": type(m).__name__ for name, m in model.named_modules()}
+    return DemoRun(name, description, acc, loss.item(), w.stats(), w.layers(), types, w.log_dir)
+
+
+def run_demo(out: str | Path = "runs/demo", seed: int = 0, console: Console | None = None) -> list[DemoRun]:
+    """Train the broken and the fixed net, print the comparison, return both runs."""
+    console = console or Console()
+    out = Path(out)
+    data = digits(seed)
+    console.print(
+        f"[bold]gradwatch demo[/]: a {DEPTH}-layer MLP on scikit-learn's digits "
+        f"({len(data.x_train)} train / {len(data.x_test)} test images), {EPOCHS} epochs of SGD."
+    )
+    runs = []
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=True,
+    ) as progress:
+        torch.manual_seed(seed)
+        broken = mlp(data.n_features, data.n_classes, DEPTH, WIDTH, nn.Sigmoid)
+        runs.append(_train("broken", "sigmoid, default init", broken, data, out, progress, seed))
+        torch.manual_seed(seed)
+        fixed = he_init(mlp(data.n_features, data.n_classes, DEPTH, WIDTH, nn.ReLU))
+        runs.append(_train("fixed", "ReLU, He init", fixed, data, out, progress, seed))
+
+    a, b = runs
+    console.print(
+        compare_table(
+            {f"{r.name}": r.stats for r in runs},
+            a.layers,
+            a.types,
+            title="Median gradient norm per layer, first layer at the top",
+        )
+    )
+    for r in runs:
+        g = r.stats[r.stats["metric"] == "grad_norm"].groupby("layer")["value"].median()
+        first, last = g.get(r.layers[0]), g.get(r.layers[-1])
+        console.print(
+            f"[bold]{r.name}[/] ({r.description}): test accuracy [bold]{r.accuracy:.1%}[/], "
+            f"final loss {r.final_loss:.3f}; first layer's gradient is {first / last:.1e} of the last's."
+        )
+    console.print(f"Runs written to [bold]{a.path}[/] and [bold]{b.path}[/] (read with gw.load).")
+    return runs

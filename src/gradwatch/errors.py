@@ -1,0 +1,23 @@
+"""Errors a user can cause. Each message is one sentence: what is wrong and what to do."""
+
+from __future__ import annotations
+
+
+class GradwatchError(Exception):
+    """Base class; the CLI prints the message and exits 2 instead of showing a traceback."""
+
+
+class RunNotFoundError(GradwatchError):
+    """A path given as a run directory holds no gradwatch run."""
+
+
+class CorruptRunError(GradwatchError):
+    """A run directory exists but its files cannot be read."""
+
+
+class RunExistsError(GradwatchError):
+    """`log_dir` already holds a run that would be overwritten."""
+
+
+class WatchError(GradwatchError):
+    """A Watch was used in a way that cannot work (closed, unsupported model, ...)."""

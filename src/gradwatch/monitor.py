@@ -1,0 +1,342 @@
+"""`Watch`: owns the probes, the step counter, the on-device step table and flushing to the store."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from . import __version__
+from ._layers import ForwardOrder, ParamLayer, model_device, param_bytes, param_layers, unwrap
+from .errors import WatchError
+from .probes.base import ABSENT, Probe, StepTable
+from .probes.params import ParamProbe
+from .probes.updates import UpdateProbe
+from .store import RunWriter, empty_stats, normalize
+
+
+class Watch:
+    """Watches one model's training. Create it with `gradwatch.watch(...)`.
+
+    Every `every`-th optimizer step is recorded (step 0, the first update, always is). With an
+    optimizer the recording happens in its step hooks; without one, call `step()` after
+    `backward()` and before the optimizer changes the weights.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        every: int = 1,
+        log_dir: str | os.PathLike | None = None,
+        flush_every: int = 100,
+        update_memory: float = 0.25,
+        overwrite: bool = False,
+    ):
+        if not isinstance(model, nn.Module):
+            raise WatchError(f"gw.watch() needs a torch.nn.Module, got {type(model).__name__}.")
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise WatchError(
+                f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}; "
+                "pass optimizer=None and call w.step() yourself."
+            )
+        for name, value in (("every", every), ("flush_every", flush_every)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise WatchError(f"{name} must be a positive integer, got {value!r}.")
+        self.model = unwrap(model)
+        self.optimizer = optimizer
+        self.every = every
+        self.flush_every = flush_every
+        self._player: list[ParamLayer] = param_layers(self.model)
+        if not self._player:
+            raise WatchError("The model has no parameters, so there is no gradient to watch.")
+        self._order = ForwardOrder(self.model)
+        self._table = StepTable(flush_every, model_device(self.model))
+        self._params_probe = ParamProbe(self._player)
+        self._update_probe = UpdateProbe(self._player, update_memory)
+        self._probes: list[Probe] = [self._params_probe, self._update_probe]
+        for probe in self._probes:
+            self._table.declare(probe.columns, probe.rows())
+        self._table.allocate()
+        for probe in self._probes:
+            probe.bind(self._table)
+        self._settings = {
+            "every": every,
+            "flush_every": flush_every,
+            "update_memory": update_memory,
+            "optimizer": type(optimizer).__name__ if optimizer is not None else None,
+        }
+        self._step = 0
+        self._slot = 0
+        self._slot_steps: list[int] = []
+        self._in_update: int | None = None  # slot whose optimizer update is under way
+        self._pending: int | None = None  # manual mode: slot whose update the next step() measures
+        self._chunks: list[pd.DataFrame] = []
+        self._closed = False
+        self._started = _now()
+        self._writer = RunWriter(log_dir, overwrite=overwrite) if log_dir is not None else None
+        self._handles = []
+        if optimizer is not None:
+            self._handles.append(optimizer.register_step_pre_hook(self._on_pre_step))
+            self._handles.append(optimizer.register_step_post_hook(self._on_post_step))
+        self._write_meta()
+        self._arm()
+
+    # ----------------------------------------------------------------- the step lifecycle
+
+    def _recording(self) -> bool:
+        return self._step % self.every == 0
+
+    def _arm(self) -> None:
+        for probe in self._probes:
+            probe.arm() if self._recording() else probe.disarm()
+
+    def _record(self) -> int:
+        if self._order.active and self._order.seen_any:
+            self._order.finish()
+        slot = self._slot
+        for probe in self._probes:
+            probe.record(slot)
+        return slot
+
+    def _commit(self, slot: int) -> None:
+        self._slot_steps.append(self._step)
+        self._slot += 1
+
+    def _advance(self) -> None:
+        self._step += 1
+        if self._slot == self.flush_every and self._pending is None:
+            self.flush()
+        self._arm()
+
+    def _on_pre_step(self, optimizer, args, kwargs) -> None:
+        if self._in_update is not None:  # the previous step() raised before finishing
+            self._update_probe.discard()
+            self._in_update = None
+        if self._recording():
+            self._in_update = self._record()
+
+    def _on_post_step(self, optimizer, args, kwargs) -> None:
+        if self._in_update is not None:
+            slot, self._in_update = self._in_update, None
+            for probe in self._probes:
+                probe.after_update(slot)
+            self._commit(slot)
+        self._advance()
+
+    def step(self) -> None:
+        """Mark one optimizer step when no optimizer was given: call after `backward()`.
+
+        The update ratio of a step is measured at the next call (the weights have changed by then).
+        """
+        self._check_open()
+        if self.optimizer is not None:
+            raise WatchError(
+                "This watch hooks the optimizer's step already; remove the call to w.step()."
+            )
+        self._finish_pending()
+        if self._recording():
+            slot = self._record()
+            self._commit(slot)
+            self._pending = slot
+        self._advance()
+
+    def _finish_pending(self) -> None:
+        if self._pending is not None:
+            slot, self._pending = self._pending, None
+            for probe in self._probes:
+                probe.after_update(slot)
+        if self._slot == self.flush_every:
+            self.flush()
+
+    # ----------------------------------------------------------------- results
+
+    def flush(self) -> None:
+        """Copy the recorded steps to the host (one transfer) and append them to the store."""
+        n = self._slot
+        if n == 0:
+            return
+        raw = self._table.take(n)
+        steps = np.asarray(self._slot_steps[:n], dtype=np.int64)
+        self._slot, self._slot_steps = 0, self._slot_steps[n:]
+        metrics: dict[str, np.ndarray] = {}
+        for probe in self._probes:
+            metrics.update(probe.finalize(raw))
+        df = _long_table(metrics, steps, self._table.rows)
+        self._chunks.append(df)
+        if self._writer is not None:
+            if len(self._chunks) == 1:
+                self._write_meta()  # the forward order is known now
+            self._writer.append(df)
+
+    def stats(self) -> pd.DataFrame:
+        """Every recorded number so far, long format: step, layer, metric, value, index."""
+        if not self._closed and self._pending is None:
+            self.flush()
+        if not self._chunks:
+            return empty_stats()
+        return normalize(pd.concat(self._chunks, ignore_index=True))
+
+    def layers(self) -> list[str]:
+        """Layer names in forward order (registration order until the first forward pass)."""
+        return self._order.order(list(self._table.rows))
+
+    @property
+    def log_dir(self):
+        return self._writer.path if self._writer is not None else None
+
+    @property
+    def update_extra_bytes(self) -> int:
+        """Peak extra memory the update-ratio snapshots hold (bytes)."""
+        return self._update_probe.extra_bytes
+
+    # ----------------------------------------------------------------- closing
+
+    def close(self) -> None:
+        """Flush what is left, remove every hook and finish the run directory. Idempotent."""
+        if self._closed:
+            return
+        if self._pending is not None:
+            slot, self._pending = self._pending, None
+            for probe in self._probes:
+                probe.after_update(slot)
+        self._in_update = None
+        self.flush()
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._order.finish()
+        for probe in self._probes:
+            probe.disarm()
+            probe.close()
+        self._closed = True
+        if self._writer is not None:
+            self._writer.compact()
+            self._write_meta(finished=True)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise WatchError("This watch is closed; start a new one with gw.watch().")
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<Watch {type(self.model).__name__} step={self._step} layers={len(self._table.rows)} {state}>"
+
+    # ----------------------------------------------------------------- metadata
+
+    def meta(self) -> dict:
+        types = {name or "(root)": type(m).__name__ for name, m in self.model.named_modules()}
+        by_name = {layer.name: layer for layer in self._player}
+        order = self.layers()
+        meta = {
+            "format": 1,
+            "gradwatch_version": __version__,
+            "torch_version": torch.__version__,
+            "python_version": platform.python_version(),
+            "device": str(self._table.device),
+            "started": self._started,
+            "finished": None,
+            "settings": self._settings,
+            "model": {
+                "class": type(self.model).__name__,
+                "n_params": sum(layer.n_params for layer in self._player),
+                "param_bytes": param_bytes(self.model),
+                "layers": [
+                    {
+                        "name": name,
+                        "type": types.get(name, "?"),
+                        "n_params": by_name[name].n_params if name in by_name else 0,
+                        "n_trainable": by_name[name].n_trainable if name in by_name else 0,
+                    }
+                    for name in order
+                ],
+            },
+            "layer_order": order,
+            "steps_seen": self._step,
+        }
+        for probe in self._probes:
+            meta["settings"].update(probe.meta())
+        return meta
+
+    def _write_meta(self, finished: bool = False) -> None:
+        if self._writer is None:
+            return
+        meta = self.meta()
+        if finished:
+            meta["finished"] = _now()
+        self._writer.write_meta(meta)
+
+
+def _long_table(metrics: dict[str, np.ndarray], steps: np.ndarray, rows: list[str]) -> pd.DataFrame:
+    """Turn per-metric `[steps, rows]` arrays into the long table, skipping absent entries."""
+    frames = []
+    names = np.asarray(rows, dtype=object)
+    for metric, values in metrics.items():
+        present = ~(values < 0)  # NaN compares False: a measured NaN stays
+        i, j = np.nonzero(present)
+        if len(i) == 0:
+            continue
+        frames.append(
+            pd.DataFrame(
+                {
+                    "step": steps[i],
+                    "layer": names[j],
+                    "metric": metric,
+                    "value": values[i, j].astype(np.float64),
+                    "index": np.full(len(i), -1, dtype=np.int64),
+                }
+            )
+        )
+    if not frames:
+        return empty_stats()
+    df = pd.concat(frames, ignore_index=True).sort_values(["step"], kind="stable")
+    return normalize(df.reset_index(drop=True))
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def watch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    every: int = 1,
+    log_dir: str | os.PathLike | None = None,
+    flush_every: int = 100,
+    update_memory: float = 0.25,
+    overwrite: bool = False,
+) -> Watch:
+    """Watch `model`'s gradient flow while it trains; use as a context manager or call `close()`.
+
+    every: record every N-th optimizer step (step 0 always).
+    log_dir: write a run directory there (meta.json, stats.parquet/); read it with `gw.load`.
+    flush_every: recorded steps kept on the device between copies to the host.
+    update_memory: the update ratio snapshots at most this fraction of the parameter bytes per
+        step (the layers take turns), instead of a copy of the whole model.
+    """
+    return Watch(
+        model,
+        optimizer,
+        every=every,
+        log_dir=log_dir,
+        flush_every=flush_every,
+        update_memory=update_memory,
+        overwrite=overwrite,
+    )
+
+

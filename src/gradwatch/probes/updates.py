@@ -1,0 +1,123 @@
+"""Update probe: ‖w_after − w_before‖ / ‖w_before‖ of each optimizer step, within a memory budget.
+
+Snapshotting every weight before every step would double the model's memory. Instead the layers
+are packed into groups whose parameters fit in `memory` × (parameter bytes), and each recorded
+step snapshots one group, in turn. Every layer's ratio is then exact, measured every
+`len(groups)` recorded steps; a layer bigger than the budget forms a group of its own, so the peak
+extra memory is max(budget, largest layer).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .._layers import ParamLayer
+from .base import ABSENT, Probe, StepTable
+from .params import sq_norms
+
+
+def pack_groups(sizes: list[int], budget: float) -> list[list[int]]:
+    """Greedily pack consecutive items into groups whose total size is at most `budget`."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    used = 0
+    for i, size in enumerate(sizes):
+        if current and used + size > budget:
+            groups.append(current)
+            current, used = [], 0
+        current.append(i)
+        used += size
+    if current:
+        groups.append(current)
+    return groups
+
+
+class UpdateProbe(Probe):
+    columns = ("update_sq",)
+
+    def __init__(self, layers: list[ParamLayer], memory: float = 0.25):
+        if memory <= 0:
+            raise ValueError("update_memory must be > 0 (a fraction of the model's parameter bytes)")
+        self.layers = [
+            (i, [p for p in layer.params if p.requires_grad]) for i, layer in enumerate(layers)
+        ]
+        self.layers = [(i, ps) for i, ps in self.layers if ps]
+        self._names = [layers[i].name for i, _ in self.layers]
+        sizes = [sum(p.numel() * p.element_size() for p in ps) for _, ps in self.layers]
+        total = sum(p.numel() * p.element_size() for layer in layers for p in layer.params)
+        self.groups = pack_groups(sizes, memory * total)
+        self.extra_bytes = max((sum(sizes[i] for i in g) for g in self.groups), default=0)
+        self._turn = 0
+        self._pending: tuple[int, int] | None = None
+
+    def rows(self) -> list[str]:
+        return self._names
+
+    def bind(self, table: StepTable) -> None:
+        super().bind(table)
+        self._col = table.column("update_sq")
+        # One flat buffer per (device, dtype), sized for the largest group; views are cut per group.
+        need: dict[tuple[torch.device, torch.dtype], int] = {}
+        for group in self.groups:
+            used: dict[tuple[torch.device, torch.dtype], int] = {}
+            for j in group:
+                for p in self.layers[j][1]:
+                    key = (p.device, p.dtype)
+                    used[key] = used.get(key, 0) + p.numel()
+            for key, n in used.items():
+                need[key] = max(need.get(key, 0), n)
+        self._flat = {k: torch.empty(n, device=k[0], dtype=k[1]) for k, n in need.items()}
+        self._plans = [self._plan(group) for group in self.groups]
+
+    def _plan(self, group: list[int]):
+        offsets = dict.fromkeys(self._flat, 0)
+        params, views, owners = [], [], []
+        for pos, j in enumerate(group):
+            for p in self.layers[j][1]:
+                key = (p.device, p.dtype)
+                start = offsets[key]
+                views.append(self._flat[key][start : start + p.numel()].view_as(p))
+                offsets[key] = start + p.numel()
+                params.append(p)
+                owners.append(pos)
+        rows = self.table.row_index([self._names[j] for j in group])
+        owner_t = torch.tensor(owners, device=self.table.device)
+        return params, views, owner_t, rows
+
+    @torch.no_grad()
+    def record(self, slot: int) -> None:
+        """Snapshot this turn's group just before the optimizer changes it."""
+        if not self.groups:
+            return
+        g = self._turn % len(self.groups)
+        params, views, _, _ = self._plans[g]
+        torch._foreach_copy_(views, [p.detach() for p in params])
+        self._pending = (slot, g)
+
+    @torch.no_grad()
+    def after_update(self, slot: int) -> None:
+        if self._pending is None or self._pending[0] != slot:
+            return
+        _, g = self._pending
+        self._pending = None
+        self._turn += 1
+        params, views, owner_t, rows = self._plans[g]
+        torch._foreach_sub_(views, [p.detach() for p in params])  # views now hold w_before - w_after
+        sq = sq_norms(views, self.table.device)
+        per_layer = torch.zeros(len(rows), dtype=torch.float64, device=self.table.device)
+        per_layer.index_add_(0, owner_t, sq)
+        self.table.write(slot, self._col, rows, per_layer)
+
+    def discard(self) -> None:
+        """Forget a snapshot whose update never happened (the optimizer step raised)."""
+        self._pending = None
+
+    def finalize(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        upd, w = raw["update_sq"], raw["weight_sq"]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.sqrt(np.abs(upd)) / np.sqrt(np.abs(w))
+        return {"update_ratio": np.where((upd < 0) | (w < 0), ABSENT, ratio)}
+
+    def meta(self) -> dict:
+        return {"update_groups": len(self.groups), "update_extra_bytes": self.extra_bytes}

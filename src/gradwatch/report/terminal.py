@@ -1,0 +1,71 @@
+"""Rich terminal views of the stats table."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from rich.table import Table
+from rich.text import Text
+
+BAR_WIDTH = 16
+
+
+def layer_medians(stats: pd.DataFrame, metric: str = "grad_norm") -> pd.Series:
+    """Median of `metric` per layer over all recorded steps (NaN-aware)."""
+    rows = stats[(stats["metric"] == metric) & (stats["index"] == -1)]
+    return rows.groupby("layer", sort=False)["value"].median()
+
+
+def log_bar(value: float, lo: float, hi: float, width: int = BAR_WIDTH) -> Text:
+    """A bar whose length is `value` on a log scale from `lo` to `hi`."""
+    if not np.isfinite(value):
+        return Text("non-finite".ljust(width), style="bold red")
+    if value <= 0:
+        return Text("".ljust(width))
+    span = max(math.log10(hi) - math.log10(lo), 1e-12)
+    frac = (math.log10(value) - math.log10(lo)) / span
+    n = max(1, round(min(max(frac, 0.0), 1.0) * width))
+    style = "red" if frac < 0.33 else "yellow" if frac < 0.66 else "green"
+    return Text("█" * n + " " * (width - n), style=style)
+
+
+def compare_table(
+    runs: dict[str, pd.DataFrame],
+    layers: list[str],
+    types: dict[str, str] | None = None,
+    metric: str = "grad_norm",
+    title: str | None = None,
+) -> Table:
+    """One row per layer (first to last), one value-and-bar column pair per run, on one log scale."""
+    medians = {name: layer_medians(df, metric) for name, df in runs.items()}
+    positive = [
+        v for m in medians.values() for v in m.to_numpy() if np.isfinite(v) and v > 0
+    ]
+    lo, hi = (min(positive), max(positive)) if positive else (1e-12, 1.0)
+    table = Table(
+        title=title,
+        title_justify="left",
+        caption=f"{metric}, bars on a log scale from {lo:.0e} to {hi:.0e}",
+        caption_justify="left",
+        show_edge=False,
+        pad_edge=False,
+    )
+    table.add_column("layer", style="bold", no_wrap=True)
+    if types:
+        table.add_column("type", style="dim", no_wrap=True)
+    for name in runs:
+        table.add_column(name, justify="right", no_wrap=True)
+        table.add_column("", no_wrap=True, min_width=BAR_WIDTH)
+    for layer in layers:
+        if not any(layer in m.index for m in medians.values()):
+            continue
+        cells: list[str | Text] = [layer]
+        if types:
+            cells.append(types.get(layer, ""))
+        for m in medians.values():
+            v = float(m.get(layer, float("nan")))
+            cells += [f"{v:.2e}" if not math.isnan(v) else "-", log_bar(v, lo, hi)]
+        table.add_row(*cells)
+    return table

@@ -1,0 +1,214 @@
+"""The run directory: `meta.json`, `stats.parquet/` and `findings.json`, written so a killed process
+loses nothing that was flushed.
+
+`stats.parquet` is a Parquet dataset directory: each flush adds one part file, written under a
+hidden temporary name and renamed into place (atomic on POSIX), so a reader never sees half a
+part. On close the parts are compacted into one; a part whose flush range lies inside another's
+is a leftover of a compaction that was interrupted and is skipped when reading.
+`pandas.read_parquet(run_dir / "stats.parquet")` works on it directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import CorruptRunError, RunExistsError, RunNotFoundError
+
+STATS_DIR = "stats.parquet"
+META = "meta.json"
+FINDINGS = "findings.json"
+COLUMNS = ("step", "layer", "metric", "value", "index")
+_PART = re.compile(r"^part-(\d{8})-(\d{8})\.parquet$")
+_SCHEMA = pa.schema(
+    [
+        ("step", pa.int64()),
+        ("layer", pa.string()),
+        ("metric", pa.string()),
+        ("value", pa.float64()),
+        ("index", pa.int64()),
+    ]
+)
+
+
+def empty_stats() -> pd.DataFrame:
+    return normalize(pd.DataFrame({c: [] for c in COLUMNS}))
+
+
+def normalize(df: pd.DataFrame) -> pd.DataFrame:
+    """The one dtype layout of a stats table, whether it came from memory or from disk."""
+    return pd.DataFrame(
+        {
+            "step": df["step"].to_numpy(dtype="int64"),
+            "layer": df["layer"].astype(str).to_numpy(dtype=object),
+            "metric": df["metric"].astype(str).to_numpy(dtype=object),
+            "value": df["value"].to_numpy(dtype="float64"),
+            "index": df["index"].to_numpy(dtype="int64"),
+        }
+    ).astype({"layer": "str", "metric": "str"})
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    _write_atomic(path, json.dumps(obj, indent=2, default=_json_default).encode())
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "to_dict"):
+        return o.to_dict()
+    if hasattr(o, "item"):
+        return o.item()
+    return str(o)
+
+
+class RunWriter:
+    """Writes one run directory. Every method leaves the directory readable if the process dies."""
+
+    def __init__(self, log_dir: str | os.PathLike, overwrite: bool = False):
+        self.path = Path(log_dir)
+        if self.path.exists() and not self.path.is_dir():
+            raise RunExistsError(f"log_dir '{self.path}' is a file; pass a directory path instead.")
+        stats = self.path / STATS_DIR
+        if (self.path / META).exists() or stats.exists():
+            if not overwrite:
+                raise RunExistsError(
+                    f"log_dir '{self.path}' already holds a gradwatch run; pass a new directory, "
+                    "or overwrite=True to replace it."
+                )
+            for part in stats.glob("*") if stats.is_dir() else []:
+                part.unlink()
+            for name in (META, FINDINGS):
+                (self.path / name).unlink(missing_ok=True)
+        stats.mkdir(parents=True, exist_ok=True)
+        self._stats = stats
+        self._next = 0
+
+    def write_meta(self, meta: dict) -> None:
+        write_json(self.path / META, meta)
+
+    def write_findings(self, findings: list) -> None:
+        write_json(self.path / FINDINGS, findings)
+
+    def append(self, df: pd.DataFrame) -> None:
+        """Add one flush's rows as a new part file."""
+        if df.empty:
+            return
+        self._write_part(df, self._next, self._next)
+        self._next += 1
+
+    def _write_part(self, df: pd.DataFrame, lo: int, hi: int) -> None:
+        table = pa.Table.from_pandas(df, schema=_SCHEMA, preserve_index=False)
+        final = self._stats / f"part-{lo:08d}-{hi:08d}.parquet"
+        tmp = self._stats / f".{final.name}.tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, final)
+
+    def compact(self) -> None:
+        """Merge the parts into one file (so long runs do not leave thousands of small files)."""
+        parts = _live_parts(self._stats)
+        if len(parts) < 2:
+            return
+        lo, hi = parts[0][0], parts[-1][1]
+        df = pd.concat([pd.read_parquet(p) for _, _, p in parts], ignore_index=True)
+        self._write_part(df, lo, hi)
+        for _, _, p in parts:
+            p.unlink()
+
+
+def _live_parts(stats: Path) -> list[tuple[int, int, Path]]:
+    """Part files in flush order, without those a finished compaction already covers."""
+    parts = []
+    for p in stats.iterdir():
+        m = _PART.match(p.name)
+        if m:
+            parts.append((int(m.group(1)), int(m.group(2)), p))
+    parts.sort(key=lambda t: (t[0], -t[1]))
+    live: list[tuple[int, int, Path]] = []
+    for lo, hi, p in parts:
+        if live and live[-1][0] <= lo and hi <= live[-1][1]:
+            continue
+        live.append((lo, hi, p))
+    return live
+
+
+@dataclass
+class Run:
+    """A stored run: `.stats` (the long stats table), `.meta` (dict), `.findings`."""
+
+    path: Path
+    meta: dict
+    stats: pd.DataFrame
+    findings: list = field(default_factory=list)
+
+    def layers(self) -> list[str]:
+        """Layer names in forward order, as the watch recorded them."""
+        order = self.meta.get("layer_order")
+        if order:
+            return list(order)
+        return list(dict.fromkeys(self.stats["layer"]))
+
+
+def load(path: str | os.PathLike) -> Run:
+    """Read a run directory written by `gw.watch(..., log_dir=path)`.
+
+    A run whose process was killed still loads, with every step flushed before it died.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise RunNotFoundError(
+            f"No gradwatch run at '{root}': the path does not exist; pass the log_dir given to gw.watch()."
+        )
+    if not root.is_dir():
+        raise RunNotFoundError(f"'{root}' is a file, not a run directory; pass the log_dir given to gw.watch().")
+    stats_dir = root / STATS_DIR
+    if not (root / META).exists() and not stats_dir.exists():
+        raise RunNotFoundError(
+            f"'{root}' is not a gradwatch run (no {META} or {STATS_DIR} inside); pass the log_dir given to gw.watch()."
+        )
+    meta = _read_json(root / META, default={})
+    findings = _read_json(root / FINDINGS, default=[])
+    frames = []
+    if stats_dir.is_dir():
+        for _, _, part in _live_parts(stats_dir):
+            try:
+                frames.append(pd.read_parquet(part))
+            except Exception as exc:  # noqa: BLE001 - a damaged part must not hide the others
+                warnings.warn(f"Skipped unreadable part {part.name} of run '{root}': {exc}", stacklevel=2)
+    elif stats_dir.exists():
+        try:
+            frames.append(pd.read_parquet(stats_dir))
+        except Exception as exc:
+            raise CorruptRunError(
+                f"'{stats_dir}' cannot be read as Parquet ({type(exc).__name__}); the file is damaged."
+            ) from None
+    stats = normalize(pd.concat(frames, ignore_index=True)) if frames else empty_stats()
+    return Run(root, meta, stats, findings)
+
+
+def _read_json(path: Path, default: Any) -> Any:
+    if not path.exists():
+        return default
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CorruptRunError(
+            f"'{path}' is not valid JSON; the run directory was damaged (gradwatch writes it atomically), "
+            "so restore it or delete the file to load the stats alone."
+        ) from None
