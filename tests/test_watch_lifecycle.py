@@ -1,0 +1,159 @@
+"""Watching never changes training, a closed watch leaves the model as it found it, and order is
+the forward pass's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import FAMILIES, family
+from torch import nn
+
+import gradwatch as gw
+from gradwatch.errors import WatchError
+
+
+def _hook_counts(model: nn.Module, opt: torch.optim.Optimizer) -> dict:
+    counts = {}
+    for name, m in model.named_modules():
+        for attr in (
+            "_forward_pre_hooks",
+            "_forward_hooks",
+            "_backward_pre_hooks",
+            "_backward_hooks",
+            "_state_dict_hooks",
+        ):
+            counts[(name, attr)] = len(getattr(m, attr))
+    for p in model.parameters():
+        counts[("param", id(p))] = len(getattr(p, "_backward_hooks", None) or {})
+    counts["opt_pre"] = len(opt._optimizer_step_pre_hooks)
+    counts["opt_post"] = len(opt._optimizer_step_post_hooks)
+    return counts
+
+
+def _train(kind: str, watched: bool, steps: int = 4, **kw):
+    model, x, loss_fn = family(kind, 5, seed=3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    torch.manual_seed(7)  # dropout-free models, but the RNG must line up anyway
+    w = gw.watch(model, opt, **kw) if watched else None
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = loss_fn(model(x))
+        loss.backward()
+        opt.step()
+        losses.append(loss.detach().clone())
+    if w is not None:
+        w.close()
+    return losses, [p.detach().clone() for p in model.parameters()], torch.get_rng_state()
+
+
+@pytest.mark.parametrize("kind", FAMILIES)
+def test_training_is_bit_identical_with_and_without_watch(kind):
+    plain = _train(kind, watched=False)
+    watched = _train(kind, watched=True, every=1, update_memory=1.0)
+    for a, b in zip(plain[0] + plain[1], watched[0] + watched[1], strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(plain[2], watched[2])
+
+
+@pytest.mark.parametrize("kind", FAMILIES)
+def test_closed_watch_leaves_no_hooks(kind):
+    model, x, loss_fn = family(kind, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = _hook_counts(model, opt)
+    with gw.watch(model, opt):
+        assert _hook_counts(model, opt) != before
+        loss_fn(model(x)).backward()
+        opt.step()
+    assert _hook_counts(model, opt) == before
+
+
+def test_closing_twice_is_harmless_and_a_closed_watch_refuses_steps():
+    model = nn.Linear(2, 1)
+    w = gw.watch(model)
+    w.close()
+    w.close()
+    with pytest.raises(WatchError, match="closed"):
+        w.step()
+
+
+def test_layers_come_in_forward_order_not_registration_order():
+    class Backwards(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.last = nn.Linear(4, 1)
+            self.middle = nn.Linear(4, 4)
+            self.first = nn.Linear(3, 4)
+
+        def forward(self, x):
+            return self.last(torch.relu(self.middle(torch.relu(self.first(x)))))
+
+    model = Backwards()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gw.watch(model, opt) as w:
+        assert w.layers() == ["last", "middle", "first"]  # nothing has run yet
+        model(torch.randn(2, 3)).sum().backward()
+        opt.step()
+    assert w.layers() == ["first", "middle", "last"]
+
+
+def test_attention_projection_sits_inside_its_attention_block():
+    model, x, loss_fn = family("transformer", 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gw.watch(model, opt) as w:
+        loss_fn(model(x)).backward()
+        opt.step()
+    order = w.layers()
+    assert order[0] == "embed" and order[-1] == "head"
+    i = order.index("encoder.layers.0.self_attn")
+    assert order[i + 1] == "encoder.layers.0.self_attn.out_proj"
+    assert order.index("encoder.layers.0.linear1") < order.index("encoder.layers.1.self_attn")
+
+
+def test_watching_a_compiled_model_reports_the_users_layer_names():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    compiled = torch.compile(model, backend="eager")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gw.watch(compiled, opt) as w:
+        for _ in range(2):
+            opt.zero_grad()
+            compiled(torch.randn(2, 3)).sum().backward()
+            opt.step()
+    stats = w.stats()
+    assert set(stats.layer) == {"0", "2"}
+    assert sorted(stats.step.unique()) == [0, 1]
+
+
+def test_bad_arguments_get_one_sentence():
+    with pytest.raises(WatchError, match="torch.nn.Module"):
+        gw.watch("not a model")
+    with pytest.raises(WatchError, match="positive integer"):
+        gw.watch(nn.Linear(2, 2), every=0)
+    with pytest.raises(WatchError, match="no parameters"):
+        gw.watch(nn.ReLU())
+    w = gw.watch(nn.Linear(2, 2), torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1))
+    with pytest.raises(WatchError, match="remove the call"):
+        w.step()
+    w.close()
+
+
+def test_an_optimizer_step_that_raises_leaves_the_watch_consistent():
+    class Flaky(torch.optim.SGD):
+        fail = True
+
+        def step(self, closure=None):
+            if Flaky.fail:
+                Flaky.fail = False
+                raise RuntimeError("optimizer failed")
+            return super().step(closure)
+
+    model = nn.Linear(3, 1)
+    opt = Flaky(model.parameters(), lr=0.1)
+    with gw.watch(model, opt) as w:
+        model(torch.randn(2, 3)).sum().backward()
+        with pytest.raises(RuntimeError, match="optimizer failed"):
+            opt.step()
+        opt.step()
+    stats = w.stats()
+    assert sorted(stats.step.unique()) == [0]
+    assert len(stats.query("metric == 'grad_norm'")) == 1
