@@ -36,7 +36,7 @@ def test_loaded_run_equals_the_live_stats(tmp_path):
     w = _train(tmp_path / "run", flush_every=3)
     run = gw.load(tmp_path / "run")
     pd.testing.assert_frame_equal(run.stats, w.stats())
-    assert run.layers() == w.layers() == ["0", "2"]
+    assert run.layers() == w.layers() == ["0", "1", "2"]
     assert run.meta["model"]["layers"][0] == {"name": "0", "type": "Linear", "n_params": 20, "n_trainable": 20}
     assert run.meta["torch_version"] == torch.__version__
     assert run.meta["settings"]["every"] == 1 and run.meta["finished"]
@@ -97,7 +97,7 @@ def test_a_run_killed_with_sigkill_keeps_every_flushed_step(tmp_path):
     assert steps[:20] == list(range(20))
     assert len(steps) % 5 == 0  # whole flushes only, never half of one
     assert run.meta["finished"] is None
-    assert run.layers() == ["0", "2"]
+    assert run.layers() == ["0", "1", "2"]
 
 
 def test_missing_run_gets_one_sentence(tmp_path):

@@ -94,7 +94,7 @@ def test_layers_come_in_forward_order_not_registration_order():
         assert w.layers() == ["last", "middle", "first"]  # nothing has run yet
         model(torch.randn(2, 3)).sum().backward()
         opt.step()
-    assert w.layers() == ["first", "middle", "last"]
+    assert w.layers() == ["(root)", "first", "middle", "last"]  # the root calls torch.relu
 
 
 def test_attention_projection_sits_inside_its_attention_block():
@@ -114,13 +114,14 @@ def test_watching_a_compiled_model_reports_the_users_layer_names():
     model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
     compiled = torch.compile(model, backend="eager")
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with gw.watch(compiled, opt) as w:
+    with pytest.warns(UserWarning, match="forward pass"), gw.watch(compiled, opt) as w:
         for _ in range(2):
             opt.zero_grad()
             compiled(torch.randn(2, 3)).sum().backward()
             opt.step()
     stats = w.stats()
     assert set(stats.layer) == {"0", "2"}
+    assert set(stats.metric) == {"grad_norm", "weight_norm", "nonfinite", "update_ratio"}
     assert sorted(stats.step.unique()) == [0, 1]
 
 

@@ -135,7 +135,8 @@ del _t, _w
 
 def gauss1(f: Fn, q: float | np.ndarray) -> np.ndarray:
     """E_z[f(√q z)], z ~ N(0, 1); q (a second moment) may be an array."""
-    s = np.sqrt(np.asarray(q, dtype=float))[..., None]
+    # q = 0 is taken as the limit q -> 0+, so a kink at 0 (SELU's φ') averages its two sides.
+    s = np.sqrt(np.maximum(np.asarray(q, dtype=float), 1e-300))[..., None]
     return (f(s * _Z) + f(-s * _Z)) @ _WZ
 
 

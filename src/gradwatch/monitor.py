@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -16,8 +17,12 @@ from torch import nn
 from . import __version__
 from ._layers import ForwardOrder, ParamLayer, model_device, param_bytes, param_layers, unwrap
 from .errors import WatchError
-from .probes.base import ABSENT, Probe, StepTable
+from .probes.activation_specs import module_spec
+from .probes.activations import ActivationProbe
+from .probes.backflow import BackflowProbe
+from .probes.base import Probe, StepTable
 from .probes.params import ParamProbe
+from .probes.through_time import ThroughTimeProbe
 from .probes.updates import UpdateProbe
 from .store import RunWriter, empty_stats, normalize
 
@@ -39,6 +44,10 @@ class Watch:
         log_dir: str | os.PathLike | None = None,
         flush_every: int = 100,
         update_memory: float = 0.25,
+        activations: bool | int = 10,
+        backflow: bool | int = 10,
+        through_time: bool | int = 10,
+        histograms: bool = True,
         overwrite: bool = False,
     ):
         if not isinstance(model, nn.Module):
@@ -51,7 +60,24 @@ class Watch:
         for name, value in (("every", every), ("flush_every", flush_every)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise WatchError(f"{name} must be a positive integer, got {value!r}.")
+        cadences = {}
+        for name, value in (("activations", activations), ("backflow", backflow), ("through_time", through_time)):
+            if value is True:
+                value = 1
+            if value is False or value is None:
+                value = 0
+            if not isinstance(value, int) or value < 0:
+                raise WatchError(f"{name} must be True, False or a positive integer (record one step in N), got {value!r}.")
+            cadences[name] = value
         self.model = unwrap(model)
+        if _is_compiled(model) and any(cadences.values()):
+            warnings.warn(
+                "gradwatch measures parameters of a torch.compile'd model but not its forward pass "
+                "(activations, backflow, through-time): hooks inside a compiled graph would force "
+                "recompilation. Watch the uncompiled model, or gw.check() it, for those.",
+                stacklevel=3,
+            )
+            cadences = dict.fromkeys(cadences, 0)
         self.optimizer = optimizer
         self.every = every
         self.flush_every = flush_every
@@ -63,6 +89,16 @@ class Watch:
         self._params_probe = ParamProbe(self._player)
         self._update_probe = UpdateProbe(self._player, update_memory)
         self._probes: list[Probe] = [self._params_probe, self._update_probe]
+        if cadences["backflow"]:
+            watched = {layer.name: _module(self.model, layer.name) for layer in self._player}
+            for name, m in self.model.named_modules():
+                if module_spec(m) is not None:
+                    watched.setdefault(name or "(root)", m)
+            self._probes.append(BackflowProbe(watched, cadences["backflow"]))
+        if cadences["activations"]:
+            self._probes.append(ActivationProbe(self.model, cadences["activations"], histograms))
+        if cadences["through_time"]:
+            self._probes.append(ThroughTimeProbe(self.model, cadences["through_time"]))
         for probe in self._probes:
             self._table.declare(probe.columns, probe.rows())
         self._table.allocate()
@@ -72,6 +108,10 @@ class Watch:
             "every": every,
             "flush_every": flush_every,
             "update_memory": update_memory,
+            "activations": cadences["activations"],
+            "backflow": cadences["backflow"],
+            "through_time": cadences["through_time"],
+            "histograms": histograms,
             "optimizer": type(optimizer).__name__ if optimizer is not None else None,
         }
         self._step = 0
@@ -95,16 +135,20 @@ class Watch:
     def _recording(self) -> bool:
         return self._step % self.every == 0
 
+    def _active(self, probe: Probe) -> bool:
+        return self._recording() and (self._step // self.every) % probe.cadence == 0
+
     def _arm(self) -> None:
         for probe in self._probes:
-            probe.arm() if self._recording() else probe.disarm()
+            probe.arm() if self._active(probe) else probe.disarm()
 
     def _record(self) -> int:
         if self._order.active and self._order.seen_any:
             self._order.finish()
         slot = self._slot
         for probe in self._probes:
-            probe.record(slot)
+            if self._active(probe):
+                probe.record(slot)
         return slot
 
     def _commit(self, slot: int) -> None:
@@ -165,12 +209,12 @@ class Watch:
         if n == 0:
             return
         raw = self._table.take(n)
+        for probe in self._probes:
+            raw.update(probe.take(n))
         steps = np.asarray(self._slot_steps[:n], dtype=np.int64)
         self._slot, self._slot_steps = 0, self._slot_steps[n:]
-        metrics: dict[str, np.ndarray] = {}
-        for probe in self._probes:
-            metrics.update(probe.finalize(raw))
-        df = _long_table(metrics, steps, self._table.rows)
+        blocks = [block for probe in self._probes for block in probe.finalize(raw)]
+        df = _long_table(blocks, steps)
         self._chunks.append(df)
         if self._writer is not None:
             if len(self._chunks) == 1:
@@ -186,8 +230,16 @@ class Watch:
         return normalize(pd.concat(self._chunks, ignore_index=True))
 
     def layers(self) -> list[str]:
-        """Layer names in forward order (registration order until the first forward pass)."""
-        return self._order.order(list(self._table.rows))
+        """Layer names in forward order (registration order until the first forward pass).
+
+        Layers are the modules that own parameters, activation modules, and modules whose forward
+        calls an activation function.
+        """
+        names = list(self._table.rows)
+        for probe in self._probes:
+            if isinstance(probe, ActivationProbe):
+                names += [n for n in probe._rows if n not in names]
+        return self._order.order(names)
 
     @property
     def log_dir(self):
@@ -281,23 +333,29 @@ class Watch:
         self._writer.write_meta(meta)
 
 
-def _long_table(metrics: dict[str, np.ndarray], steps: np.ndarray, rows: list[str]) -> pd.DataFrame:
-    """Turn per-metric `[steps, rows]` arrays into the long table, skipping absent entries."""
+def _long_table(blocks: list, steps: np.ndarray) -> pd.DataFrame:
+    """Turn `(metric, rows, values)` blocks into the long table, skipping absent entries.
+
+    values are `[steps, rows]` (index -1) or `[steps, rows, index]` (a series within a step).
+    """
     frames = []
-    names = np.asarray(rows, dtype=object)
-    for metric, values in metrics.items():
+    for metric, rows, values in blocks:
+        names = np.asarray(rows, dtype=object)
+        values = values[: len(steps), : len(rows)]
         present = ~(values < 0)  # NaN compares False: a measured NaN stays
-        i, j = np.nonzero(present)
-        if len(i) == 0:
+        where = np.nonzero(present)
+        if len(where[0]) == 0:
             continue
+        i, j = where[0], where[1]
+        index = where[2] if values.ndim == 3 else np.full(len(i), -1, dtype=np.int64)
         frames.append(
             pd.DataFrame(
                 {
                     "step": steps[i],
                     "layer": names[j],
                     "metric": metric,
-                    "value": values[i, j].astype(np.float64),
-                    "index": np.full(len(i), -1, dtype=np.int64),
+                    "value": values[where].astype(np.float64),
+                    "index": index.astype(np.int64),
                 }
             )
         )
@@ -305,6 +363,14 @@ def _long_table(metrics: dict[str, np.ndarray], steps: np.ndarray, rows: list[st
         return empty_stats()
     df = pd.concat(frames, ignore_index=True).sort_values(["step"], kind="stable")
     return normalize(df.reset_index(drop=True))
+
+
+def _is_compiled(model: nn.Module) -> bool:
+    return isinstance(getattr(model, "_orig_mod", None), nn.Module)
+
+
+def _module(model: nn.Module, name: str) -> nn.Module:
+    return model if name == "(root)" else model.get_submodule(name)
 
 
 def _now() -> str:
@@ -319,6 +385,10 @@ def watch(
     log_dir: str | os.PathLike | None = None,
     flush_every: int = 100,
     update_memory: float = 0.25,
+    activations: bool | int = 10,
+    backflow: bool | int = 10,
+    through_time: bool | int = 10,
+    histograms: bool = True,
     overwrite: bool = False,
 ) -> Watch:
     """Watch `model`'s gradient flow while it trains; use as a context manager or call `close()`.
@@ -328,6 +398,10 @@ def watch(
     flush_every: recorded steps kept on the device between copies to the host.
     update_memory: the update ratio snapshots at most this fraction of the parameter bytes per
         step (the layers take turns), instead of a copy of the whole model.
+    activations, backflow, through_time: the forward-pass probes. True measures them on every
+        recorded step, an integer N on one recorded step in N (the default, 10, keeps the
+        whole watch within a few percent of plain training), False switches one off.
+    histograms: keep a 32-bin histogram of every activation's outputs (metric `act_hist`).
     """
     return Watch(
         model,
@@ -336,6 +410,10 @@ def watch(
         log_dir=log_dir,
         flush_every=flush_every,
         update_memory=update_memory,
+        activations=activations,
+        backflow=backflow,
+        through_time=through_time,
+        histograms=histograms,
         overwrite=overwrite,
     )
 

@@ -67,10 +67,13 @@ class Probe:
 
     Lifecycle per recorded step: `arm()` before its forward pass, `record(slot)` when the optimizer
     is about to step (gradients are final), `after_update(slot)` once it has stepped, `disarm()`.
-    `finalize(raw)` runs on the host at flush and turns raw columns into the public metrics.
+    At flush, `take(n)` copies whatever the probe keeps outside the shared table to the host, and
+    `finalize(raw)` turns raw numbers into blocks `(metric, rows, values)`: values `[steps, rows]`,
+    or `[steps, rows, index]` for a series within a step, negative where nothing was measured.
     """
 
     columns: tuple[str, ...] = ()
+    cadence: int = 1  # measure on one recorded step in `cadence`
 
     def rows(self) -> list[str]:
         return []
@@ -90,8 +93,11 @@ class Probe:
     def after_update(self, slot: int) -> None:
         pass
 
-    def finalize(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def take(self, n: int) -> dict:
         return {}
+
+    def finalize(self, raw: dict) -> list[tuple[str, list[str], np.ndarray]]:
+        return []
 
     def meta(self) -> dict:
         return {}

@@ -114,15 +114,13 @@ class ParamProbe(Probe):
         table.write(slot, self._c_weight, self._rows, per_layer[n_layers:])
         table.write(slot, self._c_nonfinite, self._rows, torch.where(has_grad, counts, absent))
 
-    def finalize(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {
-            "grad_norm": root(raw["grad_sq"]),
-            "weight_norm": root(raw["weight_sq"]),
-            "nonfinite": raw["nonfinite"],
-        }
-
-    def meta(self) -> dict:
-        return {}
+    def finalize(self, raw: dict) -> list:
+        rows = self.table.rows
+        return [
+            ("grad_norm", rows, root(raw["grad_sq"])),
+            ("weight_norm", rows, root(raw["weight_sq"])),
+            ("nonfinite", rows, raw["nonfinite"]),
+        ]
 
 
 def root(raw: np.ndarray) -> np.ndarray:

@@ -113,11 +113,11 @@ class UpdateProbe(Probe):
         """Forget a snapshot whose update never happened (the optimizer step raised)."""
         self._pending = None
 
-    def finalize(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def finalize(self, raw: dict) -> list:
         upd, w = raw["update_sq"], raw["weight_sq"]
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.sqrt(np.abs(upd)) / np.sqrt(np.abs(w))
-        return {"update_ratio": np.where((upd < 0) | (w < 0), ABSENT, ratio)}
+        return [("update_ratio", self.table.rows, np.where((upd < 0) | (w < 0), ABSENT, ratio))]
 
     def meta(self) -> dict:
         return {"update_groups": len(self.groups), "update_extra_bytes": self.extra_bytes}

@@ -1,0 +1,758 @@
+"""Per-step overhead of watching gradients: gradwatch against the tools users reach for today.
+
+Every configuration trains its own deep copy of the same initial model with its own Adam
+optimizer, all in this one process. After a warm-up, each repetition runs the configurations in a
+freshly shuffled (seeded) order, timing a block of K consecutive training steps of each. The
+figure per configuration is the median block time over the repetitions; it is printed as a ratio
+to plain training, because on a shared, noisy machine only ratios measured side by side mean
+anything.
+
+    python bench/overhead.py                       # all models, all configurations
+    python bench/overhead.py --models mlp --configs plain,gw1,lightning --quick
+    python bench/overhead.py --markdown            # the tables of bench/RESULTS.md
+
+gradwatch copies its on-device table to the host once every `flush_every` recorded steps
+(default 100). A flush lands in one block out of several, where a median would hide it, so each
+flush is timed on its own: its time is taken out of the block it fell in, and the median flush
+time, spread over the `flush_every * every` steps it serves, is added to the per-step time. The
+ratio is then the steady per-step cost *with* the flush at the default rate, not a lucky block
+without one. Flush samples come from flushes during the run and from a short calibration at
+setup (a second watch in manual mode filled to `flush_every` recorded steps, three times over),
+so that `every=10`, whose first flush would come after 1000 steps, is charged for it too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import gc
+import math
+import os
+import platform
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+# ----------------------------------------------------------------------------- models and data
+
+
+class ConvNet(nn.Module):
+    """4 conv layers 3→32→32→64→64 (3x3, BatchNorm, ReLU), two max-pools, a linear head."""
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+
+        def block(a: int, b: int) -> list[nn.Module]:
+            return [nn.Conv2d(a, b, 3, padding=1), nn.BatchNorm2d(b), nn.ReLU()]
+
+        self.features = nn.Sequential(
+            *block(3, 32),
+            *block(32, 32),
+            nn.MaxPool2d(2),
+            *block(32, 64),
+            *block(64, 64),
+            nn.MaxPool2d(2),
+        )
+        self.head = nn.Linear(64 * 8 * 8, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).flatten(1))
+
+
+class TokenTransformer(nn.Module):
+    """Embedding (vocab 1000) → 4 TransformerEncoderLayers (d=128, 4 heads, ff 256) → token logits."""
+
+    def __init__(self, vocab: int = 1000, d: int = 128, layers: int = 4):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        layer = nn.TransformerEncoderLayer(
+            d_model=d, nhead=4, dim_feedforward=256, dropout=0.0, batch_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(d, vocab)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(self.embed(tokens)))
+
+
+def _mlp() -> nn.Module:
+    layers: list[nn.Module] = []
+    for _ in range(20):
+        layers += [nn.Linear(256, 256), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(256, 10))
+
+
+def _token_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten())
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    build: Callable[[], nn.Module]
+    make_batch: Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.cross_entropy
+
+
+MODELS: dict[str, ModelSpec] = {
+    "mlp": ModelSpec(
+        "mlp",
+        _mlp,
+        lambda g: (torch.randn(128, 256, generator=g), torch.randint(0, 10, (128,), generator=g)),
+    ),
+    "cnn": ModelSpec(
+        "cnn",
+        ConvNet,
+        lambda g: (
+            torch.randn(32, 3, 32, 32, generator=g),
+            torch.randint(0, 10, (32,), generator=g),
+        ),
+    ),
+    "transformer": ModelSpec(
+        "transformer",
+        TokenTransformer,
+        lambda g: (
+            torch.randint(0, 1000, (16, 64), generator=g),
+            torch.randint(0, 1000, (16, 64), generator=g),
+        ),
+        _token_loss,
+    ),
+}
+
+
+class Task:
+    """One model's initial weights and a small pool of fixed random batches, on one device."""
+
+    N_BATCHES = 4
+
+    def __init__(
+        self, spec: ModelSpec, device: torch.device, seed: int = 0, calibrate: bool = True
+    ):
+        self.spec = spec
+        self.device = device
+        self.calibrate = calibrate  # configurations may time their rare work up front
+        torch.manual_seed(seed)
+        self.initial = spec.build().to(device)
+        g = torch.Generator().manual_seed(seed + 1)
+        self.batches = [
+            tuple(t.to(device) for t in spec.make_batch(g)) for _ in range(self.N_BATCHES)
+        ]
+
+    def fresh_model(self) -> nn.Module:
+        return copy.deepcopy(self.initial)
+
+    def batch(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.batches[i % len(self.batches)]
+
+    def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.spec.loss(out, target)
+
+    def param_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.initial.parameters())
+
+
+# ----------------------------------------------------------------------------- configurations
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Config:
+    """One way of training: `setup(task)`, then `step()` many times, then `teardown()`.
+
+    The base class is plain training (Adam, lr 1e-3). Subclasses add their watching around
+    `after_backward` / `after_step`, or override `step`. A configuration may spend part of a block
+    in amortised work (gradwatch's flush): `take_excluded()` returns those seconds of the last
+    block, and `amortized_per_step()` what that work costs per step at its normal rate.
+    """
+
+    key = "plain"
+    name = "plain"
+    period = 1  # steps after which the configuration's per-step work repeats
+
+    def setup(self, task: Task) -> None:
+        self.task = task
+        self.model = task.fresh_model()
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.i = 0
+
+    def forward_backward(self) -> torch.Tensor:
+        x, y = self.task.batch(self.i)
+        loss = self.task.loss(self.model(x), y)
+        loss.backward()
+        return loss
+
+    def step(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.forward_backward()
+        self.after_backward(loss)
+        self.opt.step()
+        self.after_step(loss)
+        self.i += 1
+
+    def after_backward(self, loss: torch.Tensor) -> None:
+        pass
+
+    def after_step(self, loss: torch.Tensor) -> None:
+        pass
+
+    def take_excluded(self) -> float:
+        return 0.0
+
+    def amortized_per_step(self) -> float:
+        return 0.0
+
+    def note(self) -> str:
+        return ""
+
+    def memory(self) -> dict | None:
+        return None
+
+    def teardown(self) -> None:
+        pass
+
+
+class Plain(Config):
+    pass
+
+
+class Gradwatch(Config):
+    """`gw.watch(model, opt, **watch_kwargs)` open for the whole measurement.
+
+    Its flushes are timed one by one (see the module docstring); its blocks are a whole number of
+    its period (`every` x the cadence of its forward probes), so that every block holds the same
+    mix of recorded, probed and unrecorded steps.
+    """
+
+    CADENCES = ("activations", "backflow", "through_time")
+
+    def __init__(self, key: str, name: str, **watch_kwargs):
+        self.key, self.name = key, name
+        self.watch_kwargs = watch_kwargs
+        self.watch = None
+        self._dirs: list[str] = []
+
+    def setup(self, task: Task) -> None:
+        import gradwatch as gw
+
+        super().setup(task)
+        self._flush_samples: list[float] = []
+        self._calibration = 0
+        self._flush_in_block = 0.0
+        if task.calibrate:
+            self._calibrate_flush(gw)
+        self.watch = gw.watch(self.model, self.opt, **self._kwargs())
+        original = self.watch.flush
+
+        def timed_flush() -> None:
+            _sync(task.device)  # queued device work belongs to the step, not to the flush
+            t0 = time.perf_counter()
+            original()
+            dt = time.perf_counter() - t0
+            self._flush_in_block += dt
+            self._flush_samples.append(dt)
+
+        self.watch.flush = timed_flush  # the instance attribute shadows the method
+
+    def _kwargs(self) -> dict:
+        kwargs = dict(self.watch_kwargs)
+        if "log_dir" in kwargs:  # a run directory per watch, so that nothing is overwritten
+            self._dirs.append(tempfile.mkdtemp(prefix="gwbench-run-"))
+            kwargs["log_dir"] = self._dirs[-1]
+        return kwargs
+
+    def _calibrate_flush(self, gw) -> None:
+        """Time one full flush: a manual-mode watch (same settings, every=1) on a copy of the
+        model, trained forward and backward (no update) until its table is full."""
+        model = copy.deepcopy(self.model)
+        kwargs = self._kwargs()
+        kwargs["every"] = 1
+        w = gw.watch(model, None, **kwargs)
+        original = w.flush
+
+        def timed() -> None:
+            _sync(self.task.device)
+            t0 = time.perf_counter()
+            original()
+            self._flush_samples.append(time.perf_counter() - t0)
+
+        w.flush = timed
+        for i in range(w.flush_every + 1):  # the table fills at the last call's start
+            model.zero_grad(set_to_none=True)
+            x, y = self.task.batch(i)
+            self.task.loss(model(x), y).backward()
+            w.step()
+        w.flush = original
+        w.close()
+        self._calibration = len(self._flush_samples)
+
+    @property
+    def period(self) -> int:
+        settings = self.watch.meta().get("settings", {})
+        cadence = 1
+        for name in self.CADENCES:
+            value = settings.get(name)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                cadence = math.lcm(cadence, value)
+        return self.watch.every * cadence
+
+    def take_excluded(self) -> float:
+        dt, self._flush_in_block = self._flush_in_block, 0.0
+        return dt
+
+    def flush_seconds(self) -> float:
+        return statistics.median(self._flush_samples) if self._flush_samples else 0.0
+
+    def amortized_per_step(self) -> float:
+        return self.flush_seconds() / (self.watch.flush_every * self.watch.every)
+
+    def note(self) -> str:
+        w = self.watch
+        if not self._flush_samples:
+            return "no flush timed (--quick): flush cost not included"
+        return (
+            f"incl. flush {self.flush_seconds() * 1e3:.1f} ms per {w.flush_every * w.every} steps "
+            f"= {self.amortized_per_step() * 1e6:.0f} µs/step "
+            f"({self._calibration} calibration + {len(self._flush_samples) - self._calibration} "
+            "in-run flushes)"
+        )
+
+    def memory(self) -> dict | None:
+        if self.watch is None:
+            return None
+        extra = self.watch.update_extra_bytes
+        total = self.task.param_bytes()
+        return {"extra_bytes": extra, "param_bytes": total, "fraction": extra / total}
+
+    def teardown(self) -> None:
+        if self.watch is not None:
+            self.watch.__dict__.pop("flush", None)  # back to the method
+            self.watch.close()
+        for d in self._dirs:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def gradwatch_config(key: str, name: str, **watch_kwargs) -> Callable[[], Config]:
+    """A gradwatch configuration; new probe settings are one line: `gradwatch_config(..., probes=...)`."""
+    return lambda: Gradwatch(key, name, **watch_kwargs)
+
+
+class LightningGradNorm(Config):
+    """`lightning.pytorch.utilities.grad_norm(model, norm_type=2)` every step after backward."""
+
+    key, name = "lightning", "lightning grad_norm"
+
+    def setup(self, task: Task) -> None:
+        from lightning.pytorch.utilities import grad_norm
+
+        self._grad_norm = grad_norm
+        super().setup(task)
+
+    def after_backward(self, loss: torch.Tensor) -> None:
+        self._grad_norm(self.model, norm_type=2)
+
+
+class WandbWatch(Config):
+    """`wandb.watch(model, log="gradients", log_freq=1)` plus `wandb.log({"loss": ...})` each step.
+
+    wandb's gradient hooks (tensor hooks on every parameter) compute a 64-bin histogram of each
+    gradient during backward and stage it with `run._log(..., commit=False)`; only the next
+    `wandb.log` commits the row to the (offline) run, so the loss is logged every step.
+    """
+
+    key, name = "wandb", "wandb.watch gradients"
+    ENV = {"WANDB_SILENT": "true", "WANDB_MODE": "offline"}
+
+    def setup(self, task: Task) -> None:
+        self._saved_env = {k: os.environ.get(k) for k in self.ENV}
+        os.environ.update(self.ENV)
+        import wandb
+
+        self._wandb = wandb
+        self._dir = tempfile.mkdtemp(prefix="gwbench-wandb-")
+        super().setup(task)
+        settings = wandb.Settings(
+            mode="offline",
+            silent=True,
+            console="off",
+            disable_git=True,
+            save_code=False,
+            x_disable_stats=True,  # no background system-metrics sampler next to the other configs
+        )
+        self.run = wandb.init(
+            mode="offline", dir=self._dir, project="gradwatch-bench", settings=settings
+        )
+        wandb.watch(self.model, log="gradients", log_freq=1)
+
+    def after_step(self, loss: torch.Tensor) -> None:
+        self._wandb.log({"loss": loss.item()})
+
+    def teardown(self) -> None:
+        run = getattr(self, "run", None)
+        if run is not None:
+            with contextlib.suppress(Exception):
+                self._wandb.unwatch(self.model)
+            run.finish()
+        shutil.rmtree(getattr(self, "_dir", ""), ignore_errors=True)
+        for k, v in getattr(self, "_saved_env", {}).items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class TensorboardHistograms(Config):
+    """`SummaryWriter.add_histogram(name, p.grad, step)` for every parameter every step."""
+
+    key, name = "tensorboard", "tensorboard histograms"
+
+    def setup(self, task: Task) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        super().setup(task)
+        self._dir = tempfile.mkdtemp(prefix="gwbench-tb-")
+        self.writer = SummaryWriter(self._dir)
+        self._named = list(self.model.named_parameters())
+
+    def after_backward(self, loss: torch.Tensor) -> None:
+        for name, p in self._named:
+            if p.grad is not None:
+                self.writer.add_histogram(name, p.grad, self.i)
+
+    def teardown(self) -> None:
+        writer = getattr(self, "writer", None)
+        if writer is not None:
+            writer.close()
+        shutil.rmtree(getattr(self, "_dir", ""), ignore_errors=True)
+
+
+class DetectAnomaly(Config):
+    """Forward and backward inside `torch.autograd.detect_anomaly()`."""
+
+    key, name = "anomaly", "detect_anomaly"
+    MESSAGE = r"Anomaly Detection has been enabled"
+
+    def setup(self, task: Task) -> None:
+        super().setup(task)
+        warnings.filterwarnings("ignore", message=self.MESSAGE)
+        self._filter = warnings.filters[0]
+
+    def forward_backward(self) -> torch.Tensor:
+        with torch.autograd.detect_anomaly():
+            return super().forward_backward()
+
+    def teardown(self) -> None:
+        with contextlib.suppress(AttributeError, ValueError):
+            warnings.filters.remove(self._filter)
+
+
+CONFIGS: list[Callable[[], Config]] = [
+    Plain,
+    gradwatch_config("gw1", "gradwatch every=1", every=1),
+    gradwatch_config("gw10", "gradwatch every=10", every=10),
+    gradwatch_config(
+        "gw1-params",
+        "gradwatch every=1, forward probes off",
+        every=1,
+        activations=False,
+        backflow=False,
+        through_time=False,
+    ),
+    LightningGradNorm,
+    WandbWatch,
+    TensorboardHistograms,
+    DetectAnomaly,
+]
+
+
+# ----------------------------------------------------------------------------- measurement
+
+
+@dataclass
+class Row:
+    key: str
+    name: str
+    ratio: float | None = None
+    ms: float | None = None
+    note: str = ""
+    error: str | None = None
+    memory: dict | None = None
+    blocks_ms: list[float] = field(default_factory=list)
+
+
+@dataclass
+class ModelResult:
+    model: str
+    device: str
+    reps: int
+    steps: int
+    rows: list[Row]
+
+    @property
+    def plain_ms(self) -> float | None:
+        return next((r.ms for r in self.rows if r.key == "plain"), None)
+
+
+def _reason(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+    return text[:160]
+
+
+def measure(
+    spec: ModelSpec,
+    factories: Sequence[Callable[[], Config]],
+    *,
+    device: torch.device,
+    reps: int,
+    steps: int,
+    warmup: int,
+    seed: int = 0,
+    calibrate: bool = True,
+    log: Callable[[str], None] = lambda s: None,
+) -> ModelResult:
+    """Set every configuration up, warm each up, then time `reps` interleaved rounds of blocks."""
+    task = Task(spec, device, seed, calibrate=calibrate)
+    configs = [f() for f in factories]
+    rows = {c.key: Row(c.key, c.name) for c in configs}
+    started: list[Config] = []
+    live: list[Config] = []
+    block: dict[str, int] = {}
+    try:
+        for c in configs:  # every configuration set up front, each with its own copy and optimizer
+            log(f"{spec.name}: setting up {c.name}")
+            started.append(c)
+            try:
+                c.setup(task)
+                period = max(1, int(c.period))
+                block[c.key] = -(-steps // period) * period  # K rounded up to a whole period
+                live.append(c)
+            except Exception as exc:  # noqa: BLE001 - a competitor that cannot run is reported
+                rows[c.key].error = f"could not set up: {_reason(exc)}"
+
+        def run_block(c: Config, n: int) -> float | None:
+            try:
+                c.take_excluded()
+                _sync(device)
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    c.step()
+                _sync(device)
+                return time.perf_counter() - t0 - c.take_excluded()
+            except Exception as exc:  # noqa: BLE001
+                rows[c.key].error = f"failed while training: {_reason(exc)}"
+                live.remove(c)
+                return None
+
+        for c in list(live):
+            log(f"{spec.name}: warm-up {c.name}")
+            run_block(c, warmup)
+        rng = random.Random(seed + 2)
+        for r in range(reps):
+            order = list(live)
+            rng.shuffle(order)
+            for c in order:
+                gc.collect()
+                t = run_block(c, block[c.key])
+                if t is not None:
+                    rows[c.key].blocks_ms.append(t * 1e3)
+            log(f"{spec.name}: repetition {r + 1}/{reps} done")
+        for c in live:
+            row = rows[c.key]
+            per_step = statistics.median(row.blocks_ms) / block[c.key]
+            row.ms = per_step + c.amortized_per_step() * 1e3
+            row.note = c.note()
+            if block[c.key] != steps:
+                row.note = f"blocks of {block[c.key]} steps (its period); " + row.note
+            row.memory = c.memory()
+    finally:
+        for c in reversed(started):
+            try:
+                c.teardown()
+            except Exception as exc:  # noqa: BLE001
+                rows[c.key].note += f" (teardown failed: {_reason(exc)})"
+    base = rows["plain"].ms if "plain" in rows else None
+    for row in rows.values():
+        if row.ms is not None and base:
+            row.ratio = row.ms / base
+    return ModelResult(spec.name, str(device), reps, steps, [rows[c.key] for c in configs])
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def _fmt_ratio(row: Row) -> str:
+    return f"{row.ratio:.3f}x" if row.ratio is not None else "n/a"
+
+
+def _fmt_ms(row: Row) -> str:
+    return f"{row.ms:.2f}" if row.ms is not None else "n/a"
+
+
+def _title(res: ModelResult) -> str:
+    plain = f"{res.plain_ms:.2f} ms/step" if res.plain_ms is not None else "n/a"
+    return f"{res.model}: plain {plain} on {res.device}, median of {res.reps} blocks of {res.steps} steps"
+
+
+def print_rich(results: list[ModelResult]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for res in results:
+        table = Table(title=_title(res), title_justify="left")
+        table.add_column("configuration")
+        table.add_column("ratio to plain", justify="right")
+        table.add_column("median ms/step", justify="right")
+        table.add_column("notes", overflow="fold")
+        for row in res.rows:
+            table.add_row(row.name, _fmt_ratio(row), _fmt_ms(row), row.error or row.note)
+        console.print(table)
+
+
+def environment() -> dict[str, str]:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": f"{cpu}, {os.cpu_count()} logical cores",
+        "torch": torch.__version__,
+        "threads": str(torch.get_num_threads()),
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def markdown(results: list[ModelResult]) -> str:
+    env = environment()
+    out = [
+        f"Machine: {env['cpu']}; torch {env['torch']} ({env['threads']} threads); "
+        f"Python {env['python']}; {env['date']}.",
+        "",
+    ]
+    for res in results:
+        out += [f"### {_title(res)}", ""]
+        out += [
+            "| configuration | ratio to plain | median ms/step | notes |",
+            "|---|---:|---:|---|",
+        ]
+        for row in res.rows:
+            note = (row.error or row.note).replace("|", "\\|")
+            out.append(f"| {row.name} | {_fmt_ratio(row)} | {_fmt_ms(row)} | {note} |")
+        out.append("")
+    mem = [(res, row) for res in results for row in res.rows if row.memory]
+    if mem:
+        out += ["### Memory: update-ratio snapshots", ""]
+        out += [
+            "| model | configuration | snapshot bytes | parameter bytes | fraction |",
+            "|---|---|---:|---:|---:|",
+        ]
+        for res, row in mem:
+            m = row.memory
+            out.append(
+                f"| {res.model} | {row.name} | {m['extra_bytes']:,} | {m['param_bytes']:,} | "
+                f"{m['fraction']:.3f} |"
+            )
+        out.append("")
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _select(names: str | None, table: dict, what: str) -> list:
+    if not names:
+        return list(table.values())
+    picked = []
+    for name in (n.strip() for n in names.split(",")):
+        if name not in table:
+            raise SystemExit(f"unknown {what} {name!r}; choose from {', '.join(table)}")
+        picked.append(table[name])
+    return picked
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    keys = {f().key: f().name for f in CONFIGS}
+    p = argparse.ArgumentParser(
+        description="Per-step overhead of watching gradients, as ratios to plain training."
+    )
+    p.add_argument("--models", default="mlp,cnn,transformer", help=f"from {', '.join(MODELS)}")
+    p.add_argument(
+        "--configs",
+        default=None,
+        help="subset, by key or name: " + ", ".join(f"{k} ({v})" for k, v in keys.items()),
+    )
+    p.add_argument("--reps", type=int, default=7, help="repetitions (blocks per config)")
+    p.add_argument("--steps", type=int, default=20, help="training steps per timed block (K)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps per config first")
+    p.add_argument("--quick", action="store_true", help="tiny reps/steps, for a smoke test")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--markdown", action="store_true", help="print Markdown tables (RESULTS.md)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.reps, args.steps, args.warmup = 3, 2, 1
+    if min(args.reps, args.steps) < 1 or args.warmup < 0:
+        p.error("--reps and --steps must be >= 1, --warmup >= 0")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> list[ModelResult]:
+    args = parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device available")
+    by_key: dict[str, Callable[[], Config]] = {}
+    for f in CONFIGS:
+        c = f()
+        by_key[c.key] = by_key[c.name] = f
+    factories = list(dict.fromkeys(_select(args.configs, by_key, "configuration")))
+    if Plain not in factories:  # every ratio is against plain, measured alongside
+        factories.insert(0, Plain)
+    specs = _select(args.models, MODELS, "model")
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        results = []
+        for spec in specs:
+            results.append(
+                measure(
+                    spec,
+                    factories,
+                    device=device,
+                    reps=args.reps,
+                    steps=args.steps,
+                    warmup=args.warmup,
+                    seed=args.seed,
+                    calibrate=not args.quick,
+                    log=lambda s: print(s, file=sys.stderr, flush=True),
+                )
+            )
+    finally:
+        torch.set_num_threads(threads)
+    if args.markdown:
+        print(markdown(results))
+    else:
+        print_rich(results)
+    return results
+
+
+if __name__ == "__main__":
+    main()

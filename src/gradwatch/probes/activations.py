@@ -1,0 +1,260 @@
+"""Activation probe: `act_std`, `saturated_frac`, `dead_frac` and a histogram per activation.
+
+Activation modules (`nn.ReLU`, `nn.Tanh`, ...) are hooked directly. Activation *functions* called
+inside a forward (`F.relu`, `torch.tanh`, ...) are seen by a `TorchFunctionMode` pushed around the
+root module's forward, and belong to the module whose forward called them (a stack of module
+names kept by forward hooks). The mode costs a Python call per torch function, so it is used only
+when the first measured forward found functional activations.
+
+Statistics accumulate on the device over every forward of a step (gradient accumulation) and are
+written out at the optimizer step: population std of the outputs, saturated fraction of inputs,
+dead fraction of units (see `activation_specs`), and a 32-bin histogram of the outputs over the
+function's range (values outside are counted in the edge bins).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .activation_specs import HIST_BINS, ActivationSpec, functional_spec, module_spec
+from .base import ABSENT, Probe
+from .forward import Hooks, recording_forward
+
+_N_SCALARS = 4  # saturated count, dead units, sum of outputs, sum of squared outputs
+
+
+class _Row:
+    """One row of the probe: an activation module, or every activation call in one module's forward."""
+
+    __slots__ = ("name", "spec", "n_elem", "n_sat_elem", "n_units", "calls", "index")
+
+    def __init__(self, name: str, spec: ActivationSpec, index: int):
+        self.name, self.spec, self.index = name, spec, index
+        self.reset()
+
+    def reset(self) -> None:
+        self.n_elem = self.n_sat_elem = self.n_units = self.calls = 0
+
+
+class _FunctionalMode(TorchFunctionMode):
+    def __init__(self, probe: ActivationProbe):
+        super().__init__()
+        self.probe = probe
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        spec = functional_spec(func, args, kwargs) if args else None
+        if spec is None or not self.probe._stack or self.probe._stack[-1] in self.probe._module_rows:
+            return func(*args, **kwargs)
+        x = args[0]
+        pre = self.probe._pre_stats(spec, x) if isinstance(x, torch.Tensor) else None
+        y = func(*args, **kwargs)
+        if pre is not None and isinstance(y, torch.Tensor):
+            self.probe._found_functional = True
+            self.probe._post_stats(self.probe._row_for(self.probe._stack[-1], spec), pre, y)
+        return y
+
+
+class ActivationProbe(Probe):
+    def __init__(self, model: nn.Module, cadence: int = 1, histograms: bool = True):
+        self.model = model
+        self.cadence = cadence
+        self.histograms = histograms
+        self._module_rows: dict[str, tuple[nn.Module, ActivationSpec]] = {}
+        for name, m in model.named_modules():
+            spec = module_spec(m)
+            if spec is not None:
+                self._module_rows[name or "(root)"] = (m, spec)
+        self._rows: dict[str, _Row] = {}
+        self._hooks = Hooks()
+        self._stack: list[str] = []
+        self._mode_depth = 0
+        self._mode = _FunctionalMode(self)
+        self._found_functional = False
+        self._discovered = False  # a measured forward has run, so we know if functions are used
+        self._pending: dict[int, torch.Tensor] = {}
+
+    def rows(self) -> list[str]:
+        return list(self._module_rows)
+
+    def bind(self, table) -> None:
+        super().bind(table)
+        self._device = table.device
+        self._capacity = table.capacity
+        self._acc = torch.zeros(0, _N_SCALARS + HIST_BINS, dtype=torch.float64, device=self._device)
+        self._out = torch.full((self._capacity, 0, 3), ABSENT, dtype=torch.float64, device=self._device)
+        self._hist = torch.full((self._capacity, 0, HIST_BINS), ABSENT, dtype=torch.float32, device=self._device)
+
+    # ------------------------------------------------------------ rows grow as activations appear
+
+    def _row_for(self, name: str, spec: ActivationSpec) -> _Row:
+        row = self._rows.get(name)
+        if row is None:
+            row = self._rows[name] = _Row(name, spec, len(self._rows))
+            grow = len(self._rows) - self._acc.shape[0]
+            if grow > 0:
+                pad = torch.zeros(grow, self._acc.shape[1], dtype=self._acc.dtype, device=self._device)
+                self._acc = torch.cat([self._acc, pad])
+                self._out = torch.cat([self._out, torch.full((self._capacity, grow, 3), ABSENT, dtype=self._out.dtype, device=self._device)], 1)
+                self._hist = torch.cat([self._hist, torch.full((self._capacity, grow, HIST_BINS), ABSENT, dtype=self._hist.dtype, device=self._device)], 1)
+        return row
+
+    # ------------------------------------------------------------ hooks
+
+    def arm(self) -> None:
+        if self._hooks:
+            return
+        for name, (m, _) in self._module_rows.items():
+            self._hooks.add(m.register_forward_pre_hook(self._module_pre(name)))
+            self._hooks.add(m.register_forward_hook(self._module_post(name), always_call=True))
+        if self._found_functional or not self._discovered:
+            for name, m in self.model.named_modules():
+                name = name or "(root)"
+                self._hooks.add(m.register_forward_pre_hook(self._push(name)))
+                self._hooks.add(m.register_forward_hook(self._pop, always_call=True))
+            self._hooks.add(self.model.register_forward_pre_hook(self._enter_mode))
+            self._hooks.add(self.model.register_forward_hook(self._exit_mode, always_call=True))
+
+    def disarm(self) -> None:
+        self._hooks.remove()
+        while self._mode_depth:
+            self._exit_mode()
+        self._stack.clear()
+
+    def _push(self, name):
+        def hook(module, args):
+            self._stack.append(name)
+
+        return hook
+
+    def _pop(self, module, args, output):
+        if self._stack:
+            self._stack.pop()
+
+    def _enter_mode(self, module, args):
+        if recording_forward():
+            self._mode.__enter__()
+            self._mode_depth += 1
+
+    def _exit_mode(self, *unused):
+        if self._mode_depth:
+            self._mode_depth -= 1
+            self._mode.__exit__(None, None, None)
+            if self._mode_depth == 0:
+                self._discovered = True
+
+    def _module_pre(self, name):
+        def hook(module, args):
+            if args and isinstance(args[0], torch.Tensor) and recording_forward():
+                # PReLU's slope is learned, so whether its negative side is flat can change.
+                spec = module_spec(module) if isinstance(module, nn.PReLU) else self._module_rows[name][1]
+                self._row_for(name, spec)
+                self._pending[id(module)] = self._pre_stats(spec, args[0])
+
+        return hook
+
+    def _module_post(self, name):
+        def hook(module, args, output):
+            pre = self._pending.pop(id(module), None)
+            if pre is not None and isinstance(output, torch.Tensor):
+                self._post_stats(self._rows[name], pre, output)
+
+        return hook
+
+    # ------------------------------------------------------------ the numbers (no host sync)
+
+    @torch.no_grad()
+    def _pre_stats(self, spec: ActivationSpec, x: torch.Tensor):
+        """Counts that need the input, taken before an in-place activation overwrites it."""
+        x = x.detach()
+        zero = torch.zeros((), dtype=torch.float64, device=x.device)
+        sat = spec.flat(x).sum() if spec.saturating else zero
+        sat_elems = x.numel() if spec.saturating else 0
+        if spec.rectifier:
+            lower = x < spec.lo
+            dead = (lower.all(0) if x.dim() > 1 else lower).sum()
+            units = x[0].numel() if x.dim() > 1 else x.numel()
+        else:
+            dead, units = zero, 0
+        return x.numel(), sat_elems, units, sat, dead
+
+    @torch.no_grad()
+    def _post_stats(self, row: _Row, pre, y: torch.Tensor) -> None:
+        n_elem, n_sat_elem, n_units, sat, dead = pre
+        y = y.detach().float()
+        parts = [sat.double(), dead.double(), y.sum(dtype=torch.float64), y.square().sum(dtype=torch.float64)]
+        vec = torch.stack([p.to(self._device) for p in parts])
+        self._acc[row.index, :_N_SCALARS] += vec
+        if self.histograms:
+            lo, hi = row.spec.hist_range  # a row pooling several functions keeps its first range
+            h = torch.histc(y.clamp(lo, hi), HIST_BINS, lo, hi)
+            self._acc[row.index, _N_SCALARS:] += h.to(self._device, torch.float64)
+        row.n_elem += n_elem
+        row.n_sat_elem += n_sat_elem
+        row.n_units += n_units
+        row.calls += 1
+
+    @torch.no_grad()
+    def record(self, slot: int) -> None:
+        active = [r for r in self._rows.values() if r.calls]
+        if not active:
+            return
+        idx = torch.tensor([r.index for r in active], device=self._device)
+        n = torch.tensor([float(r.n_elem) for r in active], dtype=torch.float64, device=self._device)
+        sat_n = torch.tensor([float(r.n_sat_elem) for r in active], dtype=torch.float64, device=self._device)
+        units = torch.tensor([float(r.n_units) for r in active], dtype=torch.float64, device=self._device)
+        acc = self._acc[idx]
+        mean = acc[:, 2] / n
+        std = (acc[:, 3] / n - mean * mean).clamp_min(0).sqrt()
+        absent = torch.tensor(ABSENT, dtype=torch.float64, device=self._device)
+        sat = torch.where(sat_n > 0, acc[:, 0] / sat_n, absent)
+        dead = torch.where(units > 0, acc[:, 1] / units, absent)
+        self._out[slot, idx] = torch.stack([std, sat, dead], 1)
+        if self.histograms:
+            self._hist[slot, idx] = (acc[:, _N_SCALARS:] / n[:, None]).float()
+        self._acc.zero_()
+        for r in active:
+            r.reset()
+
+    def take(self, n: int) -> dict:
+        out = self._out[:n].cpu().numpy().copy()
+        hist = self._hist[:n].cpu().numpy().copy() if self.histograms else None
+        self._out[:n].fill_(ABSENT)
+        self._hist[:n].fill_(ABSENT)
+        return {"activations": out, "act_hist": hist}
+
+    def finalize(self, raw: dict) -> list:
+        rows = list(self._rows)
+        out = raw["activations"][:, : len(rows)]
+        blocks = [
+            ("act_std", rows, out[:, :, 0]),
+            ("saturated_frac", rows, out[:, :, 1]),
+            ("dead_frac", rows, out[:, :, 2]),
+        ]
+        if raw["act_hist"] is not None:
+            blocks.append(("act_hist", rows, raw["act_hist"][:, : len(rows)].astype(np.float64)))
+        return blocks
+
+    def meta(self) -> dict:
+        return {
+            "activations": {
+                r.name: {
+                    "function": r.spec.name,
+                    "hist_range": list(r.spec.hist_range),
+                    "flat_below": _finite_or_none(r.spec.lo),
+                    "flat_above": _finite_or_none(r.spec.hi),
+                }
+                for r in self._rows.values()
+            },
+            "hist_bins": HIST_BINS,
+        }
+
+    def close(self) -> None:
+        self.disarm()
+
+
+def _finite_or_none(x: float) -> float | None:
+    return x if np.isfinite(x) else None

@@ -1,0 +1,82 @@
+"""Backflow probe: `backflow_norm`, the norm of ∂L/∂(layer output) per sample, for every layer.
+
+A forward hook registers a tensor hook on the layer's output; autograd calls it with the gradient
+during backward. The hook only reads it (returns None), so gradients are unchanged and no graph is
+kept alive. A hook registered before an in-place op on the output receives the gradient of the
+value the layer produced, which is what we want. Tuple outputs (LSTM, attention) use their first
+tensor. Per sample: ‖g‖ / √batch, the root mean over every backward of the step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from .base import ABSENT, Probe, StepTable
+from .forward import Hooks, batch_size, first_tensor, recording_forward
+
+
+class BackflowProbe(Probe):
+    columns = ("backflow_sq",)
+
+    def __init__(self, modules: dict[str, nn.Module], cadence: int = 1):
+        self.modules = modules
+        self.cadence = cadence
+        self._hooks = Hooks()
+        self._calls = [0] * len(modules)
+
+    def rows(self) -> list[str]:
+        return list(self.modules)
+
+    def bind(self, table: StepTable) -> None:
+        super().bind(table)
+        self._rows = table.row_index(self.rows())
+        self._col = table.column("backflow_sq")
+        self._acc = torch.zeros(len(self.modules), dtype=torch.float64, device=table.device)
+
+    def arm(self) -> None:
+        if self._hooks:
+            return
+        for i, m in enumerate(self.modules.values()):
+            self._hooks.add(m.register_forward_hook(self._forward_hook(i)))
+
+    def disarm(self) -> None:
+        self._hooks.remove()
+
+    def _forward_hook(self, i: int):
+        def hook(module, args, output):
+            out = first_tensor(output)
+            if out is None or not out.requires_grad or not recording_forward():
+                return
+            scale = 1.0 / batch_size(module, output, out)
+            self._calls[i] += 1
+            out.register_hook(lambda g: self._accumulate(i, g, scale))
+
+        return hook
+
+    @torch.no_grad()
+    def _accumulate(self, i: int, grad: torch.Tensor, scale: float) -> None:
+        n = torch.linalg.vector_norm(grad, dtype=torch.float32)
+        self._acc[i] += (n.double() * n.double() * scale).to(self._acc.device)
+
+    @torch.no_grad()
+    def record(self, slot: int) -> None:
+        if not any(self._calls):
+            return
+        calls = torch.tensor([float(c) if c else math.nan for c in self._calls], dtype=torch.float64, device=self._acc.device)
+        value = torch.where(torch.isnan(calls), torch.tensor(ABSENT, dtype=torch.float64, device=calls.device), self._acc / calls)
+        self.table.write(slot, self._col, self._rows, value)
+        self._acc.zero_()
+        self._calls = [0] * len(self.modules)
+
+    def finalize(self, raw: dict[str, np.ndarray]) -> list:
+        sq = raw["backflow_sq"]
+        with np.errstate(invalid="ignore"):
+            value = np.where(sq < 0, ABSENT, np.sqrt(np.abs(sq)))
+        return [("backflow_norm", self.table.rows, value)]
+
+    def close(self) -> None:
+        self.disarm()

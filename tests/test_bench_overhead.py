@@ -1,0 +1,55 @@
+"""Smoke test of bench/overhead.py: it runs, and every row it prints has a usable ratio.
+
+Timings are never asserted (the machines are shared and noisy); only that the numbers exist.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "overhead.py"
+
+
+@pytest.fixture(scope="module")
+def overhead():
+    spec = importlib.util.spec_from_file_location("gradwatch_bench_overhead", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+def test_quick_run_gives_a_ratio_for_every_row(overhead, capsys):
+    pytest.importorskip("lightning")
+    results = overhead.main(
+        ["--quick", "--models", "mlp", "--configs", "plain,gw1,lightning", "--device", "cpu"]
+    )
+    assert [r.model for r in results] == ["mlp"]
+    rows = {row.key: row for row in results[0].rows}
+    assert list(rows) == ["plain", "gw1", "lightning"]
+    for row in rows.values():
+        assert row.error is None, f"{row.name}: {row.error}"
+        assert row.ratio is not None and math.isfinite(row.ratio) and row.ratio > 0, row
+        assert row.ms is not None and math.isfinite(row.ms) and row.ms > 0, row
+    assert rows["plain"].ratio == 1.0
+    assert rows["gw1"].memory is not None and 0 < rows["gw1"].memory["fraction"] <= 1
+    out = capsys.readouterr().out
+    for name in ("plain", "gradwatch every=1", "lightning grad_norm"):
+        assert name in out
+
+
+def test_markdown_has_a_row_per_configuration(overhead):
+    row = overhead.Row("plain", "plain", ratio=1.0, ms=2.5)
+    broken = overhead.Row("wandb", "wandb.watch gradients", error="could not set up: ImportError")
+    res = overhead.ModelResult("mlp", "cpu", 7, 20, [row, broken])
+    text = overhead.markdown([res])
+    assert "| plain | 1.000x | 2.50 |" in text
+    assert "| wandb.watch gradients | n/a | n/a | could not set up: ImportError |" in text

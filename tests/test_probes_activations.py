@@ -1,0 +1,174 @@
+"""Activation probe: act_std, saturated_frac, dead_frac and histograms against naive references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import as_dict, family
+from torch import nn
+
+import gradwatch as gw
+from gradwatch.probes.activation_specs import HIST_BINS, spec
+
+
+def _one_step(model, x, loss=lambda y: y.pow(2).mean(), **kw):
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    kw.setdefault("activations", True)
+    with gw.watch(model, opt, **kw) as w:
+        loss(model(x)).backward()
+        opt.step()
+    return w
+
+
+def _naive_derivative_flat(fn, x):
+    """Elementwise: |φ'(x)| < 5% of max |φ'| (the definition, evaluated the slow way)."""
+    xs = x.detach().double().requires_grad_(True)
+    (d,) = torch.autograd.grad(fn(xs).sum(), xs)
+    grid = torch.linspace(-60, 60, 240_001, dtype=torch.float64, requires_grad=True)
+    (dg,) = torch.autograd.grad(fn(grid).sum(), grid)
+    return d.abs() < 0.05 * dg.abs().max()
+
+
+@pytest.mark.parametrize(
+    "act, fn",
+    [
+        (nn.Sigmoid(), torch.sigmoid),
+        (nn.Tanh(), torch.tanh),
+        (nn.Softsign(), F.softsign),
+        (nn.Hardtanh(), F.hardtanh),
+    ],
+)
+def test_saturation_and_std_match_naive_reference(act, fn):
+    torch.manual_seed(0)
+    lin = nn.Linear(6, 50)
+    nn.init.normal_(lin.weight, std=2.0)
+    model = nn.Sequential(lin, act, nn.Linear(50, 1))
+    x = torch.randn(40, 6)
+    w = _one_step(model, x)
+    pre = lin(x).detach()
+    out = fn(pre)
+    got = as_dict(w.stats(), 0)
+    assert got[("1", "act_std")] == pytest.approx(out.double().std(unbiased=False).item(), rel=1e-6)
+    expected_sat = _naive_derivative_flat(fn, pre).double().mean().item()
+    assert got[("1", "saturated_frac")] == pytest.approx(expected_sat, abs=1e-9)
+    assert 0.05 < expected_sat < 0.95  # the case is not trivial
+
+
+@pytest.mark.parametrize("act, fn", [(nn.ReLU(), torch.relu), (nn.GELU(), F.gelu), (nn.SiLU(), F.silu)])
+def test_dead_units_match_naive_reference(act, fn):
+    torch.manual_seed(0)
+    lin = nn.Linear(6, 200)
+    with torch.no_grad():
+        lin.bias.copy_(torch.linspace(-12, 3, 200))
+    model = nn.Sequential(lin, act, nn.Linear(200, 1))
+    x = torch.randn(30, 6)
+    w = _one_step(model, x)
+    pre = lin(x).detach()
+    lower_flat = _naive_derivative_flat(fn, pre) & (pre < 0)
+    expected = lower_flat.all(0).double().mean().item()
+    got = as_dict(w.stats(), 0)
+    assert got[("1", "dead_frac")] == pytest.approx(expected, abs=1e-9)
+    assert 0.1 < expected < 0.95
+
+
+def test_histogram_matches_numpy_and_sums_to_one():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 64), nn.Tanh(), nn.Linear(64, 1))
+    x = torch.randn(50, 4)
+    w = _one_step(model, x)
+    out = torch.tanh(model[0](x)).detach().numpy().ravel()
+    expected, _ = np.histogram(np.clip(out, -1, 1), bins=HIST_BINS, range=(-1, 1))
+    hist = w.stats().query("metric == 'act_hist' and layer == '1'").sort_values("index")
+    assert list(hist["index"]) == list(range(HIST_BINS))
+    np.testing.assert_allclose(hist["value"].to_numpy(), expected / out.size, atol=1e-6)
+
+
+def test_functional_activations_belong_to_the_calling_module():
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 8)
+            self.b = nn.Linear(8, 8)
+            self.head = nn.Linear(8, 1)
+
+        def forward(self, x):
+            h = F.relu(self.a(x))
+            h = torch.tanh(self.b(h))
+            return self.head(h)
+
+    torch.manual_seed(0)
+    model = Functional()
+    x = torch.randn(16, 4)
+    w = _one_step(model, x)
+    got = as_dict(w.stats(), 0)
+    h1 = torch.relu(model.a(x))
+    h2 = torch.tanh(model.b(h1)).detach()
+    # Both calls happen in the root's forward: one row pooling them.
+    pooled = torch.cat([h1.detach().ravel(), h2.ravel()]).double()
+    assert got[("(root)", "act_std")] == pytest.approx(pooled.std(unbiased=False).item(), rel=1e-6)
+    assert ("(root)", "dead_frac") in got and ("(root)", "saturated_frac") in got
+    assert w.layers() == ["(root)", "a", "b", "head"]
+
+
+def test_inplace_activations_are_measured_on_their_input():
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 100)
+    with torch.no_grad():
+        lin.bias.copy_(torch.linspace(-10, 2, 100))
+    model = nn.Sequential(lin, nn.ReLU(inplace=True), nn.Linear(100, 1))
+    x = torch.randn(20, 4)
+    w = _one_step(model, x, backflow=True)
+    pre = lin(x).detach()
+    got = as_dict(w.stats(), 0)
+    assert got[("1", "dead_frac")] == pytest.approx((pre <= 0).all(0).double().mean().item())
+    # The Linear's backflow is ∂L/∂(its output), taken before ReLU overwrote it.
+    h = lin(x)
+    h.retain_grad()
+    model[2](torch.relu(h)).pow(2).mean().backward()
+    assert got[("0", "backflow_norm")] == pytest.approx(h.grad.norm().item() / np.sqrt(20), rel=1e-5)
+
+
+def test_transformer_layers_get_activation_and_backflow_rows():
+    model, x, loss_fn = family("transformer", 4)
+    w = _one_step(model, x, loss=loss_fn, backflow=True)
+    stats = w.stats()
+    act = stats.query("metric == 'act_std'")
+    assert set(act.layer) == {"encoder.layers.0", "encoder.layers.1"}  # F.relu inside each layer
+    back = set(stats.query("metric == 'backflow_norm'").layer)
+    assert {"embed", "encoder.layers.0.self_attn", "encoder.layers.1.linear2", "head"} <= back
+
+
+def test_probes_switch_off_and_sample_at_their_cadence():
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gw.watch(model, opt, activations=3, backflow=False, through_time=False) as w:
+        for _ in range(7):
+            opt.zero_grad()
+            model(torch.randn(5, 3)).sum().backward()
+            opt.step()
+    stats = w.stats()
+    assert sorted(stats.query("metric == 'act_std'").step) == [0, 3, 6]
+    assert "backflow_norm" not in set(stats.metric)
+
+
+def test_validation_forwards_under_no_grad_are_not_measured():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Sigmoid(), nn.Linear(4, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.randn(5, 3)
+    expected = torch.sigmoid(model[0](x)).detach().double().std(unbiased=False).item()
+    with gw.watch(model, opt, activations=True) as w:
+        model(x).sum().backward()
+        with torch.no_grad():
+            model(100 * torch.randn(5, 3))  # would saturate everything
+        opt.step()
+    assert as_dict(w.stats(), 0)[("1", "act_std")] == pytest.approx(expected, rel=1e-6)
+
+
+def test_flat_region_bounds_follow_the_derivative_definition():
+    assert spec("sigmoid").hi == pytest.approx(4.36, abs=0.01)
+    assert spec("tanh").hi == pytest.approx(2.18, abs=0.01)
+    assert spec("relu").lo == pytest.approx(0.0, abs=1e-3)
+    assert spec("leaky_relu", (0.2,)).lo == -np.inf  # slope 0.2 > 5%: never flat
+    assert spec("gelu", ("none",)).lo == pytest.approx(-2.28, abs=0.02)
