@@ -521,6 +521,7 @@ def measure(
     warmup: int,
     seed: int = 0,
     calibrate: bool = True,
+    align: bool = True,
     log: Callable[[str], None] = lambda s: None,
 ) -> ModelResult:
     """Set every configuration up, warm each up, then time `reps` interleaved rounds of blocks."""
@@ -536,7 +537,7 @@ def measure(
             started.append(c)
             try:
                 c.setup(task)
-                period = max(1, int(c.period))
+                period = max(1, int(c.period)) if align else 1
                 block[c.key] = -(-steps // period) * period  # K rounded up to a whole period
                 live.append(c)
             except Exception as exc:  # noqa: BLE001 - a competitor that cannot run is reported
@@ -635,6 +636,7 @@ def environment() -> dict[str, str]:
         "threads": str(torch.get_num_threads()),
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d"),
+        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
 
 
@@ -642,7 +644,7 @@ def markdown(results: list[ModelResult]) -> str:
     env = environment()
     out = [
         f"Machine: {env['cpu']}; torch {env['torch']} ({env['threads']} threads); "
-        f"Python {env['python']}; {env['date']}.",
+        f"Python {env['python']}; {env['date']}; load average at the end {env['load']}.",
         "",
     ]
     for res in results:
@@ -700,14 +702,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=7, help="repetitions (blocks per config)")
     p.add_argument("--steps", type=int, default=20, help="training steps per timed block (K)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per config first")
-    p.add_argument("--quick", action="store_true", help="tiny reps/steps, for a smoke test")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: 2 reps of 2 steps, no flush calibration, no period alignment",
+    )
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--markdown", action="store_true", help="print Markdown tables (RESULTS.md)")
     args = p.parse_args(argv)
     if args.quick:
-        args.reps, args.steps, args.warmup = 3, 2, 1
+        args.reps, args.steps, args.warmup = 2, 2, 1
     if min(args.reps, args.steps) < 1 or args.warmup < 0:
         p.error("--reps and --steps must be >= 1, --warmup >= 0")
     return args
@@ -742,6 +748,7 @@ def main(argv: Sequence[str] | None = None) -> list[ModelResult]:
                     warmup=args.warmup,
                     seed=args.seed,
                     calibrate=not args.quick,
+                    align=not args.quick,
                     log=lambda s: print(s, file=sys.stderr, flush=True),
                 )
             )

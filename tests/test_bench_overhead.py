@@ -29,9 +29,9 @@ def overhead():
 
 def test_quick_run_gives_a_ratio_for_every_row(overhead, capsys):
     pytest.importorskip("lightning")
-    results = overhead.main(
-        ["--quick", "--models", "mlp", "--configs", "plain,gw1,lightning", "--device", "cpu"]
-    )
+    # One thread: two OpenMP threads on a busy two-core machine stall for a scheduler tick per op.
+    argv = "--quick --models mlp --configs plain,gw1,lightning --device cpu --threads 1"
+    results = overhead.main(argv.split())
     assert [r.model for r in results] == ["mlp"]
     rows = {row.key: row for row in results[0].rows}
     assert list(rows) == ["plain", "gw1", "lightning"]

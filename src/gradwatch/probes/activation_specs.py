@@ -41,6 +41,8 @@ class ActivationSpec:
             return x > self.hi
         if math.isinf(self.hi):
             return x < self.lo
+        if self.lo == -self.hi:
+            return x.abs() > self.hi
         return (x < self.lo) | (x > self.hi)
 
 

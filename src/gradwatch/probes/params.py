@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -9,19 +11,21 @@ from .._layers import ParamLayer
 from .base import ABSENT, Probe, StepTable
 
 
-def sq_norms(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+def sq_norms(tensors: list[torch.Tensor], device: torch.device, homogeneous: bool = False) -> torch.Tensor:
     """Squared L2 norms of `tensors` as one float64 vector on `device`.
+
+    `homogeneous=True` promises dense tensors of one device and dtype (skips the grouping).
 
     One `torch._foreach_norm` per (device, dtype) group, accumulated in float32 at least (bf16 norms
     would keep three digits), then squared in float64 so that large norms do not overflow.
     """
     if not tensors:
         return torch.zeros(0, dtype=torch.float64, device=device)
-    dense = [t.coalesce()._values() if t.is_sparse else t for t in tensors]
-    first = dense[0]
-    if all(t.device == first.device and t.dtype == first.dtype for t in dense):
-        groups = {(first.device, first.dtype): list(range(len(dense)))}
+    if homogeneous:
+        dense, first = tensors, tensors[0]
+        groups = {(first.device, first.dtype): range(len(dense))}
     else:
+        dense = [t.coalesce()._values() if t.is_sparse else t for t in tensors]
         groups = {}
         for i, t in enumerate(dense):
             groups.setdefault((t.device, t.dtype), []).append(i)
@@ -48,8 +52,9 @@ def nonfinite_counts(tensors: list[torch.Tensor], sq: torch.Tensor) -> torch.Ten
     if not tensors:
         return counts
     if sq.device.type == "cpu":
-        bad = (~torch.isfinite(sq)).nonzero().flatten().tolist()
-        for i in bad:
+        if math.isfinite(sq.sum()):
+            return counts
+        for i in (~torch.isfinite(sq)).nonzero().flatten().tolist():
             counts[i] = _count_nonfinite(tensors[i])
         return counts
     return torch.stack([_count_nonfinite(t).to(sq.device, torch.float64) for t in tensors])
@@ -69,7 +74,12 @@ class ParamProbe(Probe):
         self.layers = layers
         self._params: list[torch.nn.Parameter] = [p for layer in layers for p in layer.params]
         self._owner: list[int] = [i for i, layer in enumerate(layers) for _ in layer.params]
-        self._cache: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._cache: dict[tuple[int, ...], tuple] = {}
+        first = self._params[0]
+        self._homogeneous = all(
+            p.device == first.device and p.dtype == first.dtype and p.layout == torch.strided
+            for p in self._params
+        )
 
     def rows(self) -> list[str]:
         return [layer.name for layer in self.layers]
@@ -77,42 +87,45 @@ class ParamProbe(Probe):
     def bind(self, table: StepTable) -> None:
         super().bind(table)
         self._rows = table.row_index(self.rows())
-        self._owner_t = torch.tensor(self._owner, device=table.device)
-        self._c_grad = table.column("grad_sq")
-        self._c_weight = table.column("weight_sq")
-        self._c_nonfinite = table.column("nonfinite")
+        self._c_first = table.column("grad_sq")
+        assert table.columns[self._c_first : self._c_first + 3] == list(self.columns)
 
     def _index_for(self, with_grad: tuple[int, ...]):
-        """Owner rows of the parameters that have gradients, and which layers have any (cached)."""
+        """Index tensors for the parameters that have gradients now (cached: usually always the same).
+
+        `into`: where each squared norm (gradients, then weights, then non-finite counts) lands in
+        a `[3, layers]` block; `has`: which layers have any gradient.
+        """
         hit = self._cache.get(with_grad)
         if hit is None:
-            dev = self.table.device
+            dev, n = self.table.device, len(self.layers)
             owners = torch.tensor([self._owner[k] for k in with_grad], dtype=torch.long, device=dev)
-            has = torch.zeros(len(self.layers), dtype=torch.bool, device=dev)
+            weights = torch.tensor(self._owner, dtype=torch.long, device=dev) + n
+            has = torch.zeros(n, dtype=torch.bool, device=dev)
             has[owners] = True
-            hit = (owners, has, torch.tensor(ABSENT, dtype=torch.float64, device=dev))
+            hit = (torch.cat([owners, weights, owners + 2 * n]), has)
             self._cache[with_grad] = hit
         return hit
 
     @torch.no_grad()
     def record(self, slot: int) -> None:
-        table = self.table
+        table, n = self.table, len(self.layers)
         with_grad, grads = [], []
         for k, p in enumerate(self._params):
-            if p.grad is not None:
+            g = p.grad
+            if g is not None:
                 with_grad.append(k)
-                grads.append(p.grad)
-        owners, has_grad, absent = self._index_for(tuple(with_grad))
-        sq = sq_norms(grads + self._params, table.device)
-        n_layers = len(self.layers)
-        per_layer = torch.zeros(2 * n_layers, dtype=torch.float64, device=table.device)
-        per_layer.index_add_(0, torch.cat([owners, self._owner_t + n_layers]), sq)
+                grads.append(g)
+        into, has_grad = self._index_for(tuple(with_grad))
+        homogeneous = self._homogeneous and all(g.dtype == p.dtype and not g.is_sparse for g, p in zip(grads, self._params))
+        sq = sq_norms(grads + self._params, table.device, homogeneous and len(grads) == len(self._params))
         bad = nonfinite_counts(grads, sq[: len(grads)])
-        counts = torch.zeros(n_layers, dtype=torch.float64, device=table.device)
-        counts.index_add_(0, owners, bad)
-        table.write(slot, self._c_grad, self._rows, torch.where(has_grad, per_layer[:n_layers], absent))
-        table.write(slot, self._c_weight, self._rows, per_layer[n_layers:])
-        table.write(slot, self._c_nonfinite, self._rows, torch.where(has_grad, counts, absent))
+        block = torch.zeros(3 * n, dtype=torch.float64, device=table.device)
+        block.index_add_(0, into, torch.cat([sq, bad]))
+        block = block.view(3, n)
+        block[0].masked_fill_(~has_grad, ABSENT)
+        block[2].masked_fill_(~has_grad, ABSENT)
+        table.data[slot, self._c_first : self._c_first + 3].index_copy_(1, self._rows, block.to(table.dtype))
 
     def finalize(self, raw: dict) -> list:
         rows = self.table.rows
