@@ -113,6 +113,10 @@ def family(kind: str, size: int, seed: int = 0):
 FAMILIES = ["mlp", "cnn", "rnn", "lstm", "gru", "transformer"]
 
 
+# The test models are small: one thread is faster than two, and immune to a busy machine.
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ import sys
 import gradwatch as gw
 
 
-def gradwatch(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def gradwatch(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "gradwatch.cli", *args],
         capture_output=True,

@@ -37,7 +37,10 @@ def test_loaded_run_equals_the_live_stats(tmp_path):
     run = gw.load(tmp_path / "run")
     pd.testing.assert_frame_equal(run.stats, w.stats())
     assert run.layers() == w.layers() == ["0", "1", "2"]
-    assert run.meta["model"]["layers"][0] == {"name": "0", "type": "Linear", "n_params": 20, "n_trainable": 20}
+    first = run.meta["model"]["layers"][0]
+    assert {k: first[k] for k in ("name", "type", "n_params", "n_trainable", "fan_in", "fan_out")} == {
+        "name": "0", "type": "Linear", "n_params": 20, "n_trainable": 20, "fan_in": 3, "fan_out": 5,
+    }
     assert run.meta["torch_version"] == torch.__version__
     assert run.meta["settings"]["every"] == 1 and run.meta["finished"]
 

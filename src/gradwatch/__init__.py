@@ -7,8 +7,23 @@ try:
 except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.0.0+unknown"
 
+from . import theory  # noqa: E402
+from .check import check  # noqa: E402
+from .diagnose import Diagnosis, Finding, Remedy  # noqa: E402
+from .errors import GradwatchError  # noqa: E402
 from .monitor import Watch, watch  # noqa: E402
 from .store import Run, load  # noqa: E402
-from .errors import GradwatchError  # noqa: E402
 
-__all__ = ["watch", "load", "Watch", "Run", "GradwatchError", "__version__"]
+__all__ = [
+    "watch",
+    "check",
+    "load",
+    "Watch",
+    "Diagnosis",
+    "Finding",
+    "Remedy",
+    "Run",
+    "theory",
+    "GradwatchError",
+    "__version__",
+]

@@ -47,6 +47,65 @@ def demo(
     run_demo(out, seed=seed, console=console)
 
 
+@app.command()
+def check(
+    target: str = typer.Argument(..., help="path/file.py:factory or package.module:factory"),
+    json_out: bool = typer.Option(False, "--json", help="Print the diagnosis as one JSON object."),
+) -> None:
+    """Diagnose a model at initialisation. Exit 0 when ok, 1 on an error finding, 2 on bad input.
+
+    The factory takes no arguments and returns (model, inputs), (model, inputs, target) or
+    (model, inputs, target, loss_fn).
+    """
+    from ._factory import load_factory
+    from .check import check as run_check
+    from .report.terminal import diagnosis_view
+
+    model, inputs, tgt, loss_fn = load_factory(target)
+    diagnosis = run_check(model, inputs, tgt, loss_fn)
+    if json_out:
+        print(diagnosis.to_json())
+    else:
+        console.print(diagnosis_view(diagnosis, title=f"gradwatch check {target}"))
+    raise typer.Exit(0 if diagnosis.ok else 1)
+
+
+@app.command()
+def theory(
+    activation: str = typer.Option("tanh", "--activation", help="tanh, relu, leaky_relu, sigmoid, gelu, silu, elu, selu, softplus, erf, linear"),
+    sigma_w2: float = typer.Option(1.0, "--sigma-w2", help="Weight variance times fan-in (σ_w²)."),
+    sigma_b2: float = typer.Option(0.05, "--sigma-b2", help="Bias variance (σ_b²)."),
+    critical: bool = typer.Option(False, "--critical", help="Also solve for the critical σ_w² at this σ_b²."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write a phase diagram (PNG/SVG/PDF)."),
+) -> None:
+    """Mean-field signal propagation: fixed point, χ₁, depth scales, phase, trainable depth."""
+    import json
+
+    from . import theory as th
+
+    result = th.mean_field(activation, sigma_w2=sigma_w2, sigma_b2=sigma_b2).to_dict()
+    if critical:
+        result["critical_sigma_w2"] = th.critical_sigma_w2(activation, sigma_b2=sigma_b2)
+    if plot is not None:
+        from .report.theory_plot import phase_diagram
+
+        result["plot"] = str(phase_diagram(plot, activation=activation))
+    if json_out:
+        print(json.dumps(result))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"mean field: {activation}, σ_w²={sigma_w2}, σ_b²={sigma_b2}", show_edge=False)
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    for key, value in result.items():
+        if key in ("activation", "sigma_w2", "sigma_b2", "params"):
+            continue
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
 def main() -> None:
     try:
         app()

@@ -18,8 +18,9 @@ from torch import nn
 
 from .lab.models import he_init, mlp
 from .lab.tasks import digits
+from .diagnose import Diagnosis
 from .monitor import watch
-from .report.terminal import compare_table
+from .report.terminal import compare_table, diagnosis_view
 
 DEPTH, WIDTH, EPOCHS, BATCH, LR = 12, 64, 20, 64, 0.02
 
@@ -34,6 +35,7 @@ class DemoRun:
     layers: list[str]
     types: dict[str, str]
     path: Path
+    diagnosis: Diagnosis
 
 
 def _train(name, description, model, data, out: Path, progress: Progress, seed: int) -> DemoRun:
@@ -51,12 +53,13 @@ def _train(name, description, model, data, out: Path, progress: Progress, seed: 
                 opt.zero_grad()
                 loss = nn.functional.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
                 loss.backward()
+                w.log_loss(loss)
                 opt.step()
                 progress.advance(task)
     with torch.no_grad():
         acc = (model(data.x_test).argmax(1) == data.y_test).float().mean().item()
     types = {name or "(root)": type(m).__name__ for name, m in model.named_modules()}
-    return DemoRun(name, description, acc, loss.item(), w.stats(), w.layers(), types, w.log_dir)
+    return DemoRun(name, description, acc, loss.item(), w.stats(), w.layers(), types, w.log_dir, w.diagnose())
 
 
 def run_demo(out: str | Path = "runs/demo", seed: int = 0, console: Console | None = None) -> list[DemoRun]:
@@ -69,6 +72,19 @@ def run_demo(out: str | Path = "runs/demo", seed: int = 0, console: Console | No
         f"({len(data.x_train)} train / {len(data.x_test)} test images), {EPOCHS} epochs of SGD."
     )
     runs = []
+    # These nets are small: one thread is faster than two and immune to a busy machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        runs = _both(data, out, seed, console)
+    finally:
+        torch.set_num_threads(threads)
+    _show(runs, console)
+    return runs
+
+
+def _both(data, out: Path, seed: int, console: Console) -> list[DemoRun]:
+    runs = []
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console, transient=True,
@@ -79,7 +95,10 @@ def run_demo(out: str | Path = "runs/demo", seed: int = 0, console: Console | No
         torch.manual_seed(seed)
         fixed = he_init(mlp(data.n_features, data.n_classes, DEPTH, WIDTH, nn.ReLU))
         runs.append(_train("fixed", "ReLU, He init", fixed, data, out, progress, seed))
+    return runs
 
+
+def _show(runs: list[DemoRun], console: Console) -> None:
     a, b = runs
     console.print(
         compare_table(
@@ -96,5 +115,8 @@ def run_demo(out: str | Path = "runs/demo", seed: int = 0, console: Console | No
             f"[bold]{r.name}[/] ({r.description}): test accuracy [bold]{r.accuracy:.1%}[/], "
             f"final loss {r.final_loss:.3f}; first layer's gradient is {first / last:.1e} of the last's."
         )
+    for r in runs:
+        console.print()
+        console.print(diagnosis_view(r.diagnosis, title=f"Diagnosis of the {r.name} net ({r.description})"))
+    console.print()
     console.print(f"Runs written to [bold]{a.path}[/] and [bold]{b.path}[/] (read with gw.load).")
-    return runs

@@ -21,3 +21,15 @@ class RunExistsError(GradwatchError):
 
 class WatchError(GradwatchError):
     """A Watch was used in a way that cannot work (closed, unsupported model, ...)."""
+
+
+class NonFiniteGradientError(GradwatchError):
+    """`raise_on=("nonfinite",)`: a gradient held NaN/Inf; the optimizer step was not taken."""
+
+
+class TrainingStoppedError(GradwatchError):
+    """`raise_on` named a finding kind and the detectors found it."""
+
+
+class CheckError(GradwatchError):
+    """`gw.check` could not run the model on the inputs it was given."""

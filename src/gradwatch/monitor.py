@@ -6,6 +6,7 @@ import datetime as _dt
 import os
 import platform
 import warnings
+from collections.abc import Callable, Iterable
 from collections.abc import Iterable
 from typing import Any
 
@@ -16,11 +17,13 @@ from torch import nn
 
 from . import __version__
 from ._layers import ForwardOrder, ParamLayer, model_device, param_bytes, param_layers, unwrap
-from .errors import WatchError
+from ._summary import init_stats, model_summary, optimizer_summary
+from .diagnose import KINDS, Diagnosis, Finding, diagnose
+from .errors import NonFiniteGradientError, TrainingStoppedError, WatchError
 from .probes.activation_specs import module_spec
 from .probes.activations import ActivationProbe
 from .probes.backflow import BackflowProbe
-from .probes.base import Probe, StepTable
+from .probes.base import ABSENT, Probe, StepTable
 from .probes.params import ParamProbe
 from .probes.through_time import ThroughTimeProbe
 from .probes.updates import UpdateProbe
@@ -42,12 +45,14 @@ class Watch:
         *,
         every: int = 1,
         log_dir: str | os.PathLike | None = None,
-        flush_every: int = 100,
+        flush_every: int = 50,
         update_memory: float = 0.25,
         activations: bool | int = 10,
         backflow: bool | int = 10,
         through_time: bool | int = 10,
         histograms: bool = True,
+        on_finding: Callable[[Finding], None] | None = None,
+        raise_on: Iterable[str] = (),
         overwrite: bool = False,
     ):
         if not isinstance(model, nn.Module):
@@ -60,6 +65,10 @@ class Watch:
         for name, value in (("every", every), ("flush_every", flush_every)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise WatchError(f"{name} must be a positive integer, got {value!r}.")
+        raise_on = tuple(raise_on)
+        unknown = [k for k in raise_on if k not in KINDS]
+        if unknown:
+            raise WatchError(f"raise_on names unknown finding kinds {unknown}; choose from {', '.join(KINDS)}.")
         cadences = {}
         for name, value in (("activations", activations), ("backflow", backflow), ("through_time", through_time)):
             if value is True:
@@ -85,6 +94,7 @@ class Watch:
         if not self._player:
             raise WatchError("The model has no parameters, so there is no gradient to watch.")
         self._order = ForwardOrder(self.model)
+        self._init = init_stats(self.model, self._player)
         self._table = StepTable(flush_every, model_device(self.model))
         self._params_probe = ParamProbe(self._player)
         self._update_probe = UpdateProbe(self._player, update_memory)
@@ -120,6 +130,13 @@ class Watch:
         self._in_update: int | None = None  # slot whose optimizer update is under way
         self._pending: int | None = None  # manual mode: slot whose update the next step() measures
         self._chunks: list[pd.DataFrame] = []
+        self._loss = torch.full((flush_every,), ABSENT, dtype=self._table.dtype, device=self._table.device)
+        self._loss_sum: torch.Tensor | None = None
+        self._loss_count = 0
+        self._on_finding = on_finding
+        self._raise_on = raise_on
+        self._reported: set[tuple[str, tuple[str, ...]]] = set()
+        self._findings: list[Finding] = []
         self._closed = False
         self._started = _now()
         self._writer = RunWriter(log_dir, overwrite=overwrite) if log_dir is not None else None
@@ -149,7 +166,32 @@ class Watch:
         for probe in self._probes:
             if self._active(probe):
                 probe.record(slot)
+        if self._loss_count:
+            self._loss[slot] = self._loss_sum / self._loss_count
+            self._loss_sum, self._loss_count = None, 0
+        if "nonfinite" in self._raise_on:
+            self._stop_if_nonfinite(slot)
         return slot
+
+    def _stop_if_nonfinite(self, slot: int) -> None:
+        """The opt-in per-step check: reads one flag from the device (a sync, which the user asked for)."""
+        counts = self._table.data[slot, self._table.column("nonfinite")]
+        grads = self._table.data[slot, self._table.column("grad_sq")]
+        bad = (counts > 0) | ~torch.isfinite(grads)
+        if not bool(bad.any()):
+            return
+        rows = [self._table.rows[i] for i in bad.nonzero().flatten().tolist()]
+        layers = [n for n in self.layers() if n in rows]
+        step = self._step
+        self._update_probe.discard()
+        self._in_update = None
+        self._commit(slot)
+        self.flush()
+        raise NonFiniteGradientError(
+            f"Non-finite gradients at step {step} in layer(s) {', '.join(repr(n) for n in layers)}; "
+            "the optimizer step was not taken. Lower the learning rate, clip gradients, or run one "
+            "step under torch.autograd.detect_anomaly() to find the operation."
+        )
 
     def _commit(self, slot: int) -> None:
         self._slot_steps.append(self._step)
@@ -201,33 +243,83 @@ class Watch:
         if self._slot == self.flush_every:
             self.flush()
 
+    def log_loss(self, loss: torch.Tensor | float) -> None:
+        """Record the training loss of the current step (call after backward, before the optimizer
+        step). Stays on the device; several calls in one step (accumulation) are averaged."""
+        value = loss.detach().reshape(()).to(self._table.device, self._table.dtype) if isinstance(loss, torch.Tensor) else torch.tensor(float(loss), dtype=self._table.dtype, device=self._table.device)
+        self._loss_sum = value if self._loss_sum is None else self._loss_sum + value
+        self._loss_count += 1
+
     # ----------------------------------------------------------------- results
+
+    _flushing = False
 
     def flush(self) -> None:
         """Copy the recorded steps to the host (one transfer) and append them to the store."""
         n = self._slot
-        if n == 0:
+        if n == 0 or self._flushing:
             return
+        self._flushing = True
+        try:
+            self._flush(n)
+        finally:
+            self._flushing = False
+
+    def _flush(self, n: int) -> None:
         raw = self._table.take(n)
         for probe in self._probes:
             raw.update(probe.take(n))
+        loss = self._loss[:n].cpu().numpy().copy()
+        self._loss[:n].fill_(ABSENT)
         steps = np.asarray(self._slot_steps[:n], dtype=np.int64)
         self._slot, self._slot_steps = 0, self._slot_steps[n:]
         blocks = [block for probe in self._probes for block in probe.finalize(raw)]
+        blocks.append(("loss", ["(model)"], loss[:, None]))
         df = _long_table(blocks, steps)
         self._chunks.append(df)
         if self._writer is not None:
             if len(self._chunks) == 1:
                 self._write_meta()  # the forward order is known now
             self._writer.append(df)
+        if self._on_finding is not None or self._raise_on or self._writer is not None:
+            self._stream_findings()
+
+    def _stream_findings(self) -> None:
+        """Run the detectors over the recent past; report findings not reported before.
+
+        A window of the last ten flushes keeps the cost per flush flat however long the run is.
+        """
+        recent = normalize(pd.concat(self._chunks[-10:], ignore_index=True))
+        diagnosis = diagnose(recent, self.meta())
+        self._findings = diagnosis.findings
+        if self._writer is not None:
+            self._writer.write_findings([f.to_dict() for f in diagnosis.findings])
+        for finding in diagnosis.findings:
+            key = (finding.kind, finding.layers)
+            if key in self._reported:
+                continue
+            self._reported.add(key)
+            if self._on_finding is not None:
+                self._on_finding(finding)
+            if finding.kind in self._raise_on and finding.severity in ("warning", "error"):
+                raise TrainingStoppedError(
+                    f"gradwatch stopped training at step {self._step} on {finding.kind} ({finding.summary}) "
+                    f"because raise_on includes it; see w.diagnose() for remedies."
+                )
+
+    def diagnose(self) -> Diagnosis:
+        """The diagnosis of everything recorded so far (runs the detectors; flushes first)."""
+        stats = self.stats() if not self._closed else self._all_stats()
+        return diagnose(stats, self.meta())
+
+    def _all_stats(self) -> pd.DataFrame:
+        return normalize(pd.concat(self._chunks, ignore_index=True)) if self._chunks else empty_stats()
 
     def stats(self) -> pd.DataFrame:
         """Every recorded number so far, long format: step, layer, metric, value, index."""
-        if not self._closed and self._pending is None:
+        if not self._closed and self._pending is None and not self._flushing:
             self.flush()
-        if not self._chunks:
-            return empty_stats()
-        return normalize(pd.concat(self._chunks, ignore_index=True))
+        return self._all_stats()
 
     def layers(self) -> list[str]:
         """Layer names in forward order (registration order until the first forward pass).
@@ -291,10 +383,12 @@ class Watch:
     # ----------------------------------------------------------------- metadata
 
     def meta(self) -> dict:
-        types = {name or "(root)": type(m).__name__ for name, m in self.model.named_modules()}
-        by_name = {layer.name: layer for layer in self._player}
+        """What the run directory's meta.json holds (model summary in forward order, settings...)."""
         order = self.layers()
-        meta = {
+        probes: dict = {}
+        for probe in self._probes:
+            probes.update(probe.meta())
+        return {
             "format": 1,
             "gradwatch_version": __version__,
             "torch_version": torch.__version__,
@@ -303,26 +397,12 @@ class Watch:
             "started": self._started,
             "finished": None,
             "settings": self._settings,
-            "model": {
-                "class": type(self.model).__name__,
-                "n_params": sum(layer.n_params for layer in self._player),
-                "param_bytes": param_bytes(self.model),
-                "layers": [
-                    {
-                        "name": name,
-                        "type": types.get(name, "?"),
-                        "n_params": by_name[name].n_params if name in by_name else 0,
-                        "n_trainable": by_name[name].n_trainable if name in by_name else 0,
-                    }
-                    for name in order
-                ],
-            },
+            "model": {**model_summary(self.model, self._player, order, self._init), "param_bytes": param_bytes(self.model)},
+            "optimizer": optimizer_summary(self.optimizer),
+            "probes": probes,
             "layer_order": order,
             "steps_seen": self._step,
         }
-        for probe in self._probes:
-            meta["settings"].update(probe.meta())
-        return meta
 
     def _write_meta(self, finished: bool = False) -> None:
         if self._writer is None:
@@ -383,12 +463,14 @@ def watch(
     *,
     every: int = 1,
     log_dir: str | os.PathLike | None = None,
-    flush_every: int = 100,
+    flush_every: int = 50,
     update_memory: float = 0.25,
     activations: bool | int = 10,
     backflow: bool | int = 10,
     through_time: bool | int = 10,
     histograms: bool = True,
+    on_finding: Callable[[Finding], None] | None = None,
+    raise_on: Iterable[str] = (),
     overwrite: bool = False,
 ) -> Watch:
     """Watch `model`'s gradient flow while it trains; use as a context manager or call `close()`.
@@ -402,6 +484,10 @@ def watch(
         recorded step, an integer N on one recorded step in N (the default, 10, keeps the
         whole watch within a few percent of plain training), False switches one off.
     histograms: keep a 32-bin histogram of every activation's outputs (metric `act_hist`).
+    on_finding: called with each new Finding as the detectors run at every flush.
+    raise_on: finding kinds that stop training with an exception. "nonfinite" is checked at every
+        step, before the optimizer applies the update (one host sync per step, opt-in); the others
+        at each flush.
     """
     return Watch(
         model,
@@ -414,6 +500,8 @@ def watch(
         backflow=backflow,
         through_time=through_time,
         histograms=histograms,
+        on_finding=on_finding,
+        raise_on=raise_on,
         overwrite=overwrite,
     )
 

@@ -69,3 +69,33 @@ def compare_table(
             cells += [f"{v:.2e}" if not math.isnan(v) else "-", log_bar(v, lo, hi)]
         table.add_row(*cells)
     return table
+
+
+_SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+
+
+def diagnosis_view(diagnosis, title: str | None = None, remedies: int = 2):
+    """A rich renderable: one row per finding (severity, kind, where, what), then its top remedies."""
+    from rich.console import Group
+    from rich.padding import Padding
+
+    if not diagnosis.findings:
+        return Text(f"{title + ': ' if title else ''}no problem found.", style="bold green")
+    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False, expand=False)
+    table.add_column("", no_wrap=True)
+    table.add_column("finding", no_wrap=True, style="bold")
+    table.add_column("where", max_width=24)
+    table.add_column("what", ratio=1)
+    for f in diagnosis.findings:
+        where = ", ".join(f.layers[:3]) + (f" +{len(f.layers) - 3}" if len(f.layers) > 3 else "")
+        table.add_row(Text(f.severity, style=_SEVERITY_STYLE[f.severity]), f.kind, where or "-", f.summary)
+    parts: list = [table]
+    fixes = []
+    for f in diagnosis.findings:
+        for i, r in enumerate(f.remedies[:remedies]):
+            head = Text.assemble((f"{f.kind} " if i == 0 else " " * (len(f.kind) + 1), "dim"), (f"{i + 1}. {r.action}: ", "bold"))
+            fixes.append(Text.assemble(head, r.detail))
+    if fixes:
+        parts.append(Text("What to change:", style="bold"))
+        parts.extend(Padding(t, (0, 0, 0, 2)) for t in fixes)
+    return Group(*parts)

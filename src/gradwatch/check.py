@@ -1,0 +1,153 @@
+"""`gw.check`: one forward and backward at initialisation, diagnosed, with the model left untouched."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from .diagnose import Diagnosis, diagnose
+from .errors import CheckError
+from .monitor import Watch
+
+COTANGENT_SEED = 0
+
+
+def _call(model: nn.Module, inputs: Any):
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def _output_tensor(output: Any) -> torch.Tensor | None:
+    """The tensor to differentiate: a loss the model computed itself (Hugging Face `ModelOutput`
+    with labels), else the first floating tensor of a tensor/tuple/dict/dataclass output."""
+    loss = getattr(output, "loss", None) if not isinstance(output, torch.Tensor) else None
+    if isinstance(loss, torch.Tensor) and loss.requires_grad:
+        return loss
+    if isinstance(output, torch.Tensor):
+        return output if output.is_floating_point() else None
+    if isinstance(output, Mapping) or hasattr(output, "values"):
+        items = list(output.values())
+    elif isinstance(output, (tuple, list)):
+        items = list(output)
+    else:
+        return None
+    for item in items:
+        t = _output_tensor(item)
+        if t is not None and t.requires_grad:
+            return t
+    return None
+
+
+def _default_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    if not target.is_floating_point() and out.dim() >= 2 and out.shape[0] == target.shape[0]:
+        return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]) if out.dim() > 2 else out, target.reshape(-1) if out.dim() > 2 else target)
+    return nn.functional.mse_loss(out, target.to(out.dtype).reshape(out.shape) if target.numel() == out.numel() else target)
+
+
+@contextlib.contextmanager
+def _untouched(model: nn.Module):
+    """Restore everything a forward/backward in train mode can change: gradients, buffers
+    (BatchNorm running statistics), train/eval flags and the global RNG state."""
+    grads = {p: p.grad for p in model.parameters()}
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    modes = {m: m.training for m in model.modules()}
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    for p in grads:
+        p.grad = None
+    try:
+        yield
+    finally:
+        for p, g in grads.items():
+            p.grad = g
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                if name in buffers:
+                    b.copy_(buffers[name])
+        for m, mode in modes.items():
+            m.training = mode
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+
+
+def check(
+    model: nn.Module,
+    inputs: Any,
+    target: Any = None,
+    loss_fn: Callable[..., torch.Tensor] | None = None,
+) -> Diagnosis:
+    """Diagnose `model` at initialisation from one forward and one backward pass on `inputs`.
+
+    No optimizer step is taken; weights, buffers, gradients, train/eval modes and the global RNG
+    state are exactly as before. Without a `target`, the output is back-propagated against a
+    random cotangent v of norm 1 per sample (a fixed seed, independent of the global RNG): the
+    gradient of ⟨out, v⟩, which shows how any loss's gradient would flow. With a target and no `loss_fn`, integer targets
+    use cross-entropy and float targets mean squared error. Inputs may be a tensor, a tuple (passed
+    as positional arguments) or a dict (keyword arguments). Use a batch of at least 16 samples:
+    "dead for every sample" means little for a handful.
+    """
+    if not isinstance(model, nn.Module):
+        raise CheckError(f"gw.check() needs a torch.nn.Module, got {type(model).__name__}.")
+    with _untouched(model):
+        model.train()
+        w = Watch(model, activations=True, backflow=True, through_time=True, update_memory=1e-9, flush_every=1)
+        try:
+            try:
+                output = _call(model, inputs)
+            except Exception as exc:  # noqa: BLE001 - any failure here is the user's inputs or model
+                raise CheckError(
+                    f"The model could not run on the inputs ({type(exc).__name__}: {_first_line(exc)}); "
+                    "pass inputs shaped and typed as the model's forward expects."
+                ) from None
+            loss = _loss(output, target, loss_fn)
+            try:
+                loss.backward()
+            except Exception as exc:  # noqa: BLE001
+                raise CheckError(f"Backward failed ({type(exc).__name__}: {_first_line(exc)}); the loss must be a differentiable scalar.") from None
+            w.log_loss(loss.detach())
+            w.step()
+        finally:
+            w._pending = None  # no update happens: there is no update ratio to measure
+            w.close()
+        stats = w.stats()
+        meta = w.meta()
+    return diagnose(stats, meta)
+
+
+def _loss(output: Any, target: Any, loss_fn: Callable | None) -> torch.Tensor:
+    if loss_fn is not None:
+        try:
+            loss = loss_fn(output, target) if target is not None else loss_fn(output)
+        except Exception as exc:  # noqa: BLE001
+            raise CheckError(f"loss_fn raised {type(exc).__name__}: {_first_line(exc)}; check it accepts (output, target).") from None
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise CheckError("loss_fn must return a scalar tensor.")
+        return loss.reshape(())
+    out = _output_tensor(output)
+    if out is None:
+        raise CheckError("The model's output holds no floating-point tensor that requires grad; pass loss_fn to say what to differentiate.")
+    if out.numel() == 1 and out is getattr(output, "loss", None):
+        return out.reshape(())
+    if target is not None:
+        try:
+            return _default_loss(out, target)
+        except Exception as exc:  # noqa: BLE001
+            raise CheckError(f"The default loss could not compare output {tuple(out.shape)} with target ({_first_line(exc)}); pass loss_fn.") from None
+    gen = torch.Generator(device="cpu").manual_seed(COTANGENT_SEED)
+    v = torch.randn(out.shape, generator=gen, dtype=torch.float32).to(out.device, out.dtype)
+    v = v / v.norm().clamp_min(1e-30) * math.sqrt(out.shape[0] if out.dim() else 1)
+    return (out * v).sum()
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else "no message"

@@ -1,0 +1,262 @@
+"""Remedies that name the user's own modules, ranked, each with why and what it should change.
+
+Each builder reads the view (layer types, activation functions, how weights were initialised,
+observed norms) and returns concrete changes with a snippet to paste.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .finding import Remedy
+from .view import RECTIFIERS, RECURRENT_TYPES, SATURATING, View, fmt, names
+
+_INIT_WORDS = {
+    "pytorch_default": "PyTorch's default init (kaiming_uniform_ with a=√5: variance 1/(3·fan_in)), which is not He init (variance 2/fan_in)",
+    "small": "weights smaller than any standard init",
+    "large": "weights larger than He init",
+    "xavier": "Xavier/Glorot init (variance 2/(fan_in+fan_out)), which halves the signal's variance at every ReLU",
+    "lecun_or_xavier": "LeCun/Xavier-scale init (variance 1/fan_in), which halves the signal's variance at every ReLU",
+}
+
+
+def _activations(view: View, kinds: set[str]) -> dict[str, list[str]]:
+    """function -> activation layers using it, for functions in `kinds`."""
+    out: dict[str, list[str]] = {}
+    for layer, fn in view.activations.items():
+        if fn in kinds:
+            out.setdefault(fn, []).append(layer)
+    return out
+
+
+def _module_class(fn: str) -> str:
+    return {
+        "sigmoid": "nn.Sigmoid", "tanh": "nn.Tanh", "relu": "nn.ReLU", "leaky_relu": "nn.LeakyReLU",
+        "gelu": "nn.GELU", "silu": "nn.SiLU", "elu": "nn.ELU", "selu": "nn.SELU", "hardtanh": "nn.Hardtanh",
+        "softsign": "nn.Softsign", "relu6": "nn.ReLU6", "prelu": "nn.PReLU", "softplus": "nn.Softplus",
+    }.get(fn, fn)
+
+
+def _swap_activation(view: View, fns: dict[str, list[str]], to: str = "nn.ReLU") -> Remedy | None:
+    if not fns:
+        return None
+    module_layers = [n for layers in fns.values() for n in layers if view.type_of(n) not in ("", None) and view.type_of(n) not in RECURRENT_TYPES and view.type_of(n).lower() in {_module_class(f)[3:].lower() for f in fns}]
+    functional = [n for layers in fns.values() for n in layers if n not in module_layers]
+    classes = ", ".join(sorted(_module_class(f) for f in fns))
+    detail = []
+    if module_layers:
+        detail.append(
+            f"Replace the {len(module_layers)} {classes} module(s) {names(module_layers)} with {to}:\n"
+            f"    gradwatch.remedies.swap_activation(model, {classes.split(', ')[0]}, {to})"
+        )
+    if functional:
+        detail.append(f"In the forward of {names(functional)}, call {to.replace('nn.', 'torch.nn.functional.').lower()} instead of {', '.join(sorted(fns))}.")
+    return Remedy(
+        "activation",
+        "\n".join(detail),
+        expected="derivative 1 on the active side instead of at most 0.25 (sigmoid) or 1 only near 0 (tanh): the signal no longer shrinks at every layer",
+        why=f"{classes} saturate: their derivative is tiny for large inputs, and the gradient is a product of one such factor per layer",
+    )
+
+
+def _init_remedy(view: View, nonlinearity: str) -> Remedy | None:
+    layers = view.weight_layers
+    if not layers:
+        return None
+    inits = {n: view.init_of(n) for n in layers}
+    wrong = [n for n, i in inits.items() if i not in (None, "he")] if nonlinearity == "relu" else [n for n, i in inits.items() if i not in (None, "xavier", "lecun_or_xavier")]
+    if not wrong:
+        return None
+    kinds = sorted({inits[n] for n in wrong if inits[n]})
+    said = "; ".join(_INIT_WORDS.get(k, k) for k in kinds) if kinds else "a non-standard init"
+    if nonlinearity == "relu":
+        call = "nn.init.kaiming_normal_(m.weight, nonlinearity='relu')"
+        name = "He (Kaiming) init"
+        expected = "the back-propagated variance stays level through ReLU layers instead of shrinking at every layer"
+    else:
+        call = f"nn.init.xavier_normal_(m.weight, gain=nn.init.calculate_gain('{nonlinearity}'))"
+        name = "Xavier/Glorot init"
+        expected = "activations stay out of the flat region and gradient variance roughly level across depth"
+    return Remedy(
+        "init",
+        f"Re-initialise {names(wrong)} with {name}; they use {said}:\n"
+        f"    for m in model.modules():\n"
+        f"        if isinstance(m, (nn.Linear, nn.Conv2d)):\n"
+        f"            {call}\n"
+        f"            nn.init.zeros_(m.bias)",
+        expected=expected,
+        why="the init sets each layer's gain; a gain below 1 per layer compounds into an exponential decay with depth",
+    )
+
+
+def _normalise(view: View) -> Remedy | None:
+    if view.has_norm or len(view.weight_layers) < 4:
+        return None
+    conv = any(view.type_of(n).startswith("Conv") for n in view.weight_layers)
+    norm = "nn.BatchNorm2d(channels)" if conv else "nn.BatchNorm1d(features) (or nn.LayerNorm(features))"
+    return Remedy(
+        "normalization",
+        f"Insert {norm} after each of {names(view.weight_layers[:-1])}, before its activation:\n"
+        f"    gradwatch.remedies.insert_norm(model)   # for nn.Sequential models",
+        expected="each layer's input re-centred and re-scaled, so activations stay in the non-saturated range and the signal level",
+        why="normalisation resets the scale at every layer instead of letting it compound (Ioffe & Szegedy 2015)",
+    )
+
+
+def _residual(view: View) -> Remedy | None:
+    n = len(view.weight_layers)
+    if n < 8:
+        return None
+    return Remedy(
+        "residual",
+        f"Add skip connections around pairs of layers ({n} weight layers in one chain): out = x + block(x), "
+        "and zero-initialise the last layer of each block.",
+        expected="the gradient reaches early layers through the identity paths, undiminished",
+        why="deep plain nets train worse than shallower ones; residual ones do not (He et al. 2016)",
+    )
+
+
+def vanishing_remedies(view: View, trend: dict) -> tuple[Remedy, ...]:
+    # After a swap away from sigmoid/tanh the net is a ReLU net, so He init is the companion.
+    out = [
+        _swap_activation(view, _activations(view, SATURATING)),
+        _init_remedy(view, "relu"),
+        _normalise(view),
+        _residual(view),
+    ]
+    return tuple(r for r in out if r is not None) or (
+        Remedy("depth", f"Reduce depth: the signal loses x{trend['per_layer']:.2f} per layer.", why="each layer multiplies the gradient by its own factor"),
+    )
+
+
+def clip_threshold(view: View) -> float | None:
+    """A max_norm for clip_grad_norm_: the median total gradient norm of the finite steps seen."""
+    g = view.metric("grad_norm")
+    if g.empty:
+        return None
+    total = np.sqrt((g.fillna(0) ** 2).sum(axis=1)).to_numpy()
+    total = total[np.isfinite(total) & (total > 0)]
+    if not len(total):
+        return None
+    return float(np.median(total[: max(1, len(total) // 2)]))
+
+
+def _clip(view: View, why: str) -> Remedy:
+    c = clip_threshold(view)
+    threshold = f"{c:.3g}" if c and c < 1e3 else "1.0"
+    basis = f" (the median gradient norm of the first steps was {fmt(c)})" if c and c < 1e3 else ""
+    return Remedy(
+        "clipping",
+        f"Clip the gradient norm before optimizer.step(){basis}:\n"
+        f"    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={threshold})",
+        expected="no single step can move the weights further than the threshold allows",
+        why=why,
+    )
+
+
+def _lr(view: View, factor: float, why: str) -> Remedy:
+    lrs = view.optimizer.get("lr") or []
+    now = f" from {fmt(lrs[0])} to {fmt(lrs[0] * factor)}" if lrs else f" by about {fmt(1 / factor)}x"
+    return Remedy("lr", f"Lower the learning rate{now}, with a warm-up over the first few hundred steps.", expected="update/weight ratios near 1e-3", why=why)
+
+
+def exploding_remedies(view: View, evidence: dict) -> tuple[Remedy, ...]:
+    out = [_clip(view, "bounds each update even when gradients blow up (Pascanu et al. 2013)")]
+    init = _init_remedy(view, "relu") if _activations(view, RECTIFIERS) else _init_remedy(view, "tanh")
+    if init:
+        out.insert(0, init)
+    out.append(_lr(view, 0.1, "a smaller step keeps a large gradient from compounding"))
+    if (n := _normalise(view)) is not None:
+        out.append(n)
+    return tuple(out)
+
+
+def nonfinite_remedies(view: View) -> tuple[Remedy, ...]:
+    return (
+        Remedy(
+            "loss",
+            "Find the operation that produced the first NaN/Inf: run one step under torch.autograd.detect_anomaly(); "
+            "replace log(softmax(x)) by log_softmax, add eps inside log/sqrt/division.",
+            expected="finite losses and gradients",
+            why="a single NaN spreads to every weight it touches in one update",
+        ),
+        _clip(view, "a finite but huge gradient becomes Inf in the next update"),
+        _lr(view, 0.1, "divergence to Inf is often a learning rate too large for the loss surface"),
+        Remedy("precision", "Under torch.autocast with float16, use torch.amp.GradScaler (it skips steps with Inf/NaN gradients) or bfloat16.", why="float16 overflows at 65504"),
+    )
+
+
+def saturation_remedies(view: View, layers: list[str]) -> tuple[Remedy, ...]:
+    fns = {fn: [n for n in ls if n in layers] for fn, ls in _activations(view, SATURATING).items()}
+    fns = {k: v for k, v in fns.items() if v}
+    out = [_swap_activation(view, fns), _init_remedy(view, "tanh" if "tanh" in fns else "sigmoid"), _normalise(view)]
+    return tuple(r for r in out if r is not None)
+
+
+def dead_remedies(view: View, layers: list[str]) -> tuple[Remedy, ...]:
+    fns = {fn: [n for n in ls if n in layers] for fn, ls in _activations(view, {"relu", "relu6"}).items()}
+    fns = {k: v for k, v in fns.items() if v}
+    out = [
+        _swap_activation(view, fns, to="nn.LeakyReLU(0.1)") if fns else None,
+        Remedy(
+            "init",
+            "Initialise biases to zero (nn.init.zeros_(m.bias)) and weights with He init: units whose input is negative for every sample get no gradient and never recover.",
+            expected="about half the units active on any sample",
+            why="a ReLU unit with a negative input for every sample has zero gradient",
+        ),
+        _lr(view, 0.3, "a too-large step can push a unit's bias so far negative that it never fires again"),
+    ]
+    return tuple(r for r in out if r is not None)
+
+
+def stalled_remedies(view: View, layers: list[str]) -> tuple[Remedy, ...]:
+    out = [
+        _swap_activation(view, _activations(view, SATURATING)),
+        _init_remedy(view, "relu"),
+        Remedy(
+            "lr",
+            f"Give {names(layers)} a parameter group with a larger learning rate, or use Adam, whose per-parameter scaling does not depend on the gradient's size.",
+            expected="update/weight ratios of every layer within 10x of each other",
+            why="with SGD a layer's update is proportional to its gradient: a vanishing gradient freezes it",
+        ),
+        _normalise(view),
+        _residual(view),
+    ]
+    return tuple(r for r in out if r is not None)
+
+
+def unstable_remedies(view: View, ratio: float) -> tuple[Remedy, ...]:
+    factor = min(1.0, 1e-3 / ratio) if ratio > 0 else 0.1
+    return (
+        _lr(view, factor, f"updates are {fmt(ratio)} of the weights per step; around 1e-3 is the usual healthy size"),
+        _clip(view, "bounds each step's size"),
+    )
+
+
+def through_time_remedies(view: View, layers: list[str], vanishing: bool) -> tuple[Remedy, ...]:
+    types = {view.type_of(n) for n in layers}
+    out: list[Remedy] = []
+    if types & {"RNN", "RNNCell"}:
+        out.append(
+            Remedy(
+                "gating",
+                f"Replace the vanilla {'/'.join(sorted(types & {'RNN', 'RNNCell'}))} {names(layers)} with nn.LSTM (or nn.GRU): the same arguments, and the output is (out, (h, c)).",
+                expected="gradients that survive hundreds of steps through the cell state's additive path",
+                why="a vanilla RNN multiplies the gradient by the recurrent Jacobian at every step (Hochreiter & Schmidhuber 1997)",
+            )
+        )
+    if vanishing and types & {"LSTM", "LSTMCell"}:
+        out.append(
+            Remedy(
+                "forget_bias",
+                "Set the LSTM forget-gate bias to 1: gradwatch.remedies.lstm_forget_bias(model, 1.0)",
+                expected="the cell state is kept by default, so the gradient decays far more slowly",
+                why="with bias 0 the forget gate starts half-closed, halving the memory at every step",
+            )
+        )
+    if vanishing:
+        out.append(Remedy("init", "Initialise the recurrent weights orthogonally: nn.init.orthogonal_(rnn.weight_hh_l0).", why="singular values of 1 neither shrink nor grow the gradient per step"))
+    else:
+        out.insert(0, _clip(view, "exploding gradients through time are the textbook case for norm clipping (Pascanu et al. 2013)"))
+        out.append(Remedy("init", "Scale the recurrent weights so their largest singular value is below 1 (e.g. nn.init.orthogonal_(rnn.weight_hh_l0, gain=0.9)).", why="the recurrent Jacobian's norm sets the growth per step"))
+    return tuple(out)

@@ -1,0 +1,85 @@
+"""Findings over time: gradients vanishing or exploding through the steps of a recurrent layer,
+and a loss that does not move."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .finding import Finding
+from .remedies import through_time_remedies
+from .view import View, fit_log_slope, fmt, names
+
+TIME_VANISH_WARN, TIME_VANISH_ERROR = 1e-4, 1e-8  # ‖∂L/∂x_0‖ / ‖∂L/∂x_T‖
+TIME_EXPLODE_WARN, TIME_EXPLODE_ERROR = 1e4, 1e8
+MIN_TIME_STEPS = 8
+PLATEAU_STEPS = 50
+PLATEAU_GAIN = 0.05  # less than 5% below the starting loss
+
+
+def _series_ratio(values: np.ndarray) -> tuple[float, float]:
+    """(first over last, per-step factor) of a through-time series, robust to a few zeros."""
+    head = values[: max(1, len(values) // 20)]
+    tail = values[-max(1, len(values) // 20) :]
+    last = float(np.mean(tail))
+    ratio = float(np.mean(head)) / last if last > 0 else float("nan")
+    positive = values[values > 0]
+    slope, _ = fit_log_slope(positive) if len(positive) >= 2 else (0.0, 0.0)
+    return ratio, float(10 ** (-slope))
+
+
+def detect_through_time(view: View) -> list[Finding]:
+    rows = view.series("time_grad_norm")
+    if rows.empty:
+        return []
+    vanishing, exploding = {}, {}
+    first_step: dict[str, int] = {}
+    for (step, layer), group in rows.groupby(["step", "layer"], sort=True):
+        values = group.sort_values("index")["value"].to_numpy(dtype=float)
+        if len(values) < MIN_TIME_STEPS or not np.isfinite(values).all():
+            continue
+        ratio, per_step = _series_ratio(values)
+        entry = {"ratio": ratio, "per_step_factor": per_step, "length": len(values), "step": int(step)}
+        if ratio < TIME_VANISH_WARN:
+            vanishing[layer] = entry
+            first_step.setdefault(f"v{layer}", int(step))
+        elif ratio > TIME_EXPLODE_WARN:
+            exploding[layer] = entry
+            first_step.setdefault(f"e{layer}", int(step))
+        else:
+            vanishing.pop(layer, None)  # judged on the latest step that has a series
+            exploding.pop(layer, None)
+    findings = []
+    for kind, found, error_at, word in (
+        ("vanishing_through_time", vanishing, lambda r: r < TIME_VANISH_ERROR, "shrinks"),
+        ("exploding_through_time", exploding, lambda r: r > TIME_EXPLODE_ERROR, "grows"),
+    ):
+        if not found:
+            continue
+        layers = [n for n in view.order if n in found] or list(found)
+        worst = min(found.values(), key=lambda e: e["ratio"]) if word == "shrinks" else max(found.values(), key=lambda e: e["ratio"])
+        summary = (
+            f"In {names(layers)} the gradient {word} x{worst['per_step_factor']:.2f} per time step: the first of "
+            f"{worst['length']} steps gets {fmt(worst['ratio'])} of what the last gets."
+        )
+        severity = "error" if any(error_at(e["ratio"]) for e in found.values()) else "warning"
+        step = min(first_step[("v" if word == "shrinks" else "e") + n] for n in found)
+        findings.append(Finding(kind, severity, tuple(layers), summary, {"layers": found}, through_time_remedies(view, layers, word == "shrinks"), step))
+    return findings
+
+
+def detect_plateau(view: View) -> list[Finding]:
+    loss = view.metric("loss")
+    if loss.empty or len(loss) < PLATEAU_STEPS:
+        return []
+    values = loss.iloc[:, 0].to_numpy(dtype=float)
+    values = values[np.isfinite(values)]
+    if len(values) < PLATEAU_STEPS:
+        return []
+    start = float(np.mean(values[:5]))
+    recent = float(np.mean(values[-max(5, len(values) // 5) :]))
+    best = float(np.min(values))
+    if start <= 0 or recent < (1 - PLATEAU_GAIN) * start or best < (1 - 2 * PLATEAU_GAIN) * start:
+        return []
+    summary = f"The loss has not moved: {fmt(start)} at the start, {fmt(recent)} over the last {max(5, len(values) // 5)} recorded steps, after {len(values)} steps."
+    evidence = {"start_loss": start, "recent_loss": recent, "best_loss": best, "steps": len(values)}
+    return [Finding("loss_plateau", "warning", (), summary, evidence, (), int(loss.index[PLATEAU_STEPS - 1]))]

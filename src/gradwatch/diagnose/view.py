@@ -1,0 +1,150 @@
+"""A read-only view of a stats table and its meta that detectors share: pivots in forward order,
+layer types, activation functions and how each layer was initialised."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+
+SATURATING = {"sigmoid", "tanh", "hardtanh", "softsign", "hardsigmoid", "logsigmoid"}
+RECTIFIERS = {"relu", "relu6", "leaky_relu", "prelu", "rrelu", "gelu", "silu", "mish", "hardswish", "softplus", "elu", "selu", "celu"}
+NORM_TYPES = {"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "RMSNorm", "SyncBatchNorm"}
+RECURRENT_TYPES = {"RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"}
+WEIGHT_TYPES = {"Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "Bilinear", "LazyLinear"}
+
+
+@dataclass
+class View:
+    stats: pd.DataFrame
+    meta: dict = field(default_factory=dict)
+
+    @cached_property
+    def order(self) -> list[str]:
+        order = self.meta.get("layer_order") or list(dict.fromkeys(self.stats["layer"]))
+        seen = set(order)
+        return list(order) + [n for n in dict.fromkeys(self.stats["layer"]) if n not in seen]
+
+    @cached_property
+    def layer_meta(self) -> dict[str, dict]:
+        return {d["name"]: d for d in self.meta.get("model", {}).get("layers", [])}
+
+    def type_of(self, layer: str) -> str:
+        return self.layer_meta.get(layer, {}).get("type", "")
+
+    @cached_property
+    def activations(self) -> dict[str, str]:
+        """Activation layer -> function name (from the activation probe's meta)."""
+        acts = self.meta.get("probes", {}).get("activations", {})
+        return {name: info.get("function", "") for name, info in acts.items()}
+
+    @cached_property
+    def scalar(self) -> pd.DataFrame:
+        return self.stats[self.stats["index"] == -1]
+
+    @cached_property
+    def _by_metric(self) -> dict[str, pd.DataFrame]:
+        return {name: group for name, group in self.scalar.groupby("metric", sort=False)}
+
+    @cached_property
+    def _pivots(self) -> dict[str, pd.DataFrame]:
+        return {}
+
+    def metric(self, name: str) -> pd.DataFrame:
+        """`[step x layer]` table of one per-layer metric, columns in forward order (cached)."""
+        table = self._pivots.get(name)
+        if table is None:
+            rows = self._by_metric.get(name)
+            if rows is None or rows.empty:
+                table = pd.DataFrame()
+            else:
+                table = rows.pivot_table(index="step", columns="layer", values="value", aggfunc="last", dropna=False)
+                table = table[[c for c in self.order if c in table.columns]].sort_index()
+            self._pivots[name] = table
+        return table
+
+    def series(self, name: str) -> pd.DataFrame:
+        """Rows of an indexed metric (index >= 0)."""
+        rows = self.stats[(self.stats["metric"] == name) & (self.stats["index"] >= 0)]
+        return rows.sort_values(["step", "layer", "index"])
+
+    @cached_property
+    def steps(self) -> list[int]:
+        return sorted(self.stats["step"].unique().tolist())
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.steps)
+
+    @cached_property
+    def param_layers(self) -> list[str]:
+        grads = self.metric("grad_norm")
+        return list(grads.columns) if not grads.empty else []
+
+    def init_of(self, layer: str) -> str | None:
+        """How a layer's weight was initialised, judged from std·√fan_in recorded at the start."""
+        info = self.layer_meta.get(layer, {})
+        std, fan_in, fan_out = info.get("weight_std"), info.get("fan_in"), info.get("fan_out")
+        if not std or not fan_in:
+            return None
+        s = std * math.sqrt(fan_in)
+        xavier = math.sqrt(2 * fan_in / (fan_in + fan_out)) if fan_out else None
+        if abs(s - 1 / math.sqrt(3)) < 0.06:
+            return "pytorch_default"
+        if abs(s - math.sqrt(2)) < 0.1:
+            return "he"
+        if xavier and abs(s - xavier) < 0.06 * xavier and abs(xavier - 1) > 0.05:
+            return "xavier"
+        if abs(s - 1) < 0.06:
+            return "lecun_or_xavier"
+        return "small" if s < 0.5 else "large" if s > 2 else "other"
+
+    def of_types(self, types: set[str]) -> list[str]:
+        return [n for n in self.order if self.type_of(n) in types]
+
+    @cached_property
+    def weight_layers(self) -> list[str]:
+        return self.of_types(WEIGHT_TYPES)
+
+    @cached_property
+    def has_norm(self) -> bool:
+        return any(d.get("type") in NORM_TYPES for d in self.layer_meta.values())
+
+    @cached_property
+    def optimizer(self) -> dict:
+        return self.meta.get("optimizer") or {}
+
+
+def fit_log_slope(values: np.ndarray) -> tuple[float, float]:
+    """Least-squares slope and intercept of log10(values) against position (0, 1, 2, ...)."""
+    y = np.log10(values)
+    x = np.arange(len(y), dtype=float)
+    if len(y) < 2:
+        return 0.0, float(y[0]) if len(y) else 0.0
+    slope, intercept = np.polyfit(x, y, 1)
+    return float(slope), float(intercept)
+
+
+def fmt(x: float) -> str:
+    """A number the way a person reads it in a sentence."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return str(x)
+    if x == 0:
+        return "0"
+    if 1e-2 <= abs(x) < 1e4:
+        return f"{x:.3g}"
+    return f"{x:.1e}"
+
+
+def names(layers: list[str], limit: int = 4) -> str:
+    """`'0', '2', '4' and 9 more` style list of layer names."""
+    quoted = [f"'{n}'" for n in layers[:limit]]
+    more = len(layers) - limit
+    if more > 0:
+        return ", ".join(quoted) + f" and {more} more"
+    if len(quoted) > 1:
+        return ", ".join(quoted[:-1]) + " and " + quoted[-1]
+    return quoted[0] if quoted else ""
