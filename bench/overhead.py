@@ -500,6 +500,7 @@ class ModelResult:
     reps: int
     steps: int
     rows: list[Row]
+    load: tuple[float, float] = (math.nan, math.nan)  # 1-minute load average before, after
 
     @property
     def plain_ms(self) -> float | None:
@@ -525,6 +526,7 @@ def measure(
     log: Callable[[str], None] = lambda s: None,
 ) -> ModelResult:
     """Set every configuration up, warm each up, then time `reps` interleaved rounds of blocks."""
+    load_before = os.getloadavg()[0]
     task = Task(spec, device, seed, calibrate=calibrate)
     configs = [f() for f in factories]
     rows = {c.key: Row(c.key, c.name) for c in configs}
@@ -588,7 +590,9 @@ def measure(
     for row in rows.values():
         if row.ms is not None and base:
             row.ratio = row.ms / base
-    return ModelResult(spec.name, str(device), reps, steps, [rows[c.key] for c in configs])
+    rows_out = [rows[c.key] for c in configs]
+    load = (load_before, os.getloadavg()[0])
+    return ModelResult(spec.name, str(device), reps, steps, rows_out, load)
 
 
 # ----------------------------------------------------------------------------- output
@@ -613,7 +617,7 @@ def print_rich(results: list[ModelResult]) -> None:
 
     console = Console()
     for res in results:
-        table = Table(title=_title(res), title_justify="left")
+        table = Table(title=_title(res), title_justify="left", caption=_load(res))
         table.add_column("configuration")
         table.add_column("ratio to plain", justify="right")
         table.add_column("median ms/step", justify="right")
@@ -621,6 +625,11 @@ def print_rich(results: list[ModelResult]) -> None:
         for row in res.rows:
             table.add_row(row.name, _fmt_ratio(row), _fmt_ms(row), row.error or row.note)
         console.print(table)
+
+
+def _load(res: ModelResult) -> str:
+    start, end = res.load
+    return f"1-minute load average {start:.2f} before, {end:.2f} after ({os.cpu_count()} CPUs)"
 
 
 def environment() -> dict[str, str]:
@@ -636,42 +645,47 @@ def environment() -> dict[str, str]:
         "threads": str(torch.get_num_threads()),
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d"),
-        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
 
 
-def markdown(results: list[ModelResult]) -> str:
+def markdown_header() -> str:
     env = environment()
-    out = [
+    return (
         f"Machine: {env['cpu']}; torch {env['torch']} ({env['threads']} threads); "
-        f"Python {env['python']}; {env['date']}; load average at the end {env['load']}.",
-        "",
-    ]
-    for res in results:
-        out += [f"### {_title(res)}", ""]
-        out += [
-            "| configuration | ratio to plain | median ms/step | notes |",
-            "|---|---:|---:|---|",
-        ]
-        for row in res.rows:
-            note = (row.error or row.note).replace("|", "\\|")
-            out.append(f"| {row.name} | {_fmt_ratio(row)} | {_fmt_ms(row)} | {note} |")
-        out.append("")
+        f"Python {env['python']}; {env['date']}.\n"
+    )
+
+
+def markdown_model(res: ModelResult) -> str:
+    out = [f"### {_title(res)}", "", _load(res) + ".", ""]
+    out += ["| configuration | ratio to plain | median ms/step | notes |", "|---|---:|---:|---|"]
+    for row in res.rows:
+        note = (row.error or row.note).replace("|", "\\|")
+        out.append(f"| {row.name} | {_fmt_ratio(row)} | {_fmt_ms(row)} | {note} |")
+    return "\n".join(out) + "\n"
+
+
+def markdown_memory(results: list[ModelResult]) -> str:
     mem = [(res, row) for res in results for row in res.rows if row.memory]
-    if mem:
-        out += ["### Memory: update-ratio snapshots", ""]
-        out += [
-            "| model | configuration | snapshot bytes | parameter bytes | fraction |",
-            "|---|---|---:|---:|---:|",
-        ]
-        for res, row in mem:
-            m = row.memory
-            out.append(
-                f"| {res.model} | {row.name} | {m['extra_bytes']:,} | {m['param_bytes']:,} | "
-                f"{m['fraction']:.3f} |"
-            )
-        out.append("")
-    return "\n".join(out)
+    if not mem:
+        return ""
+    out = ["### Memory: update-ratio snapshots", ""]
+    out += [
+        "| model | configuration | snapshot bytes | parameter bytes | fraction |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for res, row in mem:
+        m = row.memory
+        out.append(
+            f"| {res.model} | {row.name} | {m['extra_bytes']:,} | {m['param_bytes']:,} | "
+            f"{m['fraction']:.3f} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def markdown(results: list[ModelResult]) -> str:
+    parts = [markdown_header()] + [markdown_model(r) for r in results] + [markdown_memory(results)]
+    return "\n".join(p for p in parts if p)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -735,29 +749,32 @@ def main(argv: Sequence[str] | None = None) -> list[ModelResult]:
 
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    if args.markdown:
+        print(markdown_header(), flush=True)
+    results = []
     try:
-        results = []
-        for spec in specs:
-            results.append(
-                measure(
-                    spec,
-                    factories,
-                    device=device,
-                    reps=args.reps,
-                    steps=args.steps,
-                    warmup=args.warmup,
-                    seed=args.seed,
-                    calibrate=not args.quick,
-                    align=not args.quick,
-                    log=lambda s: print(s, file=sys.stderr, flush=True),
-                )
+        for spec in specs:  # each model's table is printed as soon as it is measured
+            res = measure(
+                spec,
+                factories,
+                device=device,
+                reps=args.reps,
+                steps=args.steps,
+                warmup=args.warmup,
+                seed=args.seed,
+                calibrate=not args.quick,
+                align=not args.quick,
+                log=lambda s: print(s, file=sys.stderr, flush=True),
             )
+            results.append(res)
+            if args.markdown:
+                print(markdown_model(res), flush=True)
+            else:
+                print_rich([res])
     finally:
         torch.set_num_threads(threads)
     if args.markdown:
-        print(markdown(results))
-    else:
-        print_rich(results)
+        print(markdown_memory(results), flush=True)
     return results
 
 

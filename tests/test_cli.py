@@ -42,3 +42,78 @@ def test_a_usage_error_exits_2_with_one_line():
     out = gradwatch("demo", "--out")
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
+
+
+FACTORIES = '''
+import torch
+from torch import nn
+
+def broken():
+    layers = []
+    for _ in range(15):
+        layers += [nn.Linear(32, 32), nn.Sigmoid()]
+    return nn.Sequential(*layers, nn.Linear(32, 10)), torch.randn(32, 32), torch.randint(0, 10, (32,))
+
+def healthy():
+    return nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10)), torch.randn(32, 32)
+
+def wrong_shape():
+    return nn.Linear(3, 2), torch.randn(4, 5)
+
+def raises():
+    raise ValueError("boom")
+
+def only_model():
+    return nn.Linear(3, 2)
+'''
+
+
+def test_check_exit_codes_and_json(tmp_path):
+    import json
+
+    (tmp_path / "models.py").write_text(FACTORIES)
+    target = str(tmp_path / "models.py")
+    broken = gradwatch("check", f"{target}:broken")
+    assert broken.returncode == 1 and "vanishing_gradient" in broken.stdout
+    healthy = gradwatch("check", f"{target}:healthy", "--json")
+    assert healthy.returncode == 0
+    assert json.loads(healthy.stdout) == {"ok": True, "findings": [], "summary": json.loads(healthy.stdout)["summary"]}
+    doc = json.loads(gradwatch("check", f"{target}:broken", "--json").stdout)
+    assert doc["ok"] is False and doc["findings"][0]["kind"] == "vanishing_gradient"
+
+
+def test_check_bad_targets_get_one_sentence_and_exit_2(tmp_path):
+    (tmp_path / "models.py").write_text(FACTORIES)
+    target = str(tmp_path / "models.py")
+    cases = {
+        f"{tmp_path}/missing.py:f": "No file",
+        f"{target}:nothing": "has no callable 'nothing'",
+        f"{target}:raises": "raised ValueError: boom",
+        f"{target}:wrong_shape": "could not run on the inputs",
+        f"{target}:only_model": "returned only a model",
+        "no_such_package_xyz:f": "No module",
+        target: "names no factory",
+    }
+    for arg, message in cases.items():
+        out = gradwatch("check", arg)
+        assert out.returncode == 2, (arg, out.stdout, out.stderr)
+        assert message in " ".join(out.stderr.split()), (arg, out.stderr)
+        assert "Traceback" not in out.stderr
+
+
+def test_check_a_module_path_factory(tmp_path, monkeypatch):
+    (tmp_path / "zoo_models.py").write_text(FACTORIES)
+    out = subprocess.run(
+        [sys.executable, "-m", "gradwatch.cli", "check", "zoo_models:healthy"],
+        capture_output=True, text=True, cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path)},
+    )
+    assert out.returncode == 0, out.stderr
+
+
+def test_theory_json_has_the_documented_fields():
+    import json
+
+    out = gradwatch("theory", "--activation", "tanh", "--sigma-w2", "1.0", "--sigma-b2", "0.05", "--critical", "--json")
+    doc = json.loads(out.stdout)
+    assert {"q_star", "chi1", "xi_c", "xi_grad", "phase", "trainable_depth", "critical_sigma_w2"} <= set(doc)
+    assert abs(doc["critical_sigma_w2"] - 1.76) < 0.01 and doc["phase"] == "ordered"

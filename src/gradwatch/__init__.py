@@ -7,7 +7,7 @@ try:
 except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.0.0+unknown"
 
-from . import theory  # noqa: E402
+from . import remedies, theory  # noqa: E402
 from .check import check  # noqa: E402
 from .diagnose import Diagnosis, Finding, Remedy  # noqa: E402
 from .errors import GradwatchError  # noqa: E402
@@ -24,6 +24,7 @@ __all__ = [
     "Remedy",
     "Run",
     "theory",
+    "remedies",
     "GradwatchError",
     "__version__",
 ]

@@ -301,7 +301,8 @@ class Watch:
             self._reported.add(key)
             if self._on_finding is not None:
                 self._on_finding(finding)
-            if finding.kind in self._raise_on and finding.severity in ("warning", "error"):
+            # "nonfinite" is checked at every step, before the update, by _stop_if_nonfinite.
+            if finding.kind in self._raise_on and finding.kind != "nonfinite" and finding.severity in ("warning", "error"):
                 raise TrainingStoppedError(
                     f"gradwatch stopped training at step {self._step} on {finding.kind} ({finding.summary}) "
                     f"because raise_on includes it; see w.diagnose() for remedies."

@@ -115,17 +115,28 @@ def detect_stalled(view: View) -> list[Finding]:
 
 
 def detect_unstable(view: View) -> list[Finding]:
-    med = _update_medians(view)
-    if med is None:
-        return []
-    typical = float(med.median())
-    if not np.isfinite(typical) or typical < UNSTABLE_WARN:
-        return []
-    big = med[med > UNSTABLE_WARN]
-    layers = [n for n in view.order if n in big.index]
-    severity = "error" if typical > UNSTABLE_ERROR else "warning"
-    summary = f"Each step changes the weights by {fmt(typical)} of their size (median layer); around 1e-3 is healthy, so training is unstable."
-    evidence = {"median_update_ratio": typical, "update_ratio": {n: float(med[n]) for n in layers}}
+    """Updates too large for the weights: the median layer's update/weight ratio above 0.1 on at
+    least a quarter of the recorded steps, or above 1 on any (an error: one step rewrote the layer).
+
+    Per step, not averaged: with Adam at a huge rate the weights inflate until the ratio looks
+    modest, so the early steps carry the evidence.
+    """
     upd = view.metric("update_ratio")
-    first = int(upd.index[(upd.median(axis=1) > UNSTABLE_WARN).to_numpy()][0]) if (upd.median(axis=1) > UNSTABLE_WARN).any() else view.steps[0]
-    return [Finding("unstable_updates", severity, tuple(layers), summary, evidence, unstable_remedies(view, typical), first)]
+    if upd.empty:
+        return []
+    per_step = upd.replace([np.inf, -np.inf], np.nan).median(axis=1, skipna=True).dropna()
+    if per_step.empty:
+        return []
+    high = per_step[per_step > UNSTABLE_WARN]
+    if high.empty or (len(high) < len(per_step) / 4 and per_step.max() <= UNSTABLE_ERROR):
+        return []
+    med = _update_medians(view)
+    worst = float(per_step.max())
+    layers = [n for n in view.order if med is not None and n in med.index and med[n] > UNSTABLE_WARN] or list(upd.columns)
+    severity = "error" if worst > UNSTABLE_ERROR else "warning"
+    summary = (
+        f"Steps change the weights by up to {fmt(worst)} of their size (median layer), above 0.1 on "
+        f"{len(high)} of {len(per_step)} recorded steps; around 1e-3 is healthy, so training is unstable."
+    )
+    evidence = {"max_median_update_ratio": worst, "median_update_ratio": float(per_step.median()), "steps_above": len(high), "steps": len(per_step)}
+    return [Finding("unstable_updates", severity, tuple(layers), summary, evidence, unstable_remedies(view, float(high.median())), int(high.index[0]))]
