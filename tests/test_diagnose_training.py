@@ -53,14 +53,15 @@ def test_raise_on_nonfinite_stops_before_the_update_and_names_the_layer():
         if step == 3:
             m[2].weight.grad[0, 0] = float("inf")
 
-    with gw.watch(model, opt, raise_on=("nonfinite",)) as w:
-        with pytest.raises(NonFiniteGradientError, match=r"step 3 in layer\(s\) '2'"):
-            for step in range(6):
-                opt.zero_grad()
-                nn.functional.mse_loss(model(x), y).backward()
-                poison(step, model)
-                before = model[2].weight.detach().clone()
-                opt.step()
+    w = gw.watch(model, opt, raise_on=("nonfinite",))
+    with pytest.raises(NonFiniteGradientError, match=r"step 3 in layer\(s\) '2'"):
+        for step in range(6):
+            opt.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            poison(step, model)
+            before = model[2].weight.detach().clone()
+            opt.step()
+    w.close()
     assert torch.equal(model[2].weight, before)  # the poisoned update was never applied
     stats = w.stats()
     assert sorted(stats.step.unique()) == [0, 1, 2, 3]  # nothing recorded before is lost

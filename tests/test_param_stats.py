@@ -6,12 +6,12 @@ import math
 
 import pytest
 import torch
-from conftest import FAMILIES, as_dict, family, naive_grad_stats, naive_layers, naive_norm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 import gradwatch as gw
+from conftest import FAMILIES, as_dict, family, naive_grad_stats, naive_layers, naive_norm
 
 
 def _train_and_compare(kind: str, size: int, seed: int, steps: int = 3, lr: float = 0.05):

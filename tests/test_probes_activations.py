@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import as_dict, family
 from torch import nn
 
 import gradwatch as gw
+from conftest import as_dict, family
 from gradwatch.probes.activation_specs import HIST_BINS, spec
 
 

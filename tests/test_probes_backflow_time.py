@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import as_dict
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import gradwatch as gw
+from conftest import as_dict
 
 
 def _watch_one(model, x, loss, **kw):

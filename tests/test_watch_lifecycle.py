@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FAMILIES, family
 from torch import nn
 
 import gradwatch as gw
+from conftest import FAMILIES, family
 from gradwatch.errors import WatchError
 
 

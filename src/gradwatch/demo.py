@@ -16,9 +16,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
+from .diagnose import Diagnosis
 from .lab.models import he_init, mlp
 from .lab.tasks import digits
-from .diagnose import Diagnosis
 from .monitor import watch
 from .report.terminal import compare_table, diagnosis_view
 

@@ -7,7 +7,6 @@ import os
 import platform
 import warnings
 from collections.abc import Callable, Iterable
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np

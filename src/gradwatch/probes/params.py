@@ -30,7 +30,7 @@ def sq_norms(tensors: list[torch.Tensor], device: torch.device, homogeneous: boo
         for i, t in enumerate(dense):
             groups.setdefault((t.device, t.dtype), []).append(i)
     parts, order = [], []
-    for (dev, dtype), idx in groups.items():
+    for (_dev, dtype), idx in groups.items():
         acc = torch.float64 if dtype == torch.float64 else torch.float32
         norms = torch._foreach_norm([dense[i] for i in idx], 2, dtype=acc)
         parts.append(torch.stack(norms).to(device=device, dtype=torch.float64))
@@ -117,8 +117,12 @@ class ParamProbe(Probe):
                 with_grad.append(k)
                 grads.append(g)
         into, has_grad = self._index_for(tuple(with_grad))
-        homogeneous = self._homogeneous and all(g.dtype == p.dtype and not g.is_sparse for g, p in zip(grads, self._params))
-        sq = sq_norms(grads + self._params, table.device, homogeneous and len(grads) == len(self._params))
+        homogeneous = (
+            self._homogeneous
+            and len(grads) == len(self._params)
+            and all(g.dtype == p.dtype and not g.is_sparse for g, p in zip(grads, self._params, strict=True))
+        )
+        sq = sq_norms(grads + self._params, table.device, homogeneous)
         bad = nonfinite_counts(grads, sq[: len(grads)])
         block = torch.zeros(3 * n, dtype=torch.float64, device=table.device)
         block.index_add_(0, into, torch.cat([sq, bad]))
