@@ -172,3 +172,14 @@ def test_flat_region_bounds_follow_the_derivative_definition():
     assert spec("relu").lo == pytest.approx(0.0, abs=1e-3)
     assert spec("leaky_relu", (0.2,)).lo == -np.inf  # slope 0.2 > 5%: never flat
     assert spec("gelu", ("none",)).lo == pytest.approx(-2.28, abs=0.02)
+
+
+def test_nan_activations_are_measured_without_a_crash():
+    model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 1))
+    with torch.no_grad():
+        model[0].bias[0] = float("nan")
+    w = _one_step(model, torch.randn(4, 3), backflow=True)
+    got = as_dict(w.stats(), 0)
+    assert np.isnan(got[("1", "act_std")])
+    hist = w.stats().query("metric == 'act_hist' and layer == '1'")
+    assert len(hist) == HIST_BINS and np.isfinite(hist.value).all()

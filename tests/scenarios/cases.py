@@ -11,7 +11,6 @@ All data is made in code or comes from scikit-learn's bundled digits: nothing is
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
 from collections.abc import Callable, Iterable
@@ -847,10 +846,3 @@ CASES: list[Case] = [
 
 CASES_BY_NAME: dict[str, Case] = {case.name: case for case in CASES}
 
-
-def get(name: str) -> Case:
-    return CASES_BY_NAME[name]
-
-
-def fresh_copy(model: nn.Module) -> nn.Module:
-    return copy.deepcopy(model)

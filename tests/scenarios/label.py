@@ -502,7 +502,8 @@ def main(argv: list[str] | None = None) -> int:
     entries = {c.name: entries[c.name] for c in CASES if c.name in entries}
     conclude(entries)
     args.out.write_text(json.dumps({
-        "rules": __doc__.split("Outcome rules")[1].strip(),
+        "rules": "Outcome rules" + __doc__.split("Outcome rules")[1].rstrip(),
+        "signature_rules": " ".join(signatures.__doc__.split()),
         "seconds": round(time.perf_counter() - started, 1),
         "cases": list(entries.values()),
     }, indent=1, ensure_ascii=False) + "\n")

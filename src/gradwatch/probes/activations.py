@@ -199,7 +199,9 @@ class ActivationProbe(Probe):
             lo, hi = row.spec.hist_range  # a row pooling several functions keeps its first range
             flat = y.reshape(-1)
             sample = flat[:: -(-flat.numel() // HIST_SAMPLE)]
-            bins = ((sample.float() - lo) * (HIST_BINS / (hi - lo))).floor_().clamp_(0, HIST_BINS - 1).long()
+            # NaN would become an arbitrary integer: count it in the lowest bin (nonfinite reports it).
+            scaled = torch.nan_to_num((sample.float() - lo) * (HIST_BINS / (hi - lo)), nan=0.0, posinf=HIST_BINS, neginf=0.0)
+            bins = scaled.floor_().clamp_(0, HIST_BINS - 1).long()
             counts = torch.bincount(bins, minlength=HIST_BINS)
             # Scaled to the whole output, so the row's histogram sums to its element count.
             self._acc[row.index, _N_SCALARS:] += counts.to(self._device) * (flat.numel() / sample.numel())
