@@ -213,3 +213,14 @@ def test_update_ratio_snapshots_stay_within_the_memory_budget():
     # Each layer is measured in turn: all eight layers, every fourth step each.
     assert ratios.layer.nunique() == 8
     assert ratios.groupby("layer").size().min() >= 2
+
+
+def test_layers_another_optimizer_steps_get_no_update_ratio():
+    gen, disc = nn.Linear(3, 3), nn.Linear(3, 1)
+    model = nn.Sequential(gen, disc)
+    g_opt = torch.optim.SGD(gen.parameters(), lr=0.1)
+    with gw.watch(model, g_opt, update_memory=1.0) as w:
+        model(torch.randn(4, 3)).sum().backward()
+        g_opt.step()
+    ratios = w.stats().query("metric == 'update_ratio'")
+    assert set(ratios.layer) == {"0"}

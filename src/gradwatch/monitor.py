@@ -96,7 +96,8 @@ class Watch:
         self._init = init_stats(self.model, self._player)
         self._table = StepTable(flush_every, model_device(self.model))
         self._params_probe = ParamProbe(self._player)
-        self._update_probe = UpdateProbe(self._player, update_memory)
+        stepped = {id(p) for g in optimizer.param_groups for p in g["params"]} if optimizer is not None else None
+        self._update_probe = UpdateProbe(self._player, update_memory, stepped)
         self._probes: list[Probe] = [self._params_probe, self._update_probe]
         if cadences["backflow"]:
             watched = {layer.name: _module(self.model, layer.name) for layer in self._player}

@@ -99,11 +99,12 @@ def detect_depth(view: View) -> list[Finding]:
             explode.append((step, {"activations": growth, "relative_gradient": rel}))
         elif rel is not None and rel > RELATIVE_GRAD_WARN:
             explode.append((step, {"relative_gradient": rel}))
-    spikes = _spikes(view)
+    spikes = _spikes(view) + _growth_before_nonfinite(view)
+    judged = sum(depth_trend(view, s) is not None for s in trend_steps)
     findings = []
-    if _persistent(vanish, view, len(trend_steps)):
+    if _persistent(vanish, view, judged):
         findings.append(_vanishing(view, vanish))
-    if _persistent(explode, view) or spikes:
+    if _persistent(explode, view, max(judged, 1)) or spikes:
         findings.append(_exploding(view, explode + spikes))
     return findings
 
@@ -165,6 +166,26 @@ def _exploding(view: View, held: list) -> Finding:
     evidence = {k: v for k, v in ev.items() if v is not None}
     evidence["at_step"] = step
     return Finding("exploding_gradient", severity, tuple(layers), summary, evidence, exploding_remedies(view, ev), first_step)
+
+
+def _growth_before_nonfinite(view: View) -> list:
+    """A gradient that grew a hundredfold over the steps before it turned NaN/Inf exploded."""
+    g = view.metric("grad_norm")
+    if g.empty or len(g) < 2:
+        return []
+    total = np.sqrt((g.fillna(0) ** 2).sum(axis=1))
+    finite = np.isfinite(total.to_numpy())
+    if finite.all() or not finite[0]:
+        return []
+    first_bad = int(np.argmin(finite))
+    before = total.to_numpy()[:first_bad]
+    if len(before) < 1:
+        return []
+    peak, start = float(before.max()), float(before[0])
+    nan_step = int(total.index[first_bad])
+    if len(before) >= 2 and start > 0 and peak > SPIKE * start:
+        return [(nan_step, {"spike": {"step": int(total.index[int(np.argmax(before))]), "norm": peak, "ratio": peak / start}, "turned_nonfinite_at": nan_step})]
+    return []
 
 
 def _spikes(view: View) -> list:

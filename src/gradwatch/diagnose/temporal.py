@@ -12,6 +12,7 @@ from .view import View, fit_log_slope, fmt, names
 TIME_VANISH_WARN, TIME_VANISH_ERROR = 1e-4, 1e-8  # ‖∂L/∂x_0‖ / ‖∂L/∂x_T‖
 TIME_EXPLODE_WARN, TIME_EXPLODE_ERROR = 1e4, 1e8
 MIN_TIME_STEPS = 8
+GATED = {"LSTM", "GRU", "LSTMCell", "GRUCell"}
 PLATEAU_STEPS = 50
 PLATEAU_GAIN = 0.05  # less than 5% below the starting loss
 
@@ -62,6 +63,11 @@ def detect_through_time(view: View) -> list[Finding]:
             f"{worst['length']} steps gets {fmt(worst['ratio'])} of what the last gets."
         )
         severity = "error" if any(error_at(e["ratio"]) for e in found.values()) else "warning"
+        gated = all(view.type_of(n) in GATED for n in layers)
+        if word == "shrinks" and gated and severity == "warning":
+            # LSTM/GRU gates start half-open and learn to carry memory (Hochreiter & Schmidhuber
+            # 1997): a moderate decay at this point is expected, not yet a problem.
+            severity = "info"
         step = min(first_step[("v" if word == "shrinks" else "e") + n] for n in found)
         findings.append(Finding(kind, severity, tuple(layers), summary, {"layers": found}, through_time_remedies(view, layers, word == "shrinks"), step))
     return findings

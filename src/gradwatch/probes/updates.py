@@ -36,11 +36,14 @@ def pack_groups(sizes: list[int], budget: float) -> list[list[int]]:
 class UpdateProbe(Probe):
     columns = ("update_sq",)
 
-    def __init__(self, layers: list[ParamLayer], memory: float = 0.25):
+    def __init__(self, layers: list[ParamLayer], memory: float = 0.25, only: set[int] | None = None):
+        """`only`: ids of the parameters the hooked optimizer updates; the others (a GAN's other
+        network, stepped by another optimizer) do not change in this step and get no ratio."""
         if memory <= 0:
             raise ValueError("update_memory must be > 0 (a fraction of the model's parameter bytes)")
         self.layers = [
-            (i, [p for p in layer.params if p.requires_grad]) for i, layer in enumerate(layers)
+            (i, [p for p in layer.params if p.requires_grad and (only is None or id(p) in only)])
+            for i, layer in enumerate(layers)
         ]
         self.layers = [(i, ps) for i, ps in self.layers if ps]
         self._names = [layers[i].name for i, _ in self.layers]
