@@ -11,14 +11,20 @@ anything.
     python bench/overhead.py --models mlp --configs plain,gw1,lightning --quick
     python bench/overhead.py --markdown            # the tables of bench/RESULTS.md
 
-gradwatch copies its on-device table to the host once every `flush_every` recorded steps
-(default 100). A flush lands in one block out of several, where a median would hide it, so each
-flush is timed on its own: its time is taken out of the block it fell in, and the median flush
-time, spread over the `flush_every * every` steps it serves, is added to the per-step time. The
-ratio is then the steady per-step cost *with* the flush at the default rate, not a lucky block
-without one. Flush samples come from flushes during the run and from a short calibration at
-setup (a second watch in manual mode filled to `flush_every` recorded steps, three times over),
-so that `every=10`, whose first flush would come after 1000 steps, is charged for it too.
+Two kinds of rare work would hide behind a median, so gradwatch is timed with care:
+
+* Its forward probes run on one recorded step in `cadence` (10), so its work repeats with a
+  period of `every * cadence` steps. Blocks are cut so that they tile that period: `every=1`
+  (period 10) runs blocks of 20 steps; `every=10` (period 100) runs 5 blocks of 20 per
+  repetition, and its per-step time is the sum, over the 5 block positions in the period, of the
+  median block at that position, divided by 100. Every configuration thus times blocks of about
+  K steps, exposed alike to the machine's noise.
+* Its flush copies the on-device table to the host once every `flush_every` recorded steps. Each
+  flush is timed on its own and taken out of the block it fell in; the median flush time, spread
+  over the `flush_every * every` steps it serves, is added back. Samples come from the run and
+  from one calibration flush at setup (a manual-mode watch with the same settings on a copy of
+  the model, trained forward and backward until its table is full), so that `every=10` is charged
+  for a flush it would only reach after `flush_every * 10` steps.
 """
 
 from __future__ import annotations
@@ -471,6 +477,30 @@ CONFIGS: list[Callable[[], Config]] = [
         backflow=False,
         through_time=False,
     ),
+    gradwatch_config(
+        "gw1-all",
+        "gradwatch every=1, every probe on every step",
+        every=1,
+        activations=True,
+        backflow=True,
+        through_time=True,
+    ),
+    gradwatch_config(
+        "gw1-act",
+        "gradwatch every=1, activations only every step",
+        every=1,
+        activations=True,
+        backflow=False,
+        through_time=False,
+    ),
+    gradwatch_config(
+        "gw1-back",
+        "gradwatch every=1, backflow only every step",
+        every=1,
+        activations=False,
+        backflow=True,
+        through_time=False,
+    ),
     LightningGradNorm,
     WandbWatch,
     TensorboardHistograms,
@@ -512,6 +542,17 @@ def _reason(exc: BaseException) -> str:
     return text[:160]
 
 
+def block_plan(period: int, steps: int) -> tuple[int, int]:
+    """(block length, blocks per period) so that blocks are about `steps` long and one period's
+    blocks together hold exactly one period of the configuration's work."""
+    if period <= steps:
+        return -(-steps // period) * period, 1  # K rounded up to a whole period
+    phases = -(-period // steps)
+    if period % phases == 0:
+        return period // phases, phases
+    return period, 1
+
+
 def measure(
     spec: ModelSpec,
     factories: Sequence[Callable[[], Config]],
@@ -532,15 +573,14 @@ def measure(
     rows = {c.key: Row(c.key, c.name) for c in configs}
     started: list[Config] = []
     live: list[Config] = []
-    block: dict[str, int] = {}
+    plan: dict[str, tuple[int, int]] = {}  # key -> (block length, blocks per period)
     try:
         for c in configs:  # every configuration set up front, each with its own copy and optimizer
             log(f"{spec.name}: setting up {c.name}")
             started.append(c)
             try:
                 c.setup(task)
-                period = max(1, int(c.period)) if align else 1
-                block[c.key] = -(-steps // period) * period  # K rounded up to a whole period
+                plan[c.key] = block_plan(max(1, int(c.period)) if align else 1, steps)
                 live.append(c)
             except Exception as exc:  # noqa: BLE001 - a competitor that cannot run is reported
                 rows[c.key].error = f"could not set up: {_reason(exc)}"
@@ -564,21 +604,31 @@ def measure(
             run_block(c, warmup)
         rng = random.Random(seed + 2)
         for r in range(reps):
-            order = list(live)
+            order = [c for c in live for _ in range(plan[c.key][1])]
             rng.shuffle(order)
             for c in order:
+                if c not in live:  # it failed earlier in this repetition
+                    continue
                 gc.collect()
-                t = run_block(c, block[c.key])
+                t = run_block(c, plan[c.key][0])
                 if t is not None:
                     rows[c.key].blocks_ms.append(t * 1e3)
             log(f"{spec.name}: repetition {r + 1}/{reps} done")
         for c in live:
             row = rows[c.key]
-            per_step = statistics.median(row.blocks_ms) / block[c.key]
-            row.ms = per_step + c.amortized_per_step() * 1e3
+            length, phases = plan[c.key]
+            # a config's n-th block covers its steps [n*length, (n+1)*length) after the warm-up, so
+            # blocks n and n+phases do the same work: median per phase, summed over one period
+            per_period = sum(statistics.median(row.blocks_ms[p::phases]) for p in range(phases))
+            row.ms = per_period / (length * phases) + c.amortized_per_step() * 1e3
             row.note = c.note()
-            if block[c.key] != steps:
-                row.note = f"blocks of {block[c.key]} steps (its period); " + row.note
+            if phases > 1:
+                row.note = (
+                    f"period {length * phases} steps, timed as {phases} blocks of {length} "
+                    "(median per block position, summed); " + row.note
+                )
+            elif length != steps:
+                row.note = f"blocks of {length} steps (a whole period); " + row.note
             row.memory = c.memory()
     finally:
         for c in reversed(started):

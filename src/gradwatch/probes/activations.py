@@ -74,6 +74,7 @@ class ActivationProbe(Probe):
                 self._module_rows[name or "(root)"] = (m, spec)
         self._rows: dict[str, _Row] = {}
         self._hooks = Hooks()
+        self._mode_hooks = Hooks()
         self._stack: list[str] = []
         self._mode_depth = 0
         self._mode = _FunctionalMode(self)
@@ -109,21 +110,22 @@ class ActivationProbe(Probe):
     # ------------------------------------------------------------ hooks
 
     def arm(self) -> None:
-        if self._hooks:
+        if self._hooks or self._mode_hooks:
             return
         for name, (m, _) in self._module_rows.items():
             self._hooks.add(m.register_forward_pre_hook(self._module_pre(name)))
             self._hooks.add(m.register_forward_hook(self._module_post(name), always_call=True))
-        if self._found_functional or not self._discovered:
+        if (self._found_functional or not self._discovered) and not self._mode_hooks:
             for name, m in self.model.named_modules():
                 name = name or "(root)"
-                self._hooks.add(m.register_forward_pre_hook(self._push(name)))
-                self._hooks.add(m.register_forward_hook(self._pop, always_call=True))
-            self._hooks.add(self.model.register_forward_pre_hook(self._enter_mode))
-            self._hooks.add(self.model.register_forward_hook(self._exit_mode, always_call=True))
+                self._mode_hooks.add(m.register_forward_pre_hook(self._push(name)))
+                self._mode_hooks.add(m.register_forward_hook(self._pop, always_call=True))
+            self._mode_hooks.add(self.model.register_forward_pre_hook(self._enter_mode))
+            self._mode_hooks.add(self.model.register_forward_hook(self._exit_mode, always_call=True))
 
     def disarm(self) -> None:
         self._hooks.remove()
+        self._mode_hooks.remove()
         while self._mode_depth:
             self._exit_mode()
         self._stack.clear()
@@ -212,6 +214,9 @@ class ActivationProbe(Probe):
 
     @torch.no_grad()
     def record(self, slot: int) -> None:
+        if self._discovered and not self._found_functional:
+            # Every activation is a module: the function mode and module stack cost for nothing.
+            self._mode_hooks.remove()
         active = [r for r in self._rows.values() if r.calls]
         if not active:
             return
