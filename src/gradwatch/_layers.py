@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -118,11 +117,6 @@ class ForwardOrder:
         keys = self.sort_key()
         raw = {display_name(n): n for n in keys}
         return sorted(names, key=lambda n: keys.get(raw.get(n, n), (1 << 30,)))
-
-
-def iter_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    for name, module in model.named_modules():
-        yield display_name(name), module
 
 
 def param_bytes(model: nn.Module) -> int:

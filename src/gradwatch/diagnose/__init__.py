@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .depth import detect_depth
+from .depth import depth_trend, detect_depth
 from .finding import KINDS, Diagnosis, Finding, Remedy
 from .layerwise import (
     detect_dead,
@@ -41,14 +41,11 @@ def diagnose(stats: pd.DataFrame, meta: dict | None = None) -> Diagnosis:
     findings: list[Finding] = []
     for detector in DETECTORS:
         findings.extend(detector(view))
-    nonfinite = any(f.kind == "nonfinite" for f in findings)
-    if nonfinite:
+    if any(f.kind == "nonfinite" for f in findings):
         # Once values are NaN, trends computed from them say nothing new.
         findings = [f for f in findings if f.kind not in ("vanishing_gradient",)]
     findings.sort(key=lambda f: _RANK[f.severity])
     summary = {"steps": view.n_steps, "first_step": view.steps[0], "last_step": view.steps[-1], "layers": len(view.order)}
-    from .depth import depth_trend
-
     trend = depth_trend(view, view.steps[-1])
     if trend is not None:
         summary["depth_trend"] = {k: trend[k] for k in ("metric", "per_layer", "total", "n_layers")}

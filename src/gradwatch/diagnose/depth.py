@@ -11,7 +11,6 @@ of its activations through depth and by gradients that dwarf the weights they be
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from .finding import Finding
 from .remedies import exploding_remedies, vanishing_remedies
@@ -201,5 +200,3 @@ def _spikes(view: View) -> list:
             found.append((int(total.index[i]), {"spike": {"step": int(total.index[i]), "norm": float(values[i]), "ratio": float(values[i] / base)}}))
     return found[:1] + found[-1:] if len(found) > 1 else found
 
-
-__all__ = ["detect_depth", "depth_trend", "pd"]
