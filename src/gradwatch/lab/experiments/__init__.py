@@ -1,0 +1,1 @@
+"""One module per lab experiment; each defines EXPERIMENT (see ../experiment.py)."""
