@@ -224,3 +224,28 @@ def test_layers_another_optimizer_steps_get_no_update_ratio():
         g_opt.step()
     ratios = w.stats().query("metric == 'update_ratio'")
     assert set(ratios.layer) == {"0"}
+
+
+def test_weight_norms_taken_in_turns_are_exact_and_cover_every_layer():
+    """Under a small update_memory the layers' weight norms are read in turns; each one read is exact."""
+    model, x, loss_fn = family("mlp", 6, seed=3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    weights = {}
+    with gw.watch(model, opt, update_memory=0.2) as w:
+        for step in range(8):
+            opt.zero_grad()
+            loss_fn(model(x)).backward()
+            weights[step] = {name: naive_norm(ps) for name, ps in naive_layers(model).items()}
+            opt.step()
+    stats = w.stats()
+    groups = w.meta()["probes"]["update_groups"]
+    assert groups > 1
+    seen = stats[stats.metric == "weight_norm"]
+    assert set(seen[seen.step == 0].layer) == set(naive_layers(model))
+    for row in seen.itertuples():
+        assert row.value == pytest.approx(weights[row.step][row.layer], rel=1e-6)
+    for name in naive_layers(model):
+        steps = sorted(seen[seen.layer == name].step)
+        assert max(b - a for a, b in zip(steps, [*steps, 8][1:], strict=True)) <= groups
+    ratio = stats[stats.metric == "update_ratio"][["step", "layer"]]
+    assert len(ratio.merge(seen, on=["step", "layer"])) == len(ratio)

@@ -98,7 +98,7 @@ class Watch:
         self._params_probe = ParamProbe(self._player)
         stepped = {id(p) for g in optimizer.param_groups for p in g["params"]} if optimizer is not None else None
         self._update_probe = UpdateProbe(self._player, update_memory, stepped)
-        self._probes: list[Probe] = [self._params_probe, self._update_probe]
+        self._probes: list[Probe] = [self._params_probe, self._update_probe]  # this order: see ParamProbe.record
         if cadences["backflow"]:
             watched = {layer.name: _module(self.model, layer.name) for layer in self._player}
             for name, m in self.model.named_modules():

@@ -90,25 +90,34 @@ class ParamProbe(Probe):
         self._c_first = table.column("grad_sq")
         assert table.columns[self._c_first : self._c_first + 3] == list(self.columns)
 
-    def _index_for(self, with_grad: tuple[int, ...]):
+    def _index_for(self, with_grad: tuple[int, ...], weights: bool):
         """Index tensors for the parameters that have gradients now (cached: usually always the same).
 
-        `into`: where each squared norm (gradients, then weights, then non-finite counts) lands in
-        a `[3, layers]` block; `has`: which layers have any gradient.
+        `into`: where each squared norm (gradients, then weights when measured, then non-finite
+        counts) lands in a `[3, layers]` block; `has`: which layers have any gradient.
         """
-        hit = self._cache.get(with_grad)
+        hit = self._cache.get((with_grad, weights))
         if hit is None:
             dev, n = self.table.device, len(self.layers)
             owners = torch.tensor([self._owner[k] for k in with_grad], dtype=torch.long, device=dev)
-            weights = torch.tensor(self._owner, dtype=torch.long, device=dev) + n
             has = torch.zeros(n, dtype=torch.bool, device=dev)
             has[owners] = True
-            hit = (torch.cat([owners, weights, owners + 2 * n]), has)
-            self._cache[with_grad] = hit
+            parts = [owners]
+            if weights:
+                parts.append(torch.tensor(self._owner, dtype=torch.long, device=dev) + n)
+            parts.append(owners + 2 * n)
+            hit = (torch.cat(parts), has)
+            self._cache[(with_grad, weights)] = hit
         return hit
 
     @torch.no_grad()
     def record(self, slot: int) -> None:
+        """Gradient norms and non-finite counts at every recorded step.
+
+        Weight norms move slowly and reading every weight doubles the cost, so all of them are read
+        at the first slot of each flush only; in between, the update probe writes those of the
+        layers it snapshots (it reads them anyway).
+        """
         table, n = self.table, len(self.layers)
         with_grad, grads = [], []
         for k, p in enumerate(self._params):
@@ -116,19 +125,22 @@ class ParamProbe(Probe):
             if g is not None:
                 with_grad.append(k)
                 grads.append(g)
-        into, has_grad = self._index_for(tuple(with_grad))
+        weights = slot == 0
+        into, has_grad = self._index_for(tuple(with_grad), weights)
         homogeneous = (
             self._homogeneous
             and len(grads) == len(self._params)
             and all(g.dtype == p.dtype and not g.is_sparse for g, p in zip(grads, self._params, strict=True))
         )
-        sq = sq_norms(grads + self._params, table.device, homogeneous)
+        sq = sq_norms(grads + self._params if weights else grads, table.device, homogeneous)
         bad = nonfinite_counts(grads, sq[: len(grads)])
         block = torch.zeros(3 * n, dtype=torch.float64, device=table.device)
         block.index_add_(0, into, torch.cat([sq, bad]))
         block = block.view(3, n)
         block[0].masked_fill_(~has_grad, ABSENT)
         block[2].masked_fill_(~has_grad, ABSENT)
+        if not weights:
+            block[1].fill_(ABSENT)
         table.data[slot, self._c_first : self._c_first + 3].index_copy_(1, self._rows, block.to(table.dtype))
 
     def finalize(self, raw: dict) -> list:

@@ -5,6 +5,10 @@ are packed into groups whose parameters fit in `memory` × (parameter bytes), an
 step snapshots one group, in turn. Every layer's ratio is then exact, measured every
 `len(groups)` recorded steps; a layer bigger than the budget forms a group of its own, so the peak
 extra memory is max(budget, largest layer).
+
+The same turn also gives the weight norms of the group's layers (`weight_sq`, the update ratio's
+denominator): they are read while the snapshot is taken, so the parameter probe need not read every
+weight on every step.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ def pack_groups(sizes: list[int], budget: float) -> list[list[int]]:
 
 
 class UpdateProbe(Probe):
-    columns = ("update_sq",)
+    columns = ("update_sq", "weight_sq")
 
     def __init__(self, layers: list[ParamLayer], memory: float = 0.25, only: set[int] | None = None):
         """`only`: ids of the parameters the hooked optimizer updates; the others (a GAN's other
@@ -47,6 +51,9 @@ class UpdateProbe(Probe):
         ]
         self.layers = [(i, ps) for i, ps in self.layers if ps]
         self._names = [layers[i].name for i, _ in self.layers]
+        # Parameters of a layer the optimizer does not step (a frozen bias) still count in its norm.
+        self._unstepped = [[p for p in layers[i].params if not any(p is q for q in ps)] for i, ps in self.layers]
+        self.covered = {i for i, _ in self.layers}
         sizes = [sum(p.numel() * p.element_size() for p in ps) for _, ps in self.layers]
         total = sum(p.numel() * p.element_size() for layer in layers for p in layer.params)
         self.groups = pack_groups(sizes, memory * total)
@@ -60,6 +67,7 @@ class UpdateProbe(Probe):
     def bind(self, table: StepTable) -> None:
         super().bind(table)
         self._col = table.column("update_sq")
+        self._col_w = table.column("weight_sq")
         # One flat buffer per (device, dtype), sized for the largest group; views are cut per group.
         need: dict[tuple[torch.device, torch.dtype], int] = {}
         for group in self.groups:
@@ -75,7 +83,7 @@ class UpdateProbe(Probe):
 
     def _plan(self, group: list[int]):
         offsets = dict.fromkeys(self._flat, 0)
-        params, views, owners = [], [], []
+        params, views, owners, extra, extra_owners = [], [], [], [], []
         for pos, j in enumerate(group):
             for p in self.layers[j][1]:
                 key = (p.device, p.dtype)
@@ -84,9 +92,13 @@ class UpdateProbe(Probe):
                 offsets[key] = start + p.numel()
                 params.append(p)
                 owners.append(pos)
+            extra += self._unstepped[j]
+            extra_owners += [pos] * len(self._unstepped[j])
+        dev = self.table.device
         rows = self.table.row_index([self._names[j] for j in group])
-        owner_t = torch.tensor(owners, device=self.table.device)
-        return params, views, owner_t, rows
+        owner_t = torch.tensor(owners, device=dev)
+        norm_owner_t = torch.tensor(owners + extra_owners, device=dev)
+        return params, views, owner_t, rows, extra, norm_owner_t
 
     @torch.no_grad()
     def record(self, slot: int) -> None:
@@ -94,9 +106,15 @@ class UpdateProbe(Probe):
         if not self.groups:
             return
         g = self._turn % len(self.groups)
-        params, views, _, _ = self._plans[g]
+        params, views, _, rows, extra, norm_owner_t = self._plans[g]
         torch._foreach_copy_(views, [p.detach() for p in params])
+        sq = sq_norms(views + [p.detach() for p in extra], self.table.device)
+        self.table.write(slot, self._col_w, rows, self._per_layer(len(rows), norm_owner_t, sq))
         self._pending = (slot, g)
+
+    def _per_layer(self, n: int, owner_t: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(n, dtype=torch.float64, device=self.table.device)
+        return out.index_add_(0, owner_t, sq)
 
     @torch.no_grad()
     def after_update(self, slot: int) -> None:
@@ -105,12 +123,10 @@ class UpdateProbe(Probe):
         _, g = self._pending
         self._pending = None
         self._turn += 1
-        params, views, owner_t, rows = self._plans[g]
+        params, views, owner_t, rows, _, _ = self._plans[g]
         torch._foreach_sub_(views, [p.detach() for p in params])  # views now hold w_before - w_after
         sq = sq_norms(views, self.table.device)
-        per_layer = torch.zeros(len(rows), dtype=torch.float64, device=self.table.device)
-        per_layer.index_add_(0, owner_t, sq)
-        self.table.write(slot, self._col, rows, per_layer)
+        self.table.write(slot, self._col, rows, self._per_layer(len(rows), owner_t, sq))
 
     def discard(self) -> None:
         """Forget a snapshot whose update never happened (the optimizer step raised)."""
