@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 from torch import nn
 
@@ -26,7 +27,7 @@ from .probes.base import ABSENT, Probe, StepTable
 from .probes.params import ParamProbe
 from .probes.through_time import ThroughTimeProbe
 from .probes.updates import UpdateProbe
-from .store import RunWriter, empty_stats, normalize
+from .store import RunWriter, empty_stats, long_table, normalize, to_frame
 
 
 class Watch:
@@ -129,7 +130,8 @@ class Watch:
         self._slot_steps: list[int] = []
         self._in_update: int | None = None  # slot whose optimizer update is under way
         self._pending: int | None = None  # manual mode: slot whose update the next step() measures
-        self._chunks: list[pd.DataFrame] = []
+        self._chunks: list[pa.Table] = []  # one per flush; pandas frames are built on demand
+        self._frames: list[pd.DataFrame] = []
         self._loss = torch.full((flush_every,), ABSENT, dtype=self._table.dtype, device=self._table.device)
         self._loss_sum: torch.Tensor | None = None
         self._loss_count = 0
@@ -275,12 +277,12 @@ class Watch:
         self._slot, self._slot_steps = 0, self._slot_steps[n:]
         blocks = [block for probe in self._probes for block in probe.finalize(raw)]
         blocks.append(("loss", ["(model)"], loss[:, None]))
-        df = _long_table(blocks, steps)
-        self._chunks.append(df)
+        rows = long_table(blocks, steps)
+        self._chunks.append(rows)
         if self._writer is not None:
             if len(self._chunks) == 1:
                 self._write_meta()  # the forward order is known now
-            self._writer.append(df)
+            self._writer.append(rows)
         if self._on_finding is not None or self._raise_on or self._writer is not None:
             self._stream_findings()
 
@@ -289,7 +291,7 @@ class Watch:
 
         A window of the last ten flushes keeps the cost per flush flat however long the run is.
         """
-        recent = normalize(pd.concat(self._chunks[-10:], ignore_index=True))
+        recent = self._frame(len(self._chunks) - 10)
         diagnosis = diagnose(recent, self.meta())
         self._findings = diagnosis.findings
         if self._writer is not None:
@@ -314,7 +316,16 @@ class Watch:
         return diagnose(stats, self.meta())
 
     def _all_stats(self) -> pd.DataFrame:
-        return normalize(pd.concat(self._chunks, ignore_index=True)) if self._chunks else empty_stats()
+        return self._frame(0)
+
+    def _frame(self, first: int) -> pd.DataFrame:
+        """The flushed rows from chunk `first` on, as a DataFrame (converted once per chunk)."""
+        while len(self._frames) < len(self._chunks):
+            self._frames.append(to_frame(self._chunks[len(self._frames)]))
+        frames = self._frames[max(first, 0) :]
+        if not frames:
+            return empty_stats()
+        return frames[0].copy() if len(frames) == 1 else normalize(pd.concat(frames, ignore_index=True))
 
     def stats(self) -> pd.DataFrame:
         """Every recorded number so far, long format: step, layer, metric, value, index."""
@@ -412,38 +423,6 @@ class Watch:
         if finished:
             meta["finished"] = _now()
         self._writer.write_meta(meta)
-
-
-def _long_table(blocks: list, steps: np.ndarray) -> pd.DataFrame:
-    """Turn `(metric, rows, values)` blocks into the long table, skipping absent entries.
-
-    values are `[steps, rows]` (index -1) or `[steps, rows, index]` (a series within a step).
-    """
-    frames = []
-    for metric, rows, values in blocks:
-        names = np.asarray(rows, dtype=object)
-        values = values[: len(steps), : len(rows)]
-        present = ~(values < 0)  # NaN compares False: a measured NaN stays
-        where = np.nonzero(present)
-        if len(where[0]) == 0:
-            continue
-        i, j = where[0], where[1]
-        index = where[2] if values.ndim == 3 else np.full(len(i), -1, dtype=np.int64)
-        frames.append(
-            pd.DataFrame(
-                {
-                    "step": steps[i],
-                    "layer": names[j],
-                    "metric": metric,
-                    "value": values[where].astype(np.float64),
-                    "index": index.astype(np.int64),
-                }
-            )
-        )
-    if not frames:
-        return empty_stats()
-    df = pd.concat(frames, ignore_index=True).sort_values(["step"], kind="stable")
-    return normalize(df.reset_index(drop=True))
 
 
 def _is_compiled(model: nn.Module) -> bool:

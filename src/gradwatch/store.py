@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -44,8 +45,57 @@ def empty_stats() -> pd.DataFrame:
     return normalize(pd.DataFrame({c: [] for c in COLUMNS}))
 
 
+def long_table(blocks: list, steps: np.ndarray) -> pa.Table:
+    """Turn a flush's `(metric, rows, values)` blocks into long-format rows, skipping absent entries.
+
+    values are `[steps, rows]` (index -1) or `[steps, rows, index]` (a series within a step); a
+    negative entry is "not measured" (a measured NaN compares False and stays). Built with numpy
+    and Arrow's `take` so that no Python string object is made per row: a flush happens inside the
+    training loop.
+    """
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in COLUMNS}
+    names: dict[str, int] = {}
+    metrics: list[str] = []
+    for metric, rows, values in blocks:
+        values = values[: len(steps), : len(rows)]
+        where = np.nonzero(~(values < 0))
+        if len(where[0]) == 0:
+            continue
+        codes = np.fromiter((names.setdefault(r, len(names)) for r in rows), dtype=np.int32, count=len(rows))
+        parts["step"].append(steps[where[0]])
+        parts["layer"].append(codes[where[1]])
+        parts["metric"].append(np.full(len(where[0]), len(metrics), dtype=np.int32))
+        parts["value"].append(values[where].astype(np.float64))
+        parts["index"].append(where[2].astype(np.int64) if values.ndim == 3 else np.full(len(where[0]), -1, np.int64))
+        metrics.append(metric)
+    if not metrics:
+        return _SCHEMA.empty_table()
+    cols = {c: np.concatenate(v) for c, v in parts.items()}
+    order = np.argsort(cols["step"], kind="stable")
+    cols = {c: v[order] for c, v in cols.items()}
+    return pa.table(
+        {
+            "step": pa.array(cols["step"], pa.int64()),
+            "layer": pa.array(list(names), pa.string()).take(pa.array(cols["layer"])),
+            "metric": pa.array(metrics, pa.string()).take(pa.array(cols["metric"])),
+            "value": pa.array(cols["value"], pa.float64()),
+            "index": pa.array(cols["index"], pa.int64()),
+        },
+        schema=_SCHEMA,
+    )
+
+
+def to_frame(table: pa.Table) -> pd.DataFrame:
+    return normalize(table.to_pandas())
+
+
+_DTYPES = {"step": "int64", "layer": "str", "metric": "str", "value": "float64", "index": "int64"}
+
+
 def normalize(df: pd.DataFrame) -> pd.DataFrame:
     """The one dtype layout of a stats table, whether it came from memory or from disk."""
+    if list(df.columns) == list(COLUMNS) and all(str(df[c].dtype) == t for c, t in _DTYPES.items()):
+        return df.reset_index(drop=True) if not isinstance(df.index, pd.RangeIndex) or df.index.start != 0 else df
     return pd.DataFrame(
         {
             "step": df["step"].to_numpy(dtype="int64"),
@@ -106,15 +156,15 @@ class RunWriter:
     def write_findings(self, findings: list) -> None:
         write_json(self.path / FINDINGS, findings)
 
-    def append(self, df: pd.DataFrame) -> None:
+    def append(self, rows: pa.Table | pd.DataFrame) -> None:
         """Add one flush's rows as a new part file."""
-        if df.empty:
+        if len(rows) == 0:
             return
-        self._write_part(df, self._next, self._next)
+        self._write_part(rows, self._next, self._next)
         self._next += 1
 
-    def _write_part(self, df: pd.DataFrame, lo: int, hi: int) -> None:
-        table = pa.Table.from_pandas(df, schema=_SCHEMA, preserve_index=False)
+    def _write_part(self, rows: pa.Table | pd.DataFrame, lo: int, hi: int) -> None:
+        table = rows if isinstance(rows, pa.Table) else pa.Table.from_pandas(rows, schema=_SCHEMA, preserve_index=False)
         final = self._stats / f"part-{lo:08d}-{hi:08d}.parquet"
         tmp = self._stats / f".{final.name}.tmp"
         pq.write_table(table, tmp)
