@@ -71,6 +71,29 @@ def check(
 
 
 @app.command()
+def lab(
+    names: list[str] = typer.Argument(None, help="Experiments to run (all when none)."),
+    quick: bool = typer.Option(False, "--quick", help="Honestly scaled-down settings (minutes, not hours)."),
+    out: Path = typer.Option(Path("runs/lab"), "--out", help="Where to write results.json, index.html and the runs."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+) -> None:
+    """Reproduce the literature's claims about vanishing and exploding gradients, measured.
+
+    Exit 0 when every experiment reproduced its claim, 1 when any did not, 2 for an unknown
+    name, 130 when interrupted (the finished experiments are kept).
+    """
+    from .lab.runner import PAGE, RESULTS, run_lab
+
+    result = run_lab(names or (), quick=quick, out=out, seed=seed, console=console)
+    done = sum(r["reproduced"] for r in result.records)
+    console.print(f"{done} of {len(result.records)} reproduced; results in {out / RESULTS}, page {out / PAGE}", highlight=False)
+    if result.interrupted:
+        err.print("interrupted: the experiments that finished are kept")
+        raise typer.Exit(130)
+    raise typer.Exit(0 if result.all_reproduced else 1)
+
+
+@app.command()
 def theory(
     activation: str = typer.Option("tanh", "--activation", help="tanh, relu, leaky_relu, sigmoid, gelu, silu, elu, selu, softplus, erf, linear"),
     sigma_w2: float = typer.Option(1.0, "--sigma-w2", help="Weight variance times fan-in (σ_w²)."),
