@@ -64,10 +64,14 @@ def train(
     log_dir: Path,
     batch: int = 64,
     momentum: float = 0.9,
+    optimizer: str = "sgd",
     progress: Callable[[float], None] = lambda f: None,
 ) -> Trained:
-    """Minibatch SGD with momentum on cross-entropy, watched; returns accuracy on the held-out split."""
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    """Minibatch SGD with momentum (or Adam) on cross-entropy, watched; accuracy on the held-out split."""
+    if optimizer == "adam":
+        opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     n = len(split.x_train)
     gen = torch.Generator().manual_seed(seed)
     steps = epochs * -(-n // batch)
