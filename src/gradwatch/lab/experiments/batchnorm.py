@@ -13,7 +13,15 @@ from torch import nn
 from ... import remedies
 from ..experiment import Experiment, Figure, Outcome, Settings
 from ..models import mlp
-from ._feedforward import at_init, data, first_last_ratio, linear_layers, profile, sub_progress, train
+from ._feedforward import (
+    at_init,
+    data,
+    first_last_ratio,
+    linear_layers,
+    profile,
+    sub_progress,
+    train,
+)
 
 VANISHED = 1e-6
 KEPT = 1e-2

@@ -14,7 +14,15 @@ from torch import nn
 from ... import remedies
 from ..experiment import Experiment, Figure, Outcome, Settings
 from ..models import mlp
-from ._feedforward import at_init, data, first_last_ratio, linear_layers, profile, sub_progress, train
+from ._feedforward import (
+    at_init,
+    data,
+    first_last_ratio,
+    linear_layers,
+    profile,
+    sub_progress,
+    train,
+)
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU,
