@@ -28,6 +28,15 @@ def _settings(quick: bool) -> dict[str, Any]:
     return {"depth": 64, "width": 1024, "batch": 1024}
 
 
+def _record_mean(seen: dict[str, float], name: str):
+    """A forward hook storing the mean of the module's output (gradwatch records its std, not its mean)."""
+
+    def hook(module: nn.Module, args: Any, out: torch.Tensor) -> None:
+        seen[name] = float(out.detach().mean())
+
+    return hook
+
+
 def run(s: Settings, **override: Any) -> Outcome:
     cfg = {**_settings(s.quick), **override}
     gen = torch.Generator().manual_seed(s.seed)
@@ -40,8 +49,7 @@ def run(s: Settings, **override: Any) -> Outcome:
         model = remedies.lecun_init(mlp(width, 10, depth, width, nn.SELU))
         selus = [n for n, m in model.named_modules() if isinstance(m, nn.SELU)]
         seen: dict[str, float] = {}
-        hooks = [m.register_forward_hook(lambda mod, a, out, n=n: seen.__setitem__(n, float(out.detach().mean())))
-                 for n, m in model.named_modules() if isinstance(m, nn.SELU)]
+        hooks = [m.register_forward_hook(_record_mean(seen, n)) for n, m in model.named_modules() if isinstance(m, nn.SELU)]
         x = mu + var**0.5 * torch.randn(cfg["batch"], width, generator=gen)
         y = torch.randint(0, 10, (cfg["batch"],), generator=gen)
         try:
