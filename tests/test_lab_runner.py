@@ -21,7 +21,8 @@ def _outcome(settings, value):
     return Outcome(
         setup={"depth": 3},
         measured={"ratio": value, "per_layer": [1.0, 0.5], "nested": {"nan": float("nan")}},
-        figures=[Figure("profile " + NASTY, "layer", "norm", {"a": ([0, 1], [1.0, value])}, log_y=True)],
+        figures=[Figure("profile " + NASTY, "layer", "norm", {"a": ([0, 1], [1.0, value])}, log_y=True),
+                 Figure("bars", "variant", "accuracy", {"acc": (["plain", "bn"], [0.1, 0.9])}, kind="bar")],
         runs=[str(settings.out / "run")],
     )
 
@@ -65,6 +66,7 @@ def test_results_json_holds_one_record_per_experiment_with_the_schema(tmp_path):
     assert doc["experiments"][1]["reproduced"] is False  # the judge decides, from the measurement
     assert doc["experiments"][0]["measured"]["nested"]["nan"] is None  # valid JSON, no NaN
     assert doc["experiments"][0]["runs"] == ["a/run"]
+    assert doc["experiments"][0]["figures"][1]["lines"]["acc"]["x"] == ["plain", "bn"]  # categories stay names
     assert doc["quick"] is True and doc["all_reproduced"] is False
     assert not result.all_reproduced
 

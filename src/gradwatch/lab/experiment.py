@@ -24,12 +24,15 @@ class Settings:
 
 @dataclass
 class Figure:
-    """A line (or bar) chart the results page draws: `lines` maps a label to (xs, ys)."""
+    """A line (or bar) chart the results page draws: `lines` maps a label to (xs, ys).
+
+    xs are numbers, or category names (strings) for a bar chart.
+    """
 
     title: str
     x_label: str
     y_label: str
-    lines: dict[str, tuple[list[float], list[float]]]
+    lines: dict[str, tuple[list[float] | list[str], list[float]]]
     log_y: bool = False
     kind: str = "line"  # "line" or "bar"
 
@@ -40,7 +43,8 @@ class Figure:
             "y_label": self.y_label,
             "log_y": self.log_y,
             "kind": self.kind,
-            "lines": {k: {"x": list(map(float, x)), "y": list(map(float, y))} for k, (x, y) in self.lines.items()},
+            "lines": {k: {"x": [v if isinstance(v, str) else float(v) for v in x], "y": list(map(float, y))}
+                      for k, (x, y) in self.lines.items()},
         }
 
 

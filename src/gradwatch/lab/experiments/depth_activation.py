@@ -100,7 +100,7 @@ def run(s: Settings, **override: Any) -> Outcome:
         Figure("First/last layer gradient ratio vs depth", "hidden layers", "first / last grad_norm",
                {a: (depths, [r[str(d)] for d in depths]) for a, r in ratios.items()}, log_y=True),
         Figure(f"Test accuracy after training, depth {deepest}", "activation", "accuracy",
-               {"accuracy": (list(range(len(accuracy))), list(accuracy.values()))}, kind="bar"),
+               {"accuracy": (list(accuracy), list(accuracy.values()))}, kind="bar"),
     ]
     setup = {**cfg, "activations": list(ACTIVATIONS), "init": "Xavier for sigmoid/tanh, LeCun for SELU, He otherwise",
              "data": "sklearn digits", "optimizer": "SGD momentum 0.9"}

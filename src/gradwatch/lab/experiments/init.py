@@ -82,8 +82,8 @@ def run(s: Settings, **override: Any) -> Outcome:
                                          if k.startswith(act)}, log_y=True)
         for act in ACTIVATIONS
     ] + [
-        Figure(f"Final training loss after {cfg['epochs']} epochs (schemes: {', '.join(SCHEMES)})", "scheme",
-               "cross-entropy", {act: (list(range(len(SCHEMES))), [loss[act][sch] for sch in SCHEMES]) for act in ACTIVATIONS},
+        Figure(f"Final training loss after {cfg['epochs']} epochs", "scheme",
+               "cross-entropy", {act: (list(SCHEMES), [loss[act][sch] for sch in SCHEMES]) for act in ACTIVATIONS},
                kind="bar"),
     ]
     setup = {**cfg, "schemes": list(SCHEMES), "data": "sklearn digits", "optimizer": "SGD momentum 0.9"}
