@@ -36,7 +36,7 @@ TRAINED_ACC = 0.8
 
 def _settings(quick: bool) -> dict[str, Any]:
     if quick:
-        return {"depth": 30, "width": 64, "epochs": 3, "lr": 0.005, "batch": 32, "probe_batch": 256}
+        return {"depth": 30, "width": 64, "epochs": 5, "lr": 0.005, "batch": 32, "probe_batch": 256}
     return {"depth": 30, "width": 64, "epochs": 15, "lr": 0.005, "batch": 32, "probe_batch": 512}
 
 
