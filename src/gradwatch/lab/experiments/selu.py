@@ -24,7 +24,7 @@ OFF = 0.5  # some start's first-layer variance is at least this far from 1: the 
 
 def _settings(quick: bool) -> dict[str, Any]:
     if quick:
-        return {"depth": 32, "width": 256, "batch": 512}
+        return {"depth": 32, "width": 512, "batch": 256}
     return {"depth": 64, "width": 1024, "batch": 1024}
 
 
