@@ -17,6 +17,7 @@ section{border-top:1px solid #ddd;margin-top:2em;padding-top:1em}
 .verdict{display:inline-block;padding:.15em .6em;border-radius:.3em;font-weight:600;color:#fff}
 .yes{background:#2a7d2a} .no{background:#b8860b} .err{background:#b22222}
 table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
+caption{text-align:left;font-weight:600;padding:.2em 0}
 td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:top}
 th{background:#f4f4f4} td.num{text-align:right;font-variant-numeric:tabular-nums}
 .source{color:#555;font-style:italic} pre{background:#f8f8f8;padding:.6em;overflow-x:auto}
@@ -51,6 +52,40 @@ def flatten(measured: Any, prefix: str = "") -> list[tuple[str, Any]]:
             rows += flatten(v, f"{prefix}[{i}]")
         return rows
     return [(prefix, measured)]
+
+
+def _scalar(v: Any) -> bool:
+    return not isinstance(v, dict | list)
+
+
+def _grid(key: str, value: dict[str, Any]) -> str | None:
+    """A dict of dicts of scalars as a grid (outer keys rows, inner keys columns); a dict of
+    scalars as one row. None for anything else."""
+    if value and all(isinstance(v, dict) and v and all(_scalar(x) for x in v.values()) for v in value.values()):
+        cols = list(dict.fromkeys(c for v in value.values() for c in v))
+        head = "".join(f"<th>{_e(c)}</th>" for c in cols)
+        body = "".join(
+            f"<tr><th>{_e(r)}</th>" + "".join(f"<td class='num'>{_e(_fmt(v.get(c, '')))}</td>" for c in cols) + "</tr>"
+            for r, v in value.items()
+        )
+        return f"<table><caption>{_e(key)}</caption><tr><th></th>{head}</tr>{body}</table>"
+    if value and all(_scalar(v) for v in value.values()):
+        head = "".join(f"<th>{_e(c)}</th>" for c in value)
+        cells = "".join(f"<td class='num'>{_e(_fmt(v))}</td>" for v in value.values())
+        return f"<table><caption>{_e(key)}</caption><tr>{head}</tr><tr>{cells}</tr></table>"
+    return None
+
+
+def _measured(measured: dict[str, Any]) -> str:
+    """Each measured quantity as a grid where its shape allows; the rest as key/value rows."""
+    grids, rest = [], {}
+    for key, value in measured.items():
+        grid = _grid(key, value) if isinstance(value, dict) else None
+        if grid is None:
+            rest[key] = value
+        else:
+            grids.append(grid)
+    return (_table(rest) if rest else "") + "".join(grids)
 
 
 def _table(measured: dict[str, Any]) -> str:
@@ -102,7 +137,7 @@ def _section(i: int, rec: dict[str, Any]) -> str:
     ]
     if rec.get("error"):
         parts.append(f"<p><b>Error.</b></p><pre>{_e(rec.get('traceback') or rec['error'])}</pre>")
-    parts.append(_table(rec.get("measured") or {}))
+    parts.append(_measured(rec.get("measured") or {}))
     if rec.get("setup"):
         parts.append("<details><summary>setup</summary>" + _table(rec["setup"]).replace("measured", "setting") + "</details>")
     figs = rec.get("figures") or []

@@ -59,7 +59,7 @@ def run(s: Settings, **override: Any) -> Outcome:
         curves[variant] = (list(range(1, len(t.losses) + 1)), t.losses)
         runs += [str(s.out / f"init-{variant}"), t.path]
     figures = [
-        Figure(f"Sigmoid MLP, {cfg['depth']} layers: grad_norm per Linear layer at init, relative to the last",
+        Figure(f"Sigmoid, {cfg['depth']} layers: grad_norm per layer at init (÷ last)",
                "layer", "grad_norm / last", lines, log_y=True),
         Figure("Training loss per epoch", "epoch", "cross-entropy", curves),
     ]

@@ -94,7 +94,7 @@ def run(s: Settings, **override: Any) -> Outcome:
         "final_train_loss_deepest": losses,
     }
     figures = [
-        Figure(f"Gradient norm per Linear layer at init, depth {deepest} (first layer left)", "layer",
+        Figure(f"grad_norm per layer at init, depth {deepest} (÷ last)", "layer",
                "grad_norm / last layer's",
                {a: (list(range(len(p))), [v / p[-1] for v in p]) for a, p in profiles.items()}, log_y=True),
         Figure("First/last layer gradient ratio vs depth", "hidden layers", "first / last grad_norm",

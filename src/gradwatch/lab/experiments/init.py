@@ -77,7 +77,7 @@ def run(s: Settings, **override: Any) -> Outcome:
             part += 1
     measured = {"first_last_backflow_ratio": ratio, "test_accuracy": acc, "final_train_loss": loss}
     figures = [
-        Figure(f"{act}: back-propagated ‖∂L/∂h‖ per Linear layer at init, relative to the last", "layer",
+        Figure(f"{act}: ‖∂L/∂h‖ per layer at init (÷ last)", "layer",
                "backflow_norm / last", {k.split(" ", 1)[1]: (list(range(len(v))), v) for k, v in profiles.items()
                                          if k.startswith(act)}, log_y=True)
         for act in ACTIVATIONS

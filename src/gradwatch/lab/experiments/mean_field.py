@@ -107,10 +107,9 @@ def run(s: Settings, **override: Any) -> Outcome:
         Figure("χ₁: per-layer factor of gradient variance", "σ_w²", "χ₁",
                {"measured (backflow_norm)": (sws, list(chi_measured.values())),
                 "predicted (theory.mean_field)": (sws, list(chi_predicted.values()))}),
-        Figure(f"Back-propagated ‖∂L/∂h‖ per layer, width {cfg['chi_width']}, relative to the last", "layer",
+        Figure(f"‖∂L/∂h‖ per layer, width {cfg['chi_width']} (÷ last)", "layer",
                "backflow_norm / last", profiles, log_y=True),
-        Figure("Trainable depth: measured (deepest grid depth reaching "
-               f"{TRAINED_ACC:.0%} test accuracy) vs 6ξ_c", "σ_w²", "layers",
+        Figure("Trainable depth: measured vs 6ξ_c", "σ_w²", "layers",
                {"measured": ([float(k) for k in trainable], list(trainable.values())),
                 "6ξ_c": ([float(k) for k in predicted], list(predicted.values()))}, log_y=True),
     ]
