@@ -51,7 +51,7 @@ def net(n_in: int, n_out: int, depth: int, width: int, skip: bool) -> nn.Sequent
 def _settings(quick: bool) -> dict[str, Any]:
     if quick:
         return {"depths": [4, 32], "width": 64, "epochs": 5, "lr": 0.02, "batch": 64, "probe_batch": 256}
-    return {"depths": [4, 8, 16, 32, 64], "width": 64, "epochs": 20, "lr": 0.02, "batch": 64, "probe_batch": 512}
+    return {"depths": [4, 8, 16, 32], "width": 64, "epochs": 20, "lr": 0.02, "batch": 64, "probe_batch": 512}
 
 
 def run(s: Settings, **override: Any) -> Outcome:
