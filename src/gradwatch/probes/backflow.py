@@ -72,6 +72,10 @@ class BackflowProbe(Probe):
         self._acc.zero_()
         self._calls = [0] * len(self.modules)
 
+    def discard(self) -> None:
+        self._acc.zero_()
+        self._calls = [0] * len(self.modules)
+
     def finalize(self, raw: dict[str, np.ndarray]) -> list:
         sq = raw["backflow_sq"]
         with np.errstate(invalid="ignore"):
