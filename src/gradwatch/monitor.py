@@ -261,7 +261,8 @@ class Watch:
             self._in_update = None
         if not self._recording():
             return None
-        closure = kwargs.get("closure", args[0] if args else None)
+        # args are those of Optimizer.step, the optimizer itself first
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
         if callable(closure):
             # optimizer.step(closure) computes the gradients inside step (LBFGS, Lightning): record
             # once the first call of the closure has run, at the weights the step starts from.
@@ -277,7 +278,7 @@ class Watch:
 
             if "closure" in kwargs:
                 return args, {**kwargs, "closure": record_after}
-            return (record_after, *args[1:]), kwargs
+            return (args[0], record_after, *args[2:]), kwargs
         self._in_update = self._record()
         return None
 
