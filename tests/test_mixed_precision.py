@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 import gradwatch as gw
-
 from conftest import mlp
 
 PARAM_METRICS = ["grad_norm", "weight_norm", "update_ratio", "backflow_norm"]

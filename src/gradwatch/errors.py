@@ -33,3 +33,7 @@ class TrainingStoppedError(GradwatchError):
 
 class CheckError(GradwatchError):
     """`gw.check` could not run the model on the inputs it was given."""
+
+
+class IntegrationError(GradwatchError):
+    """An integration's framework is not installed, or not set up the way it needs."""
