@@ -68,13 +68,13 @@ class ScalerHandle:
 
 
 def inner_optimizer(opt):
-    """The torch optimizer inside a framework's wrapper (accelerate's AcceleratedOptimizer, Lightning's)."""
-    seen = 0
-    while not isinstance(opt, torch.optim.Optimizer) and seen < 4:
+    """The torch optimizer inside a framework's wrapper (accelerate's AcceleratedOptimizer, itself
+    an Optimizer subclass without hooks of its own; Lightning's LightningOptimizer)."""
+    for _ in range(4):
         nxt = getattr(opt, "optimizer", None) or getattr(opt, "_optimizer", None)
-        if nxt is None:
+        if not isinstance(nxt, torch.optim.Optimizer):
             break
-        opt, seen = nxt, seen + 1
+        opt = nxt
     return opt
 
 
