@@ -106,6 +106,24 @@ def theory(
     console.print(table)
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "allow_interspersed_args": False}
+)
+def run(
+    script: Path = typer.Argument(..., help="The training script, run unmodified as __main__."),
+    args: list[str] | None = typer.Argument(None, help="Arguments for the script (everything after SCRIPT)."),
+    log_dir: Path | None = typer.Option(None, "--log-dir", help="Run directory (default runs/SCRIPT-TIME)."),
+    every: int = typer.Option(1, "--every", help="Record every N-th optimizer step."),
+) -> None:
+    """Run an unmodified training script with watching attached; print the diagnosis at the end.
+
+    The script's output and exit code are its own; gradwatch's report goes to stderr.
+    """
+    from .run_script import run_script
+
+    raise SystemExit(run_script(script, args or [], log_dir=log_dir, every=every, console=err))
+
+
 def main() -> None:
     try:
         app()
