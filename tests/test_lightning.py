@@ -5,10 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-from conftest import mlp
 from torch import nn
 
 import gradwatch as gw
+from conftest import mlp
 
 pl = pytest.importorskip("lightning.pytorch")
 
@@ -86,6 +86,8 @@ def test_lightning_records_each_optimizer_step_like_a_plain_loop(tmp_path, accum
     logged = metrics.dropna(subset=["gradwatch/grad_norm/net.0"]).set_index("step")["gradwatch/grad_norm/net.0"]
     recorded = run.stats.query("metric == 'grad_norm' and layer == 'net.0'").set_index("step")["value"]
     pd.testing.assert_series_equal(logged.sort_index(), recorded.sort_index(), check_names=False, check_index_type=False)
+    findings = run.findings
+    assert metrics["gradwatch/findings_error"].dropna().tolist() == [float(sum(f["severity"] == "error" for f in findings))]
 
 
 def test_lightning_mixed_precision_records_unscaled_gradients(tmp_path):

@@ -13,7 +13,7 @@ import os
 import warnings
 from pathlib import Path
 
-from ._common import Listener, require, scalars
+from ._common import Listener, findings_markdown, require, scalars
 
 _pl = require("lightning.pytorch", "lightning")
 
@@ -26,6 +26,23 @@ class _TrainerLoggers(Listener):
         for step, values in scalars(rows):
             for logger in self.trainer.loggers:
                 logger.log_metrics(values, step=step)
+
+    def close(self, watch) -> None:
+        """Findings: a count per severity for every logger, and the text where the logger takes text."""
+        findings = watch.diagnose().findings
+        counts = {f"gradwatch/findings_{s}": float(sum(f.severity == s for f in findings)) for s in ("info", "warning", "error")}
+        text = findings_markdown(findings)
+        for logger in self.trainer.loggers:
+            logger.log_metrics(counts, step=watch._step)
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_text"):  # TensorBoard
+                experiment.add_text("gradwatch/findings", text, watch._step)
+            elif hasattr(logger, "log_text"):  # W&B, MLflow loggers
+                try:
+                    logger.log_text(key="gradwatch/findings", columns=["findings"], data=[[text]])
+                except TypeError:
+                    pass
+            logger.save()
 
 
 class GradwatchCallback(_pl.Callback):
