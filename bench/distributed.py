@@ -70,7 +70,7 @@ def _worker(args) -> None:
             w = gw.watch(model, opt, flush_every=args.steps) if name == "gradwatch" else None
             setups[name] = (model, opt, w)
 
-        def block(name: str, steps: int) -> float:
+        def block(name: str, steps: int, setups=setups) -> float:
             model, opt, _ = setups[name]
             dist.barrier()
             t0 = time.perf_counter()

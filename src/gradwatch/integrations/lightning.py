@@ -9,6 +9,7 @@ directory + `/gradwatch`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from pathlib import Path
@@ -37,11 +38,9 @@ class _TrainerLoggers(Listener):
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_text"):  # TensorBoard
                 experiment.add_text("gradwatch/findings", text, watch._step)
-            elif hasattr(logger, "log_text"):  # W&B, MLflow loggers
-                try:
+            elif hasattr(logger, "log_text"):  # WandbLogger; other loggers' log_text take other arguments
+                with contextlib.suppress(TypeError):
                     logger.log_text(key="gradwatch/findings", columns=["findings"], data=[[text]])
-                except TypeError:
-                    pass
             logger.save()
 
 
