@@ -85,6 +85,33 @@ def test_histogram_matches_numpy_and_sums_to_one():
     np.testing.assert_allclose(hist["value"].to_numpy(), expected / out.size, atol=1e-6)
 
 
+def test_statistics_pool_every_forward_of_a_step_exactly():
+    # Two micro-batches of different sizes and a large common offset (sigmoid near 1): the pooled
+    # std must be that of the concatenated outputs, without cancellation.
+    torch.manual_seed(0)
+    lin = nn.Linear(5, 300)
+    with torch.no_grad():
+        lin.bias.fill_(6.0)
+    model = nn.Sequential(lin, nn.Sigmoid(), nn.Linear(300, 1))
+    xs = [torch.randn(7, 5), 3 * torch.randn(12, 5)]  # each under the 4,096-sample stride
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with gw.watch(model, opt, activations=True) as w:
+        for x in xs:
+            model(x).pow(2).mean().backward()
+        opt.step()
+    pre = torch.cat([lin(x) for x in xs]).detach().double()
+    out = torch.sigmoid(pre)
+    got = as_dict(w.stats(), 0)
+    assert got[("1", "act_std")] == pytest.approx(out.std(unbiased=False).item(), rel=1e-5)
+    expected_sat = _naive_derivative_flat(torch.sigmoid, pre).double().mean().item()
+    assert got[("1", "saturated_frac")] == pytest.approx(expected_sat, abs=1e-9)
+    # Each call's histogram is scaled to its own element count, so pooled bins are a weighted sum.
+    lo, hi = spec("sigmoid").hist_range
+    expected = sum(np.histogram(np.clip(torch.sigmoid(lin(x)).detach().numpy().ravel(), lo, hi), bins=HIST_BINS, range=(lo, hi))[0] for x in xs)
+    hist = w.stats().query("metric == 'act_hist' and layer == '1'").sort_values("index")
+    np.testing.assert_allclose(hist["value"].to_numpy(), expected / out.numel(), atol=1e-6)
+
+
 def test_functional_activations_belong_to_the_calling_module():
     class Functional(nn.Module):
         def __init__(self):
