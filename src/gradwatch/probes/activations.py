@@ -9,7 +9,7 @@ when the first measured forward found functional activations.
 Statistics accumulate on the device over every forward of a step (gradient accumulation) and are
 written out at the optimizer step: population std of the outputs, saturated fraction of inputs,
 dead fraction of units (see `activation_specs`), and a 32-bin histogram of the outputs over the
-function's range (values outside are counted in the edge bins), taken from at most 4,096 evenly
+function's range (values outside are counted in the edge bins), taken from at most 1,024 evenly
 strided outputs per call: enough for a picture, at a fraction of the cost of binning them all.
 """
 
@@ -26,7 +26,7 @@ from .activation_specs import HIST_BINS, ActivationSpec, functional_spec, module
 from .base import ABSENT, Probe
 from .forward import Hooks, recording_forward
 
-HIST_SAMPLE = 4096
+HIST_SAMPLE = 1024
 
 
 class _Row:
