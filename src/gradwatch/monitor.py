@@ -150,6 +150,9 @@ class Watch:
         self._frames: list[pd.DataFrame] = []
         self._loss = torch.full((flush_every,), ABSENT, dtype=self._table.dtype, device=self._table.device)
         self._loss_sum: torch.Tensor | None = None
+        # Which slots hold a loss, kept on the host: a loss may be negative (a log-likelihood, a
+        # GAN's critic), so the table's "negative is absent" marker cannot tell.
+        self._loss_present = np.zeros(flush_every, dtype=bool)
         self._loss_count = 0
         self._on_finding = on_finding
         self._raise_on = raise_on
@@ -192,6 +195,7 @@ class Watch:
             self._unscale_backward_signals(slot)
         if self._loss_count:
             self._loss[slot] = self._loss_sum / self._loss_count
+            self._loss_present[slot] = True
             self._loss_sum, self._loss_count = None, 0
         if "nonfinite" in self._raise_on:
             self._stop_if_nonfinite(slot)
@@ -347,11 +351,13 @@ class Watch:
         for probe in self._probes:
             raw.update(probe.take(n))
         loss = self._loss[:n].cpu().numpy().copy()
+        loss_present = self._loss_present[:n].copy()
         self._loss[:n].fill_(ABSENT)
+        self._loss_present[:n] = False
         steps = np.asarray(self._slot_steps[:n], dtype=np.int64)
         self._slot, self._slot_steps = 0, self._slot_steps[n:]
         blocks = [block for probe in self._probes for block in probe.finalize(raw)]
-        blocks.append(("loss", ["(model)"], loss[:, None]))
+        blocks.append(("loss", ["(model)"], loss[:, None], loss_present[:, None]))
         rows = long_table(blocks, steps)
         self._chunks.append(rows)
         if self._writer is not None:
