@@ -225,6 +225,7 @@ class Watch:
         self._skipped.mark_skipped(slot)
         if self._loss_count:
             self._loss[slot] = self._loss_sum / self._loss_count
+            self._loss_present[slot] = True
             self._loss_sum, self._loss_count = None, 0
         self._commit(slot)
         self._advance()

@@ -80,7 +80,7 @@ class BackflowProbe(Probe):
         self._calls = [0] * len(self.modules)
 
     def discard(self) -> None:
-        self._acc.zero_()
+        self._norms = []
         self._calls = [0] * len(self.modules)
 
     def finalize(self, raw: dict[str, np.ndarray]) -> list:
