@@ -106,3 +106,36 @@ def test_the_command_runs_a_script_with_its_arguments(script, tmp_path):
     assert done.stdout.count("loss") == 4
     assert "gradwatch: run directory" in done.stderr
     assert gw.load(tmp_path / "run").meta["steps_seen"] == 4
+
+
+SCALED_SCRIPT = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    g = torch.Generator().manual_seed(1)
+    for step in range(4):
+        x = torch.randn(8, 5, generator=g)
+        opt.zero_grad()
+        scaler.scale(model(x).pow(2).mean()).backward()
+        if step == 2:  # an overflow, as float16 would have
+            model[0].weight.grad[0, 0] = float("inf")
+        scaler.step(opt)
+        scaler.update()
+    """
+)
+
+
+def test_a_scripts_grad_scaler_is_found_and_its_skipped_steps_recorded(tmp_path):
+    path = tmp_path / "scaled.py"
+    path.write_text(SCALED_SCRIPT)
+    assert run_script(path, [], log_dir=tmp_path / "run") == 0
+    stats = gw.load(tmp_path / "run").stats
+    assert stats.query("metric == 'skipped'").set_index("step")["value"].to_dict() == {0: 0.0, 1: 0.0, 2: 1.0, 3: 0.0}
+    plain = _table(_plain()).xs("grad_norm", level="metric").xs(0, level="step")
+    scaled = _table(stats).xs("grad_norm", level="metric").xs(0, level="step")
+    pd.testing.assert_series_equal(scaled, plain)  # unscaled: the same first step as without AMP

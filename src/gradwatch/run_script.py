@@ -43,10 +43,13 @@ def find_model(optimizer: torch.optim.Optimizer) -> nn.Module | None:
     return best
 
 
-def find_scaler():
-    """The script's GradScaler when there is exactly one (its statistics are then unscaled)."""
-    scalers = [o for o in gc.get_objects() if issubclass(type(o), torch.amp.GradScaler)]
-    return scalers[0] if len(scalers) == 1 else None
+def find_scaler(optimizer: torch.optim.Optimizer):
+    """The GradScaler stepping `optimizer` right now, if any: at the optimizer's first step inside
+    `scaler.step`, that scaler has already unscaled this optimizer's gradients."""
+    for obj in gc.get_objects():
+        if issubclass(type(obj), torch.amp.GradScaler) and id(optimizer) in getattr(obj, "_per_optimizer_states", {}):
+            return obj
+    return None
 
 
 class ScriptWatcher:
@@ -73,7 +76,7 @@ class ScriptWatcher:
             return
         # Created inside this step's hook chain: the Watch's own pre-hook, registered now, still
         # runs for this step (PyTorch reads the optimizer's hooks after the global ones).
-        self.watch = gw.watch(model, optimizer, every=self.every, log_dir=self.log_dir, scaler=find_scaler(), **self.watch_kwargs)
+        self.watch = gw.watch(model, optimizer, every=self.every, log_dir=self.log_dir, scaler=find_scaler(optimizer), **self.watch_kwargs)
 
     def close(self):
         self._handle.remove()
