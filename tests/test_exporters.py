@@ -107,3 +107,16 @@ def test_a_missing_framework_is_one_sentence_naming_the_extra(monkeypatch):
         require("notthere_pkg", "lightning")
 
 
+
+
+@pytest.mark.parametrize(("module", "framework", "extra"), [("lightning", "lightning.pytorch", "lightning"), ("transformers", "transformers", "transformers")])
+def test_importing_a_callback_without_its_framework_names_the_extra(monkeypatch, module, framework, extra):
+    import importlib
+    import sys
+
+    from gradwatch.errors import IntegrationError
+
+    monkeypatch.setitem(sys.modules, framework, None)  # as if not installed
+    monkeypatch.delitem(sys.modules, f"gradwatch.integrations.{module}", raising=False)
+    with pytest.raises(IntegrationError, match=rf"pip install 'gradwatch\[{extra}\]'"):
+        importlib.import_module(f"gradwatch.integrations.{module}")

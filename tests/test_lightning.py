@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import torch
@@ -56,10 +58,10 @@ def _table(stats: pd.DataFrame) -> pd.Series:
     return rows.set_index(["step", "layer", "metric"])["value"].sort_index()
 
 
-def _fit(tmp_path, accumulate: int = 1, **trainer_kw):
+def _fit(tmp_path, accumulate: int = 1, log_dir="gw", **trainer_kw):
     from gradwatch.integrations.lightning import GradwatchCallback
 
-    callback = GradwatchCallback(log_dir=tmp_path / "gw")
+    callback = GradwatchCallback(log_dir=tmp_path / log_dir if log_dir else None)
     trainer = pl.Trainer(
         max_steps=STEPS,
         accelerator="cpu",
@@ -95,9 +97,10 @@ def test_lightning_mixed_precision_records_unscaled_gradients(tmp_path):
 
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     plugin = MixedPrecision("16-mixed", "cpu", scaler=scaler)
-    trainer, callback = _fit(tmp_path, plugins=[plugin])
+    trainer, callback = _fit(tmp_path, log_dir=None, plugins=[plugin])
     assert callback.watch._scaler is scaler
-    stats = gw.load(tmp_path / "gw").stats
+    assert callback.watch.log_dir.parent == Path(trainer.log_dir)  # the run sits beside the logs
+    stats = gw.load(callback.watch.log_dir).stats
     assert set(stats.query("metric == 'skipped'")["value"]) <= {0.0, 1.0}
     grads = stats.query("metric == 'grad_norm'")["value"]
     # float16 forward: the same order of magnitude as float32, nowhere near the 2**10 scale
