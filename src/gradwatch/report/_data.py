@@ -67,10 +67,12 @@ def from_stats(
     findings: list | None = None,
     path: Path | None = None,
     max_steps: int = MAX_STEPS,
+    diagnosis: Diagnosis | None = None,
 ) -> ReportRun:
     """Build a ReportRun from a long stats table; diagnosis runs on the full table, not the display one."""
     meta = meta or {}
-    diagnosis = diagnose(stats, meta) if findings is None else Diagnosis([_finding(f) for f in findings])
+    if diagnosis is None:
+        diagnosis = diagnose(stats, meta) if findings is None else Diagnosis([_finding(f) for f in findings])
     order = list(meta.get("layer_order") or [])
     seen = set(order)
     order += [n for n in dict.fromkeys(stats["layer"]) if n not in seen and n != LOSS_LAYER]

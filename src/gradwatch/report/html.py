@@ -114,7 +114,8 @@ def findings_html(run_i: int, run: ReportRun, link: bool = True) -> str:
     if not d.findings:
         return "<p class='ok'>No problem found.</p>"
     out = []
-    for f in d.findings:
+    for k, f in enumerate(d.findings):
+        first = k == 0  # the worst finding's remedies open; the rest one click away
         layers = ", ".join(
             f'<a href="#{_anchor(run_i, run, n)}">{esc(n)}</a>' if link else esc(n) for n in f.layers[:12]
         ) + (f" and {len(f.layers) - 12} more" if len(f.layers) > 12 else "")
@@ -132,7 +133,7 @@ def findings_html(run_i: int, run: ReportRun, link: bool = True) -> str:
             f"<div>{esc(f.summary)}</div>"
             + (f"<div class='note'>layers: {layers}</div>" if layers else "")
             + (f"<details><summary>evidence</summary><dl>{evidence}</dl></details>" if evidence else "")
-            + (f"<details open><summary>remedies</summary><ol>{remedies}</ol></details>" if remedies else "")
+            + (f"<details{' open' if first else ''}><summary>remedies</summary><ol>{remedies}</ol></details>" if remedies else "")
             + "</div>"
         )
     return "".join(out)
