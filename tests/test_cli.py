@@ -36,6 +36,9 @@ def test_demo_shows_the_vanishing_gradient_and_the_fix(tmp_path):
     h = fixed.stats.query("metric == 'grad_norm'").groupby("layer").value.median()
     assert h[first] > 0.1 * h[last]
     assert "test accuracy" in out.stdout
+    report = tmp_path / "demo" / "report.html"
+    assert report.exists() and str(report) in out.stdout  # the comparison page, path printed
+    assert "fig-flow" in report.read_text()
 
 
 def test_a_usage_error_exits_2_with_one_line():

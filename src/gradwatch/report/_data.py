@@ -75,9 +75,9 @@ def from_stats(
         diagnosis = diagnose(stats, meta) if findings is None else Diagnosis([_finding(f) for f in findings])
     order = list(meta.get("layer_order") or [])
     seen = set(order)
-    order += [n for n in dict.fromkeys(stats["layer"]) if n not in seen and n != LOSS_LAYER]
+    order += [n for n in stats["layer"].unique() if n not in seen and n != LOSS_LAYER]
     types = {d["name"]: d.get("type", "") for d in meta.get("model", {}).get("layers", [])}
-    n_steps = int(stats["step"].nunique()) if len(stats) else 0
+    n_steps = len(pd.unique(stats["step"].to_numpy())) if len(stats) else 0
     shown = downsample(stats, max_steps)
     return ReportRun(name, shown, meta, order, diagnosis, n_steps, int(shown["step"].nunique()) if len(shown) else 0, path, types)
 
@@ -120,30 +120,40 @@ def downsample(stats: pd.DataFrame, max_steps: int = MAX_STEPS) -> pd.DataFrame:
     """
     if stats.empty:
         return stats
-    steps = np.unique(stats["step"].to_numpy())
+    step = stats["step"].to_numpy()
+    steps = np.sort(pd.unique(step))
     if len(steps) <= max_steps:
         return stats
     # Equal-count buckets of recorded steps (not of step numbers: `every` may vary between runs).
     edges = steps[np.linspace(0, len(steps), max_steps + 1).astype(np.int64)[:-1]]
-    step = stats["step"].to_numpy()
     bucket = np.searchsorted(edges, step, side="right") - 1
     last = np.append(edges[1:], steps[-1] + 1)
     labels = steps[np.searchsorted(steps, last) - 1]
-    keys = pd.DataFrame(
+    # One integer key per (bucket, layer, metric, index): grouping on it is far cheaper than on
+    # three string columns of a million-step table.
+    layer_codes, layer_names = pd.factorize(stats["layer"])
+    metric_codes, metric_names = pd.factorize(stats["metric"])
+    index = stats["index"].to_numpy()
+    n_idx = int(index.max()) + 2
+    key = ((bucket.astype(np.int64) * len(layer_names) + layer_codes) * len(metric_names) + metric_codes) * n_idx + (index + 1)
+    value = pd.Series(stats["value"].to_numpy())
+    is_max = np.isin(metric_names[metric_codes], list(_MAX_METRICS)) if _MAX_METRICS & set(metric_names) else np.zeros(len(key), bool)
+    parts = []
+    for mask, how in ((~is_max, "median"), (is_max, "max")):
+        if mask.any():
+            parts.append(value[mask].groupby(key[mask], sort=True).agg(how))
+    pooled = pd.concat(parts)
+    k = pooled.index.to_numpy()
+    idx, k = k % n_idx - 1, k // n_idx
+    metric, k = k % len(metric_names), k // len(metric_names)
+    layer, b = k % len(layer_names), k // len(layer_names)
+    out = pd.DataFrame(
         {
-            "bucket": bucket,
-            "layer": stats["layer"].to_numpy(),
-            "metric": stats["metric"].to_numpy(),
-            "index": stats["index"].to_numpy(),
-            "value": stats["value"].to_numpy(),
+            "step": labels[b],
+            "layer": np.asarray(layer_names, dtype=object)[layer],
+            "metric": np.asarray(metric_names, dtype=object)[metric],
+            "value": pooled.to_numpy(dtype=float),
+            "index": idx,
         }
     )
-    is_max = keys["metric"].isin(_MAX_METRICS).to_numpy()
-    parts = []
-    for frame, how in ((keys[~is_max], "median"), (keys[is_max], "max")):
-        if len(frame):
-            parts.append(frame.groupby(["bucket", "layer", "metric", "index"], sort=False, observed=True)["value"].agg(how).reset_index())
-    out = pd.concat(parts, ignore_index=True)
-    out["step"] = labels[out["bucket"].to_numpy()]
-    out = out.sort_values("step", kind="stable")
-    return out[["step", "layer", "metric", "value", "index"]].reset_index(drop=True)
+    return out.sort_values("step", kind="stable").reset_index(drop=True)

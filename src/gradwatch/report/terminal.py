@@ -107,7 +107,7 @@ def _types(meta: dict | None) -> dict[str, str]:
 
 def _order(stats: pd.DataFrame, meta: dict | None) -> list[str]:
     order = list((meta or {}).get("layer_order") or [])
-    return order + [n for n in dict.fromkeys(stats["layer"]) if n not in order and n != "(model)"]
+    return order + [n for n in stats["layer"].unique() if n not in order and n != "(model)"]
 
 
 def trend_line(summary: dict, name: str = "") -> Text | None:
