@@ -78,6 +78,7 @@ def test_check_exit_codes_and_json(tmp_path):
     target = str(tmp_path / "models.py")
     broken = gradwatch("check", f"{target}:broken")
     assert broken.returncode == 1 and "vanishing_gradient" in broken.stdout
+    assert "bars on a log scale" in broken.stdout  # the per-layer table comes before the findings
     healthy = gradwatch("check", f"{target}:healthy", "--json")
     assert healthy.returncode == 0
     assert json.loads(healthy.stdout) == {"ok": True, "findings": [], "summary": json.loads(healthy.stdout)["summary"]}

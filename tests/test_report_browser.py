@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_report_html import EVIL, SeqNet, train
 from torch import nn
 
 from gradwatch.report._data import from_watch, load_runs
 from gradwatch.report.html import write
+from test_report_html import EVIL, SeqNet, train
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"

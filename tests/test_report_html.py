@@ -287,3 +287,21 @@ def test_cli_report_of_a_missing_run_is_one_sentence_and_exit_2(tmp_path, monkey
     assert gradwatch(monkeypatch, "report", str(tmp_path / "nothing")) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "not a gradwatch run" in err and len(err.strip().splitlines()) <= 2
+
+
+def test_notebook_shows_layers_and_findings(runs):
+    _, broken, _ = runs
+    d = broken.diagnose()
+    page = d._repr_html_()
+    assert "<script" not in page  # static: a notebook stays light and works offline
+    assert "body.0" in page and d.findings[0].kind in page
+    assert "body.0" in broken._repr_html_() and "SeqNet" in broken._repr_html_()
+
+
+def test_html_report_takes_watches_runs_and_paths_together(runs, tmp_path):
+    from gradwatch.report import html_report
+
+    root, broken, _ = runs
+    path = html_report([broken, gw.load(root / "fixed"), str(root / "broken")], tmp_path / "mix.html")
+    page = path.read_text()
+    assert page.count("* plotly.js v") == 1 and len(_figure(page, "flow")["data"]) == 3

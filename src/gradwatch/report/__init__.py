@@ -24,4 +24,10 @@ def html_report(sources, path: str | os.PathLike = "report.html") -> Path:
             runs += load_runs([s])
         else:
             runs.append(from_watch(s, s.log_dir.name if s.log_dir else f"run {len(runs) + 1}"))
+    seen: set[str] = set()
+    for r in runs:  # the same run twice (live and stored) must still get two titles
+        base, k = r.name, 2
+        while r.name in seen:
+            r.name, k = f"{base} ({k})", k + 1
+        seen.add(r.name)
     return write(runs, path)

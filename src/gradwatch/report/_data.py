@@ -23,7 +23,7 @@ LOSS_LAYER = "(model)"
 _MAX_METRICS = {"nonfinite"}
 
 
-@dataclass
+@dataclass(eq=False)
 class ReportRun:
     """One run as the report shows it. `stats` is already downsampled (see `downsample`)."""
 

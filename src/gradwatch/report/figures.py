@@ -132,13 +132,13 @@ def depth_profile(runs: list[ReportRun]) -> go.Figure | None:
     for k in range(n_choices):
         q = k / max(n_choices - 1, 1)
         per_run = []
-        for run, table in zip(runs, tables, strict=True):
+        for i, (run, table) in enumerate(zip(runs, tables, strict=True)):
             if table.empty:
                 per_run.append(None)
                 continue
             step = int(table.index[round(q * (len(table.index) - 1))])
             per_run.append(step)
-            _profile_traces(fig, run, table, step, visible=(k == n_choices - 1), colour=COLOURS[runs.index(run) % len(COLOURS)])
+            _profile_traces(fig, run, table, step, visible=(k == n_choices - 1), colour=COLOURS[i % len(COLOURS)])
         choice_steps.append(per_run)
     traces_per_choice = len(fig.data) // n_choices if n_choices else 0
     sliders = []
