@@ -305,3 +305,40 @@ def test_html_report_takes_watches_runs_and_paths_together(runs, tmp_path):
     path = html_report([broken, gw.load(root / "fixed"), str(root / "broken")], tmp_path / "mix.html")
     page = path.read_text()
     assert page.count("* plotly.js v") == 1 and len(_figure(page, "flow")["data"]) == 3
+
+
+def test_nonfinite_gradients_are_marked_not_left_blank(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gw.watch(model, opt) as w:
+        for step in range(4):
+            opt.zero_grad()
+            loss = model(torch.randn(8, 4)).pow(2).mean()
+            (loss * (float("nan") if step == 2 else 1.0)).backward()
+            opt.step()
+    fig = figures.layer_heatmap([from_watch(w)], "grad_norm", "t")
+    marks = [t for t in fig.data if t.name == "non-finite"]
+    # From the NaN step on (its update made the weights NaN too), both Linear layers, nothing before.
+    assert len(marks) == 1 and set(marks[0].x) == {2, 3}
+    assert len(set(marks[0].y)) == 2
+
+
+def test_a_report_mid_training_leaves_training_as_it_was(tmp_path):
+    def run(report: bool) -> list[float]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), nn.Sigmoid(), nn.Linear(8, 2))
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        losses = []
+        with gw.watch(model, opt) as w:
+            for step in range(6):
+                opt.zero_grad()
+                loss = model(torch.randn(8, 4)).pow(2).mean()
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+                if report and step == 2:
+                    assert "fig-flow" in w.report(tmp_path / "mid.html").read_text()
+        return losses
+
+    assert run(True) == run(False)

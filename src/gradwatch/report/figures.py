@@ -94,6 +94,7 @@ def layer_heatmap(runs: list[ReportRun], metric: str, title: str) -> go.Figure |
             row=1,
             col=i + 1,
         )
+        _nonfinite_marks(fig, run, table, raw, i + 1)
         fig.update_xaxes(title_text="step", row=1, col=i + 1)
     n_rows = max(len(t.columns) for t in tables)
     fig.update_layout(
@@ -104,6 +105,29 @@ def layer_heatmap(runs: list[ReportRun], metric: str, title: str) -> go.Figure |
     )
     fig.update_yaxes(type="category", automargin=True)
     return fig
+
+
+def _nonfinite_marks(fig: go.Figure, run: ReportRun, table, raw: np.ndarray, col: int) -> None:
+    """Red crosses where a value is NaN/Inf or the step's gradients held any: a heatmap alone
+    would show those cells as empty, the same as "not measured"."""
+    bad = ~np.isfinite(raw) & ~np.isnan(raw)  # Inf; NaN is also "not measured" in a pivot
+    counts = run.metric("nonfinite")
+    if not counts.empty:
+        aligned = counts.reindex(index=table.index, columns=table.columns).to_numpy(dtype=float).T
+        bad |= np.nan_to_num(aligned, nan=0.0) > 0
+    if not bad.any():
+        return
+    rows, cols = np.nonzero(bad)
+    labels = [layer_label(run, c) for c in table.columns]
+    fig.add_trace(
+        go.Scatter(
+            x=table.index.to_numpy()[cols], y=[labels[r] for r in rows], mode="markers", showlegend=False,
+            marker=dict(symbol="x", color="red", size=7), name="non-finite",
+            hovertemplate="<b>%{y}</b><br>step %{x}<br>NaN/Inf in this layer's gradients<extra>" + esc(run.name) + "</extra>",
+        ),
+        row=1,
+        col=col,
+    )
 
 
 def _profile_metric(runs: list[ReportRun]) -> str:
