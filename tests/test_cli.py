@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import gradwatch as gw
+
+# The checkout under test, not whatever gradwatch the interpreter has installed (a shared venv).
+SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def gradwatch(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -14,7 +18,7 @@ def gradwatch(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={"COLUMNS": "100", "PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0"},
+        env={"COLUMNS": "100", "PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0", "PYTHONPATH": SRC},
     )
 
 
