@@ -36,17 +36,22 @@ class ReportRun:
     n_shown: int  # step columns after downsampling
     path: Path | None = None
     types: dict[str, str] = field(default_factory=dict)
+    _pivots: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
 
     def type_of(self, layer: str) -> str:
         return self.types.get(layer, "")
 
     def metric(self, name: str) -> pd.DataFrame:
-        """`[step x layer]` of a per-layer scalar metric, columns in forward order."""
-        rows = self.stats[(self.stats["metric"] == name) & (self.stats["index"] == -1)]
-        if rows.empty:
-            return pd.DataFrame()
-        table = rows.pivot_table(index="step", columns="layer", values="value", aggfunc="last", dropna=False)
-        return table[[c for c in self.layers if c in table.columns]].sort_index()
+        """`[step x layer]` of a per-layer scalar metric, columns in forward order (cached)."""
+        if name not in self._pivots:
+            rows = self.stats[(self.stats["metric"] == name) & (self.stats["index"] == -1)]
+            if rows.empty:
+                table = pd.DataFrame()
+            else:
+                table = rows.pivot_table(index="step", columns="layer", values="value", aggfunc="last", dropna=False)
+                table = table[[c for c in self.layers if c in table.columns]].sort_index()
+            self._pivots[name] = table
+        return self._pivots[name]
 
     def series(self, name: str, layer: str) -> pd.DataFrame:
         """`[index x step]` of an indexed metric (histogram bin, time step) for one layer."""
