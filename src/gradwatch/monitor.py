@@ -7,6 +7,7 @@ import os
 import platform
 import warnings
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -398,6 +399,18 @@ class Watch:
         """The diagnosis of everything recorded so far (runs the detectors; flushes first)."""
         stats = self.stats() if not self._closed else self._all_stats()
         return diagnose(stats, self.meta())
+
+    def report(self, path: str | os.PathLike = "report.html", name: str | None = None) -> Path:
+        """Write the self-contained HTML report of everything recorded so far; returns its path."""
+        from .report._data import from_watch
+        from .report.html import write
+
+        return write([from_watch(self, name or (self.log_dir.name if self.log_dir else "run"))], path)
+
+    def _repr_html_(self) -> str:
+        from .report.notebook import watch_html
+
+        return watch_html(self)
 
     def _all_stats(self) -> pd.DataFrame:
         return self._frame(0)
