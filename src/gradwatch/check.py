@@ -10,6 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._jacobian import jacobian_spectrum
+from ._theory_model import compare
+from ._trace import trace
 from .diagnose import Diagnosis, diagnose
 from .errors import CheckError
 from .monitor import Watch
@@ -84,6 +87,9 @@ def check(
     inputs: Any,
     target: Any = None,
     loss_fn: Callable[..., torch.Tensor] | None = None,
+    what_if: bool = False,
+    *,
+    predict: bool = True,
 ) -> Diagnosis:
     """Diagnose `model` at initialisation from one forward and one backward pass on `inputs`.
 
@@ -94,7 +100,23 @@ def check(
     use cross-entropy and float targets mean squared error. Inputs may be a tensor, a tuple (passed
     as positional arguments) or a dict (keyword arguments). Use a batch of at least 16 samples:
     "dead for every sample" means little for a handful.
+
+    `predict` adds summary["theory"] (mean-field prediction of the per-layer factor of the
+    back-propagated signal from each layer's own weights, biases and activation, next to the
+    measured one) and summary["jacobian"] (singular values of the input-output Jacobian).
+    `what_if=True` also applies every remedy that fits to a deep copy, re-checks it and ranks the
+    remedies by measured improvement in `Diagnosis.what_if`; the model itself is untouched.
     """
+    diagnosis, stats = _run(model, inputs, target, loss_fn, predict)
+    if what_if:
+        from ._what_if import what_if as run_what_if
+
+        diagnosis.what_if = run_what_if(model, inputs, target, loss_fn, diagnosis, stats)
+    return diagnosis
+
+
+def _run(model: nn.Module, inputs: Any, target: Any, loss_fn: Callable | None, predict: bool):
+    """(Diagnosis, stats table) of one check."""
     if not isinstance(model, nn.Module):
         raise CheckError(f"gw.check() needs a torch.nn.Module, got {type(model).__name__}.")
     with _untouched(model):
@@ -102,7 +124,8 @@ def check(
         w = Watch(model, activations=True, backflow=True, through_time=True, update_memory=1e-9, flush_every=1)
         try:
             try:
-                output = _call(model, inputs)
+                with trace(model) as traced:
+                    output = _call(model, inputs)
             except Exception as exc:  # noqa: BLE001 - any failure here is the user's inputs or model
                 raise CheckError(
                     f"The model could not run on the inputs ({type(exc).__name__}: {_first_line(exc)}); "
@@ -120,7 +143,23 @@ def check(
             w.close()
         stats = w.stats()
         meta = w.meta()
-    return diagnose(stats, meta)
+        extras = _predictions(model, inputs, traced, stats) if predict else {}
+    diagnosis = diagnose(stats, meta)
+    diagnosis.summary.update(extras)
+    return diagnosis, stats
+
+
+def _predictions(model: nn.Module, inputs: Any, traced, stats) -> dict:
+    """Theory next to measurement, and the Jacobian spectrum; each left out where it cannot apply."""
+    out: dict = {}
+    theory = compare(traced, stats)
+    if theory is not None and theory["n_links"]:
+        out["theory"] = theory
+    try:
+        out["jacobian"] = jacobian_spectrum(model, inputs).to_dict()
+    except Exception:  # noqa: BLE001 - integer inputs, an op without double backward: the check still stands
+        pass
+    return out
 
 
 def _loss(output: Any, target: Any, loss_fn: Callable | None) -> torch.Tensor:

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import _activations_math as _am
+from ._jacobian import JacobianError, JacobianSpectrum, jacobian_spectrum  # noqa: F401 - public here
 from .errors import GradwatchError
 
 ACTIVATIONS: tuple[str, ...] = _am.NAMES

@@ -84,6 +84,7 @@ class Diagnosis:
 
     findings: list[Finding]
     summary: dict = field(default_factory=dict)
+    what_if: list[dict] | None = None  # `gw.check(..., what_if=True)`: remedies ranked, best first
 
     @property
     def ok(self) -> bool:
@@ -93,7 +94,10 @@ class Diagnosis:
         return {f.kind for f in self.findings}
 
     def to_dict(self) -> dict:
-        return {"ok": self.ok, "findings": [f.to_dict() for f in self.findings], "summary": _jsonable(self.summary)}
+        out = {"ok": self.ok, "findings": [f.to_dict() for f in self.findings], "summary": _jsonable(self.summary)}
+        if self.what_if is not None:
+            out["what_if"] = _jsonable(self.what_if)
+        return out
 
     def to_json(self, **kw) -> str:
         return json.dumps(self.to_dict(), **kw)
