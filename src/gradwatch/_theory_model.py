@@ -68,8 +68,8 @@ def predict_chain(trace: Trace, chain: list[str]) -> list[dict]:
         link = acts[(src, dst)]
         act = _am.resolve(link.activation, **link.params)
         std = math.sqrt(max(s2, 0.0))
-        e_dphi2 = float(shifted_mean(lambda x: act.dphi(x) ** 2, bias, std).mean())
-        e_phi2 = float(shifted_mean(lambda x: act.phi(x) ** 2, bias, std).mean())
+        e_dphi2 = float(shifted_mean(lambda x, a=act: a.dphi(x) ** 2, bias, std).mean())
+        e_phi2 = float(shifted_mean(lambda x, a=act: a.phi(x) ** 2, bias, std).mean())
         next_w2, next_bias = layer_sigmas(calls[dst].module)
         chi = next_w2 * e_dphi2
         out.append({
