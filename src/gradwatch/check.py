@@ -18,6 +18,8 @@ from .errors import CheckError
 from .monitor import Watch
 
 COTANGENT_SEED = 0
+# The spectrum's moments average over samples already, so a few samples and probes suffice.
+JACOBIAN_SAMPLES, JACOBIAN_PROBES = 16, 8
 
 
 def _call(model: nn.Module, inputs: Any):
@@ -103,7 +105,8 @@ def check(
 
     `predict` adds summary["theory"] (mean-field prediction of the per-layer factor of the
     back-propagated signal from each layer's own weights, biases and activation, next to the
-    measured one) and summary["jacobian"] (singular values of the input-output Jacobian).
+    measured one) and summary["jacobian"] (singular values of the input-output Jacobian on the
+    first 16 samples of a tensor input).
     `what_if=True` also applies every remedy that fits to a deep copy, re-checks it and ranks the
     remedies by measured improvement in `Diagnosis.what_if`; the model itself is untouched.
     """
@@ -157,7 +160,9 @@ def _predictions(model: nn.Module, inputs: Any, traced, stats) -> dict:
         out["theory"] = theory
     # Integer inputs or an op without double backward leave the Jacobian out; the check still stands.
     with contextlib.suppress(Exception):
-        out["jacobian"] = jacobian_spectrum(model, inputs).to_dict()
+        few = inputs[:JACOBIAN_SAMPLES] if isinstance(inputs, torch.Tensor) and inputs.dim() > 1 else inputs
+        out["jacobian"] = jacobian_spectrum(model, few, k=JACOBIAN_PROBES).to_dict()
+        out["jacobian"]["samples"] = len(few) if few is not inputs else None
     return out
 
 

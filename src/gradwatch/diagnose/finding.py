@@ -103,13 +103,16 @@ class Diagnosis:
         return json.dumps(self.to_dict(), **kw)
 
     def __str__(self) -> str:
-        if not self.findings:
-            return "gradwatch: no problem found."
-        lines = [f"gradwatch: {len(self.findings)} finding(s)" + ("" if self.ok else ", errors among them")]
+        from .predicted import prediction_lines, what_if_lines
+
+        lines = ["gradwatch: no problem found."] if not self.findings else [f"gradwatch: {len(self.findings)} finding(s)" + ("" if self.ok else ", errors among them")]
         for f in self.findings:
             lines.append(f"  [{f.severity}] {f.kind}: {f.summary}")
             for r in f.remedies[:2]:
                 lines.append(f"      -> {r.detail.splitlines()[0]}")
+        lines += [f"  {line}" for line in prediction_lines(self.summary)]
+        if self.what_if:
+            lines += ["  what if (each remedy applied to a copy and checked again):"] + [f"    {line}" for line in what_if_lines(self.what_if)]
         return "\n".join(lines)
 
     def __rich__(self):
