@@ -196,3 +196,30 @@ def test_check_reports_the_jacobian_and_leaves_parameter_gradients_alone():
     assert d.summary["jacobian"]["exact"] is True and d.summary["jacobian"]["mean_sq"] > 0
     assert all(p.grad is None for p in model.parameters())
     assert "predicted x" in str(d) and "measured x" in str(d)
+
+
+def test_identity_modules_are_transparent_to_the_trace():
+    model = nn.Sequential(nn.Linear(8, 8), nn.Identity(), nn.ReLU(), nn.Identity(), nn.Linear(8, 8), nn.Linear(8, 2))
+    with trace(model) as tr:
+        model(torch.randn(4, 8))
+    assert [(lk.src, lk.dst, lk.activation) for lk in tr.links] == [("0", "4", "relu"), ("4", "5", "linear")]
+
+
+def test_zero_padding_share_of_kernel_taps_is_counted_per_output():
+    from gradwatch._trace import _valid_taps
+
+    # 3x3 kernel, padding 1, 4x4 image: 2, 3, 3, 2 taps valid along each axis.
+    assert _valid_taps(nn.Conv2d(1, 1, 3, padding=1), torch.zeros(1, 1, 4, 4)) == pytest.approx((2.5 / 3) ** 2)
+    assert _valid_taps(nn.Conv2d(1, 1, 3), torch.zeros(1, 1, 4, 4)) == 1.0
+
+
+def test_deep_cnn_on_small_images_is_predicted_with_its_padding():
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(8):
+        layers += [nn.Conv2d(32, 32, 3, padding=1), nn.Tanh()]
+    model = nn.Sequential(*layers, nn.Flatten(), nn.Linear(32 * 6 * 6, 10))
+    th = gw.check(model, torch.randn(32, 32, 6, 6)).summary["theory"]
+    assert th["n_links"] == 7
+    # Border outputs see fewer taps both ways, a correlation mean field ignores: 5%, not 1%.
+    assert th["per_layer_predicted"] == pytest.approx(th["per_layer_measured"], rel=0.05)

@@ -20,7 +20,7 @@ import torch
 
 from . import _activations_math as _am
 from ._remedies_init import fans
-from ._trace import Trace
+from ._trace import Call, Trace
 
 _CUTOFF = 10.0
 _UNITS = 64  # biases summarised by this many quantiles: the mean over units of a smooth function
@@ -47,10 +47,11 @@ def shifted_mean(f, mean: np.ndarray, std: float) -> np.ndarray:
     return (f(mean[:, None] + std * z) * w).sum(axis=1)
 
 
-def layer_sigmas(module: torch.nn.Module) -> tuple[float, np.ndarray]:
-    """(σ_w² = fan_in · mean(W²), bias per output unit or channel, zeros without a bias)."""
+def layer_sigmas(call: Call) -> tuple[float, np.ndarray]:
+    """(σ_w² = fan_in · mean(W²) · valid-tap fraction, bias per output unit or channel, zeros without a bias)."""
+    module = call.module
     w = module.weight.detach()
-    sigma_w2 = float(torch.linalg.vector_norm(w, dtype=torch.float64)) ** 2 / max(w.numel(), 1) * fans(module)[0]
+    sigma_w2 = float(torch.linalg.vector_norm(w, dtype=torch.float64)) ** 2 / max(w.numel(), 1) * fans(module)[0] * call.valid_taps
     n_out = w.shape[0] if not isinstance(module, torch.nn.modules.conv._ConvTransposeNd) else w.shape[1]
     bias = module.bias.detach().double().cpu().numpy() if module.bias is not None else np.zeros(n_out)
     return sigma_w2, bias
@@ -61,7 +62,7 @@ def predict_chain(trace: Trace, chain: list[str]) -> list[dict]:
     and the predicted factor of the back-propagated signal's *norm* (√ of the variance factor)."""
     calls = {c.name: c for c in trace.calls}
     acts = {(link.src, link.dst): link for link in trace.links}
-    sigma_w2, bias = layer_sigmas(calls[chain[0]].module)
+    sigma_w2, bias = layer_sigmas(calls[chain[0]])
     s2 = sigma_w2 * calls[chain[0]].input_sq  # variance of the first layer's pre-activations
     out = []
     for src, dst in zip(chain[:-1], chain[1:], strict=True):
@@ -70,7 +71,7 @@ def predict_chain(trace: Trace, chain: list[str]) -> list[dict]:
         std = math.sqrt(max(s2, 0.0))
         e_dphi2 = float(shifted_mean(lambda x, a=act: a.dphi(x) ** 2, bias, std).mean())
         e_phi2 = float(shifted_mean(lambda x, a=act: a.phi(x) ** 2, bias, std).mean())
-        next_w2, next_bias = layer_sigmas(calls[dst].module)
+        next_w2, next_bias = layer_sigmas(calls[dst])
         chi = next_w2 * e_dphi2
         out.append({
             "layer": src, "next": dst, "activation": link.activation,

@@ -10,10 +10,12 @@ tensor object as) the activation's output, and the activation's input is the pre
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
@@ -23,7 +25,6 @@ from ._layers import display_name
 _ACTIVATIONS: dict[type, str] = {
     nn.Tanh: "tanh", nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.Sigmoid: "sigmoid",
     nn.GELU: "gelu", nn.SiLU: "silu", nn.ELU: "elu", nn.SELU: "selu", nn.Softplus: "softplus",
-    nn.Identity: "linear",
 }
 
 
@@ -51,6 +52,20 @@ class Call:
     module: nn.Module
     input_sq: float  # mean square of the layer's input (all elements)
     input_numel: int
+    valid_taps: float = 1.0  # a conv's kernel taps inside the (unpadded) input, as a fraction, mean over outputs
+
+
+def _valid_taps(module: nn.Module, x: torch.Tensor) -> float:
+    """Zero padding hides some kernel taps from border outputs; on small images that is a large
+    share of them, and both the forward variance and the backward signal shrink by this fraction."""
+    if not isinstance(module, _ConvNd) or module.padding_mode != "zeros":
+        return 1.0
+    dims = len(module.kernel_size)
+    conv = (F.conv1d, F.conv2d, F.conv3d)[dims - 1]
+    ones = torch.ones((1, 1, *x.shape[-dims:]), dtype=torch.float64, device=x.device)
+    kernel = torch.ones((1, 1, *module.kernel_size), dtype=torch.float64, device=x.device)
+    taps = conv(ones, kernel, stride=module.stride, padding=module.padding, dilation=module.dilation)
+    return float(taps.mean()) / math.prod(module.kernel_size)
 
 
 @dataclass
@@ -116,11 +131,13 @@ def trace(model: nn.Module) -> Iterator[Trace]:
             counts[name] = counts.get(name, 0) + 1
             if name not in calls and isinstance(x, torch.Tensor) and x.is_floating_point():
                 xd = x.detach()
-                calls[name] = Call(name, module, float(xd.double().pow(2).mean()), xd.numel())
+                calls[name] = Call(name, module, float(xd.double().pow(2).mean()), xd.numel(), _valid_taps(module, xd))
             if src is not None:
                 act, params = src[2] or ("linear", {})
                 links.append(Link(src[1], name, act, params))
             produced[id(output)] = (output, name, None)
+        elif isinstance(module, nn.Identity):
+            return  # the same tensor comes out: whatever made it still stands
         elif src is not None and src[2] is None and (act := activation_of(module)) is not None:
             produced[id(output)] = (output, src[1], act)
 
