@@ -198,3 +198,16 @@ def test_every_broken_scenario_that_check_flags_has_a_remedy_that_fixes_it(case)
     if not any(f.severity in ("warning", "error") for f in d.findings):
         pytest.skip("its problem shows only while training, not at init")
     assert d.what_if[0]["fixed"], d.what_if[0]["line"]
+
+
+def test_a_remedy_that_breaks_the_forward_is_reported_not_raised(monkeypatch):
+    def broken(m, x, g):
+        raise RuntimeError("shape mismatch\nmore detail")
+
+    spec = R.REMEDIES["he_init"]
+    monkeypatch.setitem(R.REMEDIES, "he_init", R.RemedySpec("he_init", spec.summary, lambda m, x: True, broken))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    d = gw.check(model, X, Y, what_if=True)
+    failed = next(e for e in d.what_if if e["remedy"] == "he_init")
+    assert failed["error"] == "RuntimeError: shape mismatch" and d.what_if[-1] is failed

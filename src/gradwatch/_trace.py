@@ -131,7 +131,8 @@ def trace(model: nn.Module) -> Iterator[Trace]:
             counts[name] = counts.get(name, 0) + 1
             if name not in calls and isinstance(x, torch.Tensor) and x.is_floating_point():
                 xd = x.detach()
-                calls[name] = Call(name, module, float(xd.double().pow(2).mean()), xd.numel(), _valid_taps(module, xd))
+                sq = float(torch.linalg.vector_norm(xd, dtype=torch.float64)) ** 2 / max(xd.numel(), 1)
+                calls[name] = Call(name, module, sq, xd.numel(), _valid_taps(module, xd))
             if src is not None:
                 act, params = src[2] or ("linear", {})
                 links.append(Link(src[1], name, act, params))

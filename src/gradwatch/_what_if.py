@@ -72,8 +72,9 @@ def what_if(model: nn.Module, inputs: Any, target: Any, loss_fn, diagnosis: Diag
         try:
             copy = R.apply(name, model, inputs, generator=torch.Generator().manual_seed(SEED))
             after, after_stats = _run(copy, inputs, target, loss_fn, predict=False)
-        except GradwatchError as exc:
-            entries.append({**entry, "fixed": False, "error": str(exc), "findings_after": None, "signal_after": None, "line": f"{name}: could not be tried ({exc})"})
+        except Exception as exc:  # noqa: BLE001 - one remedy that cannot run must not stop the others
+            reason = str(exc) if isinstance(exc, GradwatchError) else f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160] if str(exc).strip() else 'no message'}"
+            entries.append({**entry, "fixed": False, "error": reason, "findings_after": None, "signal_after": None, "line": f"{name}: could not be tried ({reason})"})
             continue
         left = _problems(after)
         sig = signal(after, after_stats)
