@@ -127,6 +127,26 @@ def test_residual_add_and_functional_activations_break_the_chain():
     assert [(lk.src, lk.dst, lk.activation) for lk in tr.links] == [("a", "b", "relu")]
 
 
+def test_a_link_whose_tensor_also_feeds_a_skip_connection_is_dropped():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c, self.d = (nn.Linear(8, 8) for _ in range(4))
+            self.act = nn.ReLU()
+
+        def forward(self, x):
+            h = self.act(self.a(x))
+            h = h + self.c(self.act(self.b(h)))  # a -> b is read twice; b -> c once
+            return self.d(h)
+
+    net = Net()
+    with trace(net) as tr:
+        out = net(torch.randn(4, 8))
+    assert {(lk.src, lk.dst) for lk in tr.links} == {("a", "b"), ("b", "c")}
+    tr.keep_single_use(out.sum())
+    assert [(lk.src, lk.dst) for lk in tr.links] == [("b", "c")]
+
+
 def test_a_layer_called_twice_is_not_linked():
     lin, act = nn.Linear(8, 8), nn.Tanh()
     model = nn.Sequential(lin, act, lin, act, nn.Linear(8, 2))

@@ -76,12 +76,34 @@ class Link:
     dst: str
     activation: str
     params: dict[str, float]
+    nodes: tuple = ()  # autograd nodes of src's output and of the activation's output
 
 
 @dataclass
 class Trace:
     calls: list[Call]  # first call of each weight layer, in forward order
     links: list[Link]
+
+    def keep_single_use(self, root: torch.Tensor) -> None:
+        """Drop links whose tensors something else also reads (a skip connection, a concatenation):
+        there the backflow at `src` sums several paths and the chain's theory does not hold.
+
+        `root` is a tensor computed from the traced forward (the loss), before its backward.
+        """
+        uses: dict = {}
+        seen: set = set()
+        stack = [root.grad_fn] if root.grad_fn is not None else []
+        while stack:
+            node = stack.pop()
+            if node in seen:
+                continue
+            seen.add(node)
+            for nxt, _ in node.next_functions:
+                if nxt is not None:
+                    uses[nxt] = uses.get(nxt, 0) + 1
+                    stack.append(nxt)
+        if seen:
+            self.links = [lk for lk in self.links if all(uses.get(n, 0) == 1 for n in lk.nodes if n is not None)]
 
     def chains(self) -> list[list[str]]:
         """Maximal runs of layers joined by links, each in forward order."""
@@ -111,8 +133,8 @@ def trace(model: nn.Module) -> Iterator[Trace]:
     """
     result = Trace([], [])
     names = {id(m): display_name(n) for n, m in model.named_modules()}
-    # id(tensor) -> (tensor, layer that made it, activation applied to it or None)
-    produced: dict[int, tuple[torch.Tensor, str, tuple[str, dict] | None]] = {}
+    # id(tensor) -> (tensor, layer that made it, activation applied to it or None, the layer output's node)
+    produced: dict[int, tuple] = {}
     calls: dict[str, Call] = {}
     counts: dict[str, int] = {}
     links: list[Link] = []
@@ -135,12 +157,12 @@ def trace(model: nn.Module) -> Iterator[Trace]:
                 calls[name] = Call(name, module, sq, xd.numel(), _valid_taps(module, xd))
             if src is not None:
                 act, params = src[2] or ("linear", {})
-                links.append(Link(src[1], name, act, params))
-            produced[id(output)] = (output, name, None)
+                links.append(Link(src[1], name, act, params, (src[3], x.grad_fn)))
+            produced[id(output)] = (output, name, None, output.grad_fn)
         elif isinstance(module, nn.Identity):
             return  # the same tensor comes out: whatever made it still stands
         elif src is not None and src[2] is None and (act := activation_of(module)) is not None:
-            produced[id(output)] = (output, src[1], act)
+            produced[id(output)] = (output, src[1], act, src[3])
 
     handles = [m.register_forward_hook(hook) for m in model.modules()]
     try:

@@ -135,6 +135,7 @@ def _run(model: nn.Module, inputs: Any, target: Any, loss_fn: Callable | None, p
                     "pass inputs shaped and typed as the model's forward expects."
                 ) from None
             loss = _loss(output, target, loss_fn)
+            traced.keep_single_use(loss)
             try:
                 loss.backward()
             except Exception as exc:  # noqa: BLE001
