@@ -107,6 +107,28 @@ def theory(
     console.print(table)
 
 
+@app.command()
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="One or more run directories (the log_dir given to gw.watch)."),
+    out: Path | None = typer.Option(None, "-o", "--out", help="HTML file to write [default: RUN_DIR/report.html, or report.html for several runs]."),
+    text: bool = typer.Option(False, "--text", help="Print a terminal summary instead of writing HTML."),
+) -> None:
+    """One self-contained HTML report (opens offline) of one run, or of several side by side."""
+    from .report._data import load_runs
+
+    runs = load_runs(run_dirs)
+    if text:
+        from .report.terminal import runs_view
+
+        console.print(runs_view(runs))
+        return
+    from .report.html import write
+
+    path = write(runs, out or (run_dirs[0] / "report.html" if len(run_dirs) == 1 else Path("report.html")))
+    console.print(f"Report written to [bold]{path}[/] ({path.stat().st_size / 1e6:.1f} MB).")
+    print(path.resolve())
+
+
 def main() -> None:
     try:
         app()

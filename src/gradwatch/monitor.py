@@ -7,6 +7,7 @@ import os
 import platform
 import warnings
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -134,6 +135,9 @@ class Watch:
         self._frames: list[pd.DataFrame] = []
         self._loss = torch.full((flush_every,), ABSENT, dtype=self._table.dtype, device=self._table.device)
         self._loss_sum: torch.Tensor | None = None
+        # Which slots hold a loss, kept on the host: a loss may be negative (a log-likelihood, a
+        # GAN's critic), so the table's "negative is absent" marker cannot tell.
+        self._loss_present = np.zeros(flush_every, dtype=bool)
         self._loss_count = 0
         self._on_finding = on_finding
         self._raise_on = raise_on
@@ -170,6 +174,7 @@ class Watch:
                 probe.record(slot)
         if self._loss_count:
             self._loss[slot] = self._loss_sum / self._loss_count
+            self._loss_present[slot] = True
             self._loss_sum, self._loss_count = None, 0
         if "nonfinite" in self._raise_on:
             self._stop_if_nonfinite(slot)
@@ -272,11 +277,13 @@ class Watch:
         for probe in self._probes:
             raw.update(probe.take(n))
         loss = self._loss[:n].cpu().numpy().copy()
+        loss_present = self._loss_present[:n].copy()
         self._loss[:n].fill_(ABSENT)
+        self._loss_present[:n] = False
         steps = np.asarray(self._slot_steps[:n], dtype=np.int64)
         self._slot, self._slot_steps = 0, self._slot_steps[n:]
         blocks = [block for probe in self._probes for block in probe.finalize(raw)]
-        blocks.append(("loss", ["(model)"], loss[:, None]))
+        blocks.append(("loss", ["(model)"], loss[:, None], loss_present[:, None]))
         rows = long_table(blocks, steps)
         self._chunks.append(rows)
         if self._writer is not None:
@@ -314,6 +321,18 @@ class Watch:
         """The diagnosis of everything recorded so far (runs the detectors; flushes first)."""
         stats = self.stats() if not self._closed else self._all_stats()
         return diagnose(stats, self.meta())
+
+    def report(self, path: str | os.PathLike = "report.html", name: str | None = None) -> Path:
+        """Write the self-contained HTML report of everything recorded so far; returns its path."""
+        from .report._data import from_watch
+        from .report.html import write
+
+        return write([from_watch(self, name or (self.log_dir.name if self.log_dir else "run"))], path)
+
+    def _repr_html_(self) -> str:
+        from .report.notebook import watch_html
+
+        return watch_html(self)
 
     def _all_stats(self) -> pd.DataFrame:
         return self._frame(0)

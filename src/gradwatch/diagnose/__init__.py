@@ -37,7 +37,7 @@ def diagnose(stats: pd.DataFrame, meta: dict | None = None) -> Diagnosis:
     """Run every detector over a stats table; findings come errors first."""
     view = View(stats, meta or {})
     if stats.empty:
-        return Diagnosis([], {"steps": 0, "layers": 0})
+        return Diagnosis([], {"steps": 0, "layers": 0}, stats, meta)
     findings: list[Finding] = []
     for detector in DETECTORS:
         findings.extend(detector(view))
@@ -49,7 +49,7 @@ def diagnose(stats: pd.DataFrame, meta: dict | None = None) -> Diagnosis:
     trend = depth_trend(view, view.steps[-1])
     if trend is not None:
         summary["depth_trend"] = {k: trend[k] for k in ("metric", "per_layer", "total", "n_layers")}
-    return Diagnosis(findings, summary)
+    return Diagnosis(findings, summary, stats, meta)
 
 
 __all__ = ["KINDS", "Diagnosis", "Finding", "Remedy", "diagnose"]

@@ -84,6 +84,9 @@ class Diagnosis:
 
     findings: list[Finding]
     summary: dict = field(default_factory=dict)
+    # The table and meta it was made from, so a display can draw the layers next to the findings.
+    stats: Any = field(default=None, repr=False, compare=False)
+    meta: dict | None = field(default=None, repr=False, compare=False)
     what_if: list[dict] | None = None  # `gw.check(..., what_if=True)`: remedies ranked, best first
 
     @property
@@ -119,6 +122,11 @@ class Diagnosis:
         from ..report.terminal import diagnosis_view
 
         return diagnosis_view(self)
+
+    def _repr_html_(self) -> str:
+        from ..report.notebook import diagnosis_html
+
+        return diagnosis_html(self)
 
 
 def _jsonable(obj: Any) -> Any:
