@@ -51,6 +51,7 @@ def demo(
 def check(
     target: str = typer.Argument(..., help="path/file.py:factory or package.module:factory"),
     json_out: bool = typer.Option(False, "--json", help="Print the diagnosis as one JSON object."),
+    what_if: bool = typer.Option(False, "--what-if", help="Try every remedy that fits on a copy of the model and rank them."),
 ) -> None:
     """Diagnose a model at initialisation. Exit 0 when ok, 1 on an error finding, 2 on bad input.
 
@@ -62,7 +63,7 @@ def check(
     from .report.terminal import diagnosis_view
 
     model, inputs, tgt, loss_fn = load_factory(target)
-    diagnosis = run_check(model, inputs, tgt, loss_fn)
+    diagnosis = run_check(model, inputs, tgt, loss_fn, what_if=what_if)
     if json_out:
         print(diagnosis.to_json())
     else:

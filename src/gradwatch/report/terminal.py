@@ -79,8 +79,9 @@ def findings_view(diagnosis, title: str | None = None, remedies: int = 2):
     from rich.console import Group
     from rich.padding import Padding
 
+    extras = _predicted(diagnosis)
     if not diagnosis.findings:
-        return Text(f"{title + ': ' if title else ''}no problem found.", style="bold green")
+        return Group(Text(f"{title + ': ' if title else ''}no problem found.", style="bold green"), *extras)
     table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False, expand=False)
     table.add_column("", no_wrap=True)
     table.add_column("finding", no_wrap=True, style="bold")
@@ -98,7 +99,7 @@ def findings_view(diagnosis, title: str | None = None, remedies: int = 2):
     if fixes:
         parts.append(Text("What to change:", style="bold"))
         parts.extend(Padding(t, (0, 0, 0, 2)) for t in fixes)
-    return Group(*parts)
+    return Group(*parts, *extras)
 
 
 def _types(meta: dict | None) -> dict[str, str]:
@@ -165,3 +166,15 @@ def runs_view(runs):
     for r in runs:
         parts += [Text(""), findings_view(r.diagnosis, title=f"Diagnosis of {r.name}")]
     return Group(*parts)
+
+
+def _predicted(diagnosis) -> list:
+    """Theory and Jacobian lines, then the what-if ranking, if the check computed them."""
+    from ..diagnose.predicted import prediction_lines, what_if_lines
+
+    out: list = [Text(line, style="dim") for line in prediction_lines(diagnosis.summary)]
+    ranked = what_if_lines(getattr(diagnosis, "what_if", None))
+    if ranked:
+        out.append(Text("What if (each remedy applied to a copy of the model and checked again):", style="bold"))
+        out += [Text("  " + line, style="green" if line.startswith("fixes") else "") for line in ranked]
+    return out
