@@ -17,7 +17,7 @@ import pandas as pd
 
 from .finding import Finding
 from .remedies import exploding_remedies, vanishing_remedies
-from .view import View, fit_log_slope, fmt
+from .view import View, fmt
 
 MIN_LAYERS = 4  # a depth trend needs at least this many layers
 VANISH_WARN, VANISH_ERROR = 1e-3, 1e-6  # total multiplier from the last layer back to the first
@@ -27,7 +27,7 @@ RELATIVE_GRAD_WARN, RELATIVE_GRAD_ERROR = 1e2, 1e4  # ‖g‖/‖w‖, median ov
 SPIKE = 1e2  # a step's total gradient norm over the median of the steps before it
 
 
-def _profile_table(view: View) -> tuple[str, "pd.DataFrame"] | None:
+def _profile_table(view: View) -> tuple[str, pd.DataFrame] | None:
     # Backflow when the run has it (weight gradients can look level while it vanishes).
     for metric in ("backflow_norm", "grad_norm"):
         table = view.metric(metric)
@@ -63,7 +63,7 @@ def _row_fits(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.nda
     return slope, head, tail
 
 
-def _positive(table: "pd.DataFrame") -> tuple[np.ndarray, np.ndarray]:
+def _positive(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     values = table.to_numpy(dtype=float)
     with np.errstate(invalid="ignore"):
         valid = np.isfinite(values) & (values > 0)
@@ -125,7 +125,7 @@ def _activation_growth(view: View) -> dict[int, dict]:
     return out
 
 
-def _relative_gradient(view: View) -> "pd.Series":
+def _relative_gradient(view: View) -> pd.Series:
     """Per step: median over layers of ‖g‖/‖w‖."""
     g, w = view.metric("grad_norm"), view.metric("weight_norm")
     if g.empty or w.empty:
