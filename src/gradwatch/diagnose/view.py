@@ -48,8 +48,15 @@ class View:
         return self.stats[self.stats["index"] == -1]
 
     @cached_property
-    def _by_metric(self) -> dict[str, pd.DataFrame]:
-        return {name: group for name, group in self.scalar.groupby("metric", sort=False)}
+    def _codes(self) -> tuple:
+        """The scalar rows as integer codes (metric, step, layer) and values, factorised once: each
+        metric's table is then a numpy scatter, with no per-metric groupby or string work."""
+        s = self.scalar
+        metric_codes, metric_names = pd.factorize(s["metric"].to_numpy(dtype=object))
+        step_codes, steps = pd.factorize(s["step"].to_numpy(), sort=True)
+        layer_codes, layers = pd.factorize(s["layer"].to_numpy(dtype=object))
+        metric_of = {str(m): i for i, m in enumerate(metric_names)}
+        return metric_of, metric_codes, step_codes, steps, layer_codes, np.asarray(layers, dtype=object), s["value"].to_numpy(dtype=float)
 
     @cached_property
     def _pivots(self) -> dict[str, pd.DataFrame]:
@@ -59,14 +66,30 @@ class View:
         """`[step x layer]` table of one per-layer metric, columns in forward order (cached)."""
         table = self._pivots.get(name)
         if table is None:
-            rows = self._by_metric.get(name)
-            if rows is None or rows.empty:
-                table = pd.DataFrame()
-            else:
-                table = _pivot(rows)
+            table = self._table(name)
+            if not table.empty:
                 table = table[[c for c in self.order if c in table.columns]].sort_index()
             self._pivots[name] = table
         return table
+
+    def _table(self, name: str) -> pd.DataFrame:
+        metric_of, metric_codes, step_codes, steps, layer_codes, layers, values = self._codes
+        code = metric_of.get(name)
+        if code is None:
+            return pd.DataFrame()
+        rows = np.flatnonzero(metric_codes == code)
+        if not len(rows):
+            return pd.DataFrame()
+        sc, lc = step_codes[rows], layer_codes[rows]
+        used_steps, si = np.unique(sc, return_inverse=True)
+        used_layers, li = np.unique(lc, return_inverse=True)
+        if len(np.unique(si * len(used_layers) + li)) != len(rows):
+            # A (step, layer) recorded twice: keep the last non-missing value, as pivot_table does.
+            frame = self.scalar.iloc[rows]
+            return frame.pivot_table(index="step", columns="layer", values="value", aggfunc="last", dropna=False)
+        table = np.full((len(used_steps), len(used_layers)), np.nan)
+        table[si.reshape(-1), li.reshape(-1)] = values[rows]
+        return pd.DataFrame(table, index=pd.Index(steps[used_steps], name="step"), columns=pd.Index(layers[used_layers].tolist(), name="layer"))
 
     def series(self, name: str) -> pd.DataFrame:
         """Rows of an indexed metric (index >= 0)."""
@@ -118,19 +141,6 @@ class View:
     @cached_property
     def optimizer(self) -> dict:
         return self.meta.get("optimizer") or {}
-
-
-def _pivot(rows: pd.DataFrame) -> pd.DataFrame:
-    """`[step x layer]` of one metric's rows. A scatter into a numpy array: pandas' pivot_table
-    costs ~10 ms a metric, which streaming diagnosis pays at every flush."""
-    step_codes, steps = pd.factorize(rows["step"], sort=True)
-    layer_codes, layers = pd.factorize(rows["layer"])
-    if len(rows) != len(np.unique(step_codes * len(layers) + layer_codes)):
-        # A (step, layer) recorded twice: keep the last non-missing value, as pivot_table does.
-        return rows.pivot_table(index="step", columns="layer", values="value", aggfunc="last", dropna=False)
-    table = np.full((len(steps), len(layers)), np.nan)
-    table[step_codes, layer_codes] = rows["value"].to_numpy(dtype=float)
-    return pd.DataFrame(table, index=pd.Index(steps, name="step"), columns=pd.Index(layers, name="layer"))
 
 
 def fit_log_slope(values: np.ndarray) -> tuple[float, float]:
