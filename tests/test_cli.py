@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import gradwatch as gw
+
+# The checkout under test, not whatever gradwatch the interpreter has installed (a shared venv).
+SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def gradwatch(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -14,7 +18,7 @@ def gradwatch(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={"COLUMNS": "100", "PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0"},
+        env={"COLUMNS": "100", "PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0", "PYTHONPATH": SRC},
     )
 
 
@@ -36,6 +40,9 @@ def test_demo_shows_the_vanishing_gradient_and_the_fix(tmp_path):
     h = fixed.stats.query("metric == 'grad_norm'").groupby("layer").value.median()
     assert h[first] > 0.1 * h[last]
     assert "test accuracy" in out.stdout
+    report = tmp_path / "demo" / "report.html"
+    assert report.exists() and str(report) in out.stdout  # the comparison page, path printed
+    assert "fig-flow" in report.read_text()
 
 
 def test_a_usage_error_exits_2_with_one_line():
@@ -75,6 +82,7 @@ def test_check_exit_codes_and_json(tmp_path):
     target = str(tmp_path / "models.py")
     broken = gradwatch("check", f"{target}:broken")
     assert broken.returncode == 1 and "vanishing_gradient" in broken.stdout
+    assert "bars on a log scale" in broken.stdout  # the per-layer table comes before the findings
     healthy = gradwatch("check", f"{target}:healthy", "--json")
     assert healthy.returncode == 0
     assert json.loads(healthy.stdout) == {"ok": True, "findings": [], "summary": json.loads(healthy.stdout)["summary"]}

@@ -11,6 +11,7 @@ from torch import nn
 import gradwatch as gw
 from conftest import as_dict, family
 from gradwatch.probes.activation_specs import HIST_BINS, spec
+from gradwatch.probes.activations import HIST_SAMPLE
 
 
 def _one_step(model, x, loss=lambda y: y.pow(2).mean(), **kw):
@@ -76,13 +77,53 @@ def test_dead_units_match_naive_reference(act, fn):
 def test_histogram_matches_numpy_and_sums_to_one():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 64), nn.Tanh(), nn.Linear(64, 1))
-    x = torch.randn(50, 4)
+    x = torch.randn(16, 4)  # 1,024 outputs: within HIST_SAMPLE, so binned in full
     w = _one_step(model, x)
     out = torch.tanh(model[0](x)).detach().numpy().ravel()
     expected, _ = np.histogram(np.clip(out, -1, 1), bins=HIST_BINS, range=(-1, 1))
     hist = w.stats().query("metric == 'act_hist' and layer == '1'").sort_values("index")
     assert list(hist["index"]) == list(range(HIST_BINS))
     np.testing.assert_allclose(hist["value"].to_numpy(), expected / out.size, atol=1e-6)
+
+
+def test_statistics_pool_every_forward_of_a_step_exactly():
+    # Two micro-batches of different sizes and a large common offset (sigmoid near 1): the pooled
+    # std must be that of the concatenated outputs, without cancellation.
+    torch.manual_seed(0)
+    lin = nn.Linear(5, 80)
+    with torch.no_grad():
+        lin.bias.fill_(6.0)
+    model = nn.Sequential(lin, nn.Sigmoid(), nn.Linear(80, 1))
+    xs = [torch.randn(7, 5), 3 * torch.randn(12, 5)]  # each within HIST_SAMPLE, so binned in full
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with gw.watch(model, opt, activations=True) as w:
+        for x in xs:
+            model(x).pow(2).mean().backward()
+        opt.step()
+    pre = torch.cat([lin(x) for x in xs]).detach().double()
+    out = torch.sigmoid(pre)
+    got = as_dict(w.stats(), 0)
+    assert got[("1", "act_std")] == pytest.approx(out.std(unbiased=False).item(), rel=1e-5)
+    expected_sat = _naive_derivative_flat(torch.sigmoid, pre).double().mean().item()
+    assert got[("1", "saturated_frac")] == pytest.approx(expected_sat, abs=1e-9)
+    # Each call's histogram is scaled to its own element count, so pooled bins are a weighted sum.
+    lo, hi = spec("sigmoid").hist_range
+    expected = sum(np.histogram(np.clip(torch.sigmoid(lin(x)).detach().numpy().ravel(), lo, hi), bins=HIST_BINS, range=(lo, hi))[0] for x in xs)
+    hist = w.stats().query("metric == 'act_hist' and layer == '1'").sort_values("index")
+    np.testing.assert_allclose(hist["value"].to_numpy(), expected / out.numel(), atol=1e-6)
+
+
+def test_large_outputs_are_binned_from_an_even_stride_scaled_to_the_whole():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 640), nn.Tanh(), nn.Linear(640, 1))
+    x = torch.randn(50, 4)
+    w = _one_step(model, x)
+    out = torch.tanh(model[0](x)).detach().reshape(-1)
+    stride = -(-out.numel() // HIST_SAMPLE)
+    sample = out[::stride].numpy()
+    expected, _ = np.histogram(np.clip(sample, -1, 1), bins=HIST_BINS, range=(-1, 1))
+    hist = w.stats().query("metric == 'act_hist' and layer == '1'").sort_values("index")
+    np.testing.assert_allclose(hist["value"].to_numpy(), expected / sample.size, atol=1e-6)
 
 
 def test_functional_activations_belong_to_the_calling_module():

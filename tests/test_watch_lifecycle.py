@@ -3,6 +3,8 @@ the forward pass's."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -158,3 +160,22 @@ def test_an_optimizer_step_that_raises_leaves_the_watch_consistent():
     stats = w.stats()
     assert sorted(stats.step.unique()) == [0]
     assert len(stats.query("metric == 'grad_norm'")) == 1
+
+
+def test_every_logged_loss_is_kept_negative_zero_and_nan_included(tmp_path):
+    # A log-likelihood or a critic's loss is negative; the absent marker must not swallow it.
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    logged = [-2.5, 0.0, 1.5, float("nan"), -1e-9]
+    with gw.watch(model, opt, flush_every=2, log_dir=tmp_path / "run") as w:
+        for value in logged:
+            model(torch.randn(4, 3)).sum().backward()
+            w.log_loss(torch.tensor(value))
+            opt.step()
+        model(torch.randn(4, 3)).sum().backward()
+        opt.step()  # a step without a logged loss has no loss row
+    for stats in (w.stats(), gw.load(tmp_path / "run").stats):
+        loss = stats.query("metric == 'loss'").sort_values("step")
+        assert list(loss["step"]) == [0, 1, 2, 3, 4]
+        got = loss["value"].to_numpy()
+        assert got[[0, 1, 2, 4]].tolist() == pytest.approx([-2.5, 0.0, 1.5, -1e-9], rel=1e-7) and math.isnan(got[3])

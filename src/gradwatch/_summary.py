@@ -3,9 +3,12 @@ types and sizes, and how each weight was initialised (read once, when watching s
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
+from ._distributed import local
 from ._layers import ParamLayer
 
 
@@ -22,11 +25,14 @@ def init_stats(model: nn.Module, layers: list[ParamLayer]) -> dict[str, dict]:
         w = getattr(module, "weight", None)
         if not isinstance(w, torch.Tensor) or w.dim() < 2 or w.numel() < 2 or w.is_meta:
             continue
-        receptive = w[0][0].numel() if w.dim() > 2 else 1
+        receptive = math.prod(w.shape[2:])
+        # An FSDP2 shard: its entries are a sample of the same init, and gathering the whole weight
+        # would be a collective outside a flush.
+        shard = local(w.detach())
         out[layer.name] = {
             "fan_in": int(w.shape[1] * receptive),
             "fan_out": int(w.shape[0] * receptive),
-            "weight_std": float(w.detach().float().std()),
+            "weight_std": float(shard.float().std()) if shard.numel() > 1 else float("nan"),
         }
     return out
 

@@ -10,11 +10,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._jacobian import jacobian_spectrum
+from ._theory_model import compare
+from ._trace import trace
 from .diagnose import Diagnosis, diagnose
 from .errors import CheckError
 from .monitor import Watch
 
 COTANGENT_SEED = 0
+# The spectrum's moments average over samples already, so a few samples and probes suffice.
+JACOBIAN_SAMPLES, JACOBIAN_PROBES = 16, 8
 
 
 def _call(model: nn.Module, inputs: Any):
@@ -84,6 +89,9 @@ def check(
     inputs: Any,
     target: Any = None,
     loss_fn: Callable[..., torch.Tensor] | None = None,
+    what_if: bool = False,
+    *,
+    predict: bool = True,
 ) -> Diagnosis:
     """Diagnose `model` at initialisation from one forward and one backward pass on `inputs`.
 
@@ -94,7 +102,24 @@ def check(
     use cross-entropy and float targets mean squared error. Inputs may be a tensor, a tuple (passed
     as positional arguments) or a dict (keyword arguments). Use a batch of at least 16 samples:
     "dead for every sample" means little for a handful.
+
+    `predict` adds summary["theory"] (mean-field prediction of the per-layer factor of the
+    back-propagated signal from each layer's own weights, biases and activation, next to the
+    measured one) and summary["jacobian"] (singular values of the input-output Jacobian on the
+    first 16 samples of a tensor input).
+    `what_if=True` also applies every remedy that fits to a deep copy, re-checks it and ranks the
+    remedies by measured improvement in `Diagnosis.what_if`; the model itself is untouched.
     """
+    diagnosis, stats = _run(model, inputs, target, loss_fn, predict)
+    if what_if:
+        from ._what_if import what_if as run_what_if
+
+        diagnosis.what_if = run_what_if(model, inputs, target, loss_fn, diagnosis, stats)
+    return diagnosis
+
+
+def _run(model: nn.Module, inputs: Any, target: Any, loss_fn: Callable | None, predict: bool):
+    """(Diagnosis, stats table) of one check."""
     if not isinstance(model, nn.Module):
         raise CheckError(f"gw.check() needs a torch.nn.Module, got {type(model).__name__}.")
     with _untouched(model):
@@ -102,13 +127,15 @@ def check(
         w = Watch(model, activations=True, backflow=True, through_time=True, update_memory=1e-9, flush_every=1)
         try:
             try:
-                output = _call(model, inputs)
+                with trace(model) as traced:
+                    output = _call(model, inputs)
             except Exception as exc:  # noqa: BLE001 - any failure here is the user's inputs or model
                 raise CheckError(
                     f"The model could not run on the inputs ({type(exc).__name__}: {_first_line(exc)}); "
                     "pass inputs shaped and typed as the model's forward expects."
                 ) from None
             loss = _loss(output, target, loss_fn)
+            traced.keep_single_use(loss)
             try:
                 loss.backward()
             except Exception as exc:  # noqa: BLE001
@@ -120,7 +147,24 @@ def check(
             w.close()
         stats = w.stats()
         meta = w.meta()
-    return diagnose(stats, meta)
+        extras = _predictions(model, inputs, traced, stats) if predict else {}
+    diagnosis = diagnose(stats, meta)
+    diagnosis.summary.update(extras)
+    return diagnosis, stats
+
+
+def _predictions(model: nn.Module, inputs: Any, traced, stats) -> dict:
+    """Theory next to measurement, and the Jacobian spectrum; each left out where it cannot apply."""
+    out: dict = {}
+    theory = compare(traced, stats)
+    if theory is not None and theory["n_links"]:
+        out["theory"] = theory
+    # Integer inputs or an op without double backward leave the Jacobian out; the check still stands.
+    with contextlib.suppress(Exception):
+        few = inputs[:JACOBIAN_SAMPLES] if isinstance(inputs, torch.Tensor) and inputs.dim() > 1 else inputs
+        out["jacobian"] = jacobian_spectrum(model, few, k=JACOBIAN_PROBES).to_dict()
+        out["jacobian"]["samples"] = len(few) if few is not inputs else None
+    return out
 
 
 def _loss(output: Any, target: Any, loss_fn: Callable | None) -> torch.Tensor:

@@ -51,6 +51,7 @@ def demo(
 def check(
     target: str = typer.Argument(..., help="path/file.py:factory or package.module:factory"),
     json_out: bool = typer.Option(False, "--json", help="Print the diagnosis as one JSON object."),
+    what_if: bool = typer.Option(False, "--what-if", help="Try every remedy that fits on a copy of the model and rank them."),
 ) -> None:
     """Diagnose a model at initialisation. Exit 0 when ok, 1 on an error finding, 2 on bad input.
 
@@ -62,7 +63,7 @@ def check(
     from .report.terminal import diagnosis_view
 
     model, inputs, tgt, loss_fn = load_factory(target)
-    diagnosis = run_check(model, inputs, tgt, loss_fn)
+    diagnosis = run_check(model, inputs, tgt, loss_fn, what_if=what_if)
     if json_out:
         print(diagnosis.to_json())
     else:
@@ -127,6 +128,46 @@ def theory(
             continue
         table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
     console.print(table)
+
+
+@app.command()
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="One or more run directories (the log_dir given to gw.watch)."),
+    out: Path | None = typer.Option(None, "-o", "--out", help="HTML file to write [default: RUN_DIR/report.html, or report.html for several runs]."),
+    text: bool = typer.Option(False, "--text", help="Print a terminal summary instead of writing HTML."),
+) -> None:
+    """One self-contained HTML report (opens offline) of one run, or of several side by side."""
+    from .report._data import load_runs
+
+    runs = load_runs(run_dirs)
+    if text:
+        from .report.terminal import runs_view
+
+        console.print(runs_view(runs))
+        return
+    from .report.html import write
+
+    path = write(runs, out or (run_dirs[0] / "report.html" if len(run_dirs) == 1 else Path("report.html")))
+    console.print(f"Report written to [bold]{path}[/] ({path.stat().st_size / 1e6:.1f} MB).")
+    print(path.resolve())
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "allow_interspersed_args": False}
+)
+def run(
+    script: Path = typer.Argument(..., help="The training script, run unmodified as __main__."),
+    args: list[str] | None = typer.Argument(None, help="Arguments for the script (everything after SCRIPT)."),
+    log_dir: Path | None = typer.Option(None, "--log-dir", help="Run directory (default runs/SCRIPT-TIME)."),
+    every: int = typer.Option(1, "--every", help="Record every N-th optimizer step."),
+) -> None:
+    """Run an unmodified training script with watching attached; print the diagnosis at the end.
+
+    The script's output and exit code are its own; gradwatch's report goes to stderr.
+    """
+    from .run_script import run_script
+
+    raise SystemExit(run_script(script, args or [], log_dir=log_dir, every=every, console=err))
 
 
 def main() -> None:

@@ -20,7 +20,9 @@ from .diagnose import Diagnosis
 from .lab.models import he_init, mlp
 from .lab.tasks import digits
 from .monitor import watch
-from .report.terminal import compare_table, diagnosis_view
+from .report._data import from_stats
+from .report.html import write
+from .report.terminal import runs_view
 
 DEPTH, WIDTH, EPOCHS, BATCH, LR = 12, 64, 20, 64, 0.02
 
@@ -36,6 +38,7 @@ class DemoRun:
     types: dict[str, str]
     path: Path
     diagnosis: Diagnosis
+    meta: dict | None = None
 
 
 def _train(name, description, model, data, out: Path, progress: Progress, seed: int) -> DemoRun:
@@ -59,11 +62,12 @@ def _train(name, description, model, data, out: Path, progress: Progress, seed: 
     with torch.no_grad():
         acc = (model(data.x_test).argmax(1) == data.y_test).float().mean().item()
     types = {name or "(root)": type(m).__name__ for name, m in model.named_modules()}
-    return DemoRun(name, description, acc, loss.item(), w.stats(), w.layers(), types, w.log_dir, w.diagnose())
+    return DemoRun(name, description, acc, loss.item(), w.stats(), w.layers(), types, w.log_dir, w.diagnose(), w.meta())
 
 
 def run_demo(out: str | Path = "runs/demo", seed: int = 0, console: Console | None = None) -> list[DemoRun]:
-    """Train the broken and the fixed net, print the comparison, return both runs."""
+    """Train the broken and the fixed net, print the comparison, write it as an HTML report
+    (`out/report.html`), return both runs."""
     console = console or Console()
     out = Path(out)
     data = digits(seed)
@@ -79,7 +83,7 @@ def run_demo(out: str | Path = "runs/demo", seed: int = 0, console: Console | No
         runs = _both(data, out, seed, console)
     finally:
         torch.set_num_threads(threads)
-    _show(runs, console)
+    _show(runs, console, out)
     return runs
 
 
@@ -98,16 +102,10 @@ def _both(data, out: Path, seed: int, console: Console) -> list[DemoRun]:
     return runs
 
 
-def _show(runs: list[DemoRun], console: Console) -> None:
-    a, b = runs
-    console.print(
-        compare_table(
-            {f"{r.name}": r.stats for r in runs},
-            a.layers,
-            a.types,
-            title="Median gradient norm per layer, first layer at the top",
-        )
-    )
+def _show(runs: list[DemoRun], console: Console, out: Path) -> None:
+    shown = [from_stats(r.stats, r.meta, name=r.name, path=r.path, diagnosis=r.diagnosis) for r in runs]
+    console.print(runs_view(shown))
+    console.print()
     for r in runs:
         g = r.stats[r.stats["metric"] == "grad_norm"].groupby("layer")["value"].median()
         first, last = g.get(r.layers[0]), g.get(r.layers[-1])
@@ -115,8 +113,7 @@ def _show(runs: list[DemoRun], console: Console) -> None:
             f"[bold]{r.name}[/] ({r.description}): test accuracy [bold]{r.accuracy:.1%}[/], "
             f"final loss {r.final_loss:.3f}; first layer's gradient is {first / last:.1e} of the last's."
         )
-    for r in runs:
-        console.print()
-        console.print(diagnosis_view(r.diagnosis, title=f"Diagnosis of the {r.name} net ({r.description})"))
-    console.print()
+    a, b = runs
     console.print(f"Runs written to [bold]{a.path}[/] and [bold]{b.path}[/] (read with gw.load).")
+    report = write(shown, out / "report.html")
+    console.print(f"Report of both runs, side by side: [bold]{report}[/]", soft_wrap=True)

@@ -33,3 +33,11 @@ class TrainingStoppedError(GradwatchError):
 
 class CheckError(GradwatchError):
     """`gw.check` could not run the model on the inputs it was given."""
+
+
+class ReportError(GradwatchError):
+    """A report was asked of something that is not a run (missing or foreign directory)."""
+
+
+class IntegrationError(GradwatchError):
+    """An integration's framework is not installed, or not set up the way it needs."""

@@ -7,6 +7,7 @@ import os
 import platform
 import warnings
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from . import _distributed as _dist
 from ._layers import ForwardOrder, ParamLayer, model_device, param_bytes, param_layers, unwrap
 from ._summary import init_stats, model_summary, optimizer_summary
 from .diagnose import KINDS, Diagnosis, Finding, diagnose
@@ -25,6 +27,7 @@ from .probes.activations import ActivationProbe
 from .probes.backflow import BackflowProbe
 from .probes.base import ABSENT, Probe, StepTable
 from .probes.params import ParamProbe
+from .probes.scaler import ScalerHandle, SkippedProbe, inner_optimizer, inverse_scale_sq
 from .probes.through_time import ThroughTimeProbe
 from .probes.updates import UpdateProbe
 from .store import RunWriter, empty_stats, long_table, normalize, to_frame
@@ -54,14 +57,19 @@ class Watch:
         on_finding: Callable[[Finding], None] | None = None,
         raise_on: Iterable[str] = (),
         overwrite: bool = False,
+        scaler: Any = None,
+        dist_timeout: float = 60.0,
     ):
         if not isinstance(model, nn.Module):
             raise WatchError(f"gw.watch() needs a torch.nn.Module, got {type(model).__name__}.")
+        optimizer = inner_optimizer(optimizer) if optimizer is not None else None
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise WatchError(
                 f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}; "
                 "pass optimizer=None and call w.step() yourself."
             )
+        if scaler is not None and optimizer is None:
+            raise WatchError("scaler= needs the optimizer it steps: pass optimizer= as well.")
         for name, value in (("every", every), ("flush_every", flush_every)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise WatchError(f"{name} must be a positive integer, got {value!r}.")
@@ -110,6 +118,10 @@ class Watch:
             self._probes.append(ActivationProbe(self.model, cadences["activations"], histograms))
         if cadences["through_time"]:
             self._probes.append(ThroughTimeProbe(self.model, cadences["through_time"]))
+        self._scaler = scaler
+        self._skipped = SkippedProbe(flush_every) if scaler is not None else None
+        if self._skipped is not None:
+            self._probes.append(self._skipped)
         for probe in self._probes:
             self._table.declare(probe.columns, probe.rows())
         self._table.allocate()
@@ -124,7 +136,12 @@ class Watch:
             "through_time": cadences["through_time"],
             "histograms": histograms,
             "optimizer": type(optimizer).__name__ if optimizer is not None else None,
+            "scaler": type(scaler).__name__ if scaler is not None else None,
         }
+        self._sharded = _dist.is_sharded(p for layer in self._player for p in layer.params)
+        self._dist_timeout = dist_timeout
+        self._listeners: list = []
+        self._steps_taken = 0  # optimizer steps that actually ran (a GradScaler may skip some)
         self._step = 0
         self._slot = 0
         self._slot_steps: list[int] = []
@@ -134,6 +151,9 @@ class Watch:
         self._frames: list[pd.DataFrame] = []
         self._loss = torch.full((flush_every,), ABSENT, dtype=self._table.dtype, device=self._table.device)
         self._loss_sum: torch.Tensor | None = None
+        # Which slots hold a loss, kept on the host: a loss may be negative (a log-likelihood, a
+        # GAN's critic), so the table's "negative is absent" marker cannot tell.
+        self._loss_present = np.zeros(flush_every, dtype=bool)
         self._loss_count = 0
         self._on_finding = on_finding
         self._raise_on = raise_on
@@ -141,11 +161,15 @@ class Watch:
         self._findings: list[Finding] = []
         self._closed = False
         self._started = _now()
-        self._writer = RunWriter(log_dir, overwrite=overwrite) if log_dir is not None else None
+        # Under torch.distributed every rank measures and reduces; rank 0 alone writes the store.
+        write = log_dir is not None and _dist.rank() == 0
+        self._writer = RunWriter(log_dir, overwrite=overwrite) if write else None
         self._handles = []
         if optimizer is not None:
             self._handles.append(optimizer.register_step_pre_hook(self._on_pre_step))
             self._handles.append(optimizer.register_step_post_hook(self._on_post_step))
+        if scaler is not None:
+            self._handles.append(ScalerHandle(scaler, optimizer, lambda: self._steps_taken, self._on_skipped))
         self._write_meta()
         self._arm()
 
@@ -168,12 +192,44 @@ class Watch:
         for probe in self._probes:
             if self._active(probe):
                 probe.record(slot)
+        if self._scaler is not None:
+            self._unscale_backward_signals(slot)
         if self._loss_count:
             self._loss[slot] = self._loss_sum / self._loss_count
+            self._loss_present[slot] = True
             self._loss_sum, self._loss_count = None, 0
         if "nonfinite" in self._raise_on:
             self._stop_if_nonfinite(slot)
         return slot
+
+    def _unscale_backward_signals(self, slot: int) -> None:
+        """Backflow and through-time norms were read during a backward of the scaled loss; the
+        parameter gradients were unscaled by the scaler before the optimizer's hooks ran."""
+        inv_sq = inverse_scale_sq(self._scaler)
+        if inv_sq is None:
+            return
+        if "backflow_sq" in self._table.columns:
+            # the absent marker stays negative, so it stays absent
+            self._table.data[slot, self._table.column("backflow_sq")] *= inv_sq.to(self._table.device)
+        for probe in self._probes:
+            if isinstance(probe, ThroughTimeProbe):
+                inv = inv_sq.sqrt()
+                probe._records = [(s, n, t * inv.to(t.device) if s == slot else t) for s, n, t in probe._records]
+
+    def _on_skipped(self) -> None:
+        """The GradScaler found inf/NaN and skipped the optimizer step: a `skipped` row, no
+        gradient statistics (they are those of an overflow in float16, not of the model)."""
+        for probe in self._probes:
+            probe.discard()
+        self._in_update = None
+        slot = self._slot
+        self._skipped.mark_skipped(slot)
+        if self._loss_count:
+            self._loss[slot] = self._loss_sum / self._loss_count
+            self._loss_present[slot] = True
+            self._loss_sum, self._loss_count = None, 0
+        self._commit(slot)
+        self._advance()
 
     def _stop_if_nonfinite(self, slot: int) -> None:
         """The opt-in per-step check: reads one flag from the device (a sync, which the user asked for)."""
@@ -209,10 +265,31 @@ class Watch:
         if self._in_update is not None:  # the previous step() raised before finishing
             self._update_probe.discard()
             self._in_update = None
-        if self._recording():
-            self._in_update = self._record()
+        if not self._recording():
+            return None
+        # args are those of Optimizer.step, the optimizer itself first
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+        if callable(closure):
+            # optimizer.step(closure) computes the gradients inside step (LBFGS, Lightning): record
+            # once the first call of the closure has run, at the weights the step starts from.
+            recorded = False
+
+            def record_after(*a, **kw):
+                nonlocal recorded
+                out = closure(*a, **kw)
+                if not recorded:
+                    recorded = True
+                    self._in_update = self._record()
+                return out
+
+            if "closure" in kwargs:
+                return args, {**kwargs, "closure": record_after}
+            return (args[0], record_after, *args[2:]), kwargs
+        self._in_update = self._record()
+        return None
 
     def _on_post_step(self, optimizer, args, kwargs) -> None:
+        self._steps_taken += 1
         if self._in_update is not None:
             slot, self._in_update = self._in_update, None
             for probe in self._probes:
@@ -268,23 +345,31 @@ class Watch:
             self._flushing = False
 
     def _flush(self, n: int) -> None:
+        if self._sharded and _dist.active():
+            cols = [self._table.column(c) for c in _dist.SUMMED if c in self._table.columns]
+            block = self._table.data[:n, cols]
+            self._table.data[:n, cols] = _dist.reduce_sums(block, self._dist_timeout)
         raw = self._table.take(n)
         for probe in self._probes:
             raw.update(probe.take(n))
         loss = self._loss[:n].cpu().numpy().copy()
+        loss_present = self._loss_present[:n].copy()
         self._loss[:n].fill_(ABSENT)
+        self._loss_present[:n] = False
         steps = np.asarray(self._slot_steps[:n], dtype=np.int64)
         self._slot, self._slot_steps = 0, self._slot_steps[n:]
         blocks = [block for probe in self._probes for block in probe.finalize(raw)]
-        blocks.append(("loss", ["(model)"], loss[:, None]))
+        blocks.append(("loss", ["(model)"], loss[:, None], loss_present[:, None]))
         rows = long_table(blocks, steps)
         self._chunks.append(rows)
         if self._writer is not None:
             if len(self._chunks) == 1:
                 self._write_meta()  # the forward order is known now
             self._writer.append(rows)
-        if self._on_finding is not None or self._raise_on or self._writer is not None:
+        if self._on_finding is not None or self._raise_on or self._writer is not None or self._listeners:
             self._stream_findings()
+        for listener in self._listeners:
+            listener.rows(rows, self._findings)
 
     def _stream_findings(self) -> None:
         """Run the detectors over the recent past; report findings not reported before.
@@ -314,6 +399,18 @@ class Watch:
         """The diagnosis of everything recorded so far (runs the detectors; flushes first)."""
         stats = self.stats() if not self._closed else self._all_stats()
         return diagnose(stats, self.meta())
+
+    def report(self, path: str | os.PathLike = "report.html", name: str | None = None) -> Path:
+        """Write the self-contained HTML report of everything recorded so far; returns its path."""
+        from .report._data import from_watch
+        from .report.html import write
+
+        return write([from_watch(self, name or (self.log_dir.name if self.log_dir else "run"))], path)
+
+    def _repr_html_(self) -> str:
+        from .report.notebook import watch_html
+
+        return watch_html(self)
 
     def _all_stats(self) -> pd.DataFrame:
         return self._frame(0)
@@ -377,6 +474,13 @@ class Watch:
         if self._writer is not None:
             self._writer.compact()
             self._write_meta(finished=True)
+        for listener in self._listeners:
+            listener.close(self)
+
+    def _listen(self, listener) -> None:
+        """Integrations (TensorBoard, W&B, MLflow, Lightning) get each flush's rows
+        (`listener.rows(table, findings)`) and the closed watch (`listener.close(watch)`)."""
+        self._listeners.append(listener)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -452,6 +556,8 @@ def watch(
     on_finding: Callable[[Finding], None] | None = None,
     raise_on: Iterable[str] = (),
     overwrite: bool = False,
+    scaler: Any = None,
+    dist_timeout: float = 60.0,
 ) -> Watch:
     """Watch `model`'s gradient flow while it trains; use as a context manager or call `close()`.
 
@@ -468,6 +574,10 @@ def watch(
     raise_on: finding kinds that stop training with an exception. "nonfinite" is checked at every
         step, before the optimizer applies the update (one host sync per step, opt-in); the others
         at each flush.
+    scaler: the `torch.amp.GradScaler` that steps `optimizer`: statistics are of the unscaled
+        gradients, and a step it skips (inf/NaN) is recorded as `skipped` = 1, not measured.
+    dist_timeout: seconds a rank waits for the others when statistics are reduced at a flush
+        (FSDP2 shards); after that it warns and keeps its own numbers.
     """
     return Watch(
         model,
@@ -483,6 +593,8 @@ def watch(
         on_finding=on_finding,
         raise_on=raise_on,
         overwrite=overwrite,
+        scaler=scaler,
+        dist_timeout=dist_timeout,
     )
 
 

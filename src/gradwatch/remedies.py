@@ -35,11 +35,19 @@ from ._remedies_init import (
     zero_init_last,
 )
 from ._remedies_lsuv import lsuv_init
+from ._remedies_recurrent import (
+    fixup_residual,
+    recurrent_orthogonal_init,
+    residual_branches,
+    swap_recurrent,
+    zero_init_residual,
+)
 
 __all__ = [
     "RemedyError",
     "xavier_init", "he_init", "lecun_init", "orthogonal_init", "delta_orthogonal_init",
     "lsuv_init", "fixup_init", "zero_init_last", "lstm_forget_bias",
+    "recurrent_orthogonal_init", "swap_recurrent", "residual_branches", "zero_init_residual", "fixup_residual",
     "swap_activation", "insert_norm",
     "clip_by_norm", "clip_by_value", "adaptive_clip", "unitwise_norm",
     "RemedySpec", "REMEDIES", "applicable", "apply",
@@ -260,9 +268,23 @@ REMEDIES: dict[str, RemedySpec] = dict([
           lambda m, x: _sequential_without_norm(m), lambda m, x, g: insert_norm(m, "layer")),
     _spec("lstm_forget_bias", "LSTM forget-gate bias set to 1",
           lambda m, x: _lstm_with_bias(m), lambda m, x, g: lstm_forget_bias(m, 1.0)),
+    # Composites: a remedy whose companion is part of it (ReLU without He init still vanishes).
+    _spec("swap_activation:relu+he_init", "hidden sigmoid/tanh modules replaced by ReLU, then He init",
+          lambda m, x: bool(_hidden_saturating(m)), lambda m, x, g: he_init(_swap_hidden_to_relu(m), generator=g)),
+    _spec("recurrent_orthogonal_init", "orthogonal hidden-to-hidden weights (per gate) in nn.RNN/LSTM/GRU",
+          lambda m, x: _has(m, (nn.RNN, nn.LSTM, nn.GRU)), lambda m, x, g: recurrent_orthogonal_init(m, generator=g)),
+    _spec("swap_recurrent:gru", "every vanilla nn.RNN replaced by an nn.GRU of the same sizes",
+          lambda m, x: any(type(c) is nn.RNN for c in m.modules()), lambda m, x, g: swap_recurrent(m, nn.GRU)),
+    _spec("swap_recurrent:lstm", "every vanilla nn.RNN replaced by an nn.LSTM of the same sizes, forget-gate bias 1",
+          lambda m, x: any(type(c) is nn.RNN for c in m.modules()), lambda m, x, g: lstm_forget_bias(swap_recurrent(m, nn.LSTM), 1.0)),
+    _spec("zero_init_residual", "last Linear/Conv of every residual branch zeroed, so each block starts as its shortcut",
+          lambda m, x: bool(residual_branches(m)), lambda m, x, g: zero_init_residual(m)),
+    _spec("fixup_init", "Fixup: He init, residual branches scaled by L^(-1/(2m-2)), their last layer zeroed",
+          lambda m, x: bool(residual_branches(m)), lambda m, x, g: fixup_residual(m, generator=g)),
 ])
-"""Every remedy `apply` knows, by name. `fixup_init` and `zero_init_last` are not here: they need
-the residual branches, which cannot be found from the model alone."""
+"""Every remedy `apply` knows, by name. "fixup_init" and "zero_init_residual" find the residual
+branches by the name of their shortcut child (`residual_branches`); for other models call
+`fixup_init(model, blocks)` or `zero_init_last(blocks)` with the branches yourself."""
 
 
 def applicable(model: nn.Module, inputs: Any = None) -> list[str]:

@@ -49,16 +49,17 @@ def long_table(blocks: list, steps: np.ndarray) -> pa.Table:
     """Turn a flush's `(metric, rows, values)` blocks into long-format rows, skipping absent entries.
 
     values are `[steps, rows]` (index -1) or `[steps, rows, index]` (a series within a step); a
-    negative entry is "not measured" (a measured NaN compares False and stays). Built with numpy
+    negative entry is "not measured" (a measured NaN compares False and stays), unless the block
+    carries a fourth item, a boolean mask of the entries measured (for values that can be negative). Built with numpy
     and Arrow's `take` so that no Python string object is made per row: a flush happens inside the
     training loop.
     """
     parts: dict[str, list[np.ndarray]] = {c: [] for c in COLUMNS}
     names: dict[str, int] = {}
     metrics: list[str] = []
-    for metric, rows, values in blocks:
+    for metric, rows, values, *present in blocks:
         values = values[: len(steps), : len(rows)]
-        where = np.nonzero(~(values < 0))
+        where = np.nonzero(present[0][: len(steps), : len(rows)] if present else ~(values < 0))
         if len(where[0]) == 0:
             continue
         codes = np.fromiter((names.setdefault(r, len(names)) for r in rows), dtype=np.int32, count=len(rows))

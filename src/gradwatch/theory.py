@@ -14,6 +14,11 @@ Units: q is a per-unit second moment (mean square of pre-activations); χ is a p
 gradient *variance* (the norm changes by √χ); depth scales ξ and trainable depth count layers.
 Expectations are computed as described in `_activations_math` (closed forms for the ReLU family,
 split Gauss-Legendre quadrature otherwise, accurate to ~1e-13).
+
+`jacobian_spectrum(model, inputs)` measures the other side of the theory on a real model: the
+singular values of its input-output Jacobian, whose mean and spread say how far it is from
+dynamical isometry (Pennington et al. 2017). `gw.check` applies these recursions layer by layer
+to the model's own weights (see `_theory_model`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import _activations_math as _am
+from ._jacobian import JacobianError, JacobianSpectrum, jacobian_spectrum  # noqa: F401 - public here
 from .errors import GradwatchError
 
 ACTIVATIONS: tuple[str, ...] = _am.NAMES

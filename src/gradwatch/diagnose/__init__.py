@@ -17,6 +17,7 @@ from .layerwise import (
     detect_stalled,
     detect_unstable,
 )
+from .progress import detect_constant, detect_idle
 from .temporal import detect_plateau, detect_through_time
 from .view import View
 
@@ -29,6 +30,8 @@ DETECTORS = (
     detect_unstable,
     detect_through_time,
     detect_plateau,
+    detect_constant,
+    detect_idle,
 )
 _RANK = {"error": 0, "warning": 1, "info": 2}
 
@@ -37,19 +40,31 @@ def diagnose(stats: pd.DataFrame, meta: dict | None = None) -> Diagnosis:
     """Run every detector over a stats table; findings come errors first."""
     view = View(stats, meta or {})
     if stats.empty:
-        return Diagnosis([], {"steps": 0, "layers": 0})
+        return Diagnosis([], {"steps": 0, "layers": 0}, stats, meta)
     findings: list[Finding] = []
     for detector in DETECTORS:
         findings.extend(detector(view))
     if any(f.kind == "nonfinite" for f in findings):
         # Once values are NaN, trends computed from them say nothing new.
         findings = [f for f in findings if f.kind not in ("vanishing_gradient",)]
+    findings = _one_per_kind(findings)
     findings.sort(key=lambda f: _RANK[f.severity])
     summary = {"steps": view.n_steps, "first_step": view.steps[0], "last_step": view.steps[-1], "layers": len(view.order)}
     trend = depth_trend(view, view.steps[-1])
     if trend is not None:
         summary["depth_trend"] = {k: trend[k] for k in ("metric", "per_layer", "total", "n_layers")}
-    return Diagnosis(findings, summary)
+    return Diagnosis(findings, summary, stats, meta)
+
+
+def _one_per_kind(findings: list[Finding]) -> list[Finding]:
+    """Several detectors can find one kind (a plateau from the loss and from idle updates); a
+    reader wants it once: the most severe, the earliest among equals."""
+    best: dict[str, Finding] = {}
+    for f in findings:
+        kept = best.get(f.kind)
+        if kept is None or (_RANK[f.severity], f.step if f.step is not None else 0) < (_RANK[kept.severity], kept.step if kept.step is not None else 0):
+            best[f.kind] = f
+    return [f for f in findings if best[f.kind] is f]
 
 
 __all__ = ["KINDS", "Diagnosis", "Finding", "Remedy", "diagnose"]

@@ -10,100 +10,161 @@ of its activations through depth and by gradients that dwarf the weights they be
 
 from __future__ import annotations
 
+import bisect
+
 import numpy as np
+import pandas as pd
 
 from .finding import Finding
 from .remedies import exploding_remedies, vanishing_remedies
-from .view import View, fit_log_slope, fmt
+from .view import View, fmt
 
 MIN_LAYERS = 4  # a depth trend needs at least this many layers
 VANISH_WARN, VANISH_ERROR = 1e-3, 1e-6  # total multiplier from the last layer back to the first
 EXPLODE_WARN, EXPLODE_ERROR = 1e3, 1e6
 QUARTILE_MARGIN = 10.0  # the first quarter vs the last quarter must agree with the fit, 10x less strict
-RELATIVE_GRAD_WARN, RELATIVE_GRAD_ERROR = 1e2, 1e4  # ‖g‖/‖w‖, median over layers
+# ‖g‖/‖w‖, median over layers: at 10 an SGD step of lr 0.1 already rewrites the layer; healthy nets sit below 1
+RELATIVE_GRAD_WARN, RELATIVE_GRAD_ERROR = 1e1, 1e4
 SPIKE = 1e2  # a step's total gradient norm over the median of the steps before it
 
 
-def _profile(view: View, step: int) -> tuple[str, list[str], np.ndarray] | None:
+def _profile_table(view: View) -> tuple[str, pd.DataFrame] | None:
     # Backflow when the run has it (weight gradients can look level while it vanishes).
-    metrics = ("backflow_norm",) if not view.metric("backflow_norm").empty else ("grad_norm",)
-    for metric in metrics:
+    for metric in ("backflow_norm", "grad_norm"):
         table = view.metric(metric)
-        if table.empty or step not in table.index:
-            continue
-        cols = [c for c in view.param_layers if c in table.columns]
-        row = table.loc[step, cols]
-        row = row[np.isfinite(row.to_numpy(dtype=float)) & (row.to_numpy(dtype=float) > 0)]
-        if len(row) >= MIN_LAYERS:
-            return metric, list(row.index), row.to_numpy(dtype=float)
+        if not table.empty:
+            return metric, table[[c for c in view.param_layers if c in table.columns]]
     return None
+
+
+def _row_fits(values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Least-squares slope of log10(value) against position among each row's valid entries,
+    with the medians of each row's first and last quarter: all rows in one pass (rows that share
+    a pattern of valid entries are reduced together, so a table of a thousand steps costs a few
+    numpy calls, not a thousand fits)."""
+    n_rows = len(values)
+    slope = np.full(n_rows, np.nan)
+    head = np.full(n_rows, np.nan)
+    tail = np.full(n_rows, np.nan)
+    if n_rows == 0:
+        return slope, head, tail
+    patterns, inverse = np.unique(valid, axis=0, return_inverse=True)
+    for p, mask in enumerate(patterns):
+        n = int(mask.sum())
+        if n < 2:
+            continue
+        rows = np.flatnonzero(inverse.reshape(-1) == p)
+        v = values[np.ix_(rows, np.flatnonzero(mask))]
+        y = np.log10(v)
+        x = np.arange(n, dtype=float) - (n - 1) / 2
+        slope[rows] = (y - y.mean(axis=1, keepdims=True)) @ x / (x @ x)
+        quarter = max(1, n // 4)
+        head[rows] = np.median(v[:, :quarter], axis=1)
+        tail[rows] = np.median(v[:, -quarter:], axis=1)
+    return slope, head, tail
+
+
+def _positive(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    values = table.to_numpy(dtype=float)
+    with np.errstate(invalid="ignore"):
+        valid = np.isfinite(values) & (values > 0)
+    return values, valid
+
+
+def _trends(view: View) -> dict[int, dict]:
+    """`depth_trend` for every step that has a profile, computed once per view."""
+    cached = view.__dict__.get("_depth_trends")
+    if cached is not None:
+        return cached
+    trends: dict[int, dict] = {}
+    prof = _profile_table(view)
+    if prof is not None:
+        metric, table = prof
+        values, valid = _positive(table)
+        counts = valid.sum(axis=1)
+        keep = counts >= MIN_LAYERS
+        slope, head, tail = _row_fits(values[keep], valid[keep])
+        cols = np.asarray(table.columns, dtype=object)
+        for i, row in enumerate(np.flatnonzero(keep)):
+            mask, n = valid[row], int(counts[row])
+            kept = values[row, mask]
+            trends[int(table.index[row])] = {
+                "metric": metric,
+                "layers": list(cols[mask]),
+                "per_layer": float(10 ** (-slope[i])),  # multiplier per layer, going from output to input
+                "total": float(10 ** (-slope[i] * (n - 1))),
+                "quartile_ratio": float(head[i] / tail[i]),
+                "first": float(kept[0]),
+                "last": float(kept[-1]),
+                "n_layers": n,
+            }
+    view.__dict__["_depth_trends"] = trends
+    return trends
 
 
 def depth_trend(view: View, step: int) -> dict | None:
     """Fit of log10(signal) against depth at one step: per-layer factor (backwards) and total."""
-    prof = _profile(view, step)
-    if prof is None:
-        return None
-    metric, layers, values = prof
-    slope, _ = fit_log_slope(values)
-    n = len(values)
-    quarter = max(1, n // 4)
-    return {
-        "metric": metric,
-        "layers": layers,
-        "per_layer": float(10 ** (-slope)),  # multiplier per layer, going from output to input
-        "total": float(10 ** (-slope * (n - 1))),
-        "quartile_ratio": float(np.median(values[:quarter]) / np.median(values[-quarter:])),
-        "first": float(values[0]),
-        "last": float(values[-1]),
-        "n_layers": n,
-    }
+    return _trends(view).get(step)
 
 
-def _activation_growth(view: View, step: int) -> dict | None:
+def _activation_growth(view: View) -> dict[int, dict]:
+    """Per step: growth of the activations' std from the first activation layer to the last."""
     table = view.metric("act_std")
-    if table.empty or step not in table.index:
-        return None
-    row = table.loc[step].dropna()
-    row = row[(row > 0) & np.isfinite(row)]
-    if len(row) < MIN_LAYERS:
-        return None
-    slope, _ = fit_log_slope(row.to_numpy(dtype=float))
-    return {"per_layer": float(10**slope), "total": float(10 ** (slope * (len(row) - 1))), "layers": list(row.index), "last_std": float(row.iloc[-1])}
+    if table.empty:
+        return {}
+    values, valid = _positive(table)
+    counts = valid.sum(axis=1)
+    keep = counts >= MIN_LAYERS
+    slope, _, _ = _row_fits(values[keep], valid[keep])
+    cols = np.asarray(table.columns, dtype=object)
+    out = {}
+    for i, row in enumerate(np.flatnonzero(keep)):
+        total = float(10 ** (slope[i] * (counts[row] - 1)))
+        if total > EXPLODE_WARN:  # only growth that can make a finding needs its details
+            mask = valid[row]
+            out[int(table.index[row])] = {"per_layer": float(10 ** slope[i]), "total": total, "layers": list(cols[mask]), "last_std": float(values[row, mask][-1])}
+    return out
 
 
-def _relative_gradient(view: View, step: int) -> float | None:
+def _relative_gradient(view: View) -> pd.Series:
+    """Per step: median over layers of ‖g‖/‖w‖."""
     g, w = view.metric("grad_norm"), view.metric("weight_norm")
-    if g.empty or w.empty or step not in g.index or step not in w.index:
-        return None
+    if g.empty or w.empty:
+        return pd.Series(dtype=float)
     cols = [c for c in g.columns if c in w.columns]
-    rel = (g.loc[step, cols] / w.loc[step, cols]).replace([np.inf, -np.inf], np.nan).dropna()
-    return float(rel.median()) if len(rel) else None
+    steps = g.index.intersection(w.index)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = g.loc[steps, cols].to_numpy(dtype=float) / w.loc[steps, cols].to_numpy(dtype=float)
+    rel[~np.isfinite(rel)] = np.nan
+    has = ~np.isnan(rel).all(axis=1) if rel.size else np.zeros(len(steps), dtype=bool)
+    med = np.full(len(steps), np.nan)
+    if has.any():
+        med[has] = np.nanmedian(rel[has], axis=1)
+    return pd.Series(med, index=steps).dropna()
 
 
 def detect_depth(view: View) -> list[Finding]:
     vanish, explode = [], []
-    backflow = view.metric("backflow_norm")
-    trend_steps = set(backflow.index) if not backflow.empty else set(view.steps)
-    for step in view.steps:
-        trend = depth_trend(view, step) if step in trend_steps else None
-        if trend is not None:
-            if trend["total"] < VANISH_WARN and trend["quartile_ratio"] < VANISH_WARN * QUARTILE_MARGIN:
-                vanish.append((step, trend))
-            if trend["total"] > EXPLODE_WARN and trend["quartile_ratio"] > EXPLODE_WARN / QUARTILE_MARGIN:
-                explode.append((step, {"trend": trend}))
-        growth = _activation_growth(view, step)
-        rel = _relative_gradient(view, step)
-        if growth is not None and growth["total"] > EXPLODE_WARN:
-            explode.append((step, {"activations": growth, "relative_gradient": rel}))
-        elif rel is not None and rel > RELATIVE_GRAD_WARN:
-            explode.append((step, {"relative_gradient": rel}))
+    trends = _trends(view)
+    growth = _activation_growth(view)
+    rel = _relative_gradient(view)
+    for step, trend in trends.items():
+        if trend["total"] < VANISH_WARN and trend["quartile_ratio"] < VANISH_WARN * QUARTILE_MARGIN:
+            vanish.append((step, trend))
+        if trend["total"] > EXPLODE_WARN and trend["quartile_ratio"] > EXPLODE_WARN / QUARTILE_MARGIN:
+            explode.append((step, {"trend": trend}))
+    for step, r in rel.items():
+        if r > RELATIVE_GRAD_WARN and step not in growth:
+            explode.append((int(step), {"relative_gradient": float(r)}))
+    for step, g in growth.items():
+        r = rel.get(step)
+        explode.append((step, {"activations": g, "relative_gradient": None if r is None else float(r)}))
+    explode.sort(key=lambda held: held[0])
     spikes = _spikes(view) + _growth_before_nonfinite(view)
-    judged = sum(depth_trend(view, s) is not None for s in trend_steps)
     findings = []
-    if _persistent(vanish, view, judged):
+    if _persistent(vanish, view, len(trends)):
         findings.append(_vanishing(view, vanish))
-    if _persistent(explode, view, max(judged, 1)) or spikes:
+    if _persistent(explode, view, max(len(trends), 1)) or spikes:
         findings.append(_exploding(view, explode + spikes))
     return findings
 
@@ -194,9 +255,13 @@ def _spikes(view: View) -> list:
     total = np.sqrt((g.fillna(0) ** 2).sum(axis=1))
     found = []
     values = total.to_numpy()
+    # The median of all steps before each one, kept sorted as it grows: O(n log n), not a fresh
+    # median (O(n)) per step.
+    before = sorted(values[:5].tolist())
     for i in range(5, len(values)):
-        base = np.median(values[:i])
+        k = len(before)
+        base = before[k // 2] if k % 2 else 0.5 * (before[k // 2 - 1] + before[k // 2])
         if base > 0 and np.isfinite(values[i]) and values[i] > SPIKE * base:
             found.append((int(total.index[i]), {"spike": {"step": int(total.index[i]), "norm": float(values[i]), "ratio": float(values[i] / base)}}))
+        bisect.insort(before, values[i])
     return found[:1] + found[-1:] if len(found) > 1 else found
-

@@ -84,6 +84,10 @@ class Diagnosis:
 
     findings: list[Finding]
     summary: dict = field(default_factory=dict)
+    # The table and meta it was made from, so a display can draw the layers next to the findings.
+    stats: Any = field(default=None, repr=False, compare=False)
+    meta: dict | None = field(default=None, repr=False, compare=False)
+    what_if: list[dict] | None = None  # `gw.check(..., what_if=True)`: remedies ranked, best first
 
     @property
     def ok(self) -> bool:
@@ -93,25 +97,36 @@ class Diagnosis:
         return {f.kind for f in self.findings}
 
     def to_dict(self) -> dict:
-        return {"ok": self.ok, "findings": [f.to_dict() for f in self.findings], "summary": _jsonable(self.summary)}
+        out = {"ok": self.ok, "findings": [f.to_dict() for f in self.findings], "summary": _jsonable(self.summary)}
+        if self.what_if is not None:
+            out["what_if"] = _jsonable(self.what_if)
+        return out
 
     def to_json(self, **kw) -> str:
         return json.dumps(self.to_dict(), **kw)
 
     def __str__(self) -> str:
-        if not self.findings:
-            return "gradwatch: no problem found."
-        lines = [f"gradwatch: {len(self.findings)} finding(s)" + ("" if self.ok else ", errors among them")]
+        from .predicted import prediction_lines, what_if_lines
+
+        lines = ["gradwatch: no problem found."] if not self.findings else [f"gradwatch: {len(self.findings)} finding(s)" + ("" if self.ok else ", errors among them")]
         for f in self.findings:
             lines.append(f"  [{f.severity}] {f.kind}: {f.summary}")
             for r in f.remedies[:2]:
                 lines.append(f"      -> {r.detail.splitlines()[0]}")
+        lines += [f"  {line}" for line in prediction_lines(self.summary)]
+        if self.what_if:
+            lines += ["  what if (each remedy applied to a copy and checked again):"] + [f"    {line}" for line in what_if_lines(self.what_if)]
         return "\n".join(lines)
 
     def __rich__(self):
         from ..report.terminal import diagnosis_view
 
         return diagnosis_view(self)
+
+    def _repr_html_(self) -> str:
+        from ..report.notebook import diagnosis_html
+
+        return diagnosis_html(self)
 
 
 def _jsonable(obj: Any) -> Any:

@@ -13,13 +13,16 @@ from .remedies import (
     stalled_remedies,
     unstable_remedies,
 )
-from .view import View, fmt, names
+from .view import NORM_TYPES, View, fmt, names
 
 SATURATED_WARN, SATURATED_ERROR = 0.5, 0.9
 DEAD_WARN, DEAD_ERROR = 0.5, 0.9
-STALLED = 1e-3  # a layer's update ratio below this fraction of the busiest layer's
+STALLED = 5e-3  # a layer's update ratio below this fraction of the busiest layer's
+STALLED_AT_INIT = 3e-3  # ‖g‖/‖w‖ below this fraction of the largest, before any update
 MIN_UPDATE_STEPS = 5
 UNSTABLE_WARN, UNSTABLE_ERROR = 0.1, 1.0  # update/weight per step, median layer
+EARLY_STEPS, EARLY_REWRITE = 10, 1.0  # the first ten updates together moved the median layer by its own size
+COLLAPSE, COLLAPSE_AFTER = 1e2, 0.03  # ‖g‖/‖w‖ fell 100x after steps that moved > 3% of the weights
 
 
 def detect_nonfinite(view: View) -> list[Finding]:
@@ -81,11 +84,28 @@ def detect_dead(view: View) -> list[Finding]:
     return [Finding("dead_units", severity, tuple(layers), summary, evidence, dead_remedies(view, layers), int(held.index[0]))]
 
 
+def _moving_layers(view: View, table):
+    """Columns that a relative update can be judged on: not norm layers (their gains sit near 1 and
+    move slowly by design), not embeddings (sparse rows), not layers that started at zero (Fixup's
+    zeroed branches: any step is huge relative to nothing until the weights have grown)."""
+    w = view.metric("weight_norm")
+    out = []
+    for c in table.columns:
+        if view.type_of(c) in NORM_TYPES or view.type_of(c) == "Embedding":
+            continue
+        if c in w.columns:
+            start = w[c].dropna()
+            if len(start) and not start.iloc[0] > 0:
+                continue
+        out.append(c)
+    return out
+
+
 def _update_medians(view: View):
     upd = view.metric("update_ratio")
     if upd.empty:
         return None
-    upd = upd.replace([np.inf, -np.inf], np.nan)
+    upd = upd[_moving_layers(view, upd)].replace([np.inf, -np.inf], np.nan)
     counts = upd.notna().sum()
     enough = counts[counts >= min(MIN_UPDATE_STEPS, max(1, len(upd) // 2))].index
     if len(enough) < 2:
@@ -93,15 +113,31 @@ def _update_medians(view: View):
     return upd[enough].median(skipna=True)
 
 
+def _relative_gradients_at_start(view: View):
+    """‖g‖/‖w‖ per layer at the first step: with plain SGD a layer's first update/weight ratio is
+    lr times this, so it predicts which layers will stall before any optimizer step is taken."""
+    g, w = view.metric("grad_norm"), view.metric("weight_norm")
+    if g.empty or w.empty:
+        return None
+    step = g.index[0]
+    if step not in w.index:
+        return None
+    cols = [c for c in _moving_layers(view, g) if c in w.columns]
+    rel = (g.loc[step, cols] / w.loc[step, cols]).replace([np.inf, -np.inf], np.nan).dropna()
+    rel = rel[rel > 0]
+    return rel if len(rel) >= 2 else None
+
+
 def detect_stalled(view: View) -> list[Finding]:
     med = _update_medians(view)
+    if med is None and view.metric("update_ratio").empty:
+        return _stalled_at_init(view)
     if med is None or view.n_steps < MIN_UPDATE_STEPS:
         return []
     # A ratio of exactly 0 is a layer whose update rounds away entirely: the most stalled of all.
     top = med.max()
     if not np.isfinite(top) or top <= 0:
         return []
-    # Layers whose weights are zero-initialised or frozen on purpose have no ratio; only moving ones count.
     stalled = med[med < STALLED * top]
     if stalled.empty:
         return []
@@ -114,29 +150,85 @@ def detect_stalled(view: View) -> list[Finding]:
     return [Finding("stalled_layer", "warning", tuple(layers), summary, evidence, stalled_remedies(view, layers), view.steps[0])]
 
 
-def detect_unstable(view: View) -> list[Finding]:
-    """Updates too large for the weights: the median layer's update/weight ratio above 0.1 on at
-    least a quarter of the recorded steps, or above 1 on any (an error: one step rewrote the layer).
+def _stalled_at_init(view: View) -> list[Finding]:
+    rel = _relative_gradients_at_start(view)
+    if rel is None:
+        return []
+    top = float(rel.max())
+    stalled = rel[rel < STALLED_AT_INIT * top]
+    if stalled.empty:
+        return []
+    layers = [n for n in view.order if n in stalled.index]
+    summary = (
+        f"{names(layers)} would barely change under SGD: gradient/weight {fmt(float(stalled.median()))}, "
+        f"against {fmt(top)} for the layer with the largest (an SGD step moves each layer in that proportion)."
+    )
+    evidence = {"grad_over_weight": {n: float(rel[n]) for n in layers}, "largest": top, "threshold_fraction": STALLED_AT_INIT}
+    return [Finding("stalled_layer", "warning", tuple(layers), summary, evidence, stalled_remedies(view, layers), int(view.steps[0]))]
 
-    Per step, not averaged: with Adam at a huge rate the weights inflate until the ratio looks
-    modest, so the early steps carry the evidence.
+
+def detect_unstable(view: View) -> list[Finding]:
+    """Updates too large for the weights, on any of three pieces of evidence (median layer's
+    update/weight ratio ‖Δw‖/‖w‖ per step; around 1e-3 is healthy):
+
+    - above 0.1 on at least a quarter of the recorded steps, or above 1 on any (an error: one step
+      rewrote the layer);
+    - the first ten updates together add up to the weights' own size: Adam at a huge rate takes a
+      few such steps and then the weights have inflated enough for the ratio to look modest;
+    - steps that moved more than 3% of the weights were followed by ‖g‖/‖w‖ falling a hundredfold
+      while the loss did not halve: the large steps threw the net into a flat region (Post-LN
+      without warm-up, Xiong et al. 2020).
     """
     upd = view.metric("update_ratio")
     if upd.empty:
         return []
+    upd = upd[_moving_layers(view, upd)]
     per_step = upd.replace([np.inf, -np.inf], np.nan).median(axis=1, skipna=True).dropna()
     if per_step.empty:
         return []
     high = per_step[per_step > UNSTABLE_WARN]
-    if high.empty or (len(high) < len(per_step) / 4 and per_step.max() <= UNSTABLE_ERROR):
+    early = per_step.iloc[:EARLY_STEPS]
+    rewrote = len(early) >= EARLY_STEPS and float(early.sum()) >= EARLY_REWRITE
+    collapse = _collapse(view, per_step)
+    often = len(high) >= len(per_step) / 4 or per_step.max() > UNSTABLE_ERROR
+    if not (often or rewrote or collapse):
         return []
     med = _update_medians(view)
     worst = float(per_step.max())
     layers = [n for n in view.order if med is not None and n in med.index and med[n] > UNSTABLE_WARN] or list(upd.columns)
     severity = "error" if worst > UNSTABLE_ERROR else "warning"
-    summary = (
-        f"Steps change the weights by up to {fmt(worst)} of their size (median layer), above 0.1 on "
-        f"{len(high)} of {len(per_step)} recorded steps; around 1e-3 is healthy, so training is unstable."
-    )
-    evidence = {"max_median_update_ratio": worst, "median_update_ratio": float(per_step.median()), "steps_above": len(high), "steps": len(per_step)}
-    return [Finding("unstable_updates", severity, tuple(layers), summary, evidence, unstable_remedies(view, float(high.median())), int(high.index[0]))]
+    parts = [f"Steps change the weights by up to {fmt(worst)} of their size (median layer), above 0.1 on {len(high)} of {len(per_step)} recorded steps"]
+    if rewrote:
+        parts.append(f"the first {EARLY_STEPS} updates add up to {fmt(float(early.sum()))} of the weights")
+    if collapse:
+        parts.append(f"after them the gradient relative to the weights fell {fmt(collapse['fall'])}x while the loss did not halve")
+    summary = "; ".join(parts) + "; around 1e-3 is healthy, so training is unstable."
+    evidence = {"max_median_update_ratio": worst, "median_update_ratio": float(per_step.median()), "steps_above": len(high), "steps": len(per_step),
+                "first_updates_sum": float(early.sum())}
+    if collapse:
+        evidence["collapse"] = collapse
+    first = int(high.index[0]) if not high.empty else int(per_step.index[0])
+    typical = float(high.median()) if not high.empty else worst
+    return [Finding("unstable_updates", severity, tuple(layers), summary, evidence, unstable_remedies(view, typical), first)]
+
+
+def _collapse(view: View, per_step) -> dict | None:
+    if len(per_step) < 2 * EARLY_STEPS or float(per_step.iloc[:EARLY_STEPS].max()) <= COLLAPSE_AFTER:
+        return None
+    g, w = view.metric("grad_norm"), view.metric("weight_norm")
+    if g.empty or w.empty:
+        return None
+    cols = [c for c in _moving_layers(view, g) if c in w.columns]
+    rel = (g[cols] / w[cols]).replace([np.inf, -np.inf], np.nan).median(axis=1).dropna()
+    if len(rel) < 2 * EARLY_STEPS:
+        return None
+    before, after = float(rel.iloc[:3].median()), float(rel.iloc[-EARLY_STEPS:].median())
+    if not (after > 0 and before / after > COLLAPSE):
+        return None
+    loss = view.metric("loss")
+    if not loss.empty:
+        values = loss.iloc[:, 0].to_numpy(dtype=float)
+        values = values[np.isfinite(values)]
+        if len(values) >= 2 * EARLY_STEPS and np.mean(values[-EARLY_STEPS:]) < 0.5 * np.mean(values[:5]):
+            return None  # a net that fits its data may well end with small gradients
+    return {"grad_over_weight_first": before, "grad_over_weight_recent": after, "fall": before / after}

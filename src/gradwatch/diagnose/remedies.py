@@ -260,3 +260,40 @@ def through_time_remedies(view: View, layers: list[str], vanishing: bool) -> tup
         out.insert(0, _clip(view, "exploding gradients through time are the textbook case for norm clipping (Pascanu et al. 2013)"))
         out.append(Remedy("init", "Scale the recurrent weights so their largest singular value is below 1 (e.g. nn.init.orthogonal_(rnn.weight_hh_l0, gain=0.9)).", why="the recurrent Jacobian's norm sets the growth per step"))
     return tuple(out)
+
+
+def idle_remedies(view: View, ratio: float, gradients_small: bool) -> tuple[Remedy, ...]:
+    """Every layer moves far less than 1e-3 of itself per step."""
+    factor = 1e-3 / ratio if ratio > 0 else 100.0
+    lrs = view.optimizer.get("lr") or []
+    raise_lr = Remedy(
+        "lr",
+        f"Raise the learning rate{f' from {fmt(lrs[0])} to about {fmt(lrs[0] * factor)}' if lrs else f' about {fmt(factor)}x'}, or use Adam, "
+        "whose step does not shrink with the gradient.",
+        expected="update/weight ratios near 1e-3 and a loss that starts to fall",
+        why=f"the busiest layer changes by {fmt(ratio)} of itself per step; ~1e-3 is the usual healthy size",
+    )
+    if not gradients_small:
+        return (raise_lr,)
+    loss = Remedy(
+        "loss",
+        "Check the loss for a saturating form: log(1 - D(G(z))) for a GAN generator, log(σ(z)) or a "
+        "softmax fed huge logits. Use the non-saturating form (-log D(G(z)); F.logsigmoid; "
+        "F.cross_entropy on logits) so a confident wrong answer still gives a gradient.",
+        expected="gradient/weight ratios of 1e-3 or more in every layer",
+        why="every layer's gradient is tiny at once, so the signal is lost at the loss, not across depth (Goodfellow et al. 2014)",
+    )
+    return (loss, raise_lr)
+
+
+def constant_remedies(view: View) -> tuple[Remedy, ...]:
+    return (
+        Remedy(
+            "init",
+            "Initialise the weights randomly (torch.nn.init.kaiming_normal_ for ReLU layers, xavier_normal_ for "
+            "tanh/sigmoid); weights that are all zero, or biases so negative that every unit is off, make every "
+            "hidden unit output the same constant.",
+            expected="activations that vary with the input and non-zero gradients in every layer",
+            why="a layer whose output is constant passes back no gradient, so nothing before it can learn",
+        ),
+    )

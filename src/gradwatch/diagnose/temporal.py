@@ -10,10 +10,12 @@ from .remedies import through_time_remedies
 from .view import View, fit_log_slope, fmt, names
 
 TIME_VANISH_WARN, TIME_VANISH_ERROR = 1e-4, 1e-8  # ‖∂L/∂x_0‖ / ‖∂L/∂x_T‖
-TIME_EXPLODE_WARN, TIME_EXPLODE_ERROR = 1e4, 1e8
+# Growth is judged more strictly than decay: x100 over the sequence already makes gradient steps
+# that overshoot (Pascanu et al. 2013), and healthy gated units never grow backwards at all.
+TIME_EXPLODE_WARN, TIME_EXPLODE_ERROR = 1e2, 1e4
 MIN_TIME_STEPS = 8
 GATED = {"LSTM", "GRU", "LSTMCell", "GRUCell"}
-PLATEAU_STEPS = 50
+PLATEAU_STEPS = 30  # a short watched run (50 steps) must be able to show a plateau
 PLATEAU_GAIN = 0.05  # less than 5% below the starting loss
 
 
@@ -47,8 +49,9 @@ def detect_through_time(view: View) -> list[Finding]:
             exploding[layer] = entry
             first_step.setdefault(f"e{layer}", int(step))
         else:
-            vanishing.pop(layer, None)  # judged on the latest step that has a series
-            exploding.pop(layer, None)
+            # Vanishing is judged on the latest step that has a series (training may cure it);
+            # an explosion already happened and its overshooting steps are done, so it stays.
+            vanishing.pop(layer, None)
     findings = []
     for kind, found, error_at, word in (
         ("vanishing_through_time", vanishing, lambda r: r < TIME_VANISH_ERROR, "shrinks"),

@@ -24,9 +24,11 @@ class View:
 
     @cached_property
     def order(self) -> list[str]:
-        order = self.meta.get("layer_order") or list(dict.fromkeys(self.stats["layer"]))
+        # pd.unique keeps first-seen order, without iterating an Arrow column in Python.
+        present = [str(n) for n in pd.unique(self.stats["layer"].to_numpy(dtype=object))]
+        order = self.meta.get("layer_order") or present
         seen = set(order)
-        return list(order) + [n for n in dict.fromkeys(self.stats["layer"]) if n not in seen]
+        return list(order) + [n for n in present if n not in seen]
 
     @cached_property
     def layer_meta(self) -> dict[str, dict]:
@@ -46,8 +48,15 @@ class View:
         return self.stats[self.stats["index"] == -1]
 
     @cached_property
-    def _by_metric(self) -> dict[str, pd.DataFrame]:
-        return {name: group for name, group in self.scalar.groupby("metric", sort=False)}
+    def _codes(self) -> tuple:
+        """The scalar rows as integer codes (metric, step, layer) and values, factorised once: each
+        metric's table is then a numpy scatter, with no per-metric groupby or string work."""
+        s = self.scalar
+        metric_codes, metric_names = pd.factorize(s["metric"].to_numpy(dtype=object))
+        step_codes, steps = pd.factorize(s["step"].to_numpy(), sort=True)
+        layer_codes, layers = pd.factorize(s["layer"].to_numpy(dtype=object))
+        metric_of = {str(m): i for i, m in enumerate(metric_names)}
+        return metric_of, metric_codes, step_codes, steps, layer_codes, np.asarray(layers, dtype=object), s["value"].to_numpy(dtype=float)
 
     @cached_property
     def _pivots(self) -> dict[str, pd.DataFrame]:
@@ -57,14 +66,30 @@ class View:
         """`[step x layer]` table of one per-layer metric, columns in forward order (cached)."""
         table = self._pivots.get(name)
         if table is None:
-            rows = self._by_metric.get(name)
-            if rows is None or rows.empty:
-                table = pd.DataFrame()
-            else:
-                table = rows.pivot_table(index="step", columns="layer", values="value", aggfunc="last", dropna=False)
+            table = self._table(name)
+            if not table.empty:
                 table = table[[c for c in self.order if c in table.columns]].sort_index()
             self._pivots[name] = table
         return table
+
+    def _table(self, name: str) -> pd.DataFrame:
+        metric_of, metric_codes, step_codes, steps, layer_codes, layers, values = self._codes
+        code = metric_of.get(name)
+        if code is None:
+            return pd.DataFrame()
+        rows = np.flatnonzero(metric_codes == code)
+        if not len(rows):
+            return pd.DataFrame()
+        sc, lc = step_codes[rows], layer_codes[rows]
+        used_steps, si = np.unique(sc, return_inverse=True)
+        used_layers, li = np.unique(lc, return_inverse=True)
+        if len(np.unique(si * len(used_layers) + li)) != len(rows):
+            # A (step, layer) recorded twice: keep the last non-missing value, as pivot_table does.
+            frame = self.scalar.iloc[rows]
+            return frame.pivot_table(index="step", columns="layer", values="value", aggfunc="last", dropna=False)
+        table = np.full((len(used_steps), len(used_layers)), np.nan)
+        table[si.reshape(-1), li.reshape(-1)] = values[rows]
+        return pd.DataFrame(table, index=pd.Index(steps[used_steps], name="step"), columns=pd.Index(layers[used_layers].tolist(), name="layer"))
 
     def series(self, name: str) -> pd.DataFrame:
         """Rows of an indexed metric (index >= 0)."""

@@ -9,11 +9,13 @@ when the first measured forward found functional activations.
 Statistics accumulate on the device over every forward of a step (gradient accumulation) and are
 written out at the optimizer step: population std of the outputs, saturated fraction of inputs,
 dead fraction of units (see `activation_specs`), and a 32-bin histogram of the outputs over the
-function's range (values outside are counted in the edge bins), taken from at most 4,096 evenly
+function's range (values outside are counted in the edge bins), taken from at most 1,024 evenly
 strided outputs per call: enough for a picture, at a fraction of the cost of binning them all.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -24,10 +26,7 @@ from .activation_specs import HIST_BINS, ActivationSpec, functional_spec, module
 from .base import ABSENT, Probe
 from .forward import Hooks, recording_forward
 
-# saturated count, dead units, Σy, Σ(y − ȳ_call)², Σ_calls (Σy)²/n: the parallel-variance terms that
-# pool several calls exactly without the cancellation of E[y²] − E[y]² in float32.
-_N_SCALARS = 5
-HIST_SAMPLE = 4096
+HIST_SAMPLE = 1024
 
 
 class _Row:
@@ -81,6 +80,7 @@ class ActivationProbe(Probe):
         self._found_functional = False
         self._discovered = False  # a measured forward has run, so we know if functions are used
         self._pending: dict[int, torch.Tensor] = {}
+        self._calls: list[tuple] = []  # per activation call of the step: (row, n, var, mean, sat, dead, hist, scale)
 
     def rows(self) -> list[str]:
         return list(self._module_rows)
@@ -89,7 +89,6 @@ class ActivationProbe(Probe):
         super().bind(table)
         self._device = table.device
         self._capacity = table.capacity
-        self._acc = torch.zeros(0, _N_SCALARS + HIST_BINS, dtype=torch.float64, device=self._device)
         self._out = torch.full((self._capacity, 0, 3), ABSENT, dtype=torch.float64, device=self._device)
         self._hist = torch.full((self._capacity, 0, HIST_BINS), ABSENT, dtype=torch.float32, device=self._device)
 
@@ -99,10 +98,8 @@ class ActivationProbe(Probe):
         row = self._rows.get(name)
         if row is None:
             row = self._rows[name] = _Row(name, spec, len(self._rows))
-            grow = len(self._rows) - self._acc.shape[0]
+            grow = len(self._rows) - self._out.shape[1]
             if grow > 0:
-                pad = torch.zeros(grow, self._acc.shape[1], dtype=self._acc.dtype, device=self._device)
-                self._acc = torch.cat([self._acc, pad])
                 self._out = torch.cat([self._out, torch.full((self._capacity, grow, 3), ABSENT, dtype=self._out.dtype, device=self._device)], 1)
                 self._hist = torch.cat([self._hist, torch.full((self._capacity, grow, HIST_BINS), ABSENT, dtype=self._hist.dtype, device=self._device)], 1)
         return row
@@ -176,37 +173,31 @@ class ActivationProbe(Probe):
     def _pre_stats(self, spec: ActivationSpec, x: torch.Tensor):
         """Counts that need the input, taken before an in-place activation overwrites it."""
         x = x.detach()
-        zero = torch.zeros((), dtype=torch.float64, device=x.device)
-        sat = spec.flat(x).sum() if spec.saturating else zero
-        sat_elems = x.numel() if spec.saturating else 0
+        sat = _count_flat(spec, x) if spec.saturating else None
         if spec.rectifier:
             # A unit is dead when its largest input over the batch is still in the flat tail.
             dead = ((x.amax(0) if x.dim() > 1 else x) < spec.lo).sum()
             units = x[0].numel() if x.dim() > 1 else x.numel()
         else:
-            dead, units = zero, 0
-        return x.numel(), sat_elems, units, sat, dead
+            dead, units = None, 0
+        return x.numel(), (x.numel() if spec.saturating else 0), units, sat, dead
 
     @torch.no_grad()
     def _post_stats(self, row: _Row, pre, y: torch.Tensor) -> None:
+        # Every activation of every recorded forward pays this, so it is a handful of kernels; the
+        # pooling over calls and rows, and the histogram binning, happen once per step in `record`.
         n_elem, n_sat_elem, n_units, sat, dead = pre
         y = y.detach()
-        y32 = y if y.dtype == torch.float32 else y.float()
-        mean = y32.mean()
-        m2 = torch.linalg.vector_norm(y32 - mean)
-        total = mean.double() * n_elem
-        parts = torch.stack([sat.double(), dead.double(), total, m2.double().square(), total * total / n_elem])
-        self._acc[row.index, :_N_SCALARS] += parts.to(self._device)
+        y = y if y.dtype in (torch.float32, torch.float64) else y.float()
+        mean = y.mean()
+        # Two passes (mean, then the norm of the deviations): exact for outputs far from zero mean,
+        # where Σy² − (Σy)²/n in float32 would cancel.
+        dev = torch.linalg.vector_norm(y - mean)
+        sample = None
         if self.histograms:
-            lo, hi = row.spec.hist_range  # a row pooling several functions keeps its first range
             flat = y.reshape(-1)
-            sample = flat[:: -(-flat.numel() // HIST_SAMPLE)]
-            # NaN would become an arbitrary integer: count it in the lowest bin (nonfinite reports it).
-            scaled = torch.nan_to_num((sample.float() - lo) * (HIST_BINS / (hi - lo)), nan=0.0, posinf=HIST_BINS, neginf=0.0)
-            bins = scaled.floor_().clamp_(0, HIST_BINS - 1).long()
-            counts = torch.bincount(bins, minlength=HIST_BINS)
-            # Scaled to the whole output, so the row's histogram sums to its element count.
-            self._acc[row.index, _N_SCALARS:] += counts.to(self._device) * (flat.numel() / sample.numel())
+            sample = flat[:: -(-flat.numel() // HIST_SAMPLE)].clone()  # a copy: y must not be kept alive
+        self._calls.append((row.index, n_elem, mean, dev, sat, dead, sample))
         row.n_elem += n_elem
         row.n_sat_elem += n_sat_elem
         row.n_units += n_units
@@ -217,25 +208,66 @@ class ActivationProbe(Probe):
         if self._discovered and not self._found_functional:
             # Every activation is a module: the function mode and module stack cost for nothing.
             self._mode_hooks.remove()
-        active = [r for r in self._rows.values() if r.calls]
-        if not active:
-            return
-        idx = torch.tensor([r.index for r in active], device=self._device)
-        n = torch.tensor([float(r.n_elem) for r in active], dtype=torch.float64, device=self._device)
-        sat_n = torch.tensor([float(r.n_sat_elem) for r in active], dtype=torch.float64, device=self._device)
-        units = torch.tensor([float(r.n_units) for r in active], dtype=torch.float64, device=self._device)
-        acc = self._acc[idx]
-        m2 = acc[:, 3] + acc[:, 4] - acc[:, 2] * acc[:, 2] / n
-        std = (m2.clamp_min(0) / n).sqrt()
-        absent = torch.tensor(ABSENT, dtype=torch.float64, device=self._device)
-        sat = torch.where(sat_n > 0, acc[:, 0] / sat_n, absent)
-        dead = torch.where(units > 0, acc[:, 1] / units, absent)
-        self._out[slot, idx] = torch.stack([std, sat, dead], 1)
-        if self.histograms:
-            self._hist[slot, idx] = (acc[:, _N_SCALARS:] / n[:, None]).float()
-        self._acc.zero_()
+        calls, self._calls = self._calls, []
+        rows = list(self._rows.values())
+        active = [r for r in rows if r.calls]
+        dev, f64 = self._device, torch.float64
+        sat_n = torch.tensor([float(r.n_sat_elem) for r in rows], dtype=f64, device=dev)
+        units = torch.tensor([float(r.n_units) for r in rows], dtype=f64, device=dev)
         for r in active:
             r.reset()
+        if not calls:
+            return
+        width = len(self._rows)
+        call_row = torch.tensor([c[0] for c in calls], device=dev)
+        call_n = torch.tensor([float(c[1]) for c in calls], dtype=f64, device=dev)
+        mean = torch.stack([c[2] for c in calls]).to(dev, f64)
+        m2 = torch.stack([c[3] for c in calls]).to(dev, f64).square()
+
+        def pooled(values: torch.Tensor, rows: torch.Tensor = call_row) -> torch.Tensor:
+            return torch.zeros(width, *values.shape[1:], dtype=f64, device=dev).index_add_(0, rows, values)
+
+        # Pooled over the calls of the step (parallel variance): M2 = Σ m2 + Σ n·mean² − (Σ n·mean)²/N.
+        n = pooled(call_n).clamp_min(1)
+        total = pooled(call_n * mean)
+        std = ((pooled(m2) + pooled(call_n * mean * mean) - total * total / n).clamp_min(0) / n).sqrt()
+        absent = torch.full((width,), ABSENT, dtype=f64, device=dev)
+        sat = torch.where(sat_n > 0, self._pooled_field(calls, 4, pooled, width) / sat_n.clamp_min(1), absent)
+        dead = torch.where(units > 0, self._pooled_field(calls, 5, pooled, width) / units.clamp_min(1), absent)
+        idx = torch.tensor([r.index for r in active], device=dev)
+        self._out[slot, idx] = torch.stack([std, sat, dead], 1)[idx]
+        if self.histograms:
+            self._hist[slot, idx] = (self._histograms(calls, call_row, call_n, width) / n[:, None])[idx].float()
+
+    def _pooled_field(self, calls: list, field: int, pooled, width: int) -> torch.Tensor:
+        have = [c for c in calls if c[field] is not None]
+        if not have:
+            return torch.zeros(width, dtype=torch.float64, device=self._device)
+        rows = torch.tensor([c[0] for c in have], device=self._device)
+        values = torch.stack([c[field] for c in have]).to(self._device, torch.float64)
+        return pooled(values, rows)
+
+    def _histograms(self, calls: list, call_row: torch.Tensor, call_n: torch.Tensor, width: int) -> torch.Tensor:
+        """Every call's sample binned in one pass: samples padded into rows of one matrix, bins
+        offset by call, one bincount. Padding goes to an extra bin per call that is dropped."""
+        dev, f64, n_calls = self._device, torch.float64, len(calls)
+        rows = list(self._rows.values())
+        samples = [c[6].to(dev, torch.float32) for c in calls]
+        sizes = torch.tensor([t.numel() for t in samples], device=dev)
+        values = torch.nn.utils.rnn.pad_sequence(samples, batch_first=True)
+        ranges = torch.tensor([rows[c[0]].spec.hist_range for c in calls], dtype=torch.float32, device=dev)
+        lo, per_bin = ranges[:, :1], HIST_BINS / (ranges[:, 1:] - ranges[:, :1])
+        # Values beyond the range count in the edge bins; NaN in the lowest (`nonfinite` reports it).
+        scaled = torch.nan_to_num((values - lo) * per_bin, nan=0.0, posinf=HIST_BINS, neginf=0.0)
+        bins = scaled.floor_().clamp_(0, HIST_BINS - 1).long()
+        padding = torch.arange(values.shape[1], device=dev) >= sizes[:, None]
+        bins.masked_fill_(padding, HIST_BINS)
+        bins += (HIST_BINS + 1) * torch.arange(n_calls, device=dev)[:, None]
+        counts = torch.bincount(bins.view(-1), minlength=(HIST_BINS + 1) * n_calls).view(n_calls, HIST_BINS + 1)
+        # Scaled to the whole output, so each call's histogram sums to its element count.
+        scale = call_n / sizes.to(f64)
+        weighted = counts[:, :HIST_BINS].to(f64) * scale[:, None]
+        return torch.zeros(width, HIST_BINS, dtype=f64, device=dev).index_add_(0, call_row, weighted)
 
     def take(self, n: int) -> dict:
         out = self._out[:n].cpu().numpy().copy()
@@ -272,6 +304,27 @@ class ActivationProbe(Probe):
 
     def close(self) -> None:
         self.disarm()
+
+
+def _count_flat(spec: ActivationSpec, x: torch.Tensor) -> torch.Tensor:
+    """Elements of `x` in a flat tail.
+
+    A comparison writes a bool tensor, which on CPU costs several times an arithmetic op; the sign
+    of the distance to the bound counts the same elements (Σ sign = above − below). Ties exactly at
+    the bound (a measure-zero set for real inputs) count a half, a NaN makes the count NaN (the
+    parameter probe's `nonfinite` says where), and beyond 2^24
+    elements the float32 sum makes the count approximate to about 1e-6 of it.
+    """
+    x = x if x.is_floating_point() else x.float()
+    n = x.numel()
+    if spec.lo == -spec.hi:
+        return (n + x.abs().sub_(spec.hi).sign_().sum()) / 2
+    count = torch.zeros((), device=x.device)
+    if not math.isinf(spec.hi):
+        count = count + (n + (x - spec.hi).sign_().sum()) / 2
+    if not math.isinf(spec.lo):
+        count = count + (n - (x - spec.lo).sign_().sum()) / 2
+    return count
 
 
 def _finite_or_none(x: float) -> float | None:

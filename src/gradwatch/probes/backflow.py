@@ -27,6 +27,7 @@ class BackflowProbe(Probe):
         self.cadence = cadence
         self._hooks = Hooks()
         self._calls = [0] * len(modules)
+        self._norms: list[tuple[int, torch.Tensor, float]] = []  # (row, ‖g‖, 1/batch) per backward call
 
     def rows(self) -> list[str]:
         return list(self.modules)
@@ -35,7 +36,7 @@ class BackflowProbe(Probe):
         super().bind(table)
         self._rows = table.row_index(self.rows())
         self._col = table.column("backflow_sq")
-        self._acc = torch.zeros(len(self.modules), dtype=torch.float64, device=table.device)
+        self._device = table.device
 
     def arm(self) -> None:
         if self._hooks:
@@ -59,17 +60,27 @@ class BackflowProbe(Probe):
 
     @torch.no_grad()
     def _accumulate(self, i: int, grad: torch.Tensor, scale: float) -> None:
-        n = torch.linalg.vector_norm(grad, dtype=torch.float32)
-        self._acc[i] += (n.double() * n.double() * scale).to(self._acc.device)
+        # One kernel per backward call; the squaring, scaling and pooling wait for `record`.
+        self._norms.append((i, torch.linalg.vector_norm(grad, dtype=torch.float32), scale))
 
     @torch.no_grad()
     def record(self, slot: int) -> None:
+        norms, self._norms = self._norms, []
         if not any(self._calls):
             return
-        calls = torch.tensor([float(c) if c else math.nan for c in self._calls], dtype=torch.float64, device=self._acc.device)
-        value = torch.where(torch.isnan(calls), torch.tensor(ABSENT, dtype=torch.float64, device=calls.device), self._acc / calls)
+        dev, f64 = self._device, torch.float64
+        acc = torch.zeros(len(self.modules), dtype=f64, device=dev)
+        if norms:
+            rows = torch.tensor([r for r, _, _ in norms], device=dev)
+            scale = torch.tensor([s for _, _, s in norms], dtype=f64, device=dev)
+            acc.index_add_(0, rows, torch.stack([n for _, n, _ in norms]).to(dev, f64).square() * scale)
+        calls = torch.tensor([float(c) if c else math.nan for c in self._calls], dtype=f64, device=dev)
+        value = torch.where(torch.isnan(calls), torch.tensor(ABSENT, dtype=f64, device=dev), acc / calls)
         self.table.write(slot, self._col, self._rows, value)
-        self._acc.zero_()
+        self._calls = [0] * len(self.modules)
+
+    def discard(self) -> None:
+        self._norms = []
         self._calls = [0] * len(self.modules)
 
     def finalize(self, raw: dict[str, np.ndarray]) -> list:

@@ -93,6 +93,9 @@ class Probe:
     def after_update(self, slot: int) -> None:
         pass
 
+    def discard(self) -> None:
+        """Forget what was gathered for a step that will not be recorded (a skipped or failed step)."""
+
     def take(self, n: int) -> dict:
         return {}
 

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import torch
 
+from .._distributed import is_sharded, local
 from .._layers import ParamLayer
 from .base import ABSENT, Probe, StepTable
 
@@ -75,6 +76,8 @@ class ParamProbe(Probe):
         self._params: list[torch.nn.Parameter] = [p for layer in layers for p in layer.params]
         self._owner: list[int] = [i for i, layer in enumerate(layers) for _ in layer.params]
         self._cache: dict[tuple[int, ...], tuple] = {}
+        self._weights_due = True  # all weight norms once per flush, at its first recorded step
+        self._sharded = is_sharded(self._params)  # FSDP2: measure the local shards, reduced at flush
         first = self._params[0]
         self._homogeneous = all(
             p.device == first.device and p.dtype == first.dtype and p.layout == torch.strided
@@ -115,8 +118,8 @@ class ParamProbe(Probe):
         """Gradient norms and non-finite counts at every recorded step.
 
         Weight norms move slowly and reading every weight doubles the cost, so all of them are read
-        at the first slot of each flush only; in between, the update probe writes those of the
-        layers it snapshots (it reads them anyway).
+        at the first recorded step of each flush only (not slot 0: a step a GradScaler skipped can
+        hold that slot); in between, the update probe writes those of the layers it snapshots.
         """
         table, n = self.table, len(self.layers)
         with_grad, grads = [], []
@@ -124,15 +127,16 @@ class ParamProbe(Probe):
             g = p.grad
             if g is not None:
                 with_grad.append(k)
-                grads.append(g)
-        weights = slot == 0
+                grads.append(local(g) if self._sharded else g)
+        weights, self._weights_due = self._weights_due, False
+        params = [local(p) for p in self._params] if self._sharded else self._params
         into, has_grad = self._index_for(tuple(with_grad), weights)
         homogeneous = (
             self._homogeneous
             and len(grads) == len(self._params)
-            and all(g.dtype == p.dtype and not g.is_sparse for g, p in zip(grads, self._params, strict=True))
+            and all(g.dtype == p.dtype and not g.is_sparse for g, p in zip(grads, params, strict=True))
         )
-        sq = sq_norms(grads + self._params if weights else grads, table.device, homogeneous)
+        sq = sq_norms(grads + params if weights else grads, table.device, homogeneous)
         bad = nonfinite_counts(grads, sq[: len(grads)])
         block = torch.zeros(3 * n, dtype=torch.float64, device=table.device)
         block.index_add_(0, into, torch.cat([sq, bad]))
@@ -142,6 +146,10 @@ class ParamProbe(Probe):
         if not weights:
             block[1].fill_(ABSENT)
         table.data[slot, self._c_first : self._c_first + 3].index_copy_(1, self._rows, block.to(table.dtype))
+
+    def take(self, n: int) -> dict:
+        self._weights_due = True
+        return {}
 
     def finalize(self, raw: dict) -> list:
         rows = self.table.rows

@@ -127,6 +127,9 @@ class ThroughTimeProbe(Probe):
             self._records.append((slot, name, mean_sq.sqrt()))
         self._series.clear()
 
+    def discard(self) -> None:
+        self._series.clear()
+
     def take(self, n: int) -> dict:
         recs, self._records = self._records, []
         return {"time": [(slot, name, t.cpu().numpy()) for slot, name, t in recs if slot < n], "n": n}

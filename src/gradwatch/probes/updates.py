@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .._distributed import local
 from .._layers import ParamLayer
 from .base import ABSENT, Probe, StepTable
 from .params import sq_norms
@@ -54,8 +55,9 @@ class UpdateProbe(Probe):
         # Parameters of a layer the optimizer does not step (a frozen bias) still count in its norm.
         self._unstepped = [[p for p in layers[i].params if not any(p is q for q in ps)] for i, ps in self.layers]
         self.covered = {i for i, _ in self.layers}
-        sizes = [sum(p.numel() * p.element_size() for p in ps) for _, ps in self.layers]
-        total = sum(p.numel() * p.element_size() for layer in layers for p in layer.params)
+        # FSDP2: each rank snapshots its own shards (sizes and views are those of the local tensors).
+        sizes = [sum(local(p).numel() * p.element_size() for p in ps) for _, ps in self.layers]
+        total = sum(local(p).numel() * p.element_size() for layer in layers for p in layer.params)
         self.groups = pack_groups(sizes, memory * total)
         self.extra_bytes = max((sum(sizes[i] for i in g) for g in self.groups), default=0)
         self._turn = 0
@@ -75,7 +77,7 @@ class UpdateProbe(Probe):
             for j in group:
                 for p in self.layers[j][1]:
                     key = (p.device, p.dtype)
-                    used[key] = used.get(key, 0) + p.numel()
+                    used[key] = used.get(key, 0) + local(p).numel()
             for key, n in used.items():
                 need[key] = max(need.get(key, 0), n)
         self._flat = {k: torch.empty(n, device=k[0], dtype=k[1]) for k, n in need.items()}
@@ -87,9 +89,9 @@ class UpdateProbe(Probe):
         for pos, j in enumerate(group):
             for p in self.layers[j][1]:
                 key = (p.device, p.dtype)
-                start = offsets[key]
-                views.append(self._flat[key][start : start + p.numel()].view_as(p))
-                offsets[key] = start + p.numel()
+                start, shard = offsets[key], local(p)
+                views.append(self._flat[key][start : start + shard.numel()].view_as(shard))
+                offsets[key] = start + shard.numel()
                 params.append(p)
                 owners.append(pos)
             extra += self._unstepped[j]
@@ -107,8 +109,8 @@ class UpdateProbe(Probe):
             return
         g = self._turn % len(self.groups)
         params, views, _, rows, extra, norm_owner_t = self._plans[g]
-        torch._foreach_copy_(views, [p.detach() for p in params])
-        sq = sq_norms(views + [p.detach() for p in extra], self.table.device)
+        torch._foreach_copy_(views, [local(p.detach()) for p in params])
+        sq = sq_norms(views + [local(p.detach()) for p in extra], self.table.device)
         self.table.write(slot, self._col_w, rows, self._per_layer(len(rows), norm_owner_t, sq))
         self._pending = (slot, g)
 
@@ -124,7 +126,7 @@ class UpdateProbe(Probe):
         self._pending = None
         self._turn += 1
         params, views, owner_t, rows, _, _ = self._plans[g]
-        torch._foreach_sub_(views, [p.detach() for p in params])  # views now hold w_before - w_after
+        torch._foreach_sub_(views, [local(p.detach()) for p in params])  # views now hold w_before - w_after
         sq = sq_norms(views, self.table.device)
         self.table.write(slot, self._col, rows, self._per_layer(len(rows), owner_t, sq))
 

@@ -74,13 +74,14 @@ def compare_table(
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
 
-def diagnosis_view(diagnosis, title: str | None = None, remedies: int = 2):
+def findings_view(diagnosis, title: str | None = None, remedies: int = 2):
     """A rich renderable: one row per finding (severity, kind, where, what), then its top remedies."""
     from rich.console import Group
     from rich.padding import Padding
 
+    extras = _predicted(diagnosis)
     if not diagnosis.findings:
-        return Text(f"{title + ': ' if title else ''}no problem found.", style="bold green")
+        return Group(Text(f"{title + ': ' if title else ''}no problem found.", style="bold green"), *extras)
     table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False, expand=False)
     table.add_column("", no_wrap=True)
     table.add_column("finding", no_wrap=True, style="bold")
@@ -98,4 +99,82 @@ def diagnosis_view(diagnosis, title: str | None = None, remedies: int = 2):
     if fixes:
         parts.append(Text("What to change:", style="bold"))
         parts.extend(Padding(t, (0, 0, 0, 2)) for t in fixes)
+    return Group(*parts, *extras)
+
+
+def _types(meta: dict | None) -> dict[str, str]:
+    return {d["name"]: d.get("type", "") for d in (meta or {}).get("model", {}).get("layers", [])}
+
+
+def _order(stats: pd.DataFrame, meta: dict | None) -> list[str]:
+    order = list((meta or {}).get("layer_order") or [])
+    return order + [n for n in stats["layer"].unique() if n not in order and n != "(model)"]
+
+
+def trend_line(summary: dict, name: str = "") -> Text | None:
+    """"x0.71 per layer": the fitted depth factor the diagnosis computed, as one line."""
+    trend = summary.get("depth_trend")
+    if not trend:
+        return None
+    per, total = trend["per_layer"], trend["total"]
+    style = "red" if total < 1e-3 or total > 1e3 else "green"
+    return Text.assemble(
+        (f"{name}: " if name else "", "bold"),
+        f"{trend['metric']} changes ",
+        (f"×{per:.3g} per layer", style),
+        f" from the output back to the input, ×{total:.2g} over {trend['n_layers']} layers.",
+    )
+
+
+def diagnosis_view(diagnosis, title: str | None = None, remedies: int = 2):
+    """The layer table with bars (when the diagnosis kept its stats), the fitted depth factor, then
+    the findings: what `gradwatch check` prints."""
+    from rich.console import Group
+
+    parts: list = []
+    stats = diagnosis.stats
+    if stats is not None and len(stats) and (stats["metric"] == "grad_norm").any():
+        parts.append(
+            compare_table({"gradient norm": stats}, _order(stats, diagnosis.meta), _types(diagnosis.meta), title=title)
+        )
+        title = None
+    line = trend_line(diagnosis.summary)
+    if line is not None:
+        parts.append(line)
+    parts.append(findings_view(diagnosis, title=title, remedies=remedies))
     return Group(*parts)
+
+
+def runs_view(runs):
+    """`report --text` and the demo: one table over every run (one log scale), then each diagnosis."""
+    from rich.console import Group
+
+    layers: list[str] = []
+    types: dict[str, str] = {}
+    for r in runs:
+        layers += [n for n in r.layers if n not in layers]
+        types.update(r.types)
+    parts: list = [
+        compare_table(
+            {r.name: r.stats for r in runs}, layers, types, title="Median gradient norm per layer, first layer at the top"
+        )
+    ]
+    for r in runs:
+        line = trend_line(r.diagnosis.summary, r.name)
+        if line is not None:
+            parts.append(line)
+    for r in runs:
+        parts += [Text(""), findings_view(r.diagnosis, title=f"Diagnosis of {r.name}")]
+    return Group(*parts)
+
+
+def _predicted(diagnosis) -> list:
+    """Theory and Jacobian lines, then the what-if ranking, if the check computed them."""
+    from ..diagnose.predicted import prediction_lines, what_if_lines
+
+    out: list = [Text(line, style="dim") for line in prediction_lines(diagnosis.summary)]
+    ranked = what_if_lines(getattr(diagnosis, "what_if", None))
+    if ranked:
+        out.append(Text("What if (each remedy applied to a copy of the model and checked again):", style="bold"))
+        out += [Text("  " + line, style="green" if line.startswith("fixes") else "") for line in ranked]
+    return out

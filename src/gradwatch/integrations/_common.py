@@ -1,0 +1,54 @@
+"""What every integration shares: importing its framework lazily, and a flush's rows as scalars."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from types import ModuleType
+
+import pyarrow as pa
+
+from ..errors import IntegrationError
+
+
+def require(module: str, extra: str) -> ModuleType:
+    """Import `module`, or say which extra to install (one sentence, no traceback chain)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise IntegrationError(
+            f"This integration needs the {module.split('.')[0]} package; install it with pip install 'gradwatch[{extra}]'."
+        ) from None
+
+
+def tag(metric: str, layer: str) -> str:
+    return f"gradwatch/{metric}/{layer}"
+
+
+def scalars(rows: pa.Table) -> Iterator[tuple[int, dict[str, float]]]:
+    """Per recorded step, `{tag: value}` for every per-layer scalar (series and histograms left
+    out: they are rows with an index, which dashboards show poorly as scalars)."""
+    frame = rows.to_pandas()
+    frame = frame[frame["index"] == -1]
+    for step, group in frame.groupby("step", sort=True):
+        yield int(step), {tag(m, la): float(v) for m, la, v in zip(group["metric"], group["layer"], group["value"], strict=True)}
+
+
+def findings_markdown(findings) -> str:
+    if not findings:
+        return "gradwatch: no findings."
+    lines = []
+    for f in findings:
+        lines.append(f"- **{f.severity}** `{f.kind}` ({', '.join(f.layers) or 'model'}): {f.summary}")
+        lines += [f"    - remedy: {r.detail}" for r in f.remedies]
+    return "\n".join(lines)
+
+
+class Listener:
+    """Receives each flush's rows and the closed watch (see `Watch._listen`)."""
+
+    def rows(self, rows: pa.Table, findings: list) -> None:
+        pass
+
+    def close(self, watch) -> None:
+        pass

@@ -1,0 +1,139 @@
+"""`gradwatch run SCRIPT.py [ARGS...]`: watch an unmodified training script.
+
+PyTorch's global optimizer step hooks tell us when any optimizer is about to step; at its first
+step we find the model it trains (the module holding most of its parameters) and start a `Watch`
+on the pair, whose own hooks then record that very step and every later one. The script runs as
+`__main__` with its own `sys.argv`; its output, exit code and traceback are its own.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import os
+import runpy
+import sys
+import traceback
+import warnings
+from pathlib import Path
+
+import torch
+import torch.optim.optimizer as _optim
+from torch import nn
+
+from .errors import GradwatchError
+
+
+def find_model(optimizer: torch.optim.Optimizer) -> nn.Module | None:
+    """The module that holds most of `optimizer`'s parameters and fewest others; among equals the
+    outermost (a model rather than its only child)."""
+    wanted = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    best, best_key = None, None
+    for obj in gc.get_objects():
+        # type(), not isinstance(): some module-level objects warn when their __class__ is read
+        if not issubclass(type(obj), nn.Module):
+            continue
+        params = {id(p) for p in obj.parameters()}
+        hit = len(params & wanted)
+        if not hit:
+            continue
+        key = (hit, -(len(params) - hit), sum(1 for _ in obj.modules()))
+        if best_key is None or key > best_key:
+            best, best_key = obj, key
+    return best
+
+
+def find_scaler(optimizer: torch.optim.Optimizer):
+    """The GradScaler stepping `optimizer` right now, if any: at the optimizer's first step inside
+    `scaler.step`, that scaler has already unscaled this optimizer's gradients."""
+    for obj in gc.get_objects():
+        if issubclass(type(obj), torch.amp.GradScaler) and id(optimizer) in getattr(obj, "_per_optimizer_states", {}):
+            return obj
+    return None
+
+
+class ScriptWatcher:
+    """Starts a Watch at the first step of the first optimizer; removes its global hook on close."""
+
+    def __init__(self, log_dir: str | os.PathLike, every: int = 1, **watch_kwargs):
+        self.log_dir = log_dir
+        self.every = every
+        self.watch_kwargs = watch_kwargs
+        self.watch = None
+        self._others: set[int] = set()
+        self._handle = _optim.register_optimizer_step_pre_hook(self._on_step)
+
+    def _on_step(self, optimizer, args, kwargs) -> None:
+        import gradwatch as gw
+
+        if self.watch is not None:
+            if optimizer is not self.watch.optimizer and id(optimizer) not in self._others:
+                self._others.add(id(optimizer))
+                warnings.warn(f"gradwatch run watches the first optimizer only; {type(optimizer).__name__} #{len(self._others) + 1} is not watched.", stacklevel=2)
+            return
+        model = find_model(optimizer)
+        if model is None:
+            return
+        # Created inside this step's hook chain: the Watch's own pre-hook, registered now, still
+        # runs for this step (PyTorch reads the optimizer's hooks after the global ones).
+        self.watch = gw.watch(model, optimizer, every=self.every, log_dir=self.log_dir, scaler=find_scaler(optimizer), **self.watch_kwargs)
+
+    def close(self):
+        self._handle.remove()
+        if self.watch is not None:
+            self.watch.close()
+        return self.watch
+
+
+def default_log_dir(script: Path) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{script.stem}-{stamp}"
+
+
+def run_script(script: str | os.PathLike, args: list[str], log_dir: str | os.PathLike | None = None, every: int = 1, console=None) -> int | str | None:
+    """Run `script` with `args` as `__main__` under watching; return its exit code (SystemExit's
+    code as it was, 1 after an uncaught exception, whose traceback is printed as the script's)."""
+    path = Path(script).resolve()
+    if not path.is_file():
+        raise GradwatchError(f"No script at {script}; give the path of a Python file to run.")
+    log_dir = Path(log_dir) if log_dir is not None else default_log_dir(path)
+    saved_argv, saved_path = sys.argv[:], sys.path[:]
+    sys.argv = [str(path), *args]
+    sys.path.insert(0, str(path.parent))
+    watcher = ScriptWatcher(log_dir, every)
+    code: int | str | None = 0
+    try:
+        runpy.run_path(str(path), run_name="__main__")
+    except SystemExit as exc:
+        code = exc.code
+    except Exception as exc:
+        _print_script_traceback(exc, path)
+        code = 1
+    finally:
+        sys.argv, sys.path = saved_argv, saved_path
+        watch = watcher.close()
+        sys.stdout.flush()
+    _report(watch, console)
+    return code
+
+
+def _print_script_traceback(exc: BaseException, path: Path) -> None:
+    """The traceback from the script's first frame on, as Python would print it for the script."""
+    tb = exc.__traceback__
+    while tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve() != path:
+        tb = tb.tb_next
+    traceback.print_exception(type(exc), exc, tb if tb is not None else exc.__traceback__, file=sys.stderr)
+
+
+def _report(watch, console) -> None:
+    from rich.console import Console
+
+    from .report.terminal import diagnosis_view
+
+    console = console or Console(stderr=True)
+    if watch is None:
+        console.print("gradwatch: the script took no optimizer step; nothing was recorded.")
+        return
+    console.print(diagnosis_view(watch.diagnose(), title=f"gradwatch: {type(watch.model).__name__}, {watch._step} optimizer steps"))
+    if watch.log_dir is not None:
+        console.print(f"gradwatch: run directory {watch.log_dir}")

@@ -1,0 +1,108 @@
+"""Lightning's Trainer with GradwatchCallback records what a plain `gw.watch` loop records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import gradwatch as gw
+from conftest import mlp
+
+pl = pytest.importorskip("lightning.pytorch")
+
+METRICS = ["grad_norm", "weight_norm", "update_ratio"]
+STEPS = 4
+
+
+def _batches(n: int = STEPS * 2, batch: int = 8):
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(batch, 5, generator=g), torch.randn(batch, 2, generator=g)) for _ in range(n)]
+
+
+class Module(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = mlp([5, 16, 16, 2])
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.mse_loss(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+def _plain(accumulate: int = 1) -> pd.Series:
+    module = Module()
+    opt = module.configure_optimizers()
+    batches = _batches()
+    with gw.watch(module, opt) as w:
+        for i in range(STEPS):
+            opt.zero_grad()
+            for x, y in batches[i * accumulate : (i + 1) * accumulate]:
+                (nn.functional.mse_loss(module(x), y) / accumulate).backward()
+            opt.step()
+    return _table(w.stats())
+
+
+def _table(stats: pd.DataFrame) -> pd.Series:
+    rows = stats[stats["metric"].isin(METRICS)]
+    return rows.set_index(["step", "layer", "metric"])["value"].sort_index()
+
+
+def _fit(tmp_path, accumulate: int = 1, log_dir="gw", **trainer_kw):
+    from gradwatch.integrations.lightning import GradwatchCallback
+
+    callback = GradwatchCallback(log_dir=tmp_path / log_dir if log_dir else None)
+    trainer = pl.Trainer(
+        max_steps=STEPS,
+        accelerator="cpu",
+        devices=1,
+        accumulate_grad_batches=accumulate,
+        callbacks=[callback],
+        logger=pl.loggers.CSVLogger(tmp_path / "logs"),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **trainer_kw,
+    )
+    loader = torch.utils.data.DataLoader(_batches(), batch_size=None)  # each item is a batch
+    trainer.fit(Module(), train_dataloaders=loader)
+    return trainer, callback
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_lightning_records_each_optimizer_step_like_a_plain_loop(tmp_path, accumulate):
+    trainer, callback = _fit(tmp_path, accumulate)
+    run = gw.load(tmp_path / "gw")
+    pd.testing.assert_series_equal(_table(run.stats), _plain(accumulate), rtol=1e-6)
+    metrics = pd.read_csv(next((tmp_path / "logs").rglob("metrics.csv")))
+    logged = metrics.dropna(subset=["gradwatch/grad_norm/net.0"]).set_index("step")["gradwatch/grad_norm/net.0"]
+    recorded = run.stats.query("metric == 'grad_norm' and layer == 'net.0'").set_index("step")["value"]
+    pd.testing.assert_series_equal(logged.sort_index(), recorded.sort_index(), check_names=False, check_index_type=False)
+    findings = run.findings
+    assert metrics["gradwatch/findings_error"].dropna().tolist() == [float(sum(f["severity"] == "error" for f in findings))]
+
+
+def test_lightning_mixed_precision_records_unscaled_gradients(tmp_path):
+    from lightning.pytorch.plugins import MixedPrecision
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=scaler)
+    trainer, callback = _fit(tmp_path, log_dir=None, plugins=[plugin])
+    assert callback.watch._scaler is scaler
+    assert callback.watch.log_dir.parent == Path(trainer.log_dir)  # the run sits beside the logs
+    stats = gw.load(callback.watch.log_dir).stats
+    assert set(stats.query("metric == 'skipped'")["value"]) <= {0.0, 1.0}
+    grads = stats.query("metric == 'grad_norm'")["value"]
+    # float16 forward: the same order of magnitude as float32, nowhere near the 2**10 scale
+    reference = _plain().xs("grad_norm", level="metric")
+    assert grads.max() < 10 * reference.max()

@@ -1,0 +1,141 @@
+"""`gradwatch run SCRIPT.py ARGS`: an unmodified script is watched through PyTorch's global optimizer
+hooks; its output, exit code and traceback stay its own."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import torch.optim.optimizer as _optim
+from torch import nn
+
+import gradwatch as gw
+from gradwatch.run_script import run_script
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(1)
+    for step in range(4):
+        x = torch.randn(8, 5, generator=g)
+        opt.zero_grad()
+        loss = model(x).pow(2).mean()
+        loss.backward()
+        opt.step()
+        print(f"step {step} loss {loss.item():.4f}")
+    if len(sys.argv) > 1 and sys.argv[1] == "fail":
+        raise ValueError("the script's own error")
+    if len(sys.argv) > 1:
+        sys.exit(int(sys.argv[1]))
+    """
+)
+METRICS = ["grad_norm", "weight_norm", "update_ratio"]
+
+
+@pytest.fixture
+def script(tmp_path) -> Path:
+    path = tmp_path / "train.py"
+    path.write_text(SCRIPT)
+    return path
+
+
+def _plain() -> pd.DataFrame:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(1)
+    with gw.watch(model, opt) as w:
+        for _ in range(4):
+            x = torch.randn(8, 5, generator=g)
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+    return w.stats()
+
+
+def _table(stats: pd.DataFrame) -> pd.Series:
+    rows = stats[stats["metric"].isin(METRICS)]
+    return rows.set_index(["step", "layer", "metric"])["value"].sort_index()
+
+
+def test_a_script_is_watched_from_its_first_optimizer_step(script, tmp_path, capsys):
+    code = run_script(script, [], log_dir=tmp_path / "run")
+    assert code == 0
+    out = capsys.readouterr()
+    assert out.out.count("loss") == 4  # the script's own output, untouched
+    run = gw.load(tmp_path / "run")
+    pd.testing.assert_series_equal(_table(run.stats), _table(_plain()))
+    assert run.meta["steps_seen"] == 4
+    assert "gradwatch" in out.err
+    assert not _optim._global_optimizer_pre_hooks  # nothing left behind
+
+
+def test_the_scripts_exit_code_and_argv_pass_through(script, tmp_path, capsys):
+    assert run_script(script, ["3"], log_dir=tmp_path / "run") == 3
+    assert gw.load(tmp_path / "run").meta["steps_seen"] == 4
+
+
+def test_an_exception_in_the_script_prints_its_own_traceback_and_exits_1(script, tmp_path, capsys):
+    assert run_script(script, ["fail"], log_dir=tmp_path / "run") == 1
+    err = capsys.readouterr().err
+    assert 'File "' + str(script.resolve()) in err
+    assert "ValueError: the script's own error" in err
+    assert "runpy" not in err and "run_script.py" not in err
+
+
+def test_the_command_runs_a_script_with_its_arguments(script, tmp_path):
+    src = str(Path(gw.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-m", "gradwatch", "run", "--log-dir", str(tmp_path / "run"), str(script), "5"],
+        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path,
+    )
+    assert done.returncode == 5, done.stderr
+    assert done.stdout.count("loss") == 4
+    assert "gradwatch: run directory" in done.stderr
+    assert gw.load(tmp_path / "run").meta["steps_seen"] == 4
+
+
+SCALED_SCRIPT = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    g = torch.Generator().manual_seed(1)
+    for step in range(4):
+        x = torch.randn(8, 5, generator=g)
+        opt.zero_grad()
+        scaler.scale(model(x).pow(2).mean()).backward()
+        if step == 2:  # an overflow, as float16 would have
+            model[0].weight.grad[0, 0] = float("inf")
+        scaler.step(opt)
+        scaler.update()
+    """
+)
+
+
+def test_a_scripts_grad_scaler_is_found_and_its_skipped_steps_recorded(tmp_path):
+    path = tmp_path / "scaled.py"
+    path.write_text(SCALED_SCRIPT)
+    assert run_script(path, [], log_dir=tmp_path / "run") == 0
+    stats = gw.load(tmp_path / "run").stats
+    assert stats.query("metric == 'skipped'").set_index("step")["value"].to_dict() == {0: 0.0, 1: 0.0, 2: 1.0, 3: 0.0}
+    plain = _table(_plain()).xs("grad_norm", level="metric").xs(0, level="step")
+    scaled = _table(stats).xs("grad_norm", level="metric").xs(0, level="step")
+    pd.testing.assert_series_equal(scaled, plain)  # unscaled: the same first step as without AMP

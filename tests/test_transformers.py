@@ -1,0 +1,79 @@
+"""transformers.Trainer with GradwatchCallback records what a plain `gw.watch` loop records."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+import gradwatch as gw
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+
+METRICS = ["grad_norm", "weight_norm", "update_ratio"]
+STEPS = 3
+
+
+def _model():
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=3,
+    )
+    return transformers.BertForSequenceClassification(config)
+
+
+def _data(n: int = 8):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, 50, (n, 6), generator=g)
+    labels = torch.randint(0, 3, (n,), generator=g)
+    return [{"input_ids": ids[i], "labels": labels[i]} for i in range(n)]
+
+
+def _table(stats: pd.DataFrame) -> pd.Series:
+    rows = stats[stats["metric"].isin(METRICS)]
+    return rows.set_index(["step", "layer", "metric"])["value"].sort_index()
+
+
+def _plain() -> pd.Series:
+    """Full batch, constant lr, no clipping: what the Trainer below does, whatever order it
+    shuffles the (single) batch in."""
+    model = _model()
+    data = _data()
+    batch = {k: torch.stack([d[k] for d in data]) for k in data[0]}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    with gw.watch(model, opt) as w:
+        for _ in range(STEPS):
+            opt.zero_grad()
+            model(**batch).loss.backward()
+            opt.step()
+    return _table(w.stats())
+
+
+def test_hf_trainer_with_accumulation_records_each_optimizer_step_like_a_plain_loop(tmp_path):
+    from gradwatch.integrations.transformers import GradwatchCallback
+
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        max_steps=STEPS,
+        per_device_train_batch_size=8,
+        gradient_accumulation_steps=2,  # two passes over the same full batch per optimizer step
+        learning_rate=1e-3,
+        weight_decay=0.0,
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+        optim="adamw_torch",
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+    )
+    callback = GradwatchCallback()
+    trainer = transformers.Trainer(model=_model(), args=args, train_dataset=_data(), callbacks=[callback])
+    trainer.train()
+    run = gw.load(tmp_path / "out" / "gradwatch")
+    got, want = _table(run.stats), _plain()
+    assert list(got.index) == list(want.index)
+    assert ((got - want).abs() / want.abs().clip(lower=1e-12)).max() < 1e-4
