@@ -138,7 +138,8 @@ def test_what_if_ranks_a_fixing_remedy_first_and_leaves_the_model_untouched():
     d = gw.check(model, X, Y, what_if=True)
     assert repr(model) == text and all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
     best = d.what_if[0]
-    assert best["fixed"] and best["findings_before"] == ["vanishing_gradient"] and best["findings_after"] == []
+    # (the stalled early layers, when reported too, are the same vanishing gradient seen per layer)
+    assert best["fixed"] and "vanishing_gradient" in best["findings_before"] and best["findings_after"] == []
     assert best["signal_before"]["ratio"] < 1e-6 < 0.1 < best["signal_after"]["ratio"]
     assert best["remedy"] in R.applicable(model, X)
     # The ranking is what the re-check measured: redo the best one by hand.
