@@ -1,0 +1,86 @@
+"""Lab experiments, part B: each quick form runs and reproduces on seed 0, each judge says yes and no."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from gradwatch.lab import catalogue
+from gradwatch.lab.experiment import Outcome, Settings
+from gradwatch.lab.sequences import BASELINE_MSE, accuracy, adding
+
+NAMES = ["clipping", "rnn-gates"]
+
+
+def _quick(name: str, tmp_path) -> Outcome:
+    experiment = catalogue.get(name)
+    seen = []
+    outcome = experiment.run(Settings(quick=True, seed=0, out=tmp_path, progress=seen.append))
+    assert seen and seen[-1] == pytest.approx(1.0)
+    return outcome
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_quick_form_runs_and_reproduces_on_seed_0(name, tmp_path):
+    experiment = catalogue.get(name)
+    outcome = _quick(name, tmp_path)
+    json.dumps(outcome.measured, allow_nan=False)
+    json.dumps(outcome.setup, allow_nan=False)
+    for figure in outcome.figures:
+        json.dumps(figure.to_dict(), allow_nan=False)
+    assert experiment.judge(outcome.measured) is True
+
+
+def test_every_experiment_states_claim_source_and_expectation():
+    for name in NAMES:
+        e = catalogue.get(name)
+        assert e.name == name and e.claim and e.source and e.expected
+
+
+# ------------------------------------------------------------------ the adding problem
+
+
+def test_adding_problem_targets_and_baseline():
+    x, y = adding(20_000, 30, torch.Generator().manual_seed(0))
+    assert x.shape == (20_000, 30, 2)
+    assert (x[..., 1].sum(1) == 2).all()
+    assert (x[:, :15, 1].sum(1) == 1).all()  # one marker in each half
+    marked = (x[..., 0] * x[..., 1]).sum(1)
+    assert torch.allclose(y, 0.5 + marked / 4)
+    assert float(((y - 0.5) ** 2).mean()) == pytest.approx(BASELINE_MSE, rel=0.05)
+    assert accuracy(y + 0.039, y) == 1.0 and accuracy(y + 0.041, y) == 0.0
+
+
+# ------------------------------------------------------------------ judges on synthetic numbers
+
+
+def _clip_run(peak, final, nonfinite=0):
+    return {"peak_loss_over_baseline": peak, "final_loss_over_baseline": final, "nonfinite_loss_steps": nonfinite}
+
+
+def test_clipping_judge():
+    judge = catalogue.get("clipping").judge
+    good = {"none": _clip_run(1e37, None, 1), "norm": _clip_run(1.5, 0.5), "agc": _clip_run(3.0, 0.9)}
+    assert judge(good)
+    assert not judge({**good, "none": _clip_run(2.0, 0.8)})  # nothing exploded
+    assert not judge({**good, "norm": _clip_run(5e3, 0.5)})  # clipping did not keep it stable
+    assert not judge({**good, "agc": _clip_run(1.0, None, 3)})
+    assert not judge({**good, "norm": _clip_run(1.5, 1.2)})  # stable but learned nothing
+
+
+def _gates(rnn_solved, rnn_mse, lstm_solved, gru_solved):
+    def r(solved, mse):
+        return {"solved_at": solved, "final_mse_over_baseline": mse}
+
+    return {"longest": 50, "results": {"rnn": {"50": r(rnn_solved, rnn_mse)}, "lstm": {"50": r(lstm_solved, 0.01)}, "gru": {"50": r(gru_solved, 0.01)}}}
+
+
+def test_rnn_gates_judge():
+    judge = catalogue.get("rnn-gates").judge
+    assert judge(_gates(None, 0.98, 300, 200))
+    assert not judge(_gates(500, 0.02, 300, 200))  # the RNN solved it
+    assert not judge(_gates(None, 0.2, 300, 200))  # the RNN learned a good part of it
+    assert not judge(_gates(None, 0.98, None, 200))  # LSTM failed
+    assert not judge(_gates(None, 0.98, 300, None))  # GRU failed
