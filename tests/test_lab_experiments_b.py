@@ -11,7 +11,7 @@ from gradwatch.lab import catalogue
 from gradwatch.lab.experiment import Outcome, Settings
 from gradwatch.lab.sequences import BASELINE_MSE, accuracy, adding
 
-NAMES = ["clipping", "rnn-gates"]
+NAMES = ["clipping", "rnn-gates", "gan-loss", "orthogonal-cnn"]
 
 
 def _quick(name: str, tmp_path) -> Outcome:
@@ -84,3 +84,49 @@ def test_rnn_gates_judge():
     assert not judge(_gates(None, 0.2, 300, 200))  # the RNN learned a good part of it
     assert not judge(_gates(None, 0.98, None, 200))  # LSTM failed
     assert not judge(_gates(None, 0.98, 300, None))  # GRU failed
+
+
+def _gan(first_ratio, final_ratio, d_fake):
+    return {"checkpoints": [{"ratio": first_ratio, "mean_d_fake": 0.5}], "final": {"ratio": final_ratio, "mean_d_fake": d_fake}}
+
+
+def test_gan_loss_judge():
+    judge = catalogue.get("gan-loss").judge
+    assert judge(_gan(0.98, 1e-3, 1e-3))
+    assert not judge(_gan(0.98, 0.3, 1e-3))  # the saturating loss kept its gradient
+    assert not judge(_gan(0.98, 1e-3, 0.4))  # the discriminator never got confident
+    assert not judge(_gan(0.01, 1e-3, 1e-3))  # already apart at init: not the mechanism claimed
+    assert not judge(_gan(0.98, None, 1e-3))
+
+
+def test_gan_losses_are_the_papers_formulas():
+    from gradwatch.lab.experiments.gan_loss import non_saturating, saturating
+
+    logits = torch.tensor([-3.0, 0.0, 2.0])
+    d = torch.sigmoid(logits)
+    assert saturating(logits) == pytest.approx(float(torch.log(1 - d).mean()), rel=1e-5)
+    assert non_saturating(logits) == pytest.approx(float(-torch.log(d).mean()), rel=1e-5)
+
+
+def _cnn(gaussian_std, delta_std):
+    spread = gaussian_std / delta_std
+    return {"gaussian": {"log_sv_std": gaussian_std}, "delta_orthogonal": {"log_sv_std": delta_std}, "spread_ratio": spread}
+
+
+def test_orthogonal_cnn_judge():
+    judge = catalogue.get("orthogonal-cnn").judge
+    assert judge(_cnn(5.0, 0.5))
+    assert not judge(_cnn(2.0, 0.5))  # Gaussian not spread enough
+    assert not judge(_cnn(15.0, 1.5))  # delta-orthogonal not isometric
+    assert not judge({"delta_orthogonal": {"log_sv_std": None}, "spread_ratio": None})
+
+
+def test_batched_jacobian_matches_autograd_jacobian():
+    from dataclasses import replace
+
+    from gradwatch.lab.experiments import orthogonal_cnn as oc
+
+    model = oc.gaussian_init(oc.deep_cnn(replace(oc.QUICK, depth=5)), 1.0, torch.Generator().manual_seed(0))
+    x = 0.3 * torch.randn(8, 4, 4)
+    naive = torch.autograd.functional.jacobian(lambda v: model(v.reshape(1, 8, 4, 4)).reshape(-1), x.reshape(-1))
+    assert torch.allclose(oc.jacobian_singular_values(model, x), torch.linalg.svdvals(naive.double()), rtol=1e-4, atol=1e-7)
