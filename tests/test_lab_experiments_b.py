@@ -11,7 +11,7 @@ from gradwatch.lab import catalogue
 from gradwatch.lab.experiment import Outcome, Settings
 from gradwatch.lab.sequences import BASELINE_MSE, accuracy, adding
 
-NAMES = ["clipping", "rnn-gates", "gan-loss", "orthogonal-cnn"]
+NAMES = ["clipping", "rnn-gates", "gan-loss", "orthogonal-cnn", "transformer-ln"]
 
 
 def _quick(name: str, tmp_path) -> Outcome:
@@ -130,3 +130,21 @@ def test_batched_jacobian_matches_autograd_jacobian():
     x = 0.3 * torch.randn(8, 4, 4)
     naive = torch.autograd.functional.jacobian(lambda v: model(v.reshape(1, 8, 4, 4)).reshape(-1), x.reshape(-1))
     assert torch.allclose(oc.jacobian_singular_values(model, x), torch.linalg.svdvals(naive.double()), rtol=1e-4, atol=1e-7)
+
+
+def _ln(last, post_init, pre_init, post_early, pre_early):
+    return {
+        "init_last_layer_post_over_pre": last,
+        "post_ln": {"init_last_over_first": post_init, "early_last_over_first": post_early},
+        "pre_ln": {"init_last_over_first": pre_init, "early_last_over_first": pre_early},
+    }
+
+
+def test_transformer_ln_judge():
+    judge = catalogue.get("transformer-ln").judge
+    assert judge(_ln(1.6, 0.96, 0.64, 2.7, 0.6))
+    assert not judge(_ln(1.0, 0.96, 0.64, 2.7, 0.6))  # last layers not larger in Post-LN
+    assert not judge(_ln(1.6, 0.96, 0.3, 2.7, 0.6))  # Pre-LN not level
+    assert not judge(_ln(1.6, 0.5, 0.64, 2.7, 0.6))  # Post-LN's ratio not above Pre-LN's
+    assert not judge(_ln(1.6, 0.96, 0.64, 0.5, 0.6))  # early training: no difference
+    assert not judge(_ln(None, 0.96, 0.64, 2.7, 0.6))
