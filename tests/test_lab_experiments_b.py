@@ -11,7 +11,7 @@ from gradwatch.lab import catalogue
 from gradwatch.lab.experiment import Outcome, Settings
 from gradwatch.lab.sequences import BASELINE_MSE, accuracy, adding
 
-NAMES = ["clipping", "rnn-gates", "gan-loss", "orthogonal-cnn", "transformer-ln"]
+NAMES = ["clipping", "rnn-gates", "gan-loss", "pretraining", "transformer-ln", "orthogonal-cnn"]
 
 
 def _quick(name: str, tmp_path) -> Outcome:
@@ -148,3 +148,30 @@ def test_transformer_ln_judge():
     assert not judge(_ln(1.6, 0.5, 0.64, 2.7, 0.6))  # Post-LN's ratio not above Pre-LN's
     assert not judge(_ln(1.6, 0.96, 0.64, 0.5, 0.6))  # early training: no difference
     assert not judge(_ln(None, 0.96, 0.64, 2.7, 0.6))
+
+
+def _pre(pretrained, end_to_end):
+    return {"pretrained": {"test_accuracy": pretrained}, "end_to_end": {"test_accuracy": end_to_end}}
+
+
+def test_pretraining_judge():
+    judge = catalogue.get("pretraining").judge
+    assert judge(_pre(0.67, 0.09))
+    assert not judge(_pre(0.2, 0.09))  # pre-training did not help enough
+    assert not judge(_pre(0.9, 0.6))  # end-to-end did not stall
+    assert not judge(_pre(None, 0.09))
+
+
+def test_pretraining_makes_each_layer_an_encoder(tmp_path):
+    from gradwatch.lab.experiments import pretraining as pt
+    from gradwatch.lab.models import mlp
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 12, generator=gen)
+    model = mlp(12, 3, 2, 8, torch.nn.Sigmoid)
+    before = [m.weight.detach().clone() for m in pt._linears(model)]
+    errors = pt.pretrain(model, x, pt.Config(depth=2, steps=0, pretrain_steps=200, width=8), gen)
+    after = pt._linears(model)
+    assert len(errors) == 2 and errors[0] < 1.0  # the first layer reconstructs its input better than its mean
+    assert not torch.equal(before[0], after[0].weight) and not torch.equal(before[1], after[1].weight)
+    assert torch.equal(before[2], after[2].weight)  # the head is left to supervised training
