@@ -3,8 +3,10 @@
 Hochreiter & Schmidhuber (1997); Bengio et al. (1994). Each model reads T (value, marker) pairs
 and predicts 0.5 + (X₁+X₂)/4 from its last hidden state. The error signal for the first marked
 value has to travel back more than T/2 steps; through a tanh RNN it shrinks by a factor per step,
-through the LSTM's cell state (forget gate open) and the GRU's update gate it need not. gradwatch's
-through-time probe measures that decay at initialisation: ‖∂L/∂x_t‖ at the first step over the last.
+through the LSTM's cell state (forget gate open: bias 3) and the GRU's update gate it need not,
+once the gates have learned to hold. gradwatch's through-time probe measures the decay at
+initialisation (‖∂L/∂x_t‖ at the first step over the last): the GRU starts with it vanishing as
+fast as the RNN's and learns to keep it; the LSTM with its open forget gate starts without it.
 """
 
 from __future__ import annotations
