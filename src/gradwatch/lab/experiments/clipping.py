@@ -14,6 +14,7 @@ mean squared error is 1/(3T). Plain SGD at a learning rate that works until it m
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -64,13 +65,13 @@ def _batch(cfg: Config, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tenso
     return x, x.mean((1, 2))
 
 
-def _train(mode: str, cfg: Config, seed: int) -> dict:
+def _train(mode: str, cfg: Config, seed: int, log_dir: Path | None = None) -> dict:
     gen = generator(seed)
     model = RecurrentNet(cfg.hidden, cfg.gain)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
     baseline = 1.0 / (3 * cfg.length)
     losses, norms = [], []
-    with watch(model, opt, activations=False, backflow=False, through_time=False, flush_every=100) as w:
+    with watch(model, opt, activations=False, backflow=False, through_time=False, flush_every=100, log_dir=log_dir, overwrite=True) as w:
         for _ in range(cfg.steps):
             x, y = _batch(cfg, gen)
             loss = nn.functional.mse_loss(model(x), y)
@@ -88,6 +89,7 @@ def _train(mode: str, cfg: Config, seed: int) -> dict:
             if not torch.isfinite(loss):
                 break  # diverged: every later step is NaN too
     stats = w.stats()
+    findings = sorted({f.kind for f in w.diagnose().findings if f.severity != "info"})
     loss_ratio = (torch.stack(losses).double() / baseline).tolist()
     finite_losses = [v for v in loss_ratio if finite(v)]
     n_nonfinite = len(loss_ratio) - len(finite_losses)
@@ -95,12 +97,14 @@ def _train(mode: str, cfg: Config, seed: int) -> dict:
     steps, rnn_grad = series(stats, "grad_norm", "rnn")
     total = torch.stack(norms).double().tolist()
     return {
+        "_run": str(w.log_dir) if w.log_dir is not None else None,
         "initial_loss_over_baseline": num(loss_ratio[0]),
         "peak_loss_over_baseline": num(max(finite_losses)) if finite_losses else None,
         "final_loss_over_baseline": num(sum(tail) / len(tail)),
         "nonfinite_loss_steps": n_nonfinite,
         "first_nonfinite_step": next((i for i, v in enumerate(loss_ratio) if not finite(v)), None),
         "steps_run": len(loss_ratio),
+        "gradwatch_findings": findings,  # kinds of warning/error findings gradwatch's diagnosis made
         "max_grad_norm_before_clipping": num(max((g for g in total if finite(g)), default=float("nan"))),
         "max_rnn_grad_norm_applied": num(max((g for g in rnn_grad if finite(g)), default=float("nan"))),
         "curve": {"loss": nums(loss_ratio), "grad_norm": nums(total), "grad_steps": steps, "rnn_grad_norm": nums(rnn_grad)},
@@ -123,9 +127,9 @@ def run(settings: Settings, cfg: Config | None = None) -> Outcome:
     through_time = _through_time(cfg, settings.seed)
     results = {}
     for i, mode in enumerate(MODES):
-        results[mode] = _train(mode, cfg, settings.seed)
+        results[mode] = _train(mode, cfg, settings.seed, settings.out / f"run-{mode}")
         settings.progress((i + 1) / len(MODES))
-    measured = {mode: {k: v for k, v in r.items() if k != "curve"} for mode, r in results.items()}
+    measured = {mode: {k: v for k, v in r.items() if k != "curve" and not k.startswith("_")} for mode, r in results.items()}
     measured["init_time_grad_first_over_last"] = ratio(through_time[0], through_time[-1]) if through_time else None
     labels = {"none": "no clipping", "norm": f"clip_by_norm(c={cfg.max_norm})", "agc": f"adaptive_clip(λ={cfg.agc_clipping})"}
 
@@ -166,7 +170,7 @@ def run(settings: Settings, cfg: Config | None = None) -> Outcome:
         "clipping": f"norm: clip_by_norm(max_norm={cfg.max_norm}); agc: adaptive_clip(clipping={cfg.agc_clipping}, eps=1e-3) on every parameter",
         "seed": settings.seed,
     }
-    return Outcome(setup=setup, measured=measured, figures=figures)
+    return Outcome(setup=setup, measured=measured, figures=figures, runs=[r["_run"] for r in results.values() if r["_run"]])
 
 
 def _diverged(r: dict) -> bool:

@@ -14,6 +14,7 @@ and over the first steps of training with Adam and no warm-up.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -81,14 +82,14 @@ def _ffn_norms(per_layer: dict[str, float], n_layer: int) -> list[float]:
     return [(group_norm(per_layer, f"layers.{i}.linear1") ** 2 + group_norm(per_layer, f"layers.{i}.linear2") ** 2) ** 0.5 for i in range(n_layer)]
 
 
-def _variant(norm_first: bool, cfg: Config, seed: int) -> dict:
+def _variant(norm_first: bool, cfg: Config, seed: int, log_dir: Path | None = None) -> dict:
     gen = generator(seed)
     model = Encoder(cfg, norm_first)
     x0, y0 = _batch(cfg, torch.Generator().manual_seed(10_000 + seed))
     init = _ffn_norms(metric(one_backward(model, lambda m: _loss(m, x0, y0)), "grad_norm"), cfg.n_layer)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     losses = []
-    with watch(model, opt, activations=False, backflow=False, through_time=False, flush_every=max(cfg.steps, 1)) as w:
+    with watch(model, opt, activations=False, backflow=False, through_time=False, flush_every=max(cfg.steps, 1), log_dir=log_dir, overwrite=True) as w:
         for _ in range(cfg.steps):
             x, y = _batch(cfg, gen)
             loss = _loss(model, x, y)
@@ -109,6 +110,7 @@ def _variant(norm_first: bool, cfg: Config, seed: int) -> dict:
         "initial_loss": num(losses[0]) if losses else None,
         "final_loss": num(torch.stack(losses[-10:]).mean()) if losses else None,
         "_ratios": [r if r is not None else 0.0 for r in ratios],
+        "_run": str(w.log_dir) if w.log_dir is not None else None,
     }
 
 
@@ -116,7 +118,7 @@ def run(settings: Settings, cfg: Config | None = None) -> Outcome:
     cfg = cfg or (QUICK if settings.quick else FULL)
     results = {}
     for i, variant in enumerate(VARIANTS):
-        results[variant] = _variant(variant == "pre_ln", cfg, settings.seed)
+        results[variant] = _variant(variant == "pre_ln", cfg, settings.seed, settings.out / f"run-{variant}")
         settings.progress((i + 1) / len(VARIANTS))
     measured = {v: {k: x for k, x in r.items() if not k.startswith("_")} for v, r in results.items()}
     measured["init_last_layer_post_over_pre"] = ratio(results["post_ln"]["init_ffn_grad_norm"][-1], results["pre_ln"]["init_ffn_grad_norm"][-1])
@@ -145,7 +147,7 @@ def run(settings: Settings, cfg: Config | None = None) -> Outcome:
         "measure": "per layer √(‖∇W¹‖² + ‖∇W²‖²) of the feed-forward sublayer; 'early' = median over the second half of the steps",
         "seed": settings.seed,
     }
-    return Outcome(setup=setup, measured=measured, figures=figures)
+    return Outcome(setup=setup, measured=measured, figures=figures, runs=[r["_run"] for r in results.values() if r["_run"]])
 
 
 def judge(measured: dict) -> bool:
