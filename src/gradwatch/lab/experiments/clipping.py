@@ -38,6 +38,8 @@ class Config:
     gain: float = 1.5
     lr: float = 0.3
     max_norm: float = 0.1
+    # AGC's λ: the paper's 0.01 (large-batch NFNets) keeps this net stable too but at SGD lr 0.3 it
+    # barely moves (seed 0: final loss 1.05× baseline; 0.1: 0.87×; 0.3: 0.80×)
     agc_clipping: float = 0.3
     tail: int = 30  # "final" loss: mean over the last `tail` steps
 
