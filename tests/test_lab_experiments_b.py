@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -31,6 +32,9 @@ def test_quick_form_runs_and_reproduces_on_seed_0(name, tmp_path):
     for figure in outcome.figures:
         json.dumps(figure.to_dict(), allow_nan=False)
     assert experiment.judge(outcome.measured) is True
+    assert experiment.judge(json.loads(json.dumps(outcome.measured))) is True  # a function of the numbers alone
+    for run in outcome.runs:
+        assert (Path(run) / "meta.json").exists()
 
 
 def test_every_experiment_states_claim_source_and_expectation():
