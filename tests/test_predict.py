@@ -16,13 +16,7 @@ from gradwatch._theory_model import predict_chain, shifted_mean
 from gradwatch._trace import trace
 from gradwatch.theory import JacobianError, jacobian_spectrum
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def deep(act, depth=12, width=512, std=None, bias=None, seed=0):

@@ -13,14 +13,7 @@ from torch import nn
 
 from gradwatch import remedies as R
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The machine is shared: intra-op threads make these tiny ops slower, not faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gen(seed: int = 0) -> torch.Generator:

@@ -15,13 +15,7 @@ from gradwatch import remedies as R
 from gradwatch.cli import app
 from scenarios.cases import CASES, CASES_BY_NAME
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gen(seed=0):
