@@ -42,6 +42,11 @@ def two_ranks(tmp_path_factory) -> Path:
     """One launch trains under DDP, then under FSDP2 (process start-up dominates the cost)."""
     out = tmp_path_factory.mktemp("dist")
     done = torchrun("ddp,fsdp", out)
+    if done.returncode != 0 and "terminate called without an active exception" in done.stderr:
+        # A rare abort inside gloo's C++ teardown at process exit (seen once in CI, not reproduced
+        # in 19 local launches): not about the statistics, so launch once more before judging.
+        out = tmp_path_factory.mktemp("dist-again")
+        done = torchrun("ddp,fsdp", out)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 
