@@ -192,29 +192,23 @@ class Watch:
         for probe in self._probes:
             if self._active(probe):
                 probe.record(slot)
-        if self._scaler is not None:
-            self._unscale_backward_signals(slot)
-        if self._loss_count:
-            self._loss[slot] = self._loss_sum / self._loss_count
-            self._loss_present[slot] = True
-            self._loss_sum, self._loss_count = None, 0
+        inv_sq = inverse_scale_sq(self._scaler) if self._scaler is not None else None
+        if inv_sq is not None:
+            # Backward signals were read during a backward of the scaled loss; the parameter
+            # gradients were unscaled by the scaler before the optimizer's hooks ran.
+            for probe in self._probes:
+                probe.unscale(slot, inv_sq)
+        self._commit_loss(slot)
         if "nonfinite" in self._raise_on:
             self._stop_if_nonfinite(slot)
         return slot
 
-    def _unscale_backward_signals(self, slot: int) -> None:
-        """Backflow and through-time norms were read during a backward of the scaled loss; the
-        parameter gradients were unscaled by the scaler before the optimizer's hooks ran."""
-        inv_sq = inverse_scale_sq(self._scaler)
-        if inv_sq is None:
-            return
-        if "backflow_sq" in self._table.columns:
-            # the absent marker stays negative, so it stays absent
-            self._table.data[slot, self._table.column("backflow_sq")] *= inv_sq.to(self._table.device)
-        for probe in self._probes:
-            if isinstance(probe, ThroughTimeProbe):
-                inv = inv_sq.sqrt()
-                probe._records = [(s, n, t * inv.to(t.device) if s == slot else t) for s, n, t in probe._records]
+    def _commit_loss(self, slot: int) -> None:
+        """The mean of the losses logged since the last recorded step, into `slot`."""
+        if self._loss_count:
+            self._loss[slot] = self._loss_sum / self._loss_count
+            self._loss_present[slot] = True
+            self._loss_sum, self._loss_count = None, 0
 
     def _on_skipped(self) -> None:
         """The GradScaler found inf/NaN and skipped the optimizer step: a `skipped` row, no
@@ -224,10 +218,7 @@ class Watch:
         self._in_update = None
         slot = self._slot
         self._skipped.mark_skipped(slot)
-        if self._loss_count:
-            self._loss[slot] = self._loss_sum / self._loss_count
-            self._loss_present[slot] = True
-            self._loss_sum, self._loss_count = None, 0
+        self._commit_loss(slot)
         self._commit(slot)
         self._advance()
 

@@ -79,6 +79,10 @@ class BackflowProbe(Probe):
         self.table.write(slot, self._col, self._rows, value)
         self._calls = [0] * len(self.modules)
 
+    def unscale(self, slot: int, inv_sq: torch.Tensor) -> None:
+        # an absent entry is negative and stays negative
+        self.table.data[slot, self._col] *= inv_sq.to(self.table.device)
+
     def discard(self) -> None:
         self._norms = []
         self._calls = [0] * len(self.modules)

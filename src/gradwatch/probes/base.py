@@ -96,6 +96,9 @@ class Probe:
     def discard(self) -> None:
         """Forget what was gathered for a step that will not be recorded (a skipped or failed step)."""
 
+    def unscale(self, slot: int, inv_sq: torch.Tensor) -> None:
+        """Undo a GradScaler's loss scale on what this probe read during backward (1/scale² given)."""
+
     def take(self, n: int) -> dict:
         return {}
 

@@ -130,6 +130,10 @@ class ThroughTimeProbe(Probe):
     def discard(self) -> None:
         self._series.clear()
 
+    def unscale(self, slot: int, inv_sq: torch.Tensor) -> None:
+        inv = inv_sq.sqrt()
+        self._records = [(s, n, t * inv.to(t.device) if s == slot else t) for s, n, t in self._records]
+
     def take(self, n: int) -> dict:
         recs, self._records = self._records, []
         return {"time": [(slot, name, t.cpu().numpy()) for slot, name, t in recs if slot < n], "n": n}
