@@ -50,9 +50,9 @@ def long_table(blocks: list, steps: np.ndarray) -> pa.Table:
 
     values are `[steps, rows]` (index -1) or `[steps, rows, index]` (a series within a step); a
     negative entry is "not measured" (a measured NaN compares False and stays), unless the block
-    carries a fourth item, a boolean mask of the entries measured (for values that can be negative). Built with numpy
-    and Arrow's `take` so that no Python string object is made per row: a flush happens inside the
-    training loop.
+    carries a fourth item, a boolean mask of the entries measured (for values that can be
+    negative). Built with numpy and Arrow's `take` so that no Python string object is made per
+    row: a flush happens inside the training loop.
     """
     parts: dict[str, list[np.ndarray]] = {c: [] for c in COLUMNS}
     names: dict[str, int] = {}

@@ -16,6 +16,7 @@ strided outputs per call: enough for a picture, at a fraction of the cost of bin
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -27,6 +28,18 @@ from .base import ABSENT, Probe
 from .forward import Hooks, recording_forward
 
 HIST_SAMPLE = 1024
+
+
+class _Call(NamedTuple):
+    """What one activation call leaves for `record`: device scalars and a sample, no host sync."""
+
+    row: int
+    n: int
+    mean: torch.Tensor
+    dev: torch.Tensor  # ‖y − mean‖
+    sat: torch.Tensor | None  # elements in a flat tail (saturating functions)
+    dead: torch.Tensor | None  # units dead over the batch (rectifiers)
+    sample: torch.Tensor | None  # strided outputs for the histogram
 
 
 class _Row:
@@ -80,7 +93,7 @@ class ActivationProbe(Probe):
         self._found_functional = False
         self._discovered = False  # a measured forward has run, so we know if functions are used
         self._pending: dict[int, torch.Tensor] = {}
-        self._calls: list[tuple] = []  # per activation call of the step: (row, n, var, mean, sat, dead, hist, scale)
+        self._calls: list[_Call] = []  # every activation call of the step
 
     def rows(self) -> list[str]:
         return list(self._module_rows)
@@ -197,7 +210,7 @@ class ActivationProbe(Probe):
         if self.histograms:
             flat = y.reshape(-1)
             sample = flat[:: -(-flat.numel() // HIST_SAMPLE)].clone()  # a copy: y must not be kept alive
-        self._calls.append((row.index, n_elem, mean, dev, sat, dead, sample))
+        self._calls.append(_Call(row.index, n_elem, mean, dev, sat, dead, sample))
         row.n_elem += n_elem
         row.n_sat_elem += n_sat_elem
         row.n_units += n_units
@@ -219,10 +232,10 @@ class ActivationProbe(Probe):
         if not calls:
             return
         width = len(self._rows)
-        call_row = torch.tensor([c[0] for c in calls], device=dev)
-        call_n = torch.tensor([float(c[1]) for c in calls], dtype=f64, device=dev)
-        mean = torch.stack([c[2] for c in calls]).to(dev, f64)
-        m2 = torch.stack([c[3] for c in calls]).to(dev, f64).square()
+        call_row = torch.tensor([c.row for c in calls], device=dev)
+        call_n = torch.tensor([float(c.n) for c in calls], dtype=f64, device=dev)
+        mean = torch.stack([c.mean for c in calls]).to(dev, f64)
+        m2 = torch.stack([c.dev for c in calls]).to(dev, f64).square()
 
         def pooled(values: torch.Tensor, rows: torch.Tensor = call_row) -> torch.Tensor:
             return torch.zeros(width, *values.shape[1:], dtype=f64, device=dev).index_add_(0, rows, values)
@@ -232,30 +245,30 @@ class ActivationProbe(Probe):
         total = pooled(call_n * mean)
         std = ((pooled(m2) + pooled(call_n * mean * mean) - total * total / n).clamp_min(0) / n).sqrt()
         absent = torch.full((width,), ABSENT, dtype=f64, device=dev)
-        sat = torch.where(sat_n > 0, self._pooled_field(calls, 4, pooled, width) / sat_n.clamp_min(1), absent)
-        dead = torch.where(units > 0, self._pooled_field(calls, 5, pooled, width) / units.clamp_min(1), absent)
+        sat = torch.where(sat_n > 0, self._pooled_field(calls, "sat", pooled, width) / sat_n.clamp_min(1), absent)
+        dead = torch.where(units > 0, self._pooled_field(calls, "dead", pooled, width) / units.clamp_min(1), absent)
         idx = torch.tensor([r.index for r in active], device=dev)
         self._out[slot, idx] = torch.stack([std, sat, dead], 1)[idx]
         if self.histograms:
             self._hist[slot, idx] = (self._histograms(calls, call_row, call_n, width) / n[:, None])[idx].float()
 
-    def _pooled_field(self, calls: list, field: int, pooled, width: int) -> torch.Tensor:
-        have = [c for c in calls if c[field] is not None]
+    def _pooled_field(self, calls: list[_Call], field: str, pooled, width: int) -> torch.Tensor:
+        have = [c for c in calls if getattr(c, field) is not None]
         if not have:
             return torch.zeros(width, dtype=torch.float64, device=self._device)
-        rows = torch.tensor([c[0] for c in have], device=self._device)
-        values = torch.stack([c[field] for c in have]).to(self._device, torch.float64)
+        rows = torch.tensor([c.row for c in have], device=self._device)
+        values = torch.stack([getattr(c, field) for c in have]).to(self._device, torch.float64)
         return pooled(values, rows)
 
-    def _histograms(self, calls: list, call_row: torch.Tensor, call_n: torch.Tensor, width: int) -> torch.Tensor:
+    def _histograms(self, calls: list[_Call], call_row: torch.Tensor, call_n: torch.Tensor, width: int) -> torch.Tensor:
         """Every call's sample binned in one pass: samples padded into rows of one matrix, bins
         offset by call, one bincount. Padding goes to an extra bin per call that is dropped."""
         dev, f64, n_calls = self._device, torch.float64, len(calls)
-        rows = list(self._rows.values())
-        samples = [c[6].to(dev, torch.float32) for c in calls]
+        specs = [r.spec for r in self._rows.values()]
+        samples = [c.sample.to(dev, torch.float32) for c in calls]
         sizes = torch.tensor([t.numel() for t in samples], device=dev)
         values = torch.nn.utils.rnn.pad_sequence(samples, batch_first=True)
-        ranges = torch.tensor([rows[c[0]].spec.hist_range for c in calls], dtype=torch.float32, device=dev)
+        ranges = torch.tensor([specs[c.row].hist_range for c in calls], dtype=torch.float32, device=dev)
         lo, per_bin = ranges[:, :1], HIST_BINS / (ranges[:, 1:] - ranges[:, :1])
         # Values beyond the range count in the edge bins; NaN in the lowest (`nonfinite` reports it).
         scaled = torch.nan_to_num((values - lo) * per_bin, nan=0.0, posinf=HIST_BINS, neginf=0.0)
@@ -312,8 +325,8 @@ def _count_flat(spec: ActivationSpec, x: torch.Tensor) -> torch.Tensor:
     A comparison writes a bool tensor, which on CPU costs several times an arithmetic op; the sign
     of the distance to the bound counts the same elements (Σ sign = above − below). Ties exactly at
     the bound (a measure-zero set for real inputs) count a half, a NaN makes the count NaN (the
-    parameter probe's `nonfinite` says where), and beyond 2^24
-    elements the float32 sum makes the count approximate to about 1e-6 of it.
+    parameter probe's `nonfinite` says where), and beyond 2^24 elements the float32 sum makes the
+    count approximate to about 1e-6 of it.
     """
     x = x if x.is_floating_point() else x.float()
     n = x.numel()
