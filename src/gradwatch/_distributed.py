@@ -16,6 +16,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from .probes.base import ABSENT
+
 try:
     from torch.distributed.tensor import DTensor
 except ImportError:  # torch builds without distributed support
@@ -48,10 +50,10 @@ def reduce_sums(data: torch.Tensor, timeout_s: float) -> torch.Tensor:
     An entry is absent in the result only when every rank had it absent. Returns the local numbers,
     with a warning, when another rank does not answer within `timeout_s` seconds.
     """
+    if data.device.type == "cpu" and dist.get_backend() == "nccl":
+        return data  # nccl cannot reduce host tensors; the monitor keeps its table on the device
     present = (data >= 0).to(data.dtype)
     both = torch.stack([data.clamp_min(0), present])
-    if both.device.type == "cpu" and dist.get_backend() == "nccl":
-        return data  # nccl cannot reduce host tensors; the monitor keeps its table on the device
     try:
         work = dist.all_reduce(both, op=dist.ReduceOp.SUM, async_op=True)
         work.wait(timeout=timedelta(seconds=timeout_s))
@@ -62,4 +64,4 @@ def reduce_sums(data: torch.Tensor, timeout_s: float) -> torch.Tensor:
             stacklevel=3,
         )
         return data
-    return torch.where(both[1] > 0, both[0], data.new_tensor(-1.0))
+    return torch.where(both[1] > 0, both[0], data.new_tensor(ABSENT))

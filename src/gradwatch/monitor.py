@@ -138,7 +138,7 @@ class Watch:
             "optimizer": type(optimizer).__name__ if optimizer is not None else None,
             "scaler": type(scaler).__name__ if scaler is not None else None,
         }
-        self._sharded = _dist.is_sharded(p for layer in self._player for p in layer.params)
+        self._sharded = self._params_probe._sharded
         self._dist_timeout = dist_timeout
         self._listeners: list = []
         self._steps_taken = 0  # optimizer steps that actually ran (a GradScaler may skip some)
@@ -158,7 +158,6 @@ class Watch:
         self._on_finding = on_finding
         self._raise_on = raise_on
         self._reported: set[tuple[str, tuple[str, ...]]] = set()
-        self._findings: list[Finding] = []
         self._closed = False
         self._started = _now()
         # Under torch.distributed every rank measures and reduces; rank 0 alone writes the store.
@@ -357,10 +356,10 @@ class Watch:
             if len(self._chunks) == 1:
                 self._write_meta()  # the forward order is known now
             self._writer.append(rows)
-        if self._on_finding is not None or self._raise_on or self._writer is not None or self._listeners:
+        if self._on_finding is not None or self._raise_on or self._writer is not None:
             self._stream_findings()
         for listener in self._listeners:
-            listener.rows(rows, self._findings)
+            listener.rows(rows)
 
     def _stream_findings(self) -> None:
         """Run the detectors over the recent past; report findings not reported before.
@@ -369,7 +368,6 @@ class Watch:
         """
         recent = self._frame(len(self._chunks) - 10)
         diagnosis = diagnose(recent, self.meta())
-        self._findings = diagnosis.findings
         if self._writer is not None:
             self._writer.write_findings([f.to_dict() for f in diagnosis.findings])
         for finding in diagnosis.findings:
@@ -470,7 +468,7 @@ class Watch:
 
     def _listen(self, listener) -> None:
         """Integrations (TensorBoard, W&B, MLflow, Lightning) get each flush's rows
-        (`listener.rows(table, findings)`) and the closed watch (`listener.close(watch)`)."""
+        (`listener.rows(table)`) and the closed watch (`listener.close(watch)`)."""
         self._listeners.append(listener)
 
     def _check_open(self) -> None:

@@ -47,7 +47,7 @@ def findings_markdown(findings) -> str:
 class Listener:
     """Receives each flush's rows and the closed watch (see `Watch._listen`)."""
 
-    def rows(self, rows: pa.Table, findings: list) -> None:
+    def rows(self, rows: pa.Table) -> None:
         pass
 
     def close(self, watch) -> None:

@@ -23,7 +23,7 @@ class _TrainerLoggers(Listener):
     def __init__(self, trainer):
         self.trainer = trainer
 
-    def rows(self, rows, findings) -> None:
+    def rows(self, rows) -> None:
         for step, values in scalars(rows):
             for logger in self.trainer.loggers:
                 logger.log_metrics(values, step=step)

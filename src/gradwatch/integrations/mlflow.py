@@ -29,7 +29,7 @@ class MlflowExporter(Listener):
         self.client = mlflow.tracking.MlflowClient()
         self._Metric = mlflow.entities.Metric
 
-    def rows(self, rows, findings) -> None:
+    def rows(self, rows) -> None:
         now = int(time.time() * 1000)
         metrics = [
             self._Metric(_key(tag), value, now, step)

@@ -19,7 +19,7 @@ class TensorBoardExporter(Listener):
             self._own = False
         self.writer = writer
 
-    def rows(self, rows, findings) -> None:
+    def rows(self, rows) -> None:
         for step, values in scalars(rows):
             for tag, value in values.items():
                 self.writer.add_scalar(tag, value, step)

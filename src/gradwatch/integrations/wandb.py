@@ -20,7 +20,7 @@ class WandbExporter(Listener):
         run.define_metric("gradwatch/step")
         run.define_metric("gradwatch/*", step_metric="gradwatch/step")
 
-    def rows(self, rows, findings) -> None:
+    def rows(self, rows) -> None:
         for step, values in scalars(rows):
             self.run.log({"gradwatch/step": step, **values})
 
