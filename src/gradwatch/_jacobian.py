@@ -11,7 +11,7 @@ double-backward trick (J v is the gradient of ⟨Jᵀu, v⟩ with respect to u),
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,8 +74,9 @@ def _input_tensor(inputs: Any) -> tuple[torch.Tensor, Callable[[torch.Tensor], A
     raise JacobianError("The Jacobian needs a floating-point input tensor, and the inputs hold none (token ids have no Jacobian).")
 
 
-def _call(model: nn.Module, inputs: Any) -> Any:
-    if isinstance(inputs, dict):
+def call(model: nn.Module, inputs: Any) -> Any:
+    """`model(inputs)`, spreading a mapping as keywords and a tuple/list as positional arguments."""
+    if isinstance(inputs, Mapping):
         return model(**inputs)
     if isinstance(inputs, (tuple, list)):
         return model(*inputs)
@@ -109,7 +110,7 @@ def jacobian_spectrum(
     x0, rebuild = _input_tensor(inputs)
     x = x0.detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        y = _first_output(_call(model, rebuild(x)))
+        y = _first_output(call(model, rebuild(x)))
         if y is None or not y.requires_grad:
             raise JacobianError("The model's output does not depend differentiably on its input, so it has no Jacobian to measure.")
         m, n = y.numel(), x.numel()

@@ -78,7 +78,7 @@ def predict_chain(trace: Trace, chain: list[str]) -> list[dict]:
             "sigma_w2": next_w2, "sigma_b2": float(np.mean(bias**2)),
             "q": s2 + float(np.mean(bias**2)), "chi": chi, "predicted": math.sqrt(chi),
         })
-        sigma_w2, bias, s2 = next_w2, next_bias, next_w2 * e_phi2
+        bias, s2 = next_bias, next_w2 * e_phi2
     return out
 
 

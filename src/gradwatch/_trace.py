@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
 from ._layers import display_name
+from ._remedies_init import WEIGHT_LAYERS
 
 # Activation modules the theory knows, with the name and parameters `theory` uses for them.
 _ACTIVATIONS: dict[type, str] = {
@@ -51,7 +52,6 @@ class Call:
     name: str
     module: nn.Module
     input_sq: float  # mean square of the layer's input (all elements)
-    input_numel: int
     valid_taps: float = 1.0  # a conv's kernel taps inside the (unpadded) input, as a fraction, mean over outputs
 
 
@@ -121,7 +121,6 @@ class Trace:
         return out
 
 
-WEIGHT_TYPES = (nn.Linear, _ConvNd)
 
 
 @contextlib.contextmanager
@@ -148,13 +147,13 @@ def trace(model: nn.Module) -> Iterator[Trace]:
             return
         x = args[0]
         src = source(x)
-        if isinstance(module, WEIGHT_TYPES) and not isinstance(module, _ConvTransposeNd):
+        if isinstance(module, WEIGHT_LAYERS) and not isinstance(module, _ConvTransposeNd):
             name = names.get(id(module), "?")
             counts[name] = counts.get(name, 0) + 1
             if name not in calls and isinstance(x, torch.Tensor) and x.is_floating_point():
                 xd = x.detach()
                 sq = float(torch.linalg.vector_norm(xd, dtype=torch.float64)) ** 2 / max(xd.numel(), 1)
-                calls[name] = Call(name, module, sq, xd.numel(), _valid_taps(module, xd))
+                calls[name] = Call(name, module, sq, _valid_taps(module, xd))
             if src is not None:
                 act, params = src[2] or ("linear", {})
                 links.append(Link(src[1], name, act, params, (src[3], x.grad_fn)))

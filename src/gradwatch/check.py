@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._jacobian import call as _call
 from ._jacobian import jacobian_spectrum
 from ._theory_model import compare
 from ._trace import trace
@@ -20,14 +21,6 @@ from .monitor import Watch
 COTANGENT_SEED = 0
 # The spectrum's moments average over samples already, so a few samples and probes suffice.
 JACOBIAN_SAMPLES, JACOBIAN_PROBES = 16, 8
-
-
-def _call(model: nn.Module, inputs: Any):
-    if isinstance(inputs, Mapping):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
 
 
 def _output_tensor(output: Any) -> torch.Tensor | None:
@@ -127,7 +120,9 @@ def _run(model: nn.Module, inputs: Any, target: Any, loss_fn: Callable | None, p
         w = Watch(model, activations=True, backflow=True, through_time=True, update_memory=1e-9, flush_every=1)
         try:
             try:
-                with trace(model) as traced:
+                # The trace (hooks, and a conv per conv layer for the padding) serves only the
+                # prediction: a what-if re-check, with predict=False, skips it.
+                with trace(model) if predict else contextlib.nullcontext() as traced:
                     output = _call(model, inputs)
             except Exception as exc:  # noqa: BLE001 - any failure here is the user's inputs or model
                 raise CheckError(
@@ -135,7 +130,8 @@ def _run(model: nn.Module, inputs: Any, target: Any, loss_fn: Callable | None, p
                     "pass inputs shaped and typed as the model's forward expects."
                 ) from None
             loss = _loss(output, target, loss_fn)
-            traced.keep_single_use(loss)
+            if predict:
+                traced.keep_single_use(loss)
             try:
                 loss.backward()
             except Exception as exc:  # noqa: BLE001
