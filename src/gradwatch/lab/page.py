@@ -88,14 +88,14 @@ def _measured(measured: dict[str, Any]) -> str:
     return (_table(rest) if rest else "") + "".join(grids)
 
 
-def _table(measured: dict[str, Any]) -> str:
+def _table(measured: dict[str, Any], header: str = "measured") -> str:
     rows = flatten(measured)
     if not rows:
         return "<p>No measurements.</p>"
     body = "".join(
         f"<tr><td>{_e(k)}</td><td class='num'>{_e(_fmt(v))}</td></tr>" for k, v in rows
     )
-    return f"<table><tr><th>measured</th><th>value</th></tr>{body}</table>"
+    return f"<table><tr><th>{header}</th><th>value</th></tr>{body}</table>"
 
 
 def _figure(fig: dict[str, Any], div_id: str) -> str:
@@ -139,7 +139,7 @@ def _section(i: int, rec: dict[str, Any]) -> str:
         parts.append(f"<p><b>Error.</b></p><pre>{_e(rec.get('traceback') or rec['error'])}</pre>")
     parts.append(_measured(rec.get("measured") or {}))
     if rec.get("setup"):
-        parts.append("<details><summary>setup</summary>" + _table(rec["setup"]).replace("measured", "setting") + "</details>")
+        parts.append("<details><summary>setup</summary>" + _table(rec["setup"], header="setting") + "</details>")
     figs = rec.get("figures") or []
     if figs:
         parts.append("<div class='figs'>" + "".join(_figure(f, f"fig-{i}-{j}") for j, f in enumerate(figs)) + "</div>")

@@ -69,8 +69,6 @@ def json_ready(value: Any) -> Any:
         value = value.item()
     if isinstance(value, float | int):
         return float(value) if math.isfinite(value) else None
-    if isinstance(value, Path):
-        return str(value)
     return str(value)
 
 

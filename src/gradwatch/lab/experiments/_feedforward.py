@@ -19,6 +19,7 @@ from torch import nn
 
 from ...monitor import watch
 from ..tasks import Split, digits
+from ._common import metric as _metric
 
 
 @functools.lru_cache(maxsize=4)
@@ -49,9 +50,8 @@ def linear_layers(model: nn.Module, order: Sequence[str]) -> list[str]:
 
 def profile(stats: pd.DataFrame, layers: Sequence[str], metric: str, step: int = 0) -> list[float]:
     """`metric` of each of `layers` at `step` (NaN where it was not recorded), in the given order."""
-    rows = stats[(stats["metric"] == metric) & (stats["step"] == step) & (stats["index"] == -1)]
-    values = rows.groupby("layer")["value"].mean()
-    return [float(values.get(n, math.nan)) for n in layers]
+    values = _metric(stats, metric, step)
+    return [values.get(n, math.nan) for n in layers]
 
 
 def train(
