@@ -2,7 +2,9 @@
 re-implements AUTOTRAINER's published rules (Zhang et al., ICSE 2021), on the same cases.
 
 For every case of tests/scenarios (labels come from training outcomes, recorded in labels.json):
-- at init: `gw.check` on the case's first batch;
+- at init: `gw.check` on the case's first batch, the model alone;
+- at init with the optimizer: `gw.check(..., optimizer=)`, which adds a rehearsal of 20 steps of a
+  copy of the case's optimizer (at its first learning rate) on a copy of the model, on that batch;
 - in training: `gw.watch` over the case's first 50 steps (fewer if the case is shorter).
 Recall per kind: of the broken cases labelled with a kind, how many got a finding of that kind.
 False-positive rate: of the healthy cases, how many got any warning or error finding.
@@ -82,6 +84,16 @@ def run_case(case, steps: int | None, seed: int = 0) -> dict:
         out["init_stats"] = _init_signature(stats)
     except GradwatchError as exc:
         out["init"], out["init_error"] = [], str(exc)
+    setup = case.build(seed)
+    inputs, target = setup.batch(0)
+    try:
+        if setup.train_step is not None:
+            d = gw.check(setup.model, inputs, loss_fn=lambda o: setup.loss_fn(o, None), optimizer=setup.optimizers[0], predict=False)
+        else:
+            d = gw.check(setup.model, inputs, target, setup.loss_fn, optimizer=Runner(setup).optimizer, predict=False)
+        out["init_opt"] = sorted(_kinds(d))
+    except GradwatchError as exc:
+        out["init_opt"], out["init_opt_error"] = [], str(exc)
     setup = case.build(seed)
     n = setup.steps if steps is None else min(steps, setup.steps)
     if setup.train_step is not None:
@@ -179,24 +191,25 @@ def main(argv: list[str] | None = None) -> list[dict]:
             continue
         r = run_case(case, None if args.whole else args.steps, args.seed)
         results.append(r)
-        print(f"{r['name']:42s} labels={r['labels']} init={r['init']} train={r['train']} autotrainer={r['baseline_train']}", flush=True)
+        print(f"{r['name']:42s} labels={r['labels']} init={r['init']} init+opt={r['init_opt']} train={r['train']} autotrainer={r['baseline_train']}", flush=True)
     print(f"{len(results)} cases in {time.perf_counter() - t0:.0f} s")
-    scores = {key: score(results, key) for key in ("init", "train", "baseline_init", "baseline_train")}
+    keys = ("init", "init_opt", "train", "baseline_init", "baseline_train")
+    scores = {key: score(results, key) for key in keys}
     kinds = sorted({k for r in results for k in r["labels"]})
     print()
-    print("| kind | gradwatch init | gradwatch training | AUTOTRAINER rules init | AUTOTRAINER rules training |")
-    print("|---|---|---|---|---|")
+    print("| kind | gradwatch init | gradwatch init + optimizer | gradwatch training | AUTOTRAINER rules init | AUTOTRAINER rules training |")
+    print("|---|---|---|---|---|---|")
     for k in kinds:
-        cells = [f"{scores[key]['recall'][k][0]}/{scores[key]['recall'][k][1]}" for key in ("init", "train", "baseline_init", "baseline_train")]
+        cells = [f"{scores[key]['recall'][k][0]}/{scores[key]['recall'][k][1]}" for key in keys]
         print(f"| {k} | " + " | ".join(cells) + " |")
-    print("| **overall recall** | " + " | ".join(f"{scores[key]['overall_recall']:.0%}" for key in ("init", "train", "baseline_init", "baseline_train")) + " |")
+    print("| **overall recall** | " + " | ".join(f"{scores[key]['overall_recall']:.0%}" for key in keys) + " |")
     twins = init_twins(results)
     kept = [r for r in results if r["name"] not in twins]
-    cells = [f"{score(kept, key)['overall_recall']:.0%}" for key in ("init", "baseline_init")]
-    print(f"| **overall recall at init, {len(twins)} init twins excluded** | {cells[0]} | | {cells[1]} | |")
+    cells = [f"{score(kept, key)['overall_recall']:.0%}" for key in ("init", "init_opt", "baseline_init")]
+    print(f"| **overall recall at init, {len(twins)} init twins excluded** | {cells[0]} | {cells[1]} | | {cells[2]} | |")
     n_healthy = sum(r["healthy"] for r in results)
-    print("| **false positives on healthy** | " + " | ".join(f"{len(scores[key]['false_positives'])}/{n_healthy} ({scores[key]['fp_rate']:.0%})" for key in ("init", "train", "baseline_init", "baseline_train")) + " |")
-    for key in ("init", "train"):
+    print("| **false positives on healthy** | " + " | ".join(f"{len(scores[key]['false_positives'])}/{n_healthy} ({scores[key]['fp_rate']:.0%})" for key in keys) + " |")
+    for key in ("init", "init_opt", "train"):
         if scores[key]["false_positives"]:
             print(f"gradwatch {key} false positives: {', '.join(scores[key]['false_positives'])}")
     print("init twins (same init statistics as a healthy case): " + ", ".join(f"{a} = {b}" for a, b in twins.items()))

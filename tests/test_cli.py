@@ -72,6 +72,21 @@ def raises():
 
 def only_model():
     return nn.Linear(3, 2)
+
+def adam_too_fast():
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(6):
+        lin = nn.Linear(32, 32)
+        nn.init.kaiming_normal_(lin.weight, nonlinearity="relu")
+        nn.init.zeros_(lin.bias)
+        layers += [lin, nn.ReLU()]
+    model = nn.Sequential(*layers, nn.Linear(32, 10))
+    return {"model": model, "inputs": torch.randn(64, 32), "target": torch.randint(0, 10, (64,)),
+            "optimizer": torch.optim.Adam(model.parameters(), lr=0.1)}
+
+def misspelt():
+    return {"model": nn.Linear(3, 2), "inputs": torch.randn(4, 3), "optimiser": None}
 '''
 
 
@@ -88,6 +103,11 @@ def test_check_exit_codes_and_json(tmp_path):
     assert json.loads(healthy.stdout) == {"ok": True, "findings": [], "summary": json.loads(healthy.stdout)["summary"]}
     doc = json.loads(gradwatch("check", f"{target}:broken", "--json").stdout)
     assert doc["ok"] is False and doc["findings"][0]["kind"] == "vanishing_gradient"
+    # A dict factory with an optimizer: the rehearsal finds the learning rate the model alone hides.
+    fast = gradwatch("check", f"{target}:adam_too_fast", "--json")
+    doc = json.loads(fast.stdout)
+    assert fast.returncode == (0 if doc["ok"] else 1) and doc["summary"]["rehearsal"]["lr"] == [0.1]
+    assert "unstable_updates" in doc["summary"]["rehearsal"]["findings"]
 
 
 def test_check_bad_targets_get_one_sentence_and_exit_2(tmp_path):
@@ -99,6 +119,7 @@ def test_check_bad_targets_get_one_sentence_and_exit_2(tmp_path):
         f"{target}:raises": "raised ValueError: boom",
         f"{target}:wrong_shape": "could not run on the inputs",
         f"{target}:only_model": "returned only a model",
+        f"{target}:misspelt": "unknown key(s) optimiser",
         "no_such_package_xyz:f": "No module",
         target: "names no factory",
     }

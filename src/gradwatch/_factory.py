@@ -1,4 +1,5 @@
-"""Load a `(model, inputs[, target[, loss_fn]])` factory named on the command line."""
+"""Load a factory named on the command line: it returns `(model, inputs[, target[, loss_fn]])`
+or a dict with the keys `model`, `inputs` and any of `target`, `loss_fn`, `optimizer`."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from .errors import GradwatchError
@@ -16,8 +18,11 @@ class FactoryError(GradwatchError):
     """The TARGET of `gradwatch check` could not be loaded or did not return what it should."""
 
 
+KEYS = ("model", "inputs", "target", "loss_fn", "optimizer")
+
+
 def load_factory(target: str):
-    """`path/file.py:factory` or `package.module:factory` -> (model, inputs, target, loss_fn)."""
+    """`path/file.py:factory` or `package.module:factory` -> (model, inputs, target, loss_fn, optimizer)."""
     if ":" not in target:
         raise FactoryError(f"'{target}' names no factory; write path/file.py:factory or package.module:factory.")
     where, _, name = target.rpartition(":")
@@ -51,14 +56,31 @@ def load_factory(target: str):
         made = factory()
     except Exception as exc:  # noqa: BLE001
         raise FactoryError(f"The factory '{name}' raised {type(exc).__name__}: {_line(exc)}; fix it and retry.") from None
+    if isinstance(made, dict):
+        return _from_dict(made, name)
     if isinstance(made, nn.Module):
         raise FactoryError(f"The factory '{name}' returned only a model; return (model, inputs) so there is something to run.")
     if not isinstance(made, tuple) or not 2 <= len(made) <= 4 or not isinstance(made[0], nn.Module):
-        raise FactoryError(f"The factory '{name}' must return (model, inputs), (model, inputs, target) or (model, inputs, target, loss_fn).")
+        raise FactoryError(
+            f"The factory '{name}' must return (model, inputs), (model, inputs, target), (model, inputs, target, loss_fn) "
+            "or a dict with the keys model, inputs and any of target, loss_fn, optimizer."
+        )
     model, inputs, *rest = made
     target_value = rest[0] if rest else None
     loss_fn = rest[1] if len(rest) > 1 else None
-    return model, inputs, target_value, loss_fn
+    return model, inputs, target_value, loss_fn, None
+
+
+def _from_dict(made: dict, name: str):
+    unknown = sorted(str(k) for k in made if k not in KEYS)
+    if unknown:
+        raise FactoryError(f"The factory '{name}' returned unknown key(s) {', '.join(unknown)}; use {', '.join(KEYS)}.")
+    if not isinstance(made.get("model"), nn.Module) or "inputs" not in made:
+        raise FactoryError(f"The dict the factory '{name}' returned needs 'model' (a torch.nn.Module) and 'inputs'.")
+    optimizer = made.get("optimizer")
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise FactoryError(f"The factory '{name}' returned an 'optimizer' that is a {type(optimizer).__name__}, not a torch.optim.Optimizer.")
+    return made["model"], made["inputs"], made.get("target"), made.get("loss_fn"), optimizer
 
 
 def _line(exc: Exception) -> str:

@@ -21,6 +21,7 @@ from .monitor import Watch
 COTANGENT_SEED = 0
 # The spectrum's moments average over samples already, so a few samples and probes suffice.
 JACOBIAN_SAMPLES, JACOBIAN_PROBES = 16, 8
+REHEARSAL_STEPS = 20
 
 
 def _output_tensor(output: Any) -> torch.Tensor | None:
@@ -85,6 +86,8 @@ def check(
     what_if: bool = False,
     *,
     predict: bool = True,
+    optimizer: torch.optim.Optimizer | None = None,
+    rehearsal_steps: int = REHEARSAL_STEPS,
 ) -> Diagnosis:
     """Diagnose `model` at initialisation from one forward and one backward pass on `inputs`.
 
@@ -102,8 +105,24 @@ def check(
     first 16 samples of a tensor input).
     `what_if=True` also applies every remedy that fits to a deep copy, re-checks it and ranks the
     remedies by measured improvement in `Diagnosis.what_if`; the model itself is untouched.
+
+    `optimizer` (the one training will use, after any scheduler is built so its learning rate is
+    the first one) adds a rehearsal: `rehearsal_steps` real steps of a copy of that optimizer on a
+    copy of the model, on this batch, diagnosed like training. It finds what the model alone
+    cannot show: a learning rate that overshoots, kills ReLUs or overflows, or one too small to
+    move anything. Its findings say they come from the rehearsal; summary["rehearsal"] holds the
+    losses and learning rate. It needs a training loss (a target, a loss_fn, or a model that
+    returns its own loss) and twice the model's memory. The model and optimizer are untouched.
     """
+    if optimizer is not None and (not isinstance(rehearsal_steps, int) or rehearsal_steps < 1):
+        raise CheckError(f"rehearsal_steps must be a positive integer, got {rehearsal_steps!r}.")
     diagnosis, stats = _run(model, inputs, target, loss_fn, predict)
+    if optimizer is not None:
+        from ._rehearsal import merged, rehearse
+
+        with _untouched(model):  # the copy's dropout draws from the global RNG
+            rehearsed, summary = rehearse(model, optimizer, inputs, lambda out: _loss(out, target, loss_fn, cotangent=False), rehearsal_steps)
+        diagnosis = merged(diagnosis, rehearsed, summary)
     if what_if:
         from ._what_if import what_if as run_what_if
 
@@ -163,7 +182,7 @@ def _predictions(model: nn.Module, inputs: Any, traced, stats) -> dict:
     return out
 
 
-def _loss(output: Any, target: Any, loss_fn: Callable | None) -> torch.Tensor:
+def _loss(output: Any, target: Any, loss_fn: Callable | None, cotangent: bool = True) -> torch.Tensor:
     if loss_fn is not None:
         try:
             loss = loss_fn(output, target) if target is not None else loss_fn(output)
@@ -182,6 +201,8 @@ def _loss(output: Any, target: Any, loss_fn: Callable | None) -> torch.Tensor:
             return _default_loss(out, target)
         except Exception as exc:  # noqa: BLE001
             raise CheckError(f"The default loss could not compare output {tuple(out.shape)} with target ({_first_line(exc)}); pass loss_fn.") from None
+    if not cotangent:
+        raise CheckError("Rehearsing optimizer steps needs a training loss: pass target (and loss_fn if the default does not fit).")
     gen = torch.Generator(device="cpu").manual_seed(COTANGENT_SEED)
     v = torch.randn(out.shape, generator=gen, dtype=torch.float32).to(out.device, out.dtype)
     v = v / v.norm().clamp_min(1e-30) * math.sqrt(out.shape[0] if out.dim() else 1)

@@ -56,14 +56,15 @@ def check(
     """Diagnose a model at initialisation. Exit 0 when ok, 1 on an error finding, 2 on bad input.
 
     The factory takes no arguments and returns (model, inputs), (model, inputs, target) or
-    (model, inputs, target, loss_fn).
+    (model, inputs, target, loss_fn), or a dict with the keys model, inputs and any of target,
+    loss_fn, optimizer. With an optimizer the check also rehearses its first steps on a copy.
     """
     from ._factory import load_factory
     from .check import check as run_check
     from .report.terminal import diagnosis_view
 
-    model, inputs, tgt, loss_fn = load_factory(target)
-    diagnosis = run_check(model, inputs, tgt, loss_fn, what_if=what_if)
+    model, inputs, tgt, loss_fn, optimizer = load_factory(target)
+    diagnosis = run_check(model, inputs, tgt, loss_fn, what_if=what_if, optimizer=optimizer)
     if json_out:
         print(diagnosis.to_json())
     else:

@@ -127,11 +127,11 @@ def _activation_growth(view: View) -> dict[int, dict]:
 
 
 def _relative_gradient(view: View) -> pd.Series:
-    """Per step: median over layers of ‖g‖/‖w‖."""
+    """Per step: median over the judged layers (`View.unjudged`) of ‖g‖/‖w‖."""
     g, w = view.metric("grad_norm"), view.metric("weight_norm")
     if g.empty or w.empty:
         return pd.Series(dtype=float)
-    cols = [c for c in g.columns if c in w.columns]
+    cols = [c for c in view.moving(g.columns) if c in w.columns]
     steps = g.index.intersection(w.index)
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = g.loc[steps, cols].to_numpy(dtype=float) / w.loc[steps, cols].to_numpy(dtype=float)

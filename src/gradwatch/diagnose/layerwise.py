@@ -13,7 +13,7 @@ from .remedies import (
     stalled_remedies,
     unstable_remedies,
 )
-from .view import NORM_TYPES, View, fmt, names
+from .view import View, fmt, names
 
 SATURATED_WARN, SATURATED_ERROR = 0.5, 0.9
 DEAD_WARN, DEAD_ERROR = 0.5, 0.9
@@ -84,28 +84,11 @@ def detect_dead(view: View) -> list[Finding]:
     return [Finding("dead_units", severity, tuple(layers), summary, evidence, dead_remedies(view, layers), int(held.index[0]))]
 
 
-def _moving_layers(view: View, table):
-    """Columns that a relative update can be judged on: not norm layers (their gains sit near 1 and
-    move slowly by design), not embeddings (sparse rows), not layers that started at zero (Fixup's
-    zeroed branches: any step is huge relative to nothing until the weights have grown)."""
-    w = view.metric("weight_norm")
-    out = []
-    for c in table.columns:
-        if view.type_of(c) in NORM_TYPES or view.type_of(c) == "Embedding":
-            continue
-        if c in w.columns:
-            start = w[c].dropna()
-            if len(start) and not start.iloc[0] > 0:
-                continue
-        out.append(c)
-    return out
-
-
 def _update_medians(view: View):
     upd = view.metric("update_ratio")
     if upd.empty:
         return None
-    upd = upd[_moving_layers(view, upd)].replace([np.inf, -np.inf], np.nan)
+    upd = upd[view.moving(upd.columns)].replace([np.inf, -np.inf], np.nan)
     counts = upd.notna().sum()
     enough = counts[counts >= min(MIN_UPDATE_STEPS, max(1, len(upd) // 2))].index
     if len(enough) < 2:
@@ -122,7 +105,7 @@ def _relative_gradients_at_start(view: View):
     step = g.index[0]
     if step not in w.index:
         return None
-    cols = [c for c in _moving_layers(view, g) if c in w.columns]
+    cols = [c for c in view.moving(g.columns) if c in w.columns]
     rel = (g.loc[step, cols] / w.loc[step, cols]).replace([np.inf, -np.inf], np.nan).dropna()
     rel = rel[rel > 0]
     return rel if len(rel) >= 2 else None
@@ -182,7 +165,7 @@ def detect_unstable(view: View) -> list[Finding]:
     upd = view.metric("update_ratio")
     if upd.empty:
         return []
-    upd = upd[_moving_layers(view, upd)]
+    upd = upd[view.moving(upd.columns)]
     per_step = upd.replace([np.inf, -np.inf], np.nan).median(axis=1, skipna=True).dropna()
     if per_step.empty:
         return []
@@ -218,7 +201,7 @@ def _collapse(view: View, per_step) -> dict | None:
     g, w = view.metric("grad_norm"), view.metric("weight_norm")
     if g.empty or w.empty:
         return None
-    cols = [c for c in _moving_layers(view, g) if c in w.columns]
+    cols = [c for c in view.moving(g.columns) if c in w.columns]
     rel = (g[cols] / w[cols]).replace([np.inf, -np.inf], np.nan).median(axis=1).dropna()
     if len(rel) < 2 * EARLY_STEPS:
         return None

@@ -1,4 +1,5 @@
-"""One-line sentences for what `check` predicts beside what it measures: theory, Jacobian, what-if."""
+"""One-line sentences for what `check` predicts beside what it measures: theory, Jacobian,
+the optimizer rehearsal, what-if."""
 
 from __future__ import annotations
 
@@ -24,6 +25,14 @@ def prediction_lines(summary: dict) -> list[str]:
         how = "exact" if jac.get("exact") else "estimated"
         spread = "" if jac.get("spread") is None else f", spread {jac['spread']:.3g}"
         lines.append(f"input-output Jacobian ({how}): mean squared singular value {jac['mean_sq']:.3g}{spread} (1 and 0 at dynamical isometry)")
+    rh = summary.get("rehearsal")
+    if rh:
+        lr = ", ".join(f"{x:g}" for x in rh.get("lr", []))
+        found = ", ".join(rh.get("findings", [])) or "nothing the check had not found"
+        lines.append(
+            f"rehearsal: {rh['steps']} {rh['optimizer']} steps (lr {lr}) on a copy, on this batch: loss "
+            f"{rh['loss_first']:.4g} -> {rh['loss_last']:.4g}; found {found}"
+        )
     return lines
 
 

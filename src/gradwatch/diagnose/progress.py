@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .finding import Finding
-from .layerwise import MIN_UPDATE_STEPS, _moving_layers
+from .layerwise import MIN_UPDATE_STEPS
 from .remedies import constant_remedies, idle_remedies
 from .view import View, fmt, names
 
@@ -40,7 +40,7 @@ def detect_idle(view: View) -> list[Finding]:
     upd = view.metric("update_ratio")
     if upd.empty or len(upd) < MIN_UPDATE_STEPS:
         return []
-    upd = upd[_moving_layers(view, upd)].replace([np.inf, -np.inf], np.nan)
+    upd = upd[view.moving(upd.columns)].replace([np.inf, -np.inf], np.nan)
     med = upd.median(skipna=True).dropna()
     if len(med) < 2:
         return []

@@ -139,6 +139,24 @@ class View:
         return any(d.get("type") in NORM_TYPES for d in self.layer_meta.values())
 
     @cached_property
+    def unjudged(self) -> set[str]:
+        """Layers whose size relative to their own weights says nothing: norm layers (gains sit near
+        1 and move slowly by design), embeddings (sparse rows), and layers that started at zero
+        (Fixup's zeroed branches: any step or gradient is huge next to nothing until the weights
+        have grown)."""
+        out = {n for n in self.order if self.type_of(n) in NORM_TYPES or self.type_of(n) == "Embedding"}
+        w = self.metric("weight_norm")
+        for c in w.columns:
+            start = w[c].dropna()
+            if len(start) and not start.iloc[0] > 0:
+                out.add(c)
+        return out
+
+    def moving(self, columns) -> list:
+        """The columns that a relative update or gradient can be judged on (see `unjudged`)."""
+        return [c for c in columns if c not in self.unjudged]
+
+    @cached_property
     def optimizer(self) -> dict:
         return self.meta.get("optimizer") or {}
 
