@@ -123,6 +123,15 @@ def test_a_first_layer_moving_300x_slower_than_the_busiest_is_stalled():
     assert f.layers == ("0",)
 
 
+def test_a_layer_waking_up_behind_a_zero_initialised_one_is_not_stalled():
+    # Fixup: a branch's first conv gets no gradient until the zeroed conv after it has moved; its
+    # ratio climbs from 0 to the busiest layer's within 20 steps (measured in a rehearsal, seed 1).
+    waking = [0.0, 0.0] + list(np.geomspace(5e-7, 1e-2, 18))
+    upd = {"0": waking, "1": [1e-2] * 20, "2": [1e-2] * 20, "3": [3e-5] * 20}
+    f = next(f for f in diagnose(_table({"update_ratio": upd}), _meta(LINEARS)).findings if f.kind == "stalled_layer")
+    assert f.layers == ("3",)
+
+
 def test_a_slow_norm_gain_is_not_a_stalled_layer():
     # BatchNorm gains sit near 1 and move slowly by design (healthy sigmoid CNN + BN: 5e-3 of the busiest).
     types = {"0": "Conv2d", "1": "BatchNorm2d", "2": "Conv2d", "3": "Conv2d"}

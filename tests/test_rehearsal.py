@@ -124,3 +124,34 @@ def test_bad_rehearsals_get_one_sentence():
         gw.check(model, X, predict=False, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
     with pytest.raises(CheckError, match="rehearsal_steps must be a positive integer"):
         gw.check(model, X, Y, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), rehearsal_steps=0)
+
+
+# The scenario suite's "init twins": broken cases identical at init to a healthy case, which go
+# wrong only through their optimizer. The rehearsal must tell each from its healthy twin.
+TWINS = {
+    "mlp-relu-10-sgd-lr-too-high": "mlp-relu-10-he",
+    "mlp-relu-10-fp32-overflow": "mlp-relu-10-he",
+    "mlp-relu-10-adam-lr-too-high": "mlp-relu-10-adam",
+    "mlp-relu-10-dying": "mlp-relu-10-adam",
+    "mlp-relu-10-lr-too-small": "mlp-relu-10-he",
+    "mlp-naive-bce": "mlp-stable-bce",
+    "transformer-postln-6-no-warmup": "transformer-postln-6-warmup",
+}
+
+
+def _scenario_check(name):
+    from scenarios.cases import CASES, Runner
+
+    setup = next(c for c in CASES if c.name == name).build(0)
+    inputs, target = setup.batch(0)
+    return gw.check(setup.model, inputs, target, setup.loss_fn, optimizer=Runner(setup).optimizer, predict=False)
+
+
+@pytest.mark.parametrize("broken", sorted(TWINS))
+def test_the_rehearsal_tells_each_init_twin_from_its_healthy_twin(broken):
+    from scenarios.cases import CASES
+
+    labels = next(c for c in CASES if c.name == broken).kinds
+    found = {f.kind for f in _scenario_check(broken).findings if f.severity != "info"}
+    assert labels <= found, (labels, found)
+    assert _scenario_check(TWINS[broken]).findings == []

@@ -4,6 +4,7 @@ stalled layers and updates too large for the weights."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from .finding import Finding
 from .remedies import (
@@ -84,7 +85,9 @@ def detect_dead(view: View) -> list[Finding]:
     return [Finding("dead_units", severity, tuple(layers), summary, evidence, dead_remedies(view, layers), int(held.index[0]))]
 
 
-def _update_medians(view: View):
+def _update_medians(view: View, recent: bool = False):
+    """Per layer, the median update ratio over the recorded steps; `recent`: over the last quarter
+    of that layer's own measurements (layers take turns in the update probe's snapshot)."""
     upd = view.metric("update_ratio")
     if upd.empty:
         return None
@@ -93,7 +96,13 @@ def _update_medians(view: View):
     enough = counts[counts >= min(MIN_UPDATE_STEPS, max(1, len(upd) // 2))].index
     if len(enough) < 2:
         return None
-    return upd[enough].median(skipna=True)
+    if not recent:
+        return upd[enough].median(skipna=True)
+    out = {}
+    for c in enough:
+        seen = upd[c].dropna().to_numpy()
+        out[c] = float(np.median(seen[-max(1, len(seen) // 4):]))
+    return pd.Series(out)
 
 
 def _relative_gradients_at_start(view: View):
@@ -122,6 +131,11 @@ def detect_stalled(view: View) -> list[Finding]:
     if not np.isfinite(top) or top <= 0:
         return []
     stalled = med[med < STALLED * top]
+    # A layer behind a zero-initialised one (Fixup's first branch convolutions) gets no gradient
+    # until that layer has moved: its ratio climbs by orders of magnitude and is not stalled at the end.
+    late = _update_medians(view, recent=True)
+    late_top = late.max()
+    stalled = stalled[[not (late[n] >= STALLED * late_top) for n in stalled.index]]
     if stalled.empty:
         return []
     layers = [n for n in view.order if n in stalled.index]
