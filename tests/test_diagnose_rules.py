@@ -63,6 +63,24 @@ def test_explosion_at_the_first_step_is_kept_after_training_tames_it():
     assert f.step == 0
 
 
+def _vanishing_then_above_threshold(loss_end: float) -> pd.DataFrame:
+    # A tanh RNN on the adding problem (T=30): x0.5 per time step for most of the run, then x0.8
+    # (3e-3 over the sequence, above the 1e-4 line) at the latest recorded steps.
+    series = [_series(s, "rnn", 0.5 ** np.arange(30)[::-1]) for s in range(0, 300, 10)]
+    series += [_series(s, "rnn", 0.8 ** np.arange(30)[::-1]) for s in range(300, 400, 10)]
+    loss = _table({}, loss=list(np.linspace(0.2, loss_end, 400)))
+    return pd.concat([*series, loss], ignore_index=True)
+
+
+def test_vanishing_through_time_for_most_of_a_run_that_never_learned_is_kept():
+    f = next(f for f in diagnose(_vanishing_then_above_threshold(0.17), _meta({"rnn": "RNN"})).findings if f.kind == "vanishing_through_time")
+    assert f.step == 0 and f.evidence["layers"]["rnn"]["cured"] is False
+
+
+def test_vanishing_through_time_that_training_made_up_for_is_dropped():
+    assert "vanishing_through_time" not in _kinds(_vanishing_then_above_threshold(0.01), _meta({"rnn": "RNN"}))
+
+
 # --- loss plateau ------------------------------------------------------------------------------
 
 

@@ -36,14 +36,21 @@ def detect_through_time(view: View) -> list[Finding]:
         return []
     vanishing, exploding = {}, {}
     first_step: dict[str, int] = {}
+    judged: dict[str, int] = {}  # series per layer
+    vanished: dict[str, int] = {}  # of which vanishing
+    worst_seen: dict[str, dict] = {}
     for (step, layer), group in rows.groupby(["step", "layer"], sort=True):
         values = group.sort_values("index")["value"].to_numpy(dtype=float)
         if len(values) < MIN_TIME_STEPS or not np.isfinite(values).all():
             continue
         ratio, per_step = _series_ratio(values)
         entry = {"ratio": ratio, "per_step_factor": per_step, "length": len(values), "step": int(step)}
+        judged[layer] = judged.get(layer, 0) + 1
         if ratio < TIME_VANISH_WARN:
             vanishing[layer] = entry
+            vanished[layer] = vanished.get(layer, 0) + 1
+            if layer not in worst_seen or ratio < worst_seen[layer]["ratio"]:
+                worst_seen[layer] = entry
             first_step.setdefault(f"v{layer}", int(step))
         elif ratio > TIME_EXPLODE_WARN:
             exploding[layer] = entry
@@ -52,6 +59,8 @@ def detect_through_time(view: View) -> list[Finding]:
             # Vanishing is judged on the latest step that has a series (training may cure it);
             # an explosion already happened and its overshooting steps are done, so it stays.
             vanishing.pop(layer, None)
+    for layer in _not_cured(view, worst_seen, judged, vanished, first_step):
+        vanishing.setdefault(layer, {**worst_seen[layer], "cured": False})
     findings = []
     for kind, found, error_at, word in (
         ("vanishing_through_time", vanishing, lambda r: r < TIME_VANISH_ERROR, "shrinks"),
@@ -74,6 +83,29 @@ def detect_through_time(view: View) -> list[Finding]:
         step = min(first_step[("v" if word == "shrinks" else "e") + n] for n in found)
         findings.append(Finding(kind, severity, tuple(layers), summary, {"layers": found}, through_time_remedies(view, layers, word == "shrinks"), step))
     return findings
+
+
+def _not_cured(view: View, seen: dict, judged: dict, vanished: dict, first_step: dict) -> list[str]:
+    """Layers whose gradient vanished through time on at least half of their recorded steps and
+    whose training has not made up for it: the loss is still above half what it was when the
+    vanishing was first seen. A vanilla RNN on a long-memory task rises above the threshold after a
+    few hundred steps while still sitting at the task's baseline; the lost steps are not undone."""
+    loss = view.metric("loss")
+    if loss.empty:
+        return []
+    values = loss.iloc[:, 0].replace([np.inf, -np.inf], np.nan).dropna()
+    if len(values) < PLATEAU_STEPS:
+        return []
+    recent = float(values.iloc[-max(5, len(values) // 5) :].mean())
+    out = []
+    for layer in seen:
+        if 2 * vanished[layer] < judged[layer]:
+            continue
+        then = values[values.index <= first_step[f"v{layer}"]]
+        start = float(then.iloc[-5:].mean()) if len(then) else float(values.iloc[:5].mean())
+        if start > 0 and recent > 0.5 * start:
+            out.append(layer)
+    return out
 
 
 def detect_plateau(view: View) -> list[Finding]:
