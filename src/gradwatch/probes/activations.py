@@ -295,12 +295,19 @@ class ActivationProbe(Probe):
     def _dead_units(self, calls: list[_Call], per_call: torch.Tensor, width: int) -> torch.Tensor:
         """Per row, units whose peak input lies below the row's flat-tail bound, over every call."""
         dev = self._device
-        peaks = [c.peak if c.peak.dim() == 1 else c.peak.reshape(-1) for c in calls if c.peak is not None]
-        if not peaks:
+        have = [c for c in calls if c.peak is not None]
+        if not have:
             return torch.zeros(width, dtype=torch.float64, device=dev)
+        peaks = [c.peak if c.peak.dim() == 1 else c.peak.reshape(-1) for c in have]
+        # The bound in the peaks' dtype, as a comparison with a Python float would round it.
+        if len(have) == len(calls) and len({p.numel() for p in peaks}) == 1:
+            # Every call has the same number of units (the usual case): one [calls, units] matrix.
+            peaks = torch.stack(peaks).to(dev)
+            lo = per_call[:, 5].to(peaks.dtype)
+            dead = (peaks < lo[:, None]).sum(1).double()
+            return torch.zeros(width, dtype=torch.float64, device=dev).index_add_(0, per_call[:, 0].long(), dead)
         peaks = torch.cat(peaks).to(dev)
         sizes = per_call[:, 6].long()
-        # The bound in the peaks' dtype, as a comparison with a Python float would round it.
         lo = per_call[:, 5].to(peaks.dtype).repeat_interleave(sizes, output_size=peaks.numel())
         rows = per_call[:, 0].long().repeat_interleave(sizes, output_size=peaks.numel())
         return torch.zeros(width, dtype=torch.float64, device=dev).index_add_(0, rows, (peaks < lo).double())
@@ -311,14 +318,15 @@ class ActivationProbe(Probe):
         dev, f64, n_calls = self._device, torch.float64, len(calls)
         samples = [c.sample if c.sample.dtype == torch.float32 else c.sample.float() for c in calls]
         sizes = per_call[:, 2]
-        values = torch.nn.utils.rnn.pad_sequence(samples, batch_first=True).to(dev)
+        full = len({t.numel() for t in samples}) == 1  # no padding (the usual case)
+        values = (torch.stack(samples) if full else torch.nn.utils.rnn.pad_sequence(samples, batch_first=True)).to(dev)
         ranges = per_call[:, 3:5].float()
         lo, per_bin = ranges[:, :1], HIST_BINS / (ranges[:, 1:] - ranges[:, :1])
         # Values beyond the range count in the edge bins; NaN in the lowest (`nonfinite` reports it).
         scaled = torch.nan_to_num((values - lo) * per_bin, nan=0.0, posinf=HIST_BINS, neginf=0.0)
         bins = scaled.floor_().clamp_(0, HIST_BINS - 1).long()
-        padding = torch.arange(values.shape[1], device=dev) >= sizes[:, None]
-        bins.masked_fill_(padding, HIST_BINS)
+        if not full:
+            bins.masked_fill_(torch.arange(values.shape[1], device=dev) >= sizes[:, None], HIST_BINS)
         bins += (HIST_BINS + 1) * torch.arange(n_calls, device=dev)[:, None]
         counts = torch.bincount(bins.view(-1), minlength=(HIST_BINS + 1) * n_calls).view(n_calls, HIST_BINS + 1)
         # Scaled to the whole output, so each call's histogram sums to its element count.

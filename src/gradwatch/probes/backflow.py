@@ -10,8 +10,6 @@ tensor. Per sample: ‖g‖ / √batch, the root mean over every backward of the
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch import nn
@@ -83,12 +81,11 @@ class BackflowProbe(Probe):
         dev, f64 = self._device, torch.float64
         acc = torch.zeros(len(self.modules), dtype=f64, device=dev)
         if norms:
-            rows = torch.tensor([r for r, _, _ in norms], device=dev)
-            scale = torch.tensor([s for _, _, s in norms], dtype=f64, device=dev)
-            acc.index_add_(0, rows, torch.stack([n for _, n, _ in norms]).to(dev, f64).square() * scale)
-        calls = torch.tensor([float(c) if c else math.nan for c in self._calls], dtype=f64, device=dev)
-        value = torch.where(torch.isnan(calls), torch.tensor(ABSENT, dtype=f64, device=dev), acc / calls)
-        self.table.write(slot, self._col, self._rows, value)
+            per_norm = torch.tensor([(r, s) for r, _, s in norms], dtype=f64, device=dev)
+            acc.index_add_(0, per_norm[:, 0].long(), torch.stack([n for _, n, _ in norms]).to(dev, f64).square() * per_norm[:, 1])
+        # The mean over the step's calls; a row without a call is absent.
+        calls, absent = torch.tensor([[c or 1, 0.0 if c else ABSENT] for c in self._calls], dtype=f64, device=dev).T
+        self.table.write(slot, self._col, self._rows, torch.where(absent < 0, absent, acc / calls))
         self._calls = [0] * len(self.modules)
 
     def unscale(self, slot: int, inv_sq: torch.Tensor) -> None:
