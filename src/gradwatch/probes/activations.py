@@ -5,8 +5,10 @@ input and output, and a module that overwrites its input (`inplace=True`, or cau
 leaves that one call unmeasured) also gets a pre-hook that reads the input first. Activation
 *functions* called inside a forward (`F.relu`, `torch.tanh`, ...) are seen by a `TorchFunctionMode`
 pushed around the root module's forward, and belong to the module whose forward called them (a
-stack of module names kept by forward hooks). The mode costs a Python call per torch function, so it is used only
-when the first measured forward found functional activations.
+stack of module names kept by forward hooks). The mode costs a Python call per torch function, so
+it is dropped when the first measured forward finds no functional activation, and pushed again for
+the first measured forward after each flush (a forward that starts calling them later is measured
+from then on).
 
 Statistics accumulate on the device over every forward of a step (gradient accumulation) and are
 written out at the optimizer step: population std of the outputs, saturated fraction of inputs,
@@ -125,14 +127,13 @@ class ActivationProbe(Probe):
     # ------------------------------------------------------------ hooks
 
     def arm(self) -> None:
-        if self._hooks or self._mode_hooks:
-            return
-        for name, (m, _) in self._module_rows.items():
-            # One forward hook reads the input and the output of a module that leaves its input
-            # intact; an in-place one needs its input read by a pre-hook before it is overwritten.
-            if getattr(m, "inplace", False) or id(m) in self._inplace:
-                self._hooks.add(m.register_forward_pre_hook(self._module_pre(name)))
-            self._hooks.add(m.register_forward_hook(self._module_post(name), always_call=True))
+        if not self._hooks:
+            for name, (m, _) in self._module_rows.items():
+                # One forward hook reads the input and the output of a module that leaves its input
+                # intact; an in-place one needs its input read by a pre-hook before it is overwritten.
+                if getattr(m, "inplace", False) or id(m) in self._inplace:
+                    self._hooks.add(m.register_forward_pre_hook(self._module_pre(name)))
+                self._hooks.add(m.register_forward_hook(self._module_post(name), always_call=True))
         if (self._found_functional or not self._discovered) and not self._mode_hooks:
             for name, m in self.model.named_modules():
                 name = name or "(root)"
@@ -339,6 +340,10 @@ class ActivationProbe(Probe):
         hist = self._hist[:n].cpu().numpy().copy() if self.histograms else None
         self._out[:n].fill_(ABSENT)
         self._hist[:n].fill_(ABSENT)
+        if not self._found_functional:
+            # A forward may start calling activation functions later (a branch, a schedule): the
+            # first measured forward after each flush looks again, at the function mode's cost.
+            self._discovered = False
         return {"activations": out, "act_hist": hist}
 
     def finalize(self, raw: dict) -> list:
