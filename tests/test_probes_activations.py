@@ -171,6 +171,69 @@ def test_inplace_activations_are_measured_on_their_input():
     assert got[("0", "backflow_norm")] == pytest.approx(h.grad.norm().item() / np.sqrt(20), rel=1e-5)
 
 
+class _QuietInplaceReLU(nn.ReLU):
+    """Overwrites its input although its `inplace` attribute says it does not."""
+
+    def forward(self, x):
+        return torch.relu_(x)
+
+
+def test_an_unannounced_inplace_activation_is_skipped_once_then_measured_on_its_input():
+    # Activation modules are read in one forward hook, from their input, unless they announce
+    # `inplace=True`; one caught overwriting its input is not measured that call (its input is
+    # gone) and is read by a pre-hook from its next call on.
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 100)
+    with torch.no_grad():
+        lin.bias.copy_(torch.linspace(-10, 2, 100))
+    model = nn.Sequential(lin, _QuietInplaceReLU(), nn.Linear(100, 1))
+    xs = [torch.randn(20, 4) for _ in range(2)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with gw.watch(model, opt, activations=True) as w:
+        for x in xs:
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+    pre = lin(xs[1]).detach()
+    assert ("1", "dead_frac") not in as_dict(w.stats(), 0)
+    got = as_dict(w.stats(), 1)
+    assert got[("1", "dead_frac")] == pytest.approx((pre <= 0).all(0).double().mean().item())
+    assert got[("1", "act_std")] == pytest.approx(torch.relu(pre).double().std(unbiased=False).item(), rel=1e-6)
+
+
+def test_activation_functions_a_forward_starts_calling_later_are_found_after_the_next_flush():
+    # The function mode is dropped when a measured forward finds no functional activation (it
+    # costs a Python call per torch function) and looks again after every flush.
+    class Late(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 8)
+            self.head = nn.Linear(8, 1)
+            self.relu = False
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.head(torch.relu(h) if self.relu else h)
+
+    torch.manual_seed(0)
+    model = Late()
+    xs = [torch.randn(16, 4) for _ in range(4)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with gw.watch(model, opt, activations=True, flush_every=2) as w:
+        for step, x in enumerate(xs):
+            model.relu = step >= 1
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+    stats = w.stats()
+    assert sorted(stats.query("metric == 'act_std'").step) == [2, 3]  # step 1: before the flush
+    for step in (2, 3):
+        h = torch.relu(model.a(xs[step])).detach().double()
+        got = as_dict(stats, step)
+        assert got[("(root)", "act_std")] == pytest.approx(h.std(unbiased=False).item(), rel=1e-6)
+        assert got[("(root)", "dead_frac")] == pytest.approx((model.a(xs[step]) < spec("relu").lo).all(0).double().mean().item())
+
+
 def test_transformer_layers_get_activation_and_backflow_rows():
     model, x, loss_fn = family("transformer", 4)
     w = _one_step(model, x, loss=loss_fn, backflow=True)
