@@ -538,6 +538,7 @@ class ModelResult:
     steps: int
     rows: list[Row]
     load: tuple[float, float] = (math.nan, math.nan)  # 1-minute load average before, after
+    rounds: int | None = None  # --interleave: rounds of one step per configuration
 
     @property
     def plain_ms(self) -> float | None:
@@ -571,9 +572,16 @@ def measure(
     seed: int = 0,
     calibrate: bool = True,
     align: bool = True,
+    interleave: bool = False,
     log: Callable[[str], None] = lambda s: None,
 ) -> ModelResult:
-    """Set every configuration up, warm each up, then time `reps` interleaved rounds of blocks."""
+    """Set every configuration up, warm each up, then time `reps` interleaved rounds of blocks.
+
+    `interleave`: rounds of one step per configuration instead, in a fresh random order each
+    round, for at least `reps * steps` rounds (a whole number of every configuration's period);
+    each configuration's time per step is the mean over its steps. A burst of noise then lands on
+    neighbouring steps of every configuration alike, which blocks of 20 steps cannot promise.
+    """
     load_before = os.getloadavg()[0]
     task = Task(spec, device, seed, calibrate=calibrate)
     configs = [f() for f in factories]
@@ -610,7 +618,26 @@ def measure(
             log(f"{spec.name}: warm-up {c.name}")
             run_block(c, warmup)
         rng = random.Random(seed + 2)
-        for r in range(reps):
+        if interleave:
+            period = math.lcm(*(max(1, int(c.period)) if align else 1 for c in live)) if live else 1
+            rounds = -(-reps * steps // period) * period
+            for r in range(rounds):
+                order = list(live)
+                rng.shuffle(order)
+                for c in order:
+                    if c in live:
+                        t = run_block(c, 1)
+                        if t is not None:
+                            rows[c.key].blocks_ms.append(t * 1e3)
+                if (r + 1) % max(1, rounds // 10) == 0:
+                    gc.collect()
+                    log(f"{spec.name}: round {r + 1}/{rounds} done")
+            for c in live:
+                row = rows[c.key]
+                row.ms = statistics.fmean(row.blocks_ms) + c.amortized_per_step() * 1e3
+                row.note = c.note()
+                row.memory = c.memory()
+        for r in range(0 if interleave else reps):
             order = [c for c in live for _ in range(plan[c.key][1])]
             rng.shuffle(order)
             for c in order:
@@ -621,7 +648,7 @@ def measure(
                 if t is not None:
                     rows[c.key].blocks_ms.append(t * 1e3)
             log(f"{spec.name}: repetition {r + 1}/{reps} done")
-        for c in live:
+        for c in [] if interleave else live:
             row = rows[c.key]
             length, phases = plan[c.key]
             # a config's n-th block covers its steps [n*length, (n+1)*length) after the warm-up, so
@@ -649,7 +676,7 @@ def measure(
             row.ratio = row.ms / base
     rows_out = [rows[c.key] for c in configs]
     load = (load_before, os.getloadavg()[0])
-    return ModelResult(spec.name, str(device), reps, steps, rows_out, load)
+    return ModelResult(spec.name, str(device), reps, steps, rows_out, load, rounds if interleave else None)
 
 
 # ----------------------------------------------------------------------------- output
@@ -665,6 +692,8 @@ def _fmt_ms(row: Row) -> str:
 
 def _title(res: ModelResult) -> str:
     plain = f"{res.plain_ms:.2f} ms/step" if res.plain_ms is not None else "n/a"
+    if res.rounds:
+        return f"{res.model}: plain {plain} on {res.device}, mean of {res.rounds} interleaved steps"
     return f"{res.model}: plain {plain} on {res.device}, median of {res.reps} blocks of {res.steps} steps"
 
 
@@ -677,7 +706,7 @@ def print_rich(results: list[ModelResult]) -> None:
         table = Table(title=_title(res), title_justify="left", caption=_load(res))
         table.add_column("configuration")
         table.add_column("ratio to plain", justify="right")
-        table.add_column("median ms/step", justify="right")
+        table.add_column("ms/step", justify="right")
         table.add_column("notes", overflow="fold")
         for row in res.rows:
             table.add_row(row.name, _fmt_ratio(row), _fmt_ms(row), row.error or row.note)
@@ -716,7 +745,7 @@ def markdown_header() -> str:
 
 def markdown_model(res: ModelResult) -> str:
     out = [f"### {_title(res)}", "", _load(res) + ".", ""]
-    out += ["| configuration | ratio to plain | median ms/step | notes |", "|---|---:|---:|---|"]
+    out += ["| configuration | ratio to plain | ms/step | notes |", "|---|---:|---:|---|"]
     for row in res.rows:
         note = (row.error or row.note).replace("|", "\\|")
         out.append(f"| {row.name} | {_fmt_ratio(row)} | {_fmt_ms(row)} | {note} |")
@@ -784,6 +813,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clock", choices=list(_CLOCKS), default="wall", help="wall time, or the main thread's CPU time (needs --threads 1, CPU)")
     p.add_argument("--markdown", action="store_true", help="print Markdown tables (RESULTS.md)")
+    p.add_argument(
+        "--interleave",
+        action="store_true",
+        help="time one step per configuration per round, shuffled each round (mean per step); steadier on a noisy machine",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.reps, args.steps, args.warmup = 2, 2, 1
@@ -827,6 +861,7 @@ def main(argv: Sequence[str] | None = None) -> list[ModelResult]:
                 seed=args.seed,
                 calibrate=not args.quick,
                 align=not args.quick,
+                interleave=args.interleave,
                 log=lambda s: print(s, file=sys.stderr, flush=True),
             )
             results.append(res)

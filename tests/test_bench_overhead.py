@@ -53,3 +53,12 @@ def test_markdown_has_a_row_per_configuration(overhead):
     text = overhead.markdown([res])
     assert "| plain | 1.000x | 2.50 |" in text
     assert "| wandb.watch gradients | n/a | n/a | could not set up: ImportError |" in text
+
+
+def test_interleaved_run_steps_every_configuration_once_per_round(overhead):
+    argv = "--quick --interleave --models mlp --configs plain,gw1 --device cpu --threads 1"
+    res = overhead.main(argv.split())[0]
+    assert res.rounds == 4 and "mean of 4 interleaved steps" in overhead._title(res)
+    for row in res.rows:
+        assert row.error is None and len(row.blocks_ms) == 4
+        assert row.ms == pytest.approx(sum(row.blocks_ms) / 4)
