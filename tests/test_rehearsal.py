@@ -84,7 +84,7 @@ def test_model_optimizer_scheduler_and_rng_are_untouched():
     after = opt.state_dict()
     assert after["param_groups"] == opt_state["param_groups"]
     assert all(torch.equal(after["state"][i]["momentum_buffer"], s["momentum_buffer"]) for i, s in opt_state["state"].items())
-    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads, strict=True))
     assert torch.equal(torch.get_rng_state(), rng)
     assert sched.last_epoch == 3
 
@@ -112,7 +112,7 @@ def test_the_copied_optimizer_steps_exactly_as_the_original(make):
     for _ in range(3):
         step(model, opt)
         step(clone, twin)
-    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), clone.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), clone.parameters(), strict=True))
 
 
 def test_bad_rehearsals_get_one_sentence():

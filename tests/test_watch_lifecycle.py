@@ -79,6 +79,37 @@ def test_closing_twice_is_harmless_and_a_closed_watch_refuses_steps():
         w.step()
 
 
+def test_a_closed_watch_runs_the_detectors_once_for_every_listener(monkeypatch):
+    import gradwatch.monitor as monitor
+
+    calls = []
+    real = monitor.diagnose
+    monkeypatch.setattr(monitor, "diagnose", lambda *a: calls.append(1) or real(*a))
+
+    class Listener:  # what each integration does at close
+        def rows(self, rows):
+            pass
+
+        def close(self, watch):
+            seen.append(watch.diagnose())
+
+    seen = []
+    model, x, loss_fn = family("mlp", 5, seed=3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    w = gw.watch(model, opt)
+    w._listen(Listener())
+    w._listen(Listener())
+    for _ in range(3):
+        opt.zero_grad()
+        loss_fn(model(x)).backward()
+        opt.step()
+    live = w.diagnose()  # while open: a fresh diagnosis each time
+    assert len(calls) == 1
+    w.close()
+    assert len(calls) == 2 and seen[0] is seen[1] is w.diagnose()
+    assert seen[0].summary["steps"] == live.summary["steps"] == 3
+
+
 def test_layers_come_in_forward_order_not_registration_order():
     class Backwards(nn.Module):
         def __init__(self):

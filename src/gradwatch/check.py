@@ -158,7 +158,7 @@ def _run(model: nn.Module, inputs: Any, target: Any, loss_fn: Callable | None, p
             w.log_loss(loss.detach())
             w.step()
         finally:
-            w._pending = None  # no update happens: there is no update ratio to measure
+            w._forget_update()
             w.close()
         stats = w.stats()
         meta = w.meta()

@@ -304,6 +304,11 @@ class Watch:
             self._pending = slot
         self._advance()
 
+    def _forget_update(self) -> None:
+        """No optimizer step follows the last `step()` (a check at init, one measured backward):
+        there is no update ratio to measure, so the pending snapshot is dropped."""
+        self._pending = None
+
     def _finish_pending(self) -> None:
         if self._pending is not None:
             slot, self._pending = self._pending, None
@@ -384,10 +389,17 @@ class Watch:
                     f"because raise_on includes it; see w.diagnose() for remedies."
                 )
 
+    _final: Diagnosis | None = None
+
     def diagnose(self) -> Diagnosis:
-        """The diagnosis of everything recorded so far (runs the detectors; flushes first)."""
-        stats = self.stats() if not self._closed else self._all_stats()
-        return diagnose(stats, self.meta())
+        """The diagnosis of everything recorded so far (runs the detectors; flushes first). Once
+        the watch is closed nothing changes, so the detectors run once and every caller (each
+        integration's close among them) gets that diagnosis."""
+        if self._closed:
+            if self._final is None:
+                self._final = diagnose(self._all_stats(), self.meta())
+            return self._final
+        return diagnose(self.stats(), self.meta())
 
     def report(self, path: str | os.PathLike = "report.html", name: str | None = None) -> Path:
         """Write the self-contained HTML report of everything recorded so far; returns its path."""

@@ -86,7 +86,7 @@ def one_backward(model: nn.Module, loss_of: Callable[[nn.Module], torch.Tensor],
         loss.backward()
         w.log_loss(loss.detach())
         w.step()
-        w._pending = None  # no update follows: there is no update ratio to measure
+        w._forget_update()
     finally:
         w.close()
     return w.stats()

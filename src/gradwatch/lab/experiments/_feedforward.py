@@ -129,6 +129,6 @@ def at_init(model: nn.Module, x: torch.Tensor, y: torch.Tensor, log_dir: Path | 
         loss.backward()
         w.log_loss(loss)
         w.step()
-        w._pending = None  # no optimizer step follows: there is no update ratio to measure
+        w._forget_update()
     model.zero_grad(set_to_none=True)
     return w.stats(), w.layers()
