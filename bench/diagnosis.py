@@ -74,23 +74,15 @@ def run_case(case, steps: int | None, seed: int = 0) -> dict:
     """`steps` None trains the case's whole schedule."""
     out = {"name": case.name, "family": case.family, "labels": sorted(case.kinds), "healthy": not case.kinds}
     setup = case.build(seed)
-    inputs, target = setup.batch(0)
+    inputs, target, loss_fn = setup.check_args()
     try:
-        if setup.train_step is not None:
-            d, stats = _checked_stats(lambda: gw.check(setup.model, inputs, loss_fn=lambda o: setup.loss_fn(o, None)))
-        else:
-            d, stats = _checked_stats(lambda: gw.check(setup.model, inputs, target, setup.loss_fn))
+        d, stats = _checked_stats(lambda: gw.check(setup.model, inputs, target, loss_fn))
         out["init"] = sorted(_kinds(d))
         out["init_stats"] = _init_signature(stats)
     except GradwatchError as exc:
         out["init"], out["init_error"] = [], str(exc)
-    setup = case.build(seed)
-    inputs, target = setup.batch(0)
-    try:
-        if setup.train_step is not None:
-            d = gw.check(setup.model, inputs, loss_fn=lambda o: setup.loss_fn(o, None), optimizer=setup.optimizers[0], predict=False)
-        else:
-            d = gw.check(setup.model, inputs, target, setup.loss_fn, optimizer=Runner(setup).optimizer, predict=False)
+    try:  # the check left the model as it was, so the same setup serves
+        d = gw.check(setup.model, inputs, target, loss_fn, optimizer=setup.first_optimizer(), predict=False)
         out["init_opt"] = sorted(_kinds(d))
     except GradwatchError as exc:
         out["init_opt"], out["init_opt_error"] = [], str(exc)

@@ -38,9 +38,8 @@ def main() -> None:
         if case.healthy or (args.only and case.name not in args.only):
             continue
         setup = case.build(0)
-        x, y = setup.batch(0)
         start = time.perf_counter()
-        d = gw.check(setup.model, x, None if setup.train_step else y, setup.loss_fn, what_if=True)
+        d = gw.check(setup.model, *setup.check_args(), what_if=True)
         seconds = time.perf_counter() - start
         found = sorted({f.kind for f in d.findings if f.severity in ("warning", "error")})
         th = d.summary.get("theory") or {}

@@ -140,11 +140,10 @@ TWINS = {
 
 
 def _scenario_check(name):
-    from scenarios.cases import CASES, Runner
+    from scenarios.cases import CASES
 
     setup = next(c for c in CASES if c.name == name).build(0)
-    inputs, target = setup.batch(0)
-    return gw.check(setup.model, inputs, target, setup.loss_fn, optimizer=Runner(setup).optimizer, predict=False)
+    return gw.check(setup.model, *setup.check_args(), optimizer=setup.first_optimizer(), predict=False)
 
 
 @pytest.mark.parametrize("broken", sorted(TWINS))

@@ -172,8 +172,7 @@ def test_cli_check_what_if(tmp_path):
 
 def check_case(case, what_if=True):
     setup = case.build(0)
-    x, y = setup.batch(0)
-    return gw.check(setup.model, x, None if setup.train_step else y, setup.loss_fn, what_if=what_if)
+    return gw.check(setup.model, *setup.check_args(), what_if=what_if)
 
 
 FAST = ["mlp-sigmoid-6-saturating-bias", "rnn-tanh-adding-small-recurrent", "mlp-relu-10-large-init"]

@@ -61,6 +61,19 @@ class Setup:
     optimizers: tuple[torch.optim.Optimizer, ...] = ()
     quality: Callable[[], float] | None = None
 
+    def check_args(self) -> tuple[Any, Tensor | None, Callable]:
+        """(inputs, target, loss_fn) of batch 0 as `gw.check` takes them; a GAN's generator loss
+        takes no target."""
+        inputs, target = self.batch(0)
+        if self.train_step is not None:
+            return inputs, None, self.loss_fn
+        return inputs, target, self.loss_fn
+
+    def first_optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer of the first training step, built with its scheduler, so its learning rate
+        is the first one (a GAN: the generator's)."""
+        return self.optimizers[0] if self.train_step is not None else Runner(self).optimizer
+
 
 @dataclass(frozen=True)
 class Case:
