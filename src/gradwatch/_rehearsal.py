@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from ._jacobian import call
-from .diagnose import Diagnosis, Finding, diagnose
+from .diagnose import Diagnosis, Finding
+from .diagnose.finding import SEVERITIES
 from .errors import CheckError
 from .monitor import Watch
 
@@ -79,7 +80,7 @@ def rehearse(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: Any, lo
         raise CheckError(f"Rehearsed step {len(losses)} raised {type(exc).__name__}: {str(exc).strip()[:160]}; check without optimizer=, or fix the step.") from None
     finally:
         w.close()
-    diagnosis = diagnose(w.stats(), w.meta())
+    diagnosis = w.diagnose()
     lrs = sorted({float(g["lr"]) for g in twin.param_groups if "lr" in g})
     summary = {"steps": steps, "optimizer": type(optimizer).__name__, "lr": lrs, "loss_first": losses[0], "loss_last": losses[-1]}
     return diagnosis, summary
@@ -96,7 +97,7 @@ def merged(init: Diagnosis, rehearsal: Diagnosis, summary: dict) -> Diagnosis:
         lead = f"In {summary['steps']} rehearsed {summary['optimizer']} steps (lr {', '.join(f'{x:g}' for x in summary['lr'])}) on a copy: "
         added.append(Finding(f.kind, f.severity, f.layers, lead + f.summary, {**f.evidence, "rehearsal": True}, f.remedies, f.step))
         have.add(f.kind)
-    findings = sorted(init.findings + added, key=lambda f: ("error", "warning", "info").index(f.severity))
+    findings = sorted(init.findings + added, key=lambda f: -SEVERITIES.index(f.severity))
     out = Diagnosis(findings, {**init.summary, "rehearsal": {**summary, "findings": [f.kind for f in added]}}, init.stats, init.meta)
     out.what_if = init.what_if
     return out

@@ -85,21 +85,27 @@ def detect_dead(view: View) -> list[Finding]:
     return [Finding("dead_units", severity, tuple(layers), summary, evidence, dead_remedies(view, layers), int(held.index[0]))]
 
 
-def _update_medians(view: View, recent: bool = False):
-    """Per layer, the median update ratio over the recorded steps; `recent`: over the last quarter
-    of that layer's own measurements (layers take turns in the update probe's snapshot)."""
+def _update_table(view: View):
+    """The update ratios of the judged layers (`View.unjudged`) that were measured often enough."""
     upd = view.metric("update_ratio")
     if upd.empty:
         return None
     upd = upd[view.moving(upd.columns)].replace([np.inf, -np.inf], np.nan)
     counts = upd.notna().sum()
     enough = counts[counts >= min(MIN_UPDATE_STEPS, max(1, len(upd) // 2))].index
-    if len(enough) < 2:
-        return None
-    if not recent:
-        return upd[enough].median(skipna=True)
+    return upd[enough] if len(enough) >= 2 else None
+
+
+def _update_medians(view: View):
+    upd = _update_table(view)
+    return None if upd is None else upd.median(skipna=True)
+
+
+def _late_medians(upd) -> pd.Series:
+    """Per layer, the median over the last quarter of that layer's own measurements (layers take
+    turns in the update probe's snapshot)."""
     out = {}
-    for c in enough:
+    for c in upd.columns:
         seen = upd[c].dropna().to_numpy()
         out[c] = float(np.median(seen[-max(1, len(seen) // 4):]))
     return pd.Series(out)
@@ -121,7 +127,8 @@ def _relative_gradients_at_start(view: View):
 
 
 def detect_stalled(view: View) -> list[Finding]:
-    med = _update_medians(view)
+    upd = _update_table(view)
+    med = None if upd is None else upd.median(skipna=True)
     if med is None and view.metric("update_ratio").empty:
         return _stalled_at_init(view)
     if med is None or view.n_steps < MIN_UPDATE_STEPS:
@@ -131,9 +138,11 @@ def detect_stalled(view: View) -> list[Finding]:
     if not np.isfinite(top) or top <= 0:
         return []
     stalled = med[med < STALLED * top]
+    if stalled.empty:
+        return []
     # A layer behind a zero-initialised one (Fixup's first branch convolutions) gets no gradient
     # until that layer has moved: its ratio climbs by orders of magnitude and is not stalled at the end.
-    late = _update_medians(view, recent=True)
+    late = _late_medians(upd)
     late_top = late.max()
     stalled = stalled[[not (late[n] >= STALLED * late_top) for n in stalled.index]]
     if stalled.empty:

@@ -59,8 +59,10 @@ def detect_through_time(view: View) -> list[Finding]:
             # Vanishing is judged on the latest step that has a series (training may cure it);
             # an explosion already happened and its overshooting steps are done, so it stays.
             vanishing.pop(layer, None)
-    for layer in _not_cured(view, worst_seen, judged, vanished, first_step):
-        vanishing.setdefault(layer, {**worst_seen[layer], "cured": False})
+    # Kept when it held on most recorded steps and training has not made up for it since.
+    lapsed = {n: first_step[f"v{n}"] for n in worst_seen if n not in vanishing and 2 * vanished[n] >= judged[n]}
+    for layer in _loss_not_halved(view, lapsed):
+        vanishing[layer] = {**worst_seen[layer], "cured": False}
     findings = []
     for kind, found, error_at, word in (
         ("vanishing_through_time", vanishing, lambda r: r < TIME_VANISH_ERROR, "shrinks"),
@@ -85,23 +87,20 @@ def detect_through_time(view: View) -> list[Finding]:
     return findings
 
 
-def _not_cured(view: View, seen: dict, judged: dict, vanished: dict, first_step: dict) -> list[str]:
-    """Layers whose gradient vanished through time on at least half of their recorded steps and
-    whose training has not made up for it: the loss is still above half what it was when the
-    vanishing was first seen. A vanilla RNN on a long-memory task rises above the threshold after a
-    few hundred steps while still sitting at the task's baseline; the lost steps are not undone."""
+def _loss_not_halved(view: View, since: dict[str, int]) -> list[str]:
+    """The layers of `since` (layer -> step) at whose step the loss was less than twice what it
+    is now. A vanilla RNN on a long-memory task can rise above the vanishing threshold after a few
+    hundred steps while still at the task's baseline: the lost steps are not undone."""
     loss = view.metric("loss")
-    if loss.empty:
+    if not since or loss.empty:
         return []
     values = loss.iloc[:, 0].replace([np.inf, -np.inf], np.nan).dropna()
     if len(values) < PLATEAU_STEPS:
         return []
     recent = float(values.iloc[-max(5, len(values) // 5) :].mean())
     out = []
-    for layer in seen:
-        if 2 * vanished[layer] < judged[layer]:
-            continue
-        then = values[values.index <= first_step[f"v{layer}"]]
+    for layer, step in since.items():
+        then = values[values.index <= step]
         start = float(then.iloc[-5:].mean()) if len(then) else float(values.iloc[:5].mean())
         if start > 0 and recent > 0.5 * start:
             out.append(layer)
