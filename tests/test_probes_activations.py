@@ -113,6 +113,44 @@ def test_statistics_pool_every_forward_of_a_step_exactly():
     np.testing.assert_allclose(hist["value"].to_numpy(), expected / out.numel(), atol=1e-6)
 
 
+def test_mixed_activations_pool_per_row_over_micro_batches():
+    # Rectifiers of two widths next to a saturating function, two micro-batches of different
+    # sizes: every row is pooled from its own calls only.
+    torch.manual_seed(0)
+    l1, l2, l3 = nn.Linear(6, 50), nn.Linear(50, 30), nn.Linear(30, 40)
+    with torch.no_grad():
+        l1.bias.copy_(torch.linspace(-6, 2, 50))
+        l3.bias.copy_(torch.linspace(-8, 1, 40))
+        l2.weight.mul_(4)
+    model = nn.Sequential(l1, nn.ReLU(), l2, nn.Tanh(), l3, nn.GELU(), nn.Linear(40, 1))
+    xs = [torch.randn(9, 6), torch.randn(23, 6)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with gw.watch(model, opt, activations=True) as w:
+        for x in xs:
+            model(x).pow(2).mean().backward()
+        opt.step()
+    got = as_dict(w.stats(), 0)
+    pres = {"1": [], "3": [], "5": []}
+    for x in xs:
+        h1 = l1(x)
+        h3 = l2(torch.relu(h1))
+        h5 = l3(torch.tanh(h3))
+        for name, pre in (("1", h1), ("3", h3), ("5", h5)):
+            pres[name].append(pre.detach().double())
+    fns = {"1": torch.relu, "3": torch.tanh, "5": F.gelu}
+    for name, fn in fns.items():
+        out = torch.cat([fn(p) for p in pres[name]])
+        assert got[(name, "act_std")] == pytest.approx(out.std(unbiased=False).item(), rel=1e-5), name
+    for name in ("1", "5"):  # dead per call (units dead over that micro-batch), pooled over calls
+        dead = [(_naive_derivative_flat(fns[name], p) & (p < 0)).all(0).double().sum().item() for p in pres[name]]
+        units = sum(p.shape[1] for p in pres[name])
+        assert got[(name, "dead_frac")] == pytest.approx(sum(dead) / units, abs=1e-9), name
+        assert 0 < sum(dead) < units
+    flat = torch.cat([_naive_derivative_flat(torch.tanh, p).reshape(-1) for p in pres["3"]])
+    assert got[("3", "saturated_frac")] == pytest.approx(flat.double().mean().item(), abs=1e-9)
+    assert ("1", "saturated_frac") not in got and ("3", "dead_frac") not in got
+
+
 def test_large_outputs_are_binned_from_an_even_stride_scaled_to_the_whole():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 640), nn.Tanh(), nn.Linear(640, 1))

@@ -38,26 +38,54 @@ class _Call(NamedTuple):
     """What one activation call leaves for `record`: device scalars and a sample, no host sync."""
 
     row: int
-    n: int
+    n: int  # elements of the output
+    n_sat: int  # elements counted for `sat` (0: not a saturating function)
+    units: int  # units counted for `peak` (0: not a rectifier)
     mean: torch.Tensor
     dev: torch.Tensor  # ‖y − mean‖
     sat: torch.Tensor | None  # elements in a flat tail (saturating functions)
     peak: torch.Tensor | None  # each unit's largest input over the batch (rectifiers)
-    lo: float  # below it, a peak means a dead unit (counted in `record`, all calls at once)
+    lo: float  # below it, a peak means a dead unit
     sample: torch.Tensor | None  # strided outputs for the histogram
 
 
 class _Row:
     """One row of the probe: an activation module, or every activation call in one module's forward."""
 
-    __slots__ = ("name", "spec", "n_elem", "n_sat_elem", "n_units", "calls", "index")
+    __slots__ = ("name", "spec", "index")
 
     def __init__(self, name: str, spec: ActivationSpec, index: int):
         self.name, self.spec, self.index = name, spec, index
-        self.reset()
 
-    def reset(self) -> None:
-        self.n_elem = self.n_sat_elem = self.n_units = self.calls = 0
+
+class _Plan(NamedTuple):
+    """What a step's calls look like (their rows, sizes, bounds), on the host and, where a kernel
+    needs it, on the device; cached, as the calls of one step are usually those of the last."""
+
+    rows: np.ndarray  # [calls] row of each call
+    n: np.ndarray  # [calls] elements of each call's output
+    n_sat: np.ndarray
+    units: np.ndarray
+    sample: np.ndarray  # [calls] histogram sample size
+    has_sat: list[bool]
+    has_peak: np.ndarray  # [calls] bool: the calls of rectifiers
+    peaks_uniform: bool  # every peak has one size: one [peaks, units] comparison
+    lo: torch.Tensor | None  # [peaks, 1] dead-unit bound, in the peaks' dtype ([peak entries] if not uniform)
+    peak_call: torch.Tensor | None  # the call each peak entry belongs to (peaks of mixed sizes)
+    hist_lo: torch.Tensor | None  # [calls, 1] lower end of each call's histogram range
+    per_bin: torch.Tensor | None  # [calls, 1] bins per unit of output
+    offsets: torch.Tensor | None  # [calls, 1] first bin of each call in the shared bincount
+    pad: torch.Tensor | None  # [calls, sample] where a shorter sample was padded
+
+
+class _Step(NamedTuple):
+    """One recorded step's raw numbers, still on the device; pooled into rows at flush."""
+
+    slot: int
+    plan: _Plan
+    scalars: torch.Tensor  # [3, calls]: mean, ‖y − mean‖, flat-tail count
+    dead: torch.Tensor | None  # [calls] dead units
+    hist: torch.Tensor | None  # [calls, bins + 1] sample counts (the last bin is padding)
 
 
 class _FunctionalMode(TorchFunctionMode):
@@ -108,9 +136,8 @@ class ActivationProbe(Probe):
     def bind(self, table) -> None:
         super().bind(table)
         self._device = table.device
-        self._capacity = table.capacity
-        self._out = torch.full((self._capacity, 0, 3), ABSENT, dtype=torch.float64, device=self._device)
-        self._hist = torch.full((self._capacity, 0, HIST_BINS), ABSENT, dtype=torch.float32, device=self._device)
+        self._plans: dict[tuple, _Plan] = {}
+        self._steps: list[_Step] = []  # recorded since the last flush
 
     # ------------------------------------------------------------ rows grow as activations appear
 
@@ -118,10 +145,6 @@ class ActivationProbe(Probe):
         row = self._rows.get(name)
         if row is None:
             row = self._rows[name] = _Row(name, spec, len(self._rows))
-            grow = len(self._rows) - self._out.shape[1]
-            if grow > 0:
-                self._out = torch.cat([self._out, torch.full((self._capacity, grow, 3), ABSENT, dtype=self._out.dtype, device=self._device)], 1)
-                self._hist = torch.cat([self._hist, torch.full((self._capacity, grow, HIST_BINS), ABSENT, dtype=self._hist.dtype, device=self._device)], 1)
         return row
 
     # ------------------------------------------------------------ hooks
@@ -223,8 +246,7 @@ class ActivationProbe(Probe):
 
     def _post_stats(self, row: _Row, pre, y: torch.Tensor) -> None:
         # Every activation of every recorded forward pays this, so it is a handful of kernels on
-        # detached tensors (no autograd, no grad-mode switch); the pooling over calls and rows,
-        # and the histogram binning, happen once per step in `record`.
+        # detached tensors (no autograd, no grad-mode switch); the rest waits for `record`.
         n_elem, n_sat_elem, n_units, sat, peak, lo = pre
         y = y if y.dtype in (torch.float32, torch.float64) else y.float()
         mean = y.mean()
@@ -232,11 +254,7 @@ class ActivationProbe(Probe):
         # where Σy² − (Σy)²/n in float32 would cancel.
         dev = torch.linalg.vector_norm(y - mean)
         sample = y.take(self._stride(y)) if self.histograms else None  # a copy: y is not kept alive
-        self._calls.append(_Call(row.index, n_elem, mean, dev, sat, peak, lo, sample))
-        row.n_elem += n_elem
-        row.n_sat_elem += n_sat_elem
-        row.n_units += n_units
-        row.calls += 1
+        self._calls.append(_Call(row.index, n_elem, n_sat_elem, n_units, mean, dev, sat, peak, lo, sample))
 
     def _stride(self, y: torch.Tensor) -> torch.Tensor:
         """Flat indices of at most HIST_SAMPLE evenly strided elements of `y` (cached per size)."""
@@ -249,97 +267,128 @@ class ActivationProbe(Probe):
 
     @torch.no_grad()
     def record(self, slot: int) -> None:
+        """Reduce the step's calls to a few device tensors (a dozen kernels, whatever the number
+        of calls); pooling them into rows waits for the flush, where it costs no kernel launches."""
         if self._discovered and not self._found_functional:
             # Every activation is a module: the function mode and module stack cost for nothing.
             self._mode_hooks.remove()
         calls, self._calls = self._calls, []
-        rows = list(self._rows.values())
-        dev, f64 = self._device, torch.float64
-        # The step's host-side numbers reach the device as one table per rows and one per calls.
-        per_row = torch.tensor([[float(r.n_sat_elem), float(r.n_units), float(r.calls > 0)] for r in rows], dtype=f64, device=dev)
-        for r in rows:
-            r.reset()
         if not calls:
             return
-        width = len(rows)
-        per_call = torch.tensor(
-            [
-                [c.row, c.n, 0 if c.sample is None else c.sample.numel(), *rows[c.row].spec.hist_range, c.lo, 0 if c.peak is None else c.peak.numel()]
-                for c in calls
-            ],
-            dtype=f64,
-            device=dev,
-        )
-        call_row, call_n = per_call[:, 0].long(), per_call[:, 1]
-        mean = torch.stack([c.mean for c in calls]).to(dev, f64)
-        m2 = torch.stack([c.dev for c in calls]).to(dev, f64).square()
-        zero = torch.zeros((), dtype=f64, device=calls[0].mean.device)
-        sat_calls = torch.stack([zero if c.sat is None else c.sat for c in calls]).to(dev, f64)
-        # One pooling for every per-call column: row sums over the calls of the step.
-        sums = torch.zeros(width, 5, dtype=f64, device=dev).index_add_(
-            0, call_row, torch.stack([call_n, call_n * mean, m2, call_n * mean * mean, sat_calls], 1)
-        )
-        # Parallel variance over the calls: M2 = Σ m2 + Σ n·mean² − (Σ n·mean)²/N.
-        n = sums[:, 0].clamp_min(1)
-        total = sums[:, 1]
-        std = ((sums[:, 2] + sums[:, 3] - total * total / n).clamp_min(0) / n).sqrt()
-        sat_n, units, active = per_row[:, 0], per_row[:, 1], per_row[:, 2:] > 0
-        absent = torch.full((width,), ABSENT, dtype=f64, device=dev)
-        sat = torch.where(sat_n > 0, sums[:, 4] / sat_n.clamp_min(1), absent)
-        dead = torch.where(units > 0, self._dead_units(calls, per_call, width) / units.clamp_min(1), absent)
-        # Rows without a call this step keep what the slot holds (absent).
-        self._out[slot] = torch.where(active, torch.stack([std, sat, dead], 1), self._out[slot])
-        if self.histograms:
-            hist = (self._histograms(calls, per_call, width) / n[:, None]).float()
-            self._hist[slot] = torch.where(active, hist, self._hist[slot])
+        plan = self._plan(calls)
+        first = calls[0].mean
+        zero = torch.zeros((), dtype=first.dtype, device=first.device)
+        scalars = torch.stack(
+            [c.mean for c in calls] + [c.dev for c in calls] + [zero if c.sat is None else c.sat for c in calls]
+        ).view(3, len(calls))
+        self._steps.append(_Step(slot, plan, scalars, self._dead_units(calls, plan), self._histograms(calls, plan)))
 
-    def _dead_units(self, calls: list[_Call], per_call: torch.Tensor, width: int) -> torch.Tensor:
-        """Per row, units whose peak input lies below the row's flat-tail bound, over every call."""
-        dev = self._device
-        have = [c for c in calls if c.peak is not None]
-        if not have:
-            return torch.zeros(width, dtype=torch.float64, device=dev)
-        peaks = [c.peak if c.peak.dim() == 1 else c.peak.reshape(-1) for c in have]
-        # The bound in the peaks' dtype, as a comparison with a Python float would round it.
-        if len(have) == len(calls) and len({p.numel() for p in peaks}) == 1:
-            # Every call has the same number of units (the usual case): one [calls, units] matrix.
-            peaks = torch.stack(peaks).to(dev)
-            lo = per_call[:, 5].to(peaks.dtype)
-            dead = (peaks < lo[:, None]).sum(1).double()
-            return torch.zeros(width, dtype=torch.float64, device=dev).index_add_(0, per_call[:, 0].long(), dead)
-        peaks = torch.cat(peaks).to(dev)
-        sizes = per_call[:, 6].long()
-        lo = per_call[:, 5].to(peaks.dtype).repeat_interleave(sizes, output_size=peaks.numel())
-        rows = per_call[:, 0].long().repeat_interleave(sizes, output_size=peaks.numel())
-        return torch.zeros(width, dtype=torch.float64, device=dev).index_add_(0, rows, (peaks < lo).double())
+    def discard(self) -> None:
+        self._calls = []
 
-    def _histograms(self, calls: list[_Call], per_call: torch.Tensor, width: int) -> torch.Tensor:
+    def _plan(self, calls: list[_Call]) -> _Plan:
+        peaks = [c.peak for c in calls if c.peak is not None]
+        samples = [c.sample for c in calls if c.sample is not None]
+        key = (
+            tuple((c.row, c.n, c.n_sat, c.units, c.lo, c.sat is not None) for c in calls),
+            tuple(p.numel() for p in peaks),
+            None if not peaks else peaks[0].dtype,
+            tuple(t.numel() for t in samples),
+        )
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) > 64:  # a PReLU's bound moves with its slope: keep the cache small
+                self._plans.clear()
+            plan = self._plans[key] = self._new_plan(calls, peaks, samples)
+        return plan
+
+    def _new_plan(self, calls: list[_Call], peaks: list[torch.Tensor], samples: list[torch.Tensor]) -> _Plan:
+        dev = calls[0].mean.device
+        rows = list(self._rows.values())
+        lo = peak_call = hist_lo = per_bin = offsets = pad = None
+        uniform = len({p.numel() for p in peaks}) == 1
+        if peaks:
+            # The bound in the peaks' dtype, as a comparison with a Python float would round it.
+            bounds = torch.tensor([c.lo for c in calls if c.peak is not None], dtype=torch.float64)
+            if uniform:
+                lo = bounds.to(dev, peaks[0].dtype)[:, None]
+            else:
+                sizes = torch.tensor([p.numel() for p in peaks])
+                lo = bounds.repeat_interleave(sizes).to(dev, peaks[0].dtype)
+                peak_call = torch.arange(len(peaks)).repeat_interleave(sizes).to(dev)
+        if samples:
+            ranges = torch.tensor([rows[c.row].spec.hist_range for c in calls], dtype=torch.float32)
+            hist_lo = ranges[:, :1].to(dev)
+            per_bin = (HIST_BINS / (ranges[:, 1:] - ranges[:, :1])).to(dev)
+            offsets = ((HIST_BINS + 1) * torch.arange(len(calls)))[:, None].to(dev)
+            sizes = torch.tensor([t.numel() for t in samples])
+            if len(set(sizes.tolist())) > 1:
+                pad = (torch.arange(int(sizes.max())) >= sizes[:, None]).to(dev)
+        return _Plan(
+            rows=np.array([c.row for c in calls]),
+            n=np.array([c.n for c in calls], dtype=np.float64),
+            n_sat=np.array([c.n_sat for c in calls], dtype=np.float64),
+            units=np.array([c.units for c in calls], dtype=np.float64),
+            sample=np.array([0 if c.sample is None else c.sample.numel() for c in calls], dtype=np.float64),
+            has_sat=[c.sat is not None for c in calls],
+            has_peak=np.array([c.peak is not None for c in calls]),
+            peaks_uniform=uniform,
+            lo=lo,
+            peak_call=peak_call,
+            hist_lo=hist_lo,
+            per_bin=per_bin,
+            offsets=offsets,
+            pad=pad,
+        )
+
+    def _dead_units(self, calls: list[_Call], plan: _Plan) -> torch.Tensor | None:
+        """Dead units of each call that has peaks (units whose peak input is in the flat tail)."""
+        peaks = [c.peak.reshape(-1) for c in calls if c.peak is not None]
+        if not peaks:
+            return None
+        if plan.peaks_uniform:
+            # Every rectifier call has the same number of units (the usual case): one matrix.
+            return (torch.stack(peaks) < plan.lo).sum(1)
+        flat = torch.cat(peaks)
+        out = torch.zeros(len(peaks), dtype=torch.int64, device=flat.device)
+        return out.index_add_(0, plan.peak_call, (flat < plan.lo).long())
+
+    def _histograms(self, calls: list[_Call], plan: _Plan) -> torch.Tensor | None:
         """Every call's sample binned in one pass: samples padded into rows of one matrix, bins
-        offset by call, one bincount. Padding goes to an extra bin per call that is dropped."""
-        dev, f64, n_calls = self._device, torch.float64, len(calls)
+        offset by call, one bincount. Padding goes to an extra bin per call, dropped at flush."""
+        if not self.histograms:
+            return None
         samples = [c.sample if c.sample.dtype == torch.float32 else c.sample.float() for c in calls]
-        sizes = per_call[:, 2]
-        full = len({t.numel() for t in samples}) == 1  # no padding (the usual case)
-        values = (torch.stack(samples) if full else torch.nn.utils.rnn.pad_sequence(samples, batch_first=True)).to(dev)
-        ranges = per_call[:, 3:5].float()
-        lo, per_bin = ranges[:, :1], HIST_BINS / (ranges[:, 1:] - ranges[:, :1])
+        values = torch.stack(samples) if plan.pad is None else torch.nn.utils.rnn.pad_sequence(samples, batch_first=True)
         # Values beyond the range count in the edge bins; NaN in the lowest (`nonfinite` reports it).
-        scaled = torch.nan_to_num((values - lo) * per_bin, nan=0.0, posinf=HIST_BINS, neginf=0.0)
-        bins = scaled.floor_().clamp_(0, HIST_BINS - 1).long()
-        if not full:
-            bins.masked_fill_(torch.arange(values.shape[1], device=dev) >= sizes[:, None], HIST_BINS)
-        bins += (HIST_BINS + 1) * torch.arange(n_calls, device=dev)[:, None]
-        counts = torch.bincount(bins.view(-1), minlength=(HIST_BINS + 1) * n_calls).view(n_calls, HIST_BINS + 1)
-        # Scaled to the whole output, so each call's histogram sums to its element count.
-        scale = per_call[:, 1] / sizes
-        weighted = counts[:, :HIST_BINS].to(f64) * scale[:, None]
-        return torch.zeros(width, HIST_BINS, dtype=f64, device=dev).index_add_(0, per_call[:, 0].long(), weighted)
+        # Clamped to [0, bins - 1] first, so that truncation to an integer is the floor.
+        bins = (values - plan.hist_lo).mul_(plan.per_bin).clamp_(0, HIST_BINS - 1).nan_to_num_(0.0).long()
+        if plan.pad is not None:
+            bins.masked_fill_(plan.pad, HIST_BINS)
+        bins += plan.offsets
+        return torch.bincount(bins.view(-1), minlength=(HIST_BINS + 1) * len(calls)).view(len(calls), HIST_BINS + 1)
 
     def take(self, n: int) -> dict:
-        out = self._out[:n].cpu().numpy().copy()
-        hist = self._hist[:n].cpu().numpy().copy() if self.histograms else None
-        self._out[:n].fill_(ABSENT)
-        self._hist[:n].fill_(ABSENT)
+        steps = [s for s in self._steps if s.slot < n]
+        self._steps = [s for s in self._steps if s.slot >= n]
+        width = len(self._rows)
+        out = np.full((n, width, 3), ABSENT)
+        hist = np.full((n, width, HIST_BINS), ABSENT, dtype=np.float32) if self.histograms else None
+        if steps:
+            # Every step's numbers reach the host in one copy.
+            parts = [t for s in steps for t in (s.scalars, s.dead, s.hist) if t is not None]
+            host = torch.cat([t.reshape(-1).to(torch.float64) for t in parts]).cpu().numpy()
+            at = 0
+            for s in steps:
+                c = len(s.plan.rows)
+                scalars, at = host[at : at + 3 * c].reshape(3, c), at + 3 * c
+                dead = None
+                if s.dead is not None:
+                    dead, at = host[at : at + s.dead.numel()], at + s.dead.numel()
+                counts = None
+                if s.hist is not None:
+                    counts, at = host[at : at + s.hist.numel()].reshape(c, HIST_BINS + 1), at + s.hist.numel()
+                _pool(s.plan, scalars, dead, counts, width, out[s.slot], None if hist is None else hist[s.slot])
         if not self._found_functional:
             # A forward may start calling activation functions later (a branch, a schedule): the
             # first measured forward after each flush looks again, at the function mode's cost.
@@ -374,6 +423,39 @@ class ActivationProbe(Probe):
 
     def close(self) -> None:
         self.disarm()
+
+
+def _pool(plan: _Plan, scalars: np.ndarray, dead: np.ndarray | None, counts: np.ndarray | None, width: int, out: np.ndarray, hist: np.ndarray | None) -> None:
+    """One step's calls pooled into rows (several calls of a row: micro-batches, a module calling
+    a function twice), into `out` [rows, 3] (std, saturated, dead) and `hist` [rows, bins]."""
+    rows, n = plan.rows, plan.n
+    mean, dev, sat = scalars
+
+    def per_row(weights: np.ndarray) -> np.ndarray:
+        return np.bincount(rows, weights=weights, minlength=width)
+
+    total_n = per_row(n)
+    active = np.bincount(rows, minlength=width) > 0
+    safe_n = np.maximum(total_n, 1)
+    # Parallel variance over the calls: M2 = Σ‖y − mean‖² + Σ n·mean² − (Σ n·mean)²/N.
+    total = per_row(n * mean)
+    m2 = per_row(dev * dev) + per_row(n * mean * mean) - total * total / safe_n
+    std = np.sqrt(np.maximum(m2, 0) / safe_n)  # NaN stays NaN
+    n_sat = per_row(plan.n_sat)
+    sat_frac = np.where(n_sat > 0, per_row(np.where(plan.has_sat, sat, 0.0)) / np.maximum(n_sat, 1), ABSENT)
+    units = per_row(plan.units)
+    dead_frac = np.full(width, ABSENT)
+    if dead is not None:
+        per_call = np.zeros(len(rows))
+        per_call[plan.has_peak] = dead
+        dead_frac = np.where(units > 0, per_row(per_call) / np.maximum(units, 1), ABSENT)
+    out[active] = np.stack([std, sat_frac, dead_frac], 1)[active]
+    if hist is not None and counts is not None:
+        # Each call's sample scaled to its whole output, so that a row's bins sum to 1.
+        weighted = counts[:, :HIST_BINS] * (n / np.maximum(plan.sample, 1))[:, None]
+        binned = np.zeros((width, HIST_BINS))
+        np.add.at(binned, rows, weighted)
+        hist[active] = (binned / safe_n[:, None])[active]
 
 
 def _count_flat(spec: ActivationSpec, x: torch.Tensor) -> torch.Tensor:

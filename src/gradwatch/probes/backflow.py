@@ -19,23 +19,22 @@ from .forward import Hooks, batch_size, first_tensor, recording_forward
 
 
 class BackflowProbe(Probe):
-    columns = ("backflow_sq",)
-
     def __init__(self, modules: dict[str, nn.Module], cadence: int = 1):
         self.modules = modules
         self.cadence = cadence
         self._hooks = Hooks()
         self._calls = [0] * len(modules)
         self._norms: list[tuple[int, torch.Tensor, float]] = []  # (row, ‖g‖, 1/batch) per backward call
+        # Recorded steps, pooled at flush: (slot, rows, scales, calls per row, stacked norms).
+        self._steps: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, torch.Tensor | None]] = []
+        self._inv_sq: dict[int, torch.Tensor] = {}  # slot → 1/scale² of a GradScaler
 
     def rows(self) -> list[str]:
         return list(self.modules)
 
     def bind(self, table: StepTable) -> None:
         super().bind(table)
-        self._rows = table.row_index(self.rows())
-        self._col = table.column("backflow_sq")
-        self._device = table.device
+        self._table_rows = table.row_index(self.rows()).cpu().numpy()
 
     def arm(self) -> None:
         if self._hooks:
@@ -75,26 +74,47 @@ class BackflowProbe(Probe):
 
     @torch.no_grad()
     def record(self, slot: int) -> None:
+        """One kernel per step (the norms stacked); squaring, scaling and pooling wait for the flush."""
         norms, self._norms = self._norms, []
-        if not any(self._calls):
+        calls, self._calls = np.array(self._calls, dtype=np.float64), [0] * len(self.modules)
+        if not calls.any():
             return
-        dev, f64 = self._device, torch.float64
-        acc = torch.zeros(len(self.modules), dtype=f64, device=dev)
-        if norms:
-            per_norm = torch.tensor([(r, s) for r, _, s in norms], dtype=f64, device=dev)
-            acc.index_add_(0, per_norm[:, 0].long(), torch.stack([n for _, n, _ in norms]).to(dev, f64).square() * per_norm[:, 1])
-        # The mean over the step's calls; a row without a call is absent.
-        calls, absent = torch.tensor([[c or 1, 0.0 if c else ABSENT] for c in self._calls], dtype=f64, device=dev).T
-        self.table.write(slot, self._col, self._rows, torch.where(absent < 0, absent, acc / calls))
-        self._calls = [0] * len(self.modules)
+        rows = np.array([r for r, _, _ in norms], dtype=np.int64)
+        scales = np.array([s for _, _, s in norms], dtype=np.float64)
+        stacked = torch.stack([n for _, n, _ in norms]) if norms else None
+        self._steps.append((slot, rows, scales, calls, stacked))
 
     def unscale(self, slot: int, inv_sq: torch.Tensor) -> None:
-        # an absent entry is negative and stays negative
-        self.table.data[slot, self._col] *= inv_sq.to(self.table.device)
+        self._inv_sq[slot] = inv_sq
 
     def discard(self) -> None:
         self._norms = []
         self._calls = [0] * len(self.modules)
+
+    def take(self, n: int) -> dict:
+        steps = [s for s in self._steps if s[0] < n]
+        self._steps = [s for s in self._steps if s[0] >= n]
+        inv_sq = {k: v for k, v in self._inv_sq.items() if k < n}
+        self._inv_sq = {k: v for k, v in self._inv_sq.items() if k >= n}
+        out = np.full((n, len(self.table.rows)), ABSENT)
+        parts = [s[4] for s in steps if s[4] is not None] + list(inv_sq.values())
+        if not parts:
+            return {"backflow_sq": out}
+        # Every step's norms reach the host in one copy.
+        host = torch.cat([t.reshape(-1).to(torch.float64) for t in parts]).cpu().numpy()
+        at, width = 0, len(self.modules)
+        for slot, rows, scales, calls, stacked in steps:
+            acc = np.zeros(width)
+            if stacked is not None:
+                norm = host[at : at + len(rows)]
+                at += len(rows)
+                acc = np.bincount(rows, weights=norm * norm * scales, minlength=width)
+            # The mean over the step's calls; a row without a call is absent.
+            out[slot, self._table_rows] = np.where(calls > 0, acc / np.maximum(calls, 1), ABSENT)
+        for slot, value in zip(inv_sq, host[at:], strict=True):
+            measured = out[slot] >= 0
+            out[slot, measured] *= value
+        return {"backflow_sq": out}
 
     def finalize(self, raw: dict[str, np.ndarray]) -> list:
         sq = raw["backflow_sq"]
