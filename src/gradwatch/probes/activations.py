@@ -374,21 +374,22 @@ class ActivationProbe(Probe):
         width = len(self._rows)
         out = np.full((n, width, 3), ABSENT)
         hist = np.full((n, width, HIST_BINS), ABSENT, dtype=np.float32) if self.histograms else None
-        if steps:
-            # Every step's numbers reach the host in one copy.
-            parts = [t for s in steps for t in (s.scalars, s.dead, s.hist) if t is not None]
-            host = torch.cat([t.reshape(-1).to(torch.float64) for t in parts]).cpu().numpy()
-            at = 0
-            for s in steps:
-                c = len(s.plan.rows)
-                scalars, at = host[at : at + 3 * c].reshape(3, c), at + 3 * c
-                dead = None
-                if s.dead is not None:
-                    dead, at = host[at : at + s.dead.numel()], at + s.dead.numel()
-                counts = None
-                if s.hist is not None:
-                    counts, at = host[at : at + s.hist.numel()].reshape(c, HIST_BINS + 1), at + s.hist.numel()
-                _pool(s.plan, scalars, dead, counts, width, out[s.slot], None if hist is None else hist[s.slot])
+        # Steps alike (the same calls, as usual) are pooled together: a few copies to the host.
+        alike: dict[int, list[_Step]] = {}
+        for step in steps:
+            alike.setdefault(id(step.plan), []).append(step)
+        for group in alike.values():
+            plan = group[0].plan
+            _pool(
+                plan,
+                _host([s.scalars for s in group]),
+                None if group[0].dead is None else _host([s.dead for s in group]),
+                None if group[0].hist is None else _host([s.hist for s in group]),
+                width,
+                out,
+                hist,
+                [s.slot for s in group],
+            )
         if not self._found_functional:
             # A forward may start calling activation functions later (a branch, a schedule): the
             # first measured forward after each flush looks again, at the function mode's cost.
@@ -425,15 +426,33 @@ class ActivationProbe(Probe):
         self.disarm()
 
 
-def _pool(plan: _Plan, scalars: np.ndarray, dead: np.ndarray | None, counts: np.ndarray | None, width: int, out: np.ndarray, hist: np.ndarray | None) -> None:
-    """One step's calls pooled into rows (several calls of a row: micro-batches, a module calling
-    a function twice), into `out` [rows, 3] (std, saturated, dead) and `hist` [rows, bins]."""
+def _host(tensors: list[torch.Tensor]) -> np.ndarray:
+    return torch.stack(tensors).cpu().numpy().astype(np.float64)
+
+
+def _pool(
+    plan: _Plan,
+    scalars: np.ndarray,
+    dead: np.ndarray | None,
+    counts: np.ndarray | None,
+    width: int,
+    out: np.ndarray,
+    hist: np.ndarray | None,
+    slots: list[int],
+) -> None:
+    """Steps with the same calls, pooled into rows (several calls of a row: micro-batches, a module
+    calling a function twice): `scalars` [steps, 3, calls], `dead` [steps, rectifier calls],
+    `counts` [steps, calls, bins + 1], into `out[slots]` [rows, 3] (std, saturated, dead) and
+    `hist[slots]` [rows, bins]."""
+    steps = len(slots)
     rows, n = plan.rows, plan.n
-    mean, dev, sat = scalars
+    index = (np.arange(steps)[:, None] * width + rows).ravel()
 
     def per_row(weights: np.ndarray) -> np.ndarray:
-        return np.bincount(rows, weights=weights, minlength=width)
+        weights = np.broadcast_to(weights, (steps, len(rows)))
+        return np.bincount(index, weights=weights.ravel(), minlength=steps * width).reshape(steps, width)
 
+    mean, dev, sat = scalars[:, 0], scalars[:, 1], scalars[:, 2]
     total_n = per_row(n)
     active = np.bincount(rows, minlength=width) > 0
     safe_n = np.maximum(total_n, 1)
@@ -443,19 +462,20 @@ def _pool(plan: _Plan, scalars: np.ndarray, dead: np.ndarray | None, counts: np.
     std = np.sqrt(np.maximum(m2, 0) / safe_n)  # NaN stays NaN
     n_sat = per_row(plan.n_sat)
     sat_frac = np.where(n_sat > 0, per_row(np.where(plan.has_sat, sat, 0.0)) / np.maximum(n_sat, 1), ABSENT)
-    units = per_row(plan.units)
-    dead_frac = np.full(width, ABSENT)
+    dead_frac = np.full((steps, width), ABSENT)
     if dead is not None:
-        per_call = np.zeros(len(rows))
-        per_call[plan.has_peak] = dead
+        units = per_row(plan.units)
+        per_call = np.zeros((steps, len(rows)))
+        per_call[:, plan.has_peak] = dead
         dead_frac = np.where(units > 0, per_row(per_call) / np.maximum(units, 1), ABSENT)
-    out[active] = np.stack([std, sat_frac, dead_frac], 1)[active]
+    out[np.ix_(slots, active)] = np.stack([std, sat_frac, dead_frac], 2)[:, active]
     if hist is not None and counts is not None:
         # Each call's sample scaled to its whole output, so that a row's bins sum to 1.
-        weighted = counts[:, :HIST_BINS] * (n / np.maximum(plan.sample, 1))[:, None]
-        binned = np.zeros((width, HIST_BINS))
-        np.add.at(binned, rows, weighted)
-        hist[active] = (binned / safe_n[:, None])[active]
+        weighted = counts[:, :, :HIST_BINS] * (n / np.maximum(plan.sample, 1))[:, None]
+        onehot = np.zeros((len(rows), width))
+        onehot[np.arange(len(rows)), rows] = 1.0
+        binned = np.einsum("scb,cw->swb", weighted, onehot)
+        hist[np.ix_(slots, active)] = (binned / safe_n[:, :, None])[:, active]
 
 
 def _count_flat(spec: ActivationSpec, x: torch.Tensor) -> torch.Tensor:
