@@ -239,7 +239,7 @@ class ActivationProbe(Probe):
             # A unit is dead when its largest input over the batch is in the flat tail; the
             # comparison with the bound waits for `record`, one kernel for every call of the step.
             peak = x.amax(0) if x.dim() > 1 else x
-            units = x[0].numel() if x.dim() > 1 else x.numel()
+            units = math.prod(x.shape[1:]) if x.dim() > 1 else x.numel()
         else:
             peak, units = None, 0
         return x.numel(), (x.numel() if spec.saturating else 0), units, sat, peak, spec.lo
@@ -251,8 +251,8 @@ class ActivationProbe(Probe):
         y = y if y.dtype in (torch.float32, torch.float64) else y.float()
         mean = y.mean()
         # Two passes (mean, then the norm of the deviations): exact for outputs far from zero mean,
-        # where Σy² − (Σy)²/n in float32 would cancel.
-        dev = torch.linalg.vector_norm(y - mean)
+        # where Σy² − (Σy)²/n in float32 would cancel. `dist` is ‖y − mean‖ in one call.
+        dev = torch.dist(y, mean)
         sample = y.take(self._stride(y)) if self.histograms else None  # a copy: y is not kept alive
         self._calls.append(_Call(row.index, n_elem, n_sat_elem, n_units, mean, dev, sat, peak, lo, sample))
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .base import ABSENT, Probe, StepTable
-from .forward import Hooks, batch_size, first_tensor, recording_forward
+from .forward import Hooks, batch_size, first_tensor, recording_forward, time_major
 
 
 class BackflowProbe(Probe):
@@ -40,17 +40,17 @@ class BackflowProbe(Probe):
         if self._hooks:
             return
         for i, m in enumerate(self.modules.values()):
-            self._hooks.add(m.register_forward_hook(self._forward_hook(i)))
+            self._hooks.add(m.register_forward_hook(self._forward_hook(i, time_major(m))))
 
     def disarm(self) -> None:
         self._hooks.remove()
 
-    def _forward_hook(self, i: int):
+    def _forward_hook(self, i: int, time_first: bool):
         def hook(module, args, output):
-            out = first_tensor(output)
+            out = output if type(output) is torch.Tensor else first_tensor(output)
             if out is None or not out.requires_grad or not recording_forward():
                 return
-            scale = 1.0 / batch_size(module, output, out)
+            scale = 1.0 / batch_size(module, output, out, time_first)
             self._calls[i] += 1
             node = out.grad_fn
             if node is None:  # a leaf that requires grad (an input passed straight through)

@@ -27,15 +27,23 @@ def first_tensor(output) -> torch.Tensor | None:
     return None
 
 
-def batch_size(module: nn.Module, output, tensor: torch.Tensor) -> int:
-    """Samples in `tensor`: its leading dimension, or dimension 1 for `batch_first=False` modules."""
+def time_major(module: nn.Module) -> bool:
+    """A `batch_first=False` module (RNNs, older Transformer layers): its batch is dimension 1."""
+    return getattr(module, "batch_first", True) is False
+
+
+def batch_size(module: nn.Module, output, tensor: torch.Tensor, time_first: bool | None = None) -> int:
+    """Samples in `tensor`: its leading dimension, or dimension 1 for `batch_first=False` modules
+    (`time_first`, when the caller knows it already: the attribute lookup is slow on a module)."""
     if isinstance(output, tuple) and output and isinstance(output[0], PackedSequence):
         return int(output[0].batch_sizes[0])
     if isinstance(output, PackedSequence):
         return int(output.batch_sizes[0])
     if tensor.dim() == 0:
         return 1
-    if getattr(module, "batch_first", True) is False and tensor.dim() >= 3:
+    if time_first is None:
+        time_first = time_major(module)
+    if time_first and tensor.dim() >= 3:
         return tensor.shape[1]
     return tensor.shape[0]
 

@@ -41,7 +41,7 @@ def pack_groups(sizes: list[int], budget: float) -> list[list[int]]:
 class UpdateProbe(Probe):
     columns = ("update_sq", "weight_sq")
 
-    def __init__(self, layers: list[ParamLayer], memory: float = 0.25, only: set[int] | None = None):
+    def __init__(self, layers: list[ParamLayer], memory: float = 0.1, only: set[int] | None = None):
         """`only`: ids of the parameters the hooked optimizer updates; the others (a GAN's other
         network, stepped by another optimizer) do not change in this step and get no ratio."""
         if memory <= 0:
