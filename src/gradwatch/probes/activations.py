@@ -10,11 +10,13 @@ it is dropped when the first measured forward finds no functional activation, an
 the first measured forward after each flush (a forward that starts calling them later is measured
 from then on).
 
-Statistics accumulate on the device over every forward of a step (gradient accumulation) and are
-written out at the optimizer step: population std of the outputs, saturated fraction of inputs,
-dead fraction of units (see `activation_specs`), and a 32-bin histogram of the outputs over the
-function's range (values outside are counted in the edge bins), taken from at most 1,024 evenly
-strided outputs per call: enough for a picture, at a fraction of the cost of binning them all.
+Each call leaves a few device scalars; at the optimizer step they are stacked into a handful of
+device tensors (no host sync), and at flush every recorded step is copied to the host and pooled
+over its calls (gradient accumulation) with numpy, where a small operation costs no kernel launch:
+population std of the outputs, saturated fraction of inputs, dead fraction of units (see
+`activation_specs`), and a 32-bin histogram of the outputs over the function's range (values
+outside are counted in the edge bins), taken from at most 1,024 evenly strided outputs per call:
+enough for a picture, at a fraction of the cost of binning them all.
 """
 
 from __future__ import annotations
@@ -135,7 +137,6 @@ class ActivationProbe(Probe):
 
     def bind(self, table) -> None:
         super().bind(table)
-        self._device = table.device
         self._plans: dict[tuple, _Plan] = {}
         self._steps: list[_Step] = []  # recorded since the last flush
 
@@ -276,8 +277,9 @@ class ActivationProbe(Probe):
         if not calls:
             return
         plan = self._plan(calls)
-        first = calls[0].mean
-        zero = torch.zeros((), dtype=first.dtype, device=first.device)
+        zero = None
+        if not all(plan.has_sat):
+            zero = torch.zeros((), dtype=calls[0].mean.dtype, device=calls[0].mean.device)
         scalars = torch.stack(
             [c.mean for c in calls] + [c.dev for c in calls] + [zero if c.sat is None else c.sat for c in calls]
         ).view(3, len(calls))

@@ -5,7 +5,9 @@ tensor hook when the output is a leaf); autograd calls it with the gradient duri
 hook only reads it (returns None), so gradients are unchanged and no graph is kept alive. A hook
 registered before an in-place op on the output receives the gradient of the value the layer
 produced, which is what we want. Tuple outputs (LSTM, attention) use their first
-tensor. Per sample: ‖g‖ / √batch, the root mean over every backward of the step.
+tensor. Per sample: ‖g‖ / √batch, the root mean over every backward of the step. A step's norms
+are stacked on the device (one kernel); squaring, scaling and pooling them happen on the host at
+flush, with every recorded step's norms brought over in one copy.
 """
 
 from __future__ import annotations
