@@ -62,3 +62,24 @@ def test_interleaved_run_steps_every_configuration_once_per_round(overhead):
     for row in res.rows:
         assert row.error is None and len(row.blocks_ms) == 4
         assert row.ms == pytest.approx(sum(row.blocks_ms) / 4)
+
+
+def test_compare_revisions_times_a_revision_next_to_the_working_tree(capsys):
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        pytest.skip("needs the git history of a checkout")
+    import torch
+
+    spec = importlib.util.spec_from_file_location("gradwatch_bench_compare", root / "bench" / "compare_revisions.py")
+    module = importlib.util.module_from_spec(spec)
+    threads = torch.get_num_threads()
+    try:
+        spec.loader.exec_module(module)
+        module.main(["HEAD", "--rounds", "4", "--warmup", "1", "--configs", "default"])
+    finally:
+        torch.set_num_threads(threads)
+        sys.modules.pop("gradwatch_HEAD", None)
+    out = capsys.readouterr().out
+    rows = [line.split("|")[1:3] for line in out.splitlines() if line.startswith("| ") and "x |" in line]
+    assert [label.strip() for label, _ in rows] == ["plain", "default @ HEAD", "default @ working tree"]
+    assert all(math.isfinite(float(ratio.strip().rstrip("x"))) for _, ratio in rows)

@@ -1,0 +1,119 @@
+"""The working tree's overhead against an earlier revision's, measured side by side in one process.
+
+Ratios from separate runs of `overhead.py` move by a few points with the machine's state (a plain
+step of the 20-layer MLP took 22 ms one hour and 29 ms the next on the same idle machine). To see
+what a change bought, this script imports the earlier revision's `gradwatch` under another name
+(`git archive` of its `src/gradwatch` into a temporary directory) next to the working tree's, and
+interleaves one step of every model copy per round, shuffled each round: plain training, then each
+configuration under both revisions. One torch thread; each step is timed with the main thread's
+CPU clock; the figure is the mean per step after a warm-up, as a ratio to plain.
+
+    python bench/compare_revisions.py bc77eb9                  # mlp, default and all probes
+    python bench/compare_revisions.py HEAD~3 --models cnn --rounds 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib
+import io
+import random
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import overhead  # noqa: E402  (the models and batches of bench/overhead.py)
+
+CONFIGS = {
+    "default": {},
+    "params": {"activations": False, "backflow": False, "through_time": False},
+    "all": {"activations": True, "backflow": True, "through_time": True},
+}
+
+
+def import_revision(rev: str, into: Path):
+    """`gradwatch` as it was at `rev`, imported as the package `gradwatch_<rev>`."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        archive = subprocess.run(
+            ["git", "archive", rev, "src/gradwatch"], cwd=root, check=True, capture_output=True
+        ).stdout
+    except subprocess.CalledProcessError as exc:
+        sys.exit(f"git archive {rev} failed ({exc.stderr.decode().strip()}); name a commit of this repository.")
+    name = "gradwatch_" + "".join(c if c.isalnum() else "_" for c in rev)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    (into / "src" / "gradwatch").rename(into / name)
+    sys.path.insert(0, str(into))
+    return importlib.import_module(name)
+
+
+class Run:
+    """One model copy with its own Adam optimizer, watched by `module` with `kwargs` (or plain)."""
+
+    def __init__(self, label: str, task: overhead.Task, module=None, kwargs: dict | None = None):
+        self.label, self.task, self.i, self.times = label, task, 0, []
+        self.model = copy.deepcopy(task.initial)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.watch = module.watch(self.model, self.opt, **kwargs) if module is not None else None
+
+    def step(self) -> None:
+        x, y = self.task.batch(self.i)
+        t0 = time.thread_time()
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.task.loss(self.model(x), y)
+        loss.backward()
+        if self.watch is not None:
+            self.watch.log_loss(loss)
+        self.opt.step()
+        self.times.append(time.thread_time() - t0)
+        self.i += 1
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("rev", help="the earlier revision (a commit, tag or branch)")
+    p.add_argument("--models", default="mlp", help=f"from {', '.join(overhead.MODELS)}")
+    p.add_argument("--configs", default="default,all", help=f"from {', '.join(CONFIGS)}")
+    p.add_argument("--rounds", type=int, default=600)
+    p.add_argument("--warmup", type=int, default=100, help="rounds left out of the mean")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    import gradwatch
+
+    with tempfile.TemporaryDirectory(prefix="gwbench-rev-") as tmp:
+        old = import_revision(args.rev, Path(tmp))
+        for name in args.models.split(","):
+            task = overhead.Task(overhead.MODELS[name], torch.device("cpu"), calibrate=False)
+            runs = [Run("plain", task)]
+            for config in args.configs.split(","):
+                runs.append(Run(f"{config} @ {args.rev}", task, old, CONFIGS[config]))
+                runs.append(Run(f"{config} @ working tree", task, gradwatch, CONFIGS[config]))
+            rng = random.Random(0)
+            for _ in range(args.rounds):
+                order = runs[:]
+                rng.shuffle(order)
+                for run in order:
+                    run.step()
+            plain = statistics.mean(runs[0].times[args.warmup :])
+            print(f"\n{name}: plain {plain * 1e3:.2f} ms/step, mean of {args.rounds - args.warmup} interleaved steps")
+            print("| configuration | ratio to plain | ms/step |\n|---|---:|---:|")
+            for run in runs:
+                mean = statistics.mean(run.times[args.warmup :])
+                print(f"| {run.label} | {mean / plain:.3f}x | {mean * 1e3:.2f} |")
+            for run in runs:
+                if run.watch is not None:
+                    run.watch.close()
+
+
+if __name__ == "__main__":
+    main()
