@@ -99,11 +99,9 @@ class BackflowProbe(Probe):
         inv_sq = {k: v for k, v in self._inv_sq.items() if k < n}
         self._inv_sq = {k: v for k, v in self._inv_sq.items() if k >= n}
         out = np.full((n, len(self.table.rows)), ABSENT)
-        parts = [s[4] for s in steps if s[4] is not None] + list(inv_sq.values())
-        if not parts:
-            return {"backflow_sq": out}
-        # Every step's norms reach the host in one copy.
-        host = torch.cat([t.reshape(-1).to(torch.float64) for t in parts]).cpu().numpy()
+        # Every step's norms reach the host in one copy (in their own dtype: MPS has no float64).
+        norms = [s[4].reshape(-1) for s in steps if s[4] is not None]
+        host = torch.cat(norms).cpu().numpy().astype(np.float64) if norms else np.zeros(0)
         at, width = 0, len(self.modules)
         for slot, rows, scales, calls, stacked in steps:
             acc = np.zeros(width)
@@ -113,9 +111,11 @@ class BackflowProbe(Probe):
                 acc = np.bincount(rows, weights=norm * norm * scales, minlength=width)
             # The mean over the step's calls; a row without a call is absent.
             out[slot, self._table_rows] = np.where(calls > 0, acc / np.maximum(calls, 1), ABSENT)
-        for slot, value in zip(inv_sq, host[at:], strict=True):
-            measured = out[slot] >= 0
-            out[slot, measured] *= value
+        if steps and inv_sq:
+            values = torch.stack([v.reshape(()) for v in inv_sq.values()]).cpu().numpy().astype(np.float64)
+            for slot, value in zip(inv_sq, values, strict=True):
+                measured = out[slot] >= 0
+                out[slot, measured] *= value
         return {"backflow_sq": out}
 
     def finalize(self, raw: dict[str, np.ndarray]) -> list:
