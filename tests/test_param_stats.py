@@ -142,6 +142,26 @@ def test_nonfinite_gradients_are_counted_not_dropped():
     assert got[("2", "nonfinite")] == 0 and math.isfinite(got[("2", "grad_norm")])
 
 
+def test_nonfinite_gradients_at_a_later_step_are_counted_too():
+    # Past the first step of a flush the usual step takes a shorter path; a non-finite gradient
+    # must still be counted there.
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with gw.watch(model, opt) as w:
+        for step in range(3):
+            opt.zero_grad()
+            model(torch.randn(2, 3)).sum().backward()
+            if step == 2:
+                model[2].weight.grad[0, 1] = float("inf")
+            expected = naive_grad_stats(model)
+            opt.step()
+    got = as_dict(w.stats(), 2)
+    assert got[("2", "nonfinite")] == 1 and math.isinf(got[("2", "grad_norm")])
+    assert got[("0", "nonfinite")] == 0
+    assert got[("0", "grad_norm")] == pytest.approx(expected[("0", "grad_norm")], rel=1e-6)
+    assert all(as_dict(w.stats(), 1)[(name, "nonfinite")] == 0 for name in ("0", "2"))
+
+
 def test_huge_finite_gradients_do_not_overflow_the_layer_norm():
     model = nn.Linear(2, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)

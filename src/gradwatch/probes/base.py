@@ -55,6 +55,11 @@ class StepTable:
         """Write values `[len(rows)]` into one slot and column; stays on the device."""
         self.data[slot, column].index_copy_(0, rows, values.to(self.data.dtype))
 
+    def write_sums(self, slot: int, column: int, rows: torch.Tensor, values: torch.Tensor) -> None:
+        """Write, per distinct row of `rows`, the sum of its `values` (a layer's parameters)."""
+        cell = self.data[slot, column]
+        cell.index_fill_(0, rows, 0.0).index_add_(0, rows, values.to(self.data.dtype))
+
     def take(self, n: int) -> dict[str, np.ndarray]:
         """Copy the first `n` slots to the host (the only host sync) and clear them."""
         host = self.data[:n].cpu().numpy().copy()

@@ -92,6 +92,7 @@ class ParamProbe(Probe):
         self._rows = table.row_index(self.rows())
         self._c_first = table.column("grad_sq")
         assert table.columns[self._c_first : self._c_first + 3] == list(self.columns)
+        self._param_rows = self._rows[torch.tensor(self._owner, dtype=torch.long, device=self._rows.device)]
 
     def _index_for(self, with_grad: tuple[int, ...], weights: bool):
         """Index tensors for the parameters that have gradients now (cached: usually always the same).
@@ -121,6 +122,8 @@ class ParamProbe(Probe):
         at the first recorded step of each flush only (not slot 0: a step a GradScaler skipped can
         hold that slot); in between, the update probe writes those of the layers it snapshots.
         """
+        if not self._weights_due and self._record_fast(slot):
+            return
         table, n = self.table, len(self.layers)
         with_grad, grads = [], []
         for k, p in enumerate(self._params):
@@ -146,6 +149,25 @@ class ParamProbe(Probe):
         if not weights:
             block[1].fill_(ABSENT)
         table.data[slot, self._c_first : self._c_first + 3].index_copy_(1, self._rows, block.to(table.dtype))
+
+    def _record_fast(self, slot: int) -> bool:
+        """The usual step, in half the kernels: every parameter has a dense gradient of its own
+        dtype on the CPU, all finite, and the weights are not due (the update probe fills its
+        turn's). False: not this step, take the general path."""
+        if not self._homogeneous or self._sharded or self.table.device.type != "cpu":
+            return False
+        grads = [p.grad for p in self._params]
+        if any(g is None or g.is_sparse or g.dtype != p.dtype for g, p in zip(grads, self._params, strict=True)):
+            return False
+        acc = torch.float64 if grads[0].dtype == torch.float64 else torch.float32
+        sq = torch.stack(torch._foreach_norm(grads, 2, dtype=acc)).double().square_()
+        if not math.isfinite(sq.sum()):
+            return False  # the general path counts the non-finite entries
+        table, c = self.table, self._c_first
+        table.write_sums(slot, c, self._param_rows, sq)
+        table.data[slot, c + 1].index_fill_(0, self._rows, ABSENT)  # the update probe writes its turn's
+        table.data[slot, c + 2].index_fill_(0, self._rows, 0.0)
+        return True
 
     def take(self, n: int) -> dict:
         self._weights_due = True

@@ -96,11 +96,9 @@ class UpdateProbe(Probe):
                 owners.append(pos)
             extra += self._unstepped[j]
             extra_owners += [pos] * len(self._unstepped[j])
-        dev = self.table.device
         rows = self.table.row_index([self._names[j] for j in group])
-        owner_t = torch.tensor(owners, device=dev)
-        norm_owner_t = torch.tensor(owners + extra_owners, device=dev)
-        return params, views, owner_t, rows, extra, norm_owner_t
+        # The table row of each snapshot (update norms) and of each parameter read for the weight norms.
+        return params, views, rows[owners], extra, rows[owners + extra_owners]
 
     @torch.no_grad()
     def record(self, slot: int) -> None:
@@ -108,15 +106,11 @@ class UpdateProbe(Probe):
         if not self.groups:
             return
         g = self._turn % len(self.groups)
-        params, views, _, rows, extra, norm_owner_t = self._plans[g]
+        params, views, _, extra, norm_rows = self._plans[g]
         torch._foreach_copy_(views, [local(p.detach()) for p in params])
         sq = sq_norms(views + [local(p.detach()) for p in extra], self.table.device)
-        self.table.write(slot, self._col_w, rows, self._per_layer(len(rows), norm_owner_t, sq))
+        self.table.write_sums(slot, self._col_w, norm_rows, sq)
         self._pending = (slot, g)
-
-    def _per_layer(self, n: int, owner_t: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros(n, dtype=torch.float64, device=self.table.device)
-        return out.index_add_(0, owner_t, sq)
 
     @torch.no_grad()
     def after_update(self, slot: int) -> None:
@@ -125,10 +119,10 @@ class UpdateProbe(Probe):
         _, g = self._pending
         self._pending = None
         self._turn += 1
-        params, views, owner_t, rows, _, _ = self._plans[g]
+        params, views, update_rows, _, _ = self._plans[g]
         torch._foreach_sub_(views, [local(p.detach()) for p in params])  # views now hold w_before - w_after
         sq = sq_norms(views, self.table.device)
-        self.table.write(slot, self._col, rows, self._per_layer(len(rows), owner_t, sq))
+        self.table.write_sums(slot, self._col, update_rows, sq)
 
     def discard(self) -> None:
         """Forget a snapshot whose update never happened (the optimizer step raised)."""
