@@ -51,10 +51,6 @@ class StepTable:
     def row_index(self, names: list[str]) -> torch.Tensor:
         return torch.tensor([self._row_index[n] for n in names], device=self.device)
 
-    def write(self, slot: int, column: int, rows: torch.Tensor, values: torch.Tensor) -> None:
-        """Write values `[len(rows)]` into one slot and column; stays on the device."""
-        self.data[slot, column].index_copy_(0, rows, values.to(self.data.dtype))
-
     def write_sums(self, slot: int, column: int, rows: torch.Tensor, values: torch.Tensor) -> None:
         """Write, per distinct row of `rows`, the sum of its `values` (a layer's parameters)."""
         cell = self.data[slot, column]

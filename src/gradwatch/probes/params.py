@@ -122,8 +122,6 @@ class ParamProbe(Probe):
         at the first recorded step of each flush only (not slot 0: a step a GradScaler skipped can
         hold that slot); in between, the update probe writes those of the layers it snapshots.
         """
-        if not self._weights_due and self._record_fast(slot):
-            return
         table, n = self.table, len(self.layers)
         with_grad, grads = [], []
         for k, p in enumerate(self._params):
@@ -133,14 +131,22 @@ class ParamProbe(Probe):
                 grads.append(local(g) if self._sharded else g)
         weights, self._weights_due = self._weights_due, False
         params = [local(p) for p in self._params] if self._sharded else self._params
-        into, has_grad = self._index_for(tuple(with_grad), weights)
         homogeneous = (
             self._homogeneous
             and len(grads) == len(self._params)
             and all(g.dtype == p.dtype and not g.is_sparse for g, p in zip(grads, params, strict=True))
         )
         sq = sq_norms(grads + params if weights else grads, table.device, homogeneous)
+        if homogeneous and not weights and not self._sharded and table.device.type == "cpu" and math.isfinite(sq.sum()):
+            # The usual step, in half the kernels: every layer has a gradient, none non-finite, so
+            # the sums go straight into the table (the update probe fills its turn's weights).
+            c = self._c_first
+            table.write_sums(slot, c, self._param_rows, sq)
+            table.data[slot, c + 1].index_fill_(0, self._rows, ABSENT)
+            table.data[slot, c + 2].index_fill_(0, self._rows, 0.0)
+            return
         bad = nonfinite_counts(grads, sq[: len(grads)])
+        into, has_grad = self._index_for(tuple(with_grad), weights)
         block = torch.zeros(3 * n, dtype=torch.float64, device=table.device)
         block.index_add_(0, into, torch.cat([sq, bad]))
         block = block.view(3, n)
@@ -149,25 +155,6 @@ class ParamProbe(Probe):
         if not weights:
             block[1].fill_(ABSENT)
         table.data[slot, self._c_first : self._c_first + 3].index_copy_(1, self._rows, block.to(table.dtype))
-
-    def _record_fast(self, slot: int) -> bool:
-        """The usual step, in half the kernels: every parameter has a dense gradient of its own
-        dtype on the CPU, all finite, and the weights are not due (the update probe fills its
-        turn's). False: not this step, take the general path."""
-        if not self._homogeneous or self._sharded or self.table.device.type != "cpu":
-            return False
-        grads = [p.grad for p in self._params]
-        if any(g is None or g.is_sparse or g.dtype != p.dtype for g, p in zip(grads, self._params, strict=True)):
-            return False
-        acc = torch.float64 if grads[0].dtype == torch.float64 else torch.float32
-        sq = torch.stack(torch._foreach_norm(grads, 2, dtype=acc)).double().square_()
-        if not math.isfinite(sq.sum()):
-            return False  # the general path counts the non-finite entries
-        table, c = self.table, self._c_first
-        table.write_sums(slot, c, self._param_rows, sq)
-        table.data[slot, c + 1].index_fill_(0, self._rows, ABSENT)  # the update probe writes its turn's
-        table.data[slot, c + 2].index_fill_(0, self._rows, 0.0)
-        return True
 
     def take(self, n: int) -> dict:
         self._weights_due = True
