@@ -69,7 +69,7 @@ class _Plan(NamedTuple):
     n_sat: np.ndarray
     units: np.ndarray
     sample: np.ndarray  # [calls] histogram sample size
-    has_sat: list[bool]
+    has_sat: np.ndarray  # [calls] bool: the calls of saturating functions
     has_peak: np.ndarray  # [calls] bool: the calls of rectifiers
     peaks_uniform: bool  # every peak has one size: one [peaks, units] comparison
     lo: torch.Tensor | None  # [peaks, 1] dead-unit bound, in the peaks' dtype ([peak entries] if not uniform)
@@ -276,21 +276,22 @@ class ActivationProbe(Probe):
         calls, self._calls = self._calls, []
         if not calls:
             return
-        plan = self._plan(calls)
+        # Each list once per step: the plan's key, the dead units and the histograms all read them.
+        peaks = [c.peak.reshape(-1) for c in calls if c.peak is not None]
+        samples = [c.sample if c.sample.dtype == torch.float32 else c.sample.float() for c in calls if c.sample is not None]
+        plan = self._plan(calls, peaks, samples)
         zero = None
         if not all(plan.has_sat):
             zero = torch.zeros((), dtype=calls[0].mean.dtype, device=calls[0].mean.device)
         scalars = torch.stack(
             [c.mean for c in calls] + [c.dev for c in calls] + [zero if c.sat is None else c.sat for c in calls]
         ).view(3, len(calls))
-        self._steps.append(_Step(slot, plan, scalars, self._dead_units(calls, plan), self._histograms(calls, plan)))
+        self._steps.append(_Step(slot, plan, scalars, self._dead_units(peaks, plan), self._histograms(samples, plan)))
 
     def discard(self) -> None:
         self._calls = []
 
-    def _plan(self, calls: list[_Call]) -> _Plan:
-        peaks = [c.peak for c in calls if c.peak is not None]
-        samples = [c.sample for c in calls if c.sample is not None]
+    def _plan(self, calls: list[_Call], peaks: list[torch.Tensor], samples: list[torch.Tensor]) -> _Plan:
         key = (
             tuple((c.row, c.n, c.n_sat, c.units, c.lo, c.sat is not None) for c in calls),
             tuple(p.numel() for p in peaks),
@@ -332,7 +333,7 @@ class ActivationProbe(Probe):
             n_sat=np.array([c.n_sat for c in calls], dtype=np.float64),
             units=np.array([c.units for c in calls], dtype=np.float64),
             sample=np.array([0 if c.sample is None else c.sample.numel() for c in calls], dtype=np.float64),
-            has_sat=[c.sat is not None for c in calls],
+            has_sat=np.array([c.sat is not None for c in calls]),
             has_peak=np.array([c.peak is not None for c in calls]),
             peaks_uniform=uniform,
             lo=lo,
@@ -343,9 +344,8 @@ class ActivationProbe(Probe):
             pad=pad,
         )
 
-    def _dead_units(self, calls: list[_Call], plan: _Plan) -> torch.Tensor | None:
+    def _dead_units(self, peaks: list[torch.Tensor], plan: _Plan) -> torch.Tensor | None:
         """Dead units of each call that has peaks (units whose peak input is in the flat tail)."""
-        peaks = [c.peak.reshape(-1) for c in calls if c.peak is not None]
         if not peaks:
             return None
         if plan.peaks_uniform:
@@ -355,12 +355,11 @@ class ActivationProbe(Probe):
         out = torch.zeros(len(peaks), dtype=torch.int64, device=flat.device)
         return out.index_add_(0, plan.peak_call, (flat < plan.lo).long())
 
-    def _histograms(self, calls: list[_Call], plan: _Plan) -> torch.Tensor | None:
+    def _histograms(self, samples: list[torch.Tensor], plan: _Plan) -> torch.Tensor | None:
         """Every call's sample binned in one pass: samples padded into rows of one matrix, bins
         offset by call, one bincount. Padding goes to an extra bin per call, dropped at flush."""
-        if not self.histograms:
+        if not samples:
             return None
-        samples = [c.sample if c.sample.dtype == torch.float32 else c.sample.float() for c in calls]
         values = torch.stack(samples) if plan.pad is None else torch.nn.utils.rnn.pad_sequence(samples, batch_first=True)
         # Values beyond the range count in the edge bins; NaN in the lowest (`nonfinite` reports it).
         # Clamped to [0, bins - 1] first, so that truncation to an integer is the floor.
@@ -368,7 +367,7 @@ class ActivationProbe(Probe):
         if plan.pad is not None:
             bins.masked_fill_(plan.pad, HIST_BINS)
         bins += plan.offsets
-        return torch.bincount(bins.view(-1), minlength=(HIST_BINS + 1) * len(calls)).view(len(calls), HIST_BINS + 1)
+        return torch.bincount(bins.view(-1), minlength=(HIST_BINS + 1) * len(samples)).view(len(samples), HIST_BINS + 1)
 
     def take(self, n: int) -> dict:
         steps = [s for s in self._steps if s.slot < n]
