@@ -38,6 +38,35 @@ def test_backflow_equals_retained_output_gradients():
         assert got[(str(i), "backflow_norm")] == pytest.approx(out.grad.norm().item() / math.sqrt(12), rel=1e-6)
 
 
+class _InFloat64(nn.Module):
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner.double()
+
+    def forward(self, x):
+        return self.inner(x.double()).float()
+
+
+def test_a_float64_layer_among_float32_ones_is_measured_in_its_own_precision():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 9), nn.Tanh(), _InFloat64(nn.Linear(9, 9)), nn.ReLU(), nn.Linear(9, 2))
+    x = torch.randn(12, 5)
+    got = as_dict(_watch_one(model, x, lambda y: y.pow(2).mean(), activations=True), 0)
+    model.zero_grad()
+    outs, h = [], x
+    for m in model:
+        h = m.inner(h.double()) if isinstance(m, _InFloat64) else m(h)
+        h.retain_grad()
+        outs.append(h)
+        h = h.float()
+    h.pow(2).mean().backward()
+    assert outs[2].dtype == torch.float64
+    for i, out in enumerate(outs):
+        name = "2.inner" if i == 2 else str(i)
+        assert got[(name, "backflow_norm")] == pytest.approx(out.grad.norm().item() / math.sqrt(12), rel=1e-6)
+    assert got[("2.inner", "grad_norm")] == pytest.approx(math.hypot(model[2].inner.weight.grad.norm().item(), model[2].inner.bias.grad.norm().item()), rel=1e-9)
+
+
 def test_backflow_accumulates_over_micro_batches_as_a_root_mean_square():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))

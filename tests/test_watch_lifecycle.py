@@ -193,6 +193,60 @@ def test_an_optimizer_step_that_raises_leaves_the_watch_consistent():
     assert len(stats.query("metric == 'grad_norm'")) == 1
 
 
+def test_a_subclass_step_calling_its_parents_is_one_step():
+    # torch patches each optimizer class's step() with the hook-calling wrapper on its first
+    # instance; once the parent has one, a subclass's super().step() runs the hooks a second time.
+    class Scaled(torch.optim.SGD):
+        def step(self, closure=None):
+            return super().step(closure)
+
+    torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    opt = Scaled(model.parameters(), lr=0.1)
+    fired = []
+    opt.register_step_post_hook(lambda *a: fired.append(1))
+    with gw.watch(model, opt, update_memory=1.0) as w:
+        for _ in range(3):
+            opt.zero_grad()
+            model(torch.randn(5, 3)).pow(2).sum().backward()
+            opt.step()
+    assert len(fired) == 6  # the premise: the hooks did run twice per step
+    stats = w.stats()
+    assert sorted(stats.step.unique()) == [0, 1, 2]
+    assert stats.query("metric == 'update_ratio'").groupby("step").size().tolist() == [2, 2, 2]
+
+
+def test_a_retried_step_is_recorded_from_the_retry_only():
+    # The failed attempt at step 1 takes the parameter probe's usual path (every gradient there,
+    # weights read at step 0); the retry, with one layer's gradients gone, takes the general one.
+    class Flaky(torch.optim.SGD):
+        calls = 0
+
+        def step(self, closure=None):
+            Flaky.calls += 1
+            if Flaky.calls == 2:
+                raise RuntimeError("optimizer failed")
+            return super().step(closure)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    opt = Flaky(model.parameters(), lr=0.1)
+    with gw.watch(model, opt) as w:
+        for _ in range(2):
+            opt.zero_grad()
+            model(torch.randn(5, 3)).pow(2).sum().backward()
+            try:
+                opt.step()
+            except RuntimeError:
+                model[0].weight.grad = model[0].bias.grad = None
+                model[2].weight.grad.mul_(3.0)
+                expected = math.hypot(model[2].weight.grad.norm().item(), model[2].bias.grad.norm().item())
+                opt.step()
+    step1 = w.stats().query("step == 1 and metric == 'grad_norm'").set_index("layer")["value"]
+    assert list(step1.index) == ["2"]
+    assert step1["2"] == pytest.approx(expected, rel=1e-6)
+
+
 def test_every_logged_loss_is_kept_negative_zero_and_nan_included(tmp_path):
     # A log-likelihood or a critic's loss is negative; the absent marker must not swallow it.
     model = nn.Linear(3, 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
+import sys
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -146,6 +147,7 @@ class Watch:
         self._slot = 0
         self._slot_steps: list[int] = []
         self._in_update: int | None = None  # slot whose optimizer update is under way
+        self._step_frame = None  # the frame running the hooks of the optimizer step under way
         self._pending: int | None = None  # manual mode: slot whose update the next step() measures
         self._chunks: list[pa.Table] = []  # one per flush; pandas frames are built on demand
         self._frames: list[pd.DataFrame] = []
@@ -252,6 +254,12 @@ class Watch:
         self._arm()
 
     def _on_pre_step(self, optimizer, args, kwargs) -> None:
+        frame = sys._getframe(1)
+        if self._step_frame is not None and _encloses(self._step_frame, frame):
+            # A subclass's step() that calls its parent's: torch runs the hooks again inside (once
+            # the parent class has been instantiated anywhere). It is one optimizer step.
+            return None
+        self._step_frame = frame
         if self._in_update is not None:  # the previous step() raised before finishing
             self._update_probe.discard()
             self._in_update = None
@@ -279,6 +287,9 @@ class Watch:
         return None
 
     def _on_post_step(self, optimizer, args, kwargs) -> None:
+        if sys._getframe(1) is not self._step_frame:  # the hooks of a nested parent step()
+            return
+        self._step_frame = None
         self._steps_taken += 1
         if self._in_update is not None:
             slot, self._in_update = self._in_update, None
@@ -340,6 +351,8 @@ class Watch:
             self._flushing = False
 
     def _flush(self, n: int) -> None:
+        for probe in self._probes:
+            probe.settle(n)
         if self._sharded and _dist.active():
             cols = [self._table.column(c) for c in _dist.SUMMED if c in self._table.columns]
             block = self._table.data[:n, cols]
@@ -463,6 +476,7 @@ class Watch:
             for probe in self._probes:
                 probe.after_update(slot)
         self._in_update = None
+        self._step_frame = None
         self.flush()
         for h in self._handles:
             h.remove()
@@ -528,6 +542,16 @@ class Watch:
         if finished:
             meta["finished"] = _now()
         self._writer.write_meta(meta)
+
+
+def _encloses(outer, frame) -> bool:
+    """Whether `outer` is one of the frames that called `frame` (still running below it)."""
+    frame = frame.f_back
+    while frame is not None:
+        if frame is outer:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _is_compiled(model: nn.Module) -> bool:

@@ -71,7 +71,9 @@ class BackflowProbe(Probe):
         if grad is None:  # this output got no gradient in this backward
             return
         grad = grad.detach()  # create_graph=True: no graph for our norm
-        norm = torch.linalg.vector_norm(grad) if grad.dtype == torch.float32 else torch.linalg.vector_norm(grad, dtype=torch.float32)
+        # Half-precision signals are summed in float32; float64 ones keep their own precision.
+        wide = grad.dtype in (torch.float32, torch.float64)
+        norm = torch.linalg.vector_norm(grad) if wide else torch.linalg.vector_norm(grad, dtype=torch.float32)
         self._norms.append((i, norm, scale))
 
     @torch.no_grad()

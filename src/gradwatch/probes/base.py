@@ -6,6 +6,8 @@ Nothing reaches the host until the monitor flushes the table (one copy for all p
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -51,16 +53,104 @@ class StepTable:
     def row_index(self, names: list[str]) -> torch.Tensor:
         return torch.tensor([self._row_index[n] for n in names], device=self.device)
 
-    def write_sums(self, slot: int, column: int, rows: torch.Tensor, values: torch.Tensor) -> None:
-        """Write, per distinct row of `rows`, the sum of its `values` (a layer's parameters)."""
-        cell = self.data[slot, column]
-        cell.index_fill_(0, rows, 0.0).index_add_(0, rows, values.to(self.data.dtype))
-
     def take(self, n: int) -> dict[str, np.ndarray]:
         """Copy the first `n` slots to the host (the only host sync) and clear them."""
         host = self.data[:n].cpu().numpy().copy()
         self.data[:n].fill_(ABSENT)
         return {c: host[:, i, :] for i, c in enumerate(self.columns)}
+
+
+class NormLog:
+    """Vectors of norms written as they come, one `stack` per step, and summed into the table at flush.
+
+    A step's statistics over many tensors (a layer's weight and bias, every layer at once) would
+    take a dozen small kernels to square, sum per layer and write into the table's cells; on a
+    step that costs milliseconds, their dispatch is most of what watching costs. Instead each step
+    stacks its raw norms into one row of a `[capacity, width]` buffer, and `settle(n)` squares and
+    sums every stored step per layer into the table in a few vectorised operations (on the device,
+    before the table is reduced across ranks and copied to the host).
+    """
+
+    def __init__(self, table: StepTable, width: int):
+        self.table = table
+        self._buf = torch.empty(table.capacity, max(width, 1), dtype=table.dtype, device=table.device)
+        self._used = np.full(table.capacity, -1)  # the plan each slot's row was written with
+        self._plans: list[_NormPlan] = []
+
+    def plan(self, column: int, rows: torch.Tensor, tensors: list[torch.Tensor], zero: int | None = None) -> int:
+        """A fixed way of writing: tensor k's squared norm is summed into (`column`, `rows[k]`);
+        column `zero`, if given, is set to 0 in the same cells.
+
+        `tensors` are examples of what `write` will get (only their device and dtype count); the
+        norms are grouped by those, one `_foreach_norm` per group.
+        """
+        assert tensors, "a plan writes at least one norm"
+        groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+        for k, t in enumerate(tensors):
+            groups.setdefault((t.device, t.dtype), []).append(k)
+        order = [k for idx in groups.values() for k in idx]
+        rows = rows[torch.tensor(order, dtype=torch.long, device=rows.device)]
+        targets, local = torch.unique(rows, return_inverse=True)
+        self._plans.append(
+            _NormPlan(
+                columns=[column] if zero is None else [column, zero],
+                width=len(order),
+                groups=[(dev, _accumulator(dtype), idx) for (dev, dtype), idx in groups.items()],
+                whole=len(groups) == 1 and tensors[0].device == self.table.device,
+                targets=targets,
+                local=local,
+            )
+        )
+        return len(self._plans) - 1
+
+    def write(self, slot: int, plan_id: int, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """The norms of `tensors` (in the plan's order) into `slot`'s row; returns that row."""
+        plan = self._plans[plan_id]
+        if plan.whole:
+            norms = torch._foreach_norm(tensors, 2, dtype=plan.groups[0][1])
+        else:
+            norms = []
+            for dev, acc, idx in plan.groups:
+                part = torch._foreach_norm([tensors[k] for k in idx], 2, dtype=acc)
+                norms += part if dev == self.table.device else [x.to(self.table.device) for x in part]
+        row = self._buf[slot, : plan.width]
+        torch.stack(norms, out=row)
+        self._used[slot] = plan_id
+        return row
+
+    def forget(self, slot: int) -> None:
+        self._used[slot] = -1
+
+    def settle(self, n: int) -> None:
+        """Square and sum the rows of the first `n` slots into the table's cells."""
+        used = self._used[:n]
+        data = self.table.data
+        for plan_id in np.unique(used[used >= 0]):
+            plan = self._plans[plan_id]
+            slots = torch.as_tensor(np.flatnonzero(used == plan_id), device=data.device)
+            norms = self._buf[slots, : plan.width]
+            sums = torch.zeros(len(slots), 1, len(plan.targets), dtype=data.dtype, device=data.device)
+            sums[:, 0].index_add_(1, plan.local, norms * norms)
+            if len(plan.columns) == 2:
+                sums = torch.cat([sums, torch.zeros_like(sums)], dim=1)
+            columns = torch.tensor(plan.columns, device=data.device)
+            data.index_put_((slots[:, None, None], columns[None, :, None], plan.targets[None, None, :]), sums)
+        self._used[:n] = -1
+
+
+@dataclass
+class _NormPlan:
+    columns: list[int]  # where the sums go, then the column set to 0, if any
+    width: int
+    groups: list[tuple[torch.device, torch.dtype, list[int]]]
+    whole: bool  # one group, in the order given: no reordering at write
+    targets: torch.Tensor  # the distinct table rows written
+    local: torch.Tensor  # each norm's position in `targets`
+
+
+def _accumulator(dtype: torch.dtype) -> torch.dtype:
+    """Norms accumulate in float32 at least (a bf16 norm would keep three digits)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 class Probe:
@@ -93,6 +183,9 @@ class Probe:
 
     def after_update(self, slot: int) -> None:
         pass
+
+    def settle(self, n: int) -> None:
+        """At flush, before the table is read: write into it what was kept aside for the first `n` slots."""
 
     def discard(self) -> None:
         """Forget what was gathered for a step that will not be recorded (a skipped or failed step)."""

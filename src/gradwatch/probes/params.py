@@ -9,7 +9,7 @@ import torch
 
 from .._distributed import is_sharded, local
 from .._layers import ParamLayer
-from .base import ABSENT, Probe, StepTable
+from .base import ABSENT, NormLog, Probe, StepTable
 
 
 def sq_norms(tensors: list[torch.Tensor], device: torch.device, homogeneous: bool = False) -> torch.Tensor:
@@ -93,6 +93,11 @@ class ParamProbe(Probe):
         self._c_first = table.column("grad_sq")
         assert table.columns[self._c_first : self._c_first + 3] == list(self.columns)
         self._param_rows = self._rows[torch.tensor(self._owner, dtype=torch.long, device=self._rows.device)]
+        # The usual step (see record) keeps its norms aside and sums them into the table at flush.
+        self._fast = self._homogeneous and not self._sharded and table.device.type == "cpu"
+        if self._fast:
+            self._log = NormLog(table, len(self._params))
+            self._plan = self._log.plan(self._c_first, self._param_rows, self._params, zero=self._c_first + 2)
 
     def _index_for(self, with_grad: tuple[int, ...], weights: bool):
         """Index tensors for the parameters that have gradients now (cached: usually always the same).
@@ -123,6 +128,10 @@ class ParamProbe(Probe):
         hold that slot); in between, the update probe writes those of the layers it snapshots.
         """
         table, n = self.table, len(self.layers)
+        if self._fast:
+            if not self._weights_due and self._usual_step(slot):
+                return
+            self._log.forget(slot)
         with_grad, grads = [], []
         for k, p in enumerate(self._params):
             g = p.grad
@@ -137,14 +146,6 @@ class ParamProbe(Probe):
             and all(g.dtype == p.dtype and not g.is_sparse for g, p in zip(grads, params, strict=True))
         )
         sq = sq_norms(grads + params if weights else grads, table.device, homogeneous)
-        if homogeneous and not weights and not self._sharded and table.device.type == "cpu" and math.isfinite(sq.sum()):
-            # The usual step, in half the kernels: every layer has a gradient, none non-finite, so
-            # the sums go straight into the table (the update probe fills its turn's weights).
-            c = self._c_first
-            table.write_sums(slot, c, self._param_rows, sq)
-            table.data[slot, c + 1].index_fill_(0, self._rows, ABSENT)
-            table.data[slot, c + 2].index_fill_(0, self._rows, 0.0)
-            return
         bad = nonfinite_counts(grads, sq[: len(grads)])
         into, has_grad = self._index_for(tuple(with_grad), weights)
         block = torch.zeros(3 * n, dtype=torch.float64, device=table.device)
@@ -155,6 +156,19 @@ class ParamProbe(Probe):
         if not weights:
             block[1].fill_(ABSENT)
         table.data[slot, self._c_first : self._c_first + 3].index_copy_(1, self._rows, block.to(table.dtype))
+
+    def _usual_step(self, slot: int) -> bool:
+        """The usual step, in one stack into the side log: every layer has a dense gradient of its
+        parameter's dtype and every norm is finite (read here: free on the CPU). Anything else
+        takes the general path, which counts non-finite entries."""
+        grads = [p.grad for p in self._params]
+        if not all(g is not None and g.dtype == p.dtype and g.layout == torch.strided for g, p in zip(grads, self._params, strict=True)):
+            return False
+        return math.isfinite(self._log.write(slot, self._plan, grads).sum())
+
+    def settle(self, n: int) -> None:
+        if self._fast:
+            self._log.settle(n)
 
     def take(self, n: int) -> dict:
         self._weights_due = True

@@ -18,8 +18,7 @@ import torch
 
 from .._distributed import local
 from .._layers import ParamLayer
-from .base import ABSENT, Probe, StepTable
-from .params import sq_norms
+from .base import ABSENT, NormLog, Probe, StepTable
 
 
 def pack_groups(sizes: list[int], budget: float) -> list[list[int]]:
@@ -81,6 +80,9 @@ class UpdateProbe(Probe):
             for key, n in used.items():
                 need[key] = max(need.get(key, 0), n)
         self._flat = {k: torch.empty(n, device=k[0], dtype=k[1]) for k, n in need.items()}
+        width = max((sum(len(self.layers[j][1]) + len(self._unstepped[j]) for j in g) for g in self.groups), default=0)
+        self._weights = NormLog(table, width)
+        self._updates = NormLog(table, width)
         self._plans = [self._plan(group) for group in self.groups]
 
     def _plan(self, group: list[int]):
@@ -97,8 +99,10 @@ class UpdateProbe(Probe):
             extra += self._unstepped[j]
             extra_owners += [pos] * len(self._unstepped[j])
         rows = self.table.row_index([self._names[j] for j in group])
-        # The table row of each snapshot (update norms) and of each parameter read for the weight norms.
-        return params, views, rows[owners], extra, rows[owners + extra_owners]
+        # Update norms: one per snapshot; weight norms: the snapshots, then the unstepped parameters.
+        weights = self._weights.plan(self._col_w, rows[owners + extra_owners], views + [local(p) for p in extra])
+        updates = self._updates.plan(self._col, rows[owners], views)
+        return params, views, extra, weights, updates
 
     @torch.no_grad()
     def record(self, slot: int) -> None:
@@ -106,10 +110,10 @@ class UpdateProbe(Probe):
         if not self.groups:
             return
         g = self._turn % len(self.groups)
-        params, views, _, extra, norm_rows = self._plans[g]
+        params, views, extra, weights, _ = self._plans[g]
         torch._foreach_copy_(views, [local(p.detach()) for p in params])
-        sq = sq_norms(views + [local(p.detach()) for p in extra], self.table.device)
-        self.table.write_sums(slot, self._col_w, norm_rows, sq)
+        self._weights.write(slot, weights, views + [local(p.detach()) for p in extra] if extra else views)
+        self._updates.forget(slot)
         self._pending = (slot, g)
 
     @torch.no_grad()
@@ -119,10 +123,14 @@ class UpdateProbe(Probe):
         _, g = self._pending
         self._pending = None
         self._turn += 1
-        params, views, update_rows, _, _ = self._plans[g]
+        params, views, _, _, updates = self._plans[g]
         torch._foreach_sub_(views, [local(p.detach()) for p in params])  # views now hold w_before - w_after
-        sq = sq_norms(views, self.table.device)
-        self.table.write_sums(slot, self._col, update_rows, sq)
+        self._updates.write(slot, updates, views)
+
+    def settle(self, n: int) -> None:
+        if self.groups:
+            self._weights.settle(n)
+            self._updates.settle(n)
 
     def discard(self) -> None:
         """Forget a snapshot whose update never happened (the optimizer step raised)."""
