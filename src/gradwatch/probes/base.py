@@ -90,15 +90,18 @@ class NormLog:
             groups.setdefault((t.device, t.dtype), []).append(k)
         order = [k for idx in groups.values() for k in idx]
         rows = rows[torch.tensor(order, dtype=torch.long, device=rows.device)]
-        targets, local = torch.unique(rows, return_inverse=True)
+        rows = rows.cpu().numpy()
+        cleared = np.unique(rows)
+        clear = (np.full(len(cleared), column), cleared)
+        if zero is not None:
+            clear = (np.concatenate([clear[0], np.full(len(cleared), zero)]), np.concatenate([cleared, cleared]))
         self._plans.append(
             _NormPlan(
-                columns=[column] if zero is None else [column, zero],
                 width=len(order),
                 groups=[(dev, _accumulator(dtype), idx) for (dev, dtype), idx in groups.items()],
                 whole=len(groups) == 1 and tensors[0].device == self.table.device,
-                targets=targets,
-                local=local,
+                sums=(np.full(len(order), column), rows),
+                clear=clear,
             )
         )
         return len(self._plans) - 1
@@ -122,30 +125,39 @@ class NormLog:
         self._used[slot] = -1
 
     def settle(self, n: int) -> None:
-        """Square and sum the rows of the first `n` slots into the table's cells."""
+        """Square and sum the rows of the first `n` slots into the table's cells (a few operations
+        for every step and plan together)."""
         used = self._used[:n]
+        slots = np.flatnonzero(used >= 0)
+        if not len(slots):
+            return
+        plans = [self._plans[k] for k in used[slots]]
+        widths = np.array([p.width for p in plans])
+        # Where each stored norm sits in the buffer, and which table cell its square adds into.
+        at_slot = np.repeat(slots, widths)
+        at_pos = np.concatenate([np.arange(w) for w in widths])
+        clear_slot = np.repeat(slots, [len(p.clear[1]) for p in plans])
         data = self.table.data
-        for plan_id in np.unique(used[used >= 0]):
-            plan = self._plans[plan_id]
-            slots = torch.as_tensor(np.flatnonzero(used == plan_id), device=data.device)
-            norms = self._buf[slots, : plan.width]
-            sums = torch.zeros(len(slots), 1, len(plan.targets), dtype=data.dtype, device=data.device)
-            sums[:, 0].index_add_(1, plan.local, norms * norms)
-            if len(plan.columns) == 2:
-                sums = torch.cat([sums, torch.zeros_like(sums)], dim=1)
-            columns = torch.tensor(plan.columns, device=data.device)
-            data.index_put_((slots[:, None, None], columns[None, :, None], plan.targets[None, None, :]), sums)
+
+        def cells(*parts):
+            return tuple(torch.as_tensor(np.concatenate(a) if isinstance(a, list) else a, device=data.device) for a in parts)
+
+        data.index_put_(
+            cells(clear_slot, [p.clear[0] for p in plans], [p.clear[1] for p in plans]),
+            torch.zeros((), dtype=data.dtype, device=data.device),
+        )
+        norms = self._buf[cells(at_slot, at_pos)]
+        data.index_put_(cells(at_slot, [p.sums[0] for p in plans], [p.sums[1] for p in plans]), norms * norms, accumulate=True)
         self._used[:n] = -1
 
 
 @dataclass
 class _NormPlan:
-    columns: list[int]  # where the sums go, then the column set to 0, if any
     width: int
     groups: list[tuple[torch.device, torch.dtype, list[int]]]
     whole: bool  # one group, in the order given: no reordering at write
-    targets: torch.Tensor  # the distinct table rows written
-    local: torch.Tensor  # each norm's position in `targets`
+    sums: tuple[np.ndarray, np.ndarray]  # the table cell each norm's square adds into: (columns, rows)
+    clear: tuple[np.ndarray, np.ndarray]  # the cells set to 0 first: (columns, rows)
 
 
 def _accumulator(dtype: torch.dtype) -> torch.dtype:
