@@ -4,11 +4,15 @@ statistics of the unscaled gradients, skipped steps recorded as `skipped`, not a
 from __future__ import annotations
 
 import copy
+import os
+import sys
 
 import pandas as pd
 import pytest
 import torch
 from torch import nn
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import gradwatch as gw
 from conftest import mlp
@@ -133,3 +137,75 @@ def test_gradient_accumulation_gives_one_record_per_optimizer_step():
     a = grads.set_index(key)["value"].sort_index()
     b = ref[ref["metric"] == "grad_norm"].set_index(key)["value"].sort_index()
     pd.testing.assert_series_equal(a, b, rtol=1e-6)
+
+
+class _Float64Conversions(TorchDispatchMode):
+    """Records every operation gradwatch's own code issues that turns a float32 tensor into float64
+    (torch's, such as GradScaler's unscale_, check the device themselves)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        ins = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        outs = [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+        if any(t.dtype == torch.float32 for t in ins) and any(t.dtype == torch.float64 for t in outs):
+            caller = sys._getframe(1)
+            while caller is not None and caller.f_code.co_filename.startswith(_DISPATCH):
+                caller = caller.f_back
+            if caller is not None and caller.f_code.co_filename.startswith(_GRADWATCH):
+                self.seen.append(f"{func} at {caller.f_code.co_filename}:{caller.f_lineno}")
+        return out
+
+
+_TORCH = os.path.dirname(torch.__file__)
+# The frames between a call in Python and the dispatch mode; the first other frame issued the call.
+_DISPATCH = tuple(
+    os.path.join(_TORCH, *f)
+    for f in (("_dynamo", ""), ("_compile.py",), ("utils", "_python_dispatch.py"), ("_ops.py",), ("_tensor.py",), ("functional.py",), ("overrides.py",))
+)
+_GRADWATCH = os.path.dirname(gw.__file__)
+
+
+def test_on_a_device_without_float64_every_statistic_stays_in_float32(monkeypatch):
+    # Apple's MPS has no float64. Pretend the CPU is such a device: a watch with every probe and
+    # a GradScaler, check(), the Jacobian spectrum and LSUV must then make no float64 tensor from
+    # the model's float32 ones, and give the float64 run's numbers to float32 precision.
+    from gradwatch.probes import base
+
+    def run():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
+        rnn = nn.GRU(2, 3, batch_first=True)
+        opt = torch.optim.Adam([*model.parameters(), *rnn.parameters()], lr=0.05)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+        both = nn.ModuleDict({"mlp": model, "rnn": rnn})
+        with gw.watch(both, opt, scaler=scaler, activations=True, backflow=True, through_time=True, flush_every=3) as w:
+            for x, y in _data(5):
+                opt.zero_grad()
+                out, _ = rnn(model(x)[:, None, :].expand(-1, 4, -1))
+                loss = nn.functional.mse_loss(out[:, -1, :2], y)
+                scaler.scale(loss).backward()
+                w.log_loss(loss)
+                scaler.step(opt)
+                scaler.update()
+        finding_kinds = [f.kind for f in gw.check(model, torch.randn(8, 5)).findings]
+        spectra = [gw.theory.jacobian_spectrum(model, torch.randn(8, 5), exact=e).singular_values[:3] for e in (True, False)]
+        gw.remedies.lsuv_init(copy.deepcopy(model), torch.randn(32, 5), generator=torch.Generator().manual_seed(0))
+        return w.stats(), (finding_kinds, spectra)
+
+    wide, (wide_kinds, wide_spectra) = run()
+    monkeypatch.setattr(base, "NO_FLOAT64", {"mps", "cpu"})
+    with _Float64Conversions() as mode:
+        narrow, (narrow_kinds, narrow_spectra) = run()
+    assert mode.seen == []
+    assert narrow_kinds == wide_kinds
+    for got, expected in zip(narrow_spectra, wide_spectra, strict=True):
+        assert got == pytest.approx(expected, rel=1e-4)
+    key = ["step", "layer", "metric", "index"]
+    a, b = (s.sort_values(key).reset_index(drop=True) for s in (wide, narrow))
+    pd.testing.assert_frame_equal(a[key], b[key])
+    assert set(b["metric"]) >= {"grad_norm", "update_ratio", "backflow_norm", "act_std", "time_grad_norm", "loss"}
+    assert b["value"].to_numpy() == pytest.approx(a["value"].to_numpy(), rel=1e-5, abs=1e-7, nan_ok=True)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .errors import GradwatchError
+from .probes.base import stat_dtype
 
 EXACT_MAX = 512  # build J exactly when its smaller side is at most this
 PROBES = 32
@@ -125,12 +126,13 @@ def jacobian_spectrum(
         def jvp(vs: torch.Tensor) -> torch.Tensor:  # (r, *x.shape) -> (r, m)
             return _batched(lambda v, b: torch.autograd.grad(jt_u, u, v, retain_graph=True, is_grads_batched=b)[0], vs).reshape(len(vs), m)
 
+        wide = stat_dtype(x.device)  # float64 where the device has it
         if use_exact:
             if m <= n:
                 jac = vjp(torch.eye(m, dtype=y.dtype, device=y.device).reshape(m, *y.shape))
             else:
                 jac = jvp(torch.eye(n, dtype=x.dtype, device=x.device).reshape(n, *x.shape)).T
-            s = torch.linalg.svdvals(jac.double()).cpu().numpy()
+            s = torch.linalg.svdvals(jac.to(wide)).cpu().numpy()
             s2 = s**2
             return JacobianSpectrum(s, float(s2.mean()), float(s2.var()), True, (m, n))
         g = generator or torch.Generator(device="cpu").manual_seed(0)
@@ -139,13 +141,13 @@ def jacobian_spectrum(
         jv = jvp(v.reshape(k, *x.shape))
         jtjv = vjp(jv.reshape(k, *y.shape))
         r = min(m, n)
-        mean_sq = float(jv.double().pow(2).sum(1).mean()) / r
-        m2 = float(jtjv.double().pow(2).sum(1).mean()) / r
+        mean_sq = float(jv.to(wide).pow(2).sum(1).mean()) / r
+        m2 = float(jtjv.to(wide).pow(2).sum(1).mean()) / r
         # One power iteration: J(JᵀJ)v leans far more on the top directions than Jv does.
         top = jvp((jtjv / jtjv.norm(dim=1, keepdim=True).clamp_min(1e-30)).reshape(k, *x.shape))
-        q, _ = torch.linalg.qr(top.T.double())  # (m, k): a basis of J's top range
+        q, _ = torch.linalg.qr(top.T.to(wide))  # (m, k): a basis of J's top range
         b = vjp(q.T.to(y.dtype).reshape(k, *y.shape))  # Qᵀ J, (k, n)
-        s = torch.linalg.svdvals(b.double()).cpu().numpy()
+        s = torch.linalg.svdvals(b.to(wide)).cpu().numpy()
         return JacobianSpectrum(s, mean_sq, max(m2 - mean_sq**2, 0.0), False, (m, n))
 
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ._remedies_init import RemedyError, orthogonal_init, weight_layers
+from .probes.base import stat_dtype
 
 
 class _Stop(Exception):
@@ -72,7 +73,7 @@ def _output_var(model: nn.Module, layer: nn.Module, inputs: Any) -> float:
     got: list[float] = []
 
     def grab(module, args, output):
-        got.append(output.detach().double().var(correction=0).item())
+        got.append(output.detach().to(stat_dtype(output.device)).var(correction=0).item())
         raise _Stop
 
     handle = layer.register_forward_hook(grab)

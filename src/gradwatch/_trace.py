@@ -21,6 +21,7 @@ from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
 from ._layers import display_name
 from ._remedies_init import WEIGHT_LAYERS
+from .probes.base import stat_dtype
 
 # Activation modules the theory knows, with the name and parameters `theory` uses for them.
 _ACTIVATIONS: dict[type, str] = {
@@ -62,8 +63,9 @@ def _valid_taps(module: nn.Module, x: torch.Tensor) -> float:
         return 1.0
     dims = len(module.kernel_size)
     conv = (F.conv1d, F.conv2d, F.conv3d)[dims - 1]
-    ones = torch.ones((1, 1, *x.shape[-dims:]), dtype=torch.float64, device=x.device)
-    kernel = torch.ones((1, 1, *module.kernel_size), dtype=torch.float64, device=x.device)
+    # Only shapes matter: counted on the host.
+    ones = torch.ones((1, 1, *x.shape[-dims:]), dtype=torch.float64)
+    kernel = torch.ones((1, 1, *module.kernel_size), dtype=torch.float64)
     taps = conv(ones, kernel, stride=module.stride, padding=module.padding, dilation=module.dilation)
     return float(taps.mean()) / math.prod(module.kernel_size)
 
@@ -152,7 +154,7 @@ def trace(model: nn.Module) -> Iterator[Trace]:
             counts[name] = counts.get(name, 0) + 1
             if name not in calls and isinstance(x, torch.Tensor) and x.is_floating_point():
                 xd = x.detach()
-                sq = float(torch.linalg.vector_norm(xd, dtype=torch.float64)) ** 2 / max(xd.numel(), 1)
+                sq = float(torch.linalg.vector_norm(xd, dtype=stat_dtype(xd.device))) ** 2 / max(xd.numel(), 1)
                 calls[name] = Call(name, module, sq, _valid_taps(module, xd))
             if src is not None:
                 act, params = src[2] or ("linear", {})

@@ -312,12 +312,13 @@ class ActivationProbe(Probe):
         uniform = len({p.numel() for p in peaks}) == 1
         if peaks:
             # The bound in the peaks' dtype, as a comparison with a Python float would round it.
-            bounds = torch.tensor([c.lo for c in calls if c.peak is not None], dtype=torch.float64)
+            # (Rounded on the host: a device may have no float64.)
+            bounds = torch.tensor([c.lo for c in calls if c.peak is not None], dtype=torch.float64).to(peaks[0].dtype)
             if uniform:
-                lo = bounds.to(dev, peaks[0].dtype)[:, None]
+                lo = bounds.to(dev)[:, None]
             else:
                 sizes = torch.tensor([p.numel() for p in peaks])
-                lo = bounds.repeat_interleave(sizes).to(dev, peaks[0].dtype)
+                lo = bounds.repeat_interleave(sizes).to(dev)
                 peak_call = torch.arange(len(peaks)).repeat_interleave(sizes).to(dev)
         if samples:
             ranges = torch.tensor([rows[c.row].spec.hist_range for c in calls], dtype=torch.float32)

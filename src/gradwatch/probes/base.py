@@ -16,14 +16,23 @@ ABSENT = -1.0
 entry means "not measured at this step", so a NaN that was measured is never mistaken for a gap."""
 
 
+NO_FLOAT64 = {"mps"}
+"""Device types without float64 (Apple's MPS): statistics are kept in float32 there."""
+
+
+def stat_dtype(device: torch.device) -> torch.dtype:
+    """The dtype statistics are computed and kept in on `device`: float64, as squared norms of
+    exploding gradients overflow float32 long before the norm does, where the device has it."""
+    return torch.float32 if device.type in NO_FLOAT64 else torch.float64
+
+
 class StepTable:
     """A device tensor `[capacity, columns, rows]` of raw per-layer numbers, one slot per step."""
 
     def __init__(self, capacity: int, device: torch.device):
         self.capacity = capacity
         self.device = device
-        # float64: squared norms of exploding gradients overflow float32 long before the norm does.
-        self.dtype = torch.float32 if device.type == "mps" else torch.float64
+        self.dtype = stat_dtype(device)
         self.columns: list[str] = []
         self.rows: list[str] = []
         self.data: torch.Tensor | None = None

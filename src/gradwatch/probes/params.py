@@ -9,19 +9,20 @@ import torch
 
 from .._distributed import is_sharded, local
 from .._layers import ParamLayer
-from .base import ABSENT, NormLog, Probe, StepTable
+from .base import ABSENT, NormLog, Probe, StepTable, stat_dtype
 
 
 def sq_norms(tensors: list[torch.Tensor], device: torch.device, homogeneous: bool = False) -> torch.Tensor:
-    """Squared L2 norms of `tensors` as one float64 vector on `device`.
+    """Squared L2 norms of `tensors` as one vector on `device`, in its statistics dtype (float64).
 
     `homogeneous=True` promises dense tensors of one device and dtype (skips the grouping).
 
     One `torch._foreach_norm` per (device, dtype) group, accumulated in float32 at least (bf16 norms
     would keep three digits), then squared in float64 so that large norms do not overflow.
     """
+    stat = stat_dtype(device)
     if not tensors:
-        return torch.zeros(0, dtype=torch.float64, device=device)
+        return torch.zeros(0, dtype=stat, device=device)
     if homogeneous:
         dense, first = tensors, tensors[0]
         groups = {(first.device, first.dtype): range(len(dense))}
@@ -34,7 +35,7 @@ def sq_norms(tensors: list[torch.Tensor], device: torch.device, homogeneous: boo
     for (_dev, dtype), idx in groups.items():
         acc = torch.float64 if dtype == torch.float64 else torch.float32
         norms = torch._foreach_norm([dense[i] for i in idx], 2, dtype=acc)
-        parts.append(torch.stack(norms).to(device=device, dtype=torch.float64))
+        parts.append(torch.stack(norms).to(device=device, dtype=stat))
         order.extend(idx)
     out = parts[0] if len(parts) == 1 else torch.cat(parts)
     if len(parts) > 1:
@@ -58,7 +59,7 @@ def nonfinite_counts(tensors: list[torch.Tensor], sq: torch.Tensor) -> torch.Ten
         for i in (~torch.isfinite(sq)).nonzero().flatten().tolist():
             counts[i] = _count_nonfinite(tensors[i])
         return counts
-    return torch.stack([_count_nonfinite(t).to(sq.device, torch.float64) for t in tensors])
+    return torch.stack([_count_nonfinite(t).to(sq.device, sq.dtype) for t in tensors])
 
 
 def _count_nonfinite(t: torch.Tensor) -> torch.Tensor:
@@ -148,14 +149,14 @@ class ParamProbe(Probe):
         sq = sq_norms(grads + params if weights else grads, table.device, homogeneous)
         bad = nonfinite_counts(grads, sq[: len(grads)])
         into, has_grad = self._index_for(tuple(with_grad), weights)
-        block = torch.zeros(3 * n, dtype=torch.float64, device=table.device)
+        block = torch.zeros(3 * n, dtype=table.dtype, device=table.device)
         block.index_add_(0, into, torch.cat([sq, bad]))
         block = block.view(3, n)
         block[0].masked_fill_(~has_grad, ABSENT)
         block[2].masked_fill_(~has_grad, ABSENT)
         if not weights:
             block[1].fill_(ABSENT)
-        table.data[slot, self._c_first : self._c_first + 3].index_copy_(1, self._rows, block.to(table.dtype))
+        table.data[slot, self._c_first : self._c_first + 3].index_copy_(1, self._rows, block)
 
     def _usual_step(self, slot: int) -> bool:
         """The usual step, in one stack into the side log: every layer has a dense gradient of its

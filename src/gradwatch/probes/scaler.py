@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .base import ABSENT, Probe
+from .base import ABSENT, Probe, stat_dtype
 
 
 class SkippedProbe(Probe):
@@ -83,4 +83,4 @@ def inverse_scale_sq(scaler) -> torch.Tensor | None:
     scale = getattr(scaler, "_scale", None)
     if scale is None or not scaler.is_enabled():
         return None
-    return scale.double().reciprocal().square()
+    return scale.to(stat_dtype(scale.device)).reciprocal().square()

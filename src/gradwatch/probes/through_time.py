@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from .base import ABSENT, Probe
+from .base import ABSENT, Probe, stat_dtype
 from .forward import Hooks, recording_forward
 
 RECURRENT = (nn.RNNBase,)
@@ -108,13 +108,13 @@ class ThroughTimeProbe(Probe):
 
     @torch.no_grad()
     def _dense(self, piece, slot, g, dims, batch, scalar=False):
-        sq = torch.linalg.vector_norm(g.float(), dim=dims).double().square() / batch
+        sq = torch.linalg.vector_norm(g.float(), dim=dims).to(stat_dtype(g.device)).square() / batch
         piece[slot] = sq.reshape(1) if scalar else sq
 
     @torch.no_grad()
     def _packed(self, piece, slot, g, steps, n_t, batch):
-        per_row = g.float().square().sum(tuple(range(1, g.dim()))).double()
-        piece[slot] = torch.zeros(n_t, dtype=torch.float64, device=g.device).index_add_(0, steps, per_row) / batch
+        per_row = g.float().square().sum(tuple(range(1, g.dim()))).to(stat_dtype(g.device))
+        piece[slot] = torch.zeros(n_t, dtype=per_row.dtype, device=g.device).index_add_(0, steps, per_row) / batch
 
     @torch.no_grad()
     def record(self, slot: int) -> None:
