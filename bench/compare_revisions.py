@@ -6,7 +6,9 @@ what a change bought, this script imports the earlier revision's `gradwatch` und
 (`git archive` of its `src/gradwatch` into a temporary directory) next to the working tree's, and
 interleaves one step of every model copy per round, shuffled each round: plain training, then each
 configuration under both revisions. One torch thread; each step is timed with the main thread's
-CPU clock; the figure is the mean per step after a warm-up, as a ratio to plain.
+CPU clock; the figure is the mean per step after a warm-up, as a ratio to plain. Two copies of
+identical code were seen to differ by a point (memory placement), so every configuration runs
+in `--copies` copies per revision, made in ABBA order, and the copies are averaged.
 
     python bench/compare_revisions.py bc77eb9                  # mlp, default and all probes
     python bench/compare_revisions.py HEAD~3 --models cnn --rounds 300
@@ -86,6 +88,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--configs", default="default,all", help=f"from {', '.join(CONFIGS)}")
     p.add_argument("--rounds", type=int, default=600)
     p.add_argument("--warmup", type=int, default=100, help="rounds left out of the mean")
+    p.add_argument(
+        "--copies", type=int, default=2,
+        help="model copies per configuration and revision, made in ABBA order and averaged (two "
+        "copies of identical code can differ by a point)",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     import gradwatch
@@ -94,22 +101,28 @@ def main(argv: Sequence[str] | None = None) -> None:
         old = import_revision(args.rev, Path(tmp))
         for name in args.models.split(","):
             task = overhead.Task(overhead.MODELS[name], torch.device("cpu"), calibrate=False)
-            runs = [Run("plain", task)]
+            runs = [Run("plain", task) for _ in range(args.copies)]
             for config in args.configs.split(","):
-                runs.append(Run(f"{config} @ {args.rev}", task, old, CONFIGS[config]))
-                runs.append(Run(f"{config} @ working tree", task, gradwatch, CONFIGS[config]))
+                pair = [(f"{config} @ {args.rev}", old), (f"{config} @ working tree", gradwatch)]
+                for k in range(args.copies):
+                    for label, module in pair if k % 2 == 0 else pair[::-1]:
+                        runs.append(Run(label, task, module, CONFIGS[config]))
             rng = random.Random(0)
             for _ in range(args.rounds):
                 order = runs[:]
                 rng.shuffle(order)
                 for run in order:
                     run.step()
-            plain = statistics.mean(runs[0].times[args.warmup :])
-            print(f"\n{name}: plain {plain * 1e3:.2f} ms/step, mean of {args.rounds - args.warmup} interleaved steps")
-            print("| configuration | ratio to plain | ms/step |\n|---|---:|---:|")
+            means: dict[str, list[float]] = {}
             for run in runs:
-                mean = statistics.mean(run.times[args.warmup :])
-                print(f"| {run.label} | {mean / plain:.3f}x | {mean * 1e3:.2f} |")
+                means.setdefault(run.label, []).append(statistics.mean(run.times[args.warmup :]))
+            plain = statistics.mean(means["plain"])
+            print(f"\n{name}: plain {plain * 1e3:.2f} ms/step, mean of {args.rounds - args.warmup} interleaved steps, {args.copies} copies each")
+            print("| configuration | ratio to plain | ms/step | each copy |\n|---|---:|---:|---|")
+            for label, each in means.items():
+                mean = statistics.mean(each)
+                copies = " / ".join(f"{m / plain:.3f}x" for m in each)
+                print(f"| {label} | {mean / plain:.3f}x | {mean * 1e3:.2f} | {copies} |")
             for run in runs:
                 if run.watch is not None:
                     run.watch.close()
