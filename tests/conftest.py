@@ -130,3 +130,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(params=["cpu", "accelerator"])
+def reads(request, monkeypatch):
+    """Runs a test on both of the parameter probe's usual paths: the CPU's, which looks at the
+    norms at once, and an accelerator's, which cannot without a sync and counts on the device."""
+    if request.param == "accelerator":
+        from gradwatch.probes import params
+
+        monkeypatch.setattr(params, "FREE_READS", set())
+    return request.param

@@ -43,7 +43,7 @@ def test_a_clear_case_is_reported_through_on_finding_within_50_steps():
     assert [k for k, _, _ in found].count("vanishing_gradient") == 1  # reported once, not per flush
 
 
-def test_raise_on_nonfinite_stops_before_the_update_and_names_the_layer():
+def test_raise_on_nonfinite_stops_before_the_update_and_names_the_layer(reads):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

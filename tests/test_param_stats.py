@@ -39,7 +39,7 @@ def _train_and_compare(kind: str, size: int, seed: int, steps: int = 3, lr: floa
 
 
 @pytest.mark.parametrize("kind", FAMILIES)
-def test_stats_equal_naive_reference_for_each_family(kind):
+def test_stats_equal_naive_reference_for_each_family(kind, reads):
     _train_and_compare(kind, size=4, seed=1)
 
 
@@ -128,7 +128,7 @@ def test_gradient_accumulation_records_at_the_optimizer_step_only():
     assert as_dict(stats, 2)[("0", "grad_norm")] == pytest.approx(expected[("0", "grad_norm")], rel=1e-6)
 
 
-def test_nonfinite_gradients_are_counted_not_dropped():
+def test_nonfinite_gradients_are_counted_not_dropped(reads):
     model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with gw.watch(model, opt) as w:
@@ -142,7 +142,7 @@ def test_nonfinite_gradients_are_counted_not_dropped():
     assert got[("2", "nonfinite")] == 0 and math.isfinite(got[("2", "grad_norm")])
 
 
-def test_nonfinite_gradients_at_a_later_step_are_counted_too():
+def test_nonfinite_gradients_at_a_later_step_are_counted_too(reads):
     # Past the first step of a flush the usual step takes a shorter path; a non-finite gradient
     # must still be counted there.
     model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
@@ -162,7 +162,7 @@ def test_nonfinite_gradients_at_a_later_step_are_counted_too():
     assert all(as_dict(w.stats(), 1)[(name, "nonfinite")] == 0 for name in ("0", "2"))
 
 
-def test_huge_finite_gradients_do_not_overflow_the_layer_norm():
+def test_huge_finite_gradients_do_not_overflow_the_layer_norm(reads):
     model = nn.Linear(2, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     with gw.watch(model, opt) as w:
@@ -174,7 +174,7 @@ def test_huge_finite_gradients_do_not_overflow_the_layer_norm():
     assert got[("(root)", "nonfinite")] == 0
 
 
-def test_bf16_model_stats_match_reference():
+def test_bf16_model_stats_match_reference(reads):
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).to(torch.bfloat16)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with gw.watch(model, opt) as w:
@@ -246,7 +246,7 @@ def test_layers_another_optimizer_steps_get_no_update_ratio():
     assert set(ratios.layer) == {"0"}
 
 
-def test_weight_norms_taken_in_turns_are_exact_and_cover_every_layer():
+def test_weight_norms_taken_in_turns_are_exact_and_cover_every_layer(reads):
     """Under a small update_memory the layers' weight norms are read in turns; each one read is exact."""
     model, x, loss_fn = family("mlp", 6, seed=3)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)

@@ -216,7 +216,7 @@ def test_a_subclass_step_calling_its_parents_is_one_step():
     assert stats.query("metric == 'update_ratio'").groupby("step").size().tolist() == [2, 2, 2]
 
 
-def test_a_retried_step_is_recorded_from_the_retry_only():
+def test_a_retried_step_is_recorded_from_the_retry_only(reads):
     # The failed attempt at step 1 takes the parameter probe's usual path (every gradient there,
     # weights read at step 0); the retry, with one layer's gradients gone, takes the general one.
     class Flaky(torch.optim.SGD):
@@ -245,6 +245,23 @@ def test_a_retried_step_is_recorded_from_the_retry_only():
     step1 = w.stats().query("step == 1 and metric == 'grad_norm'").set_index("layer")["value"]
     assert list(step1.index) == ["2"]
     assert step1["2"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_losses_logged_within_a_step_are_averaged_as_they_were_when_logged():
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    running = torch.zeros(())
+    with gw.watch(model, opt) as w:
+        for step in range(2):
+            for micro in (1.0, 2.0, 4.5):
+                model(torch.randn(4, 3)).sum().backward()
+                running += micro + step
+                w.log_loss(running if micro != 2.0 else float(running))  # changed in place afterwards
+            opt.step()
+        with pytest.raises(WatchError, match="scalar loss"):
+            w.log_loss(torch.ones(3))
+    loss = w.stats().query("metric == 'loss'").sort_values("step")["value"].tolist()
+    assert loss == pytest.approx([(1.0 + 3.0 + 7.5) / 3, (9.5 + 12.5 + 18.0) / 3])
 
 
 def test_every_logged_loss_is_kept_negative_zero_and_nan_included(tmp_path):

@@ -151,12 +151,11 @@ class Watch:
         self._pending: int | None = None  # manual mode: slot whose update the next step() measures
         self._chunks: list[pa.Table] = []  # one per flush; pandas frames are built on demand
         self._frames: list[pd.DataFrame] = []
-        self._loss = torch.full((flush_every,), ABSENT, dtype=self._table.dtype, device=self._table.device)
-        self._loss_sum: torch.Tensor | None = None
-        # Which slots hold a loss, kept on the host: a loss may be negative (a log-likelihood, a
-        # GAN's critic), so the table's "negative is absent" marker cannot tell.
-        self._loss_present = np.zeros(flush_every, dtype=bool)
-        self._loss_count = 0
+        # Losses logged since the last recorded step (device scalars or floats), then per slot;
+        # averaged on the host at flush. A loss may be negative (a log-likelihood, a GAN's
+        # critic), so it stays out of the table, whose "negative is absent" marker cannot tell.
+        self._losses: list[torch.Tensor | float] = []
+        self._slot_losses: list[list[torch.Tensor | float] | None] = [None] * flush_every
         self._on_finding = on_finding
         self._raise_on = raise_on
         self._reported: set[tuple[str, tuple[str, ...]]] = set()
@@ -205,11 +204,9 @@ class Watch:
         return slot
 
     def _commit_loss(self, slot: int) -> None:
-        """The mean of the losses logged since the last recorded step, into `slot`."""
-        if self._loss_count:
-            self._loss[slot] = self._loss_sum / self._loss_count
-            self._loss_present[slot] = True
-            self._loss_sum, self._loss_count = None, 0
+        """The losses logged since the last recorded step belong to `slot` (averaged at flush)."""
+        self._slot_losses[slot] = self._losses or None
+        self._losses = []
 
     def _on_skipped(self) -> None:
         """The GradScaler found inf/NaN and skipped the optimizer step: a `skipped` row, no
@@ -225,6 +222,7 @@ class Watch:
 
     def _stop_if_nonfinite(self, slot: int) -> None:
         """The opt-in per-step check: reads one flag from the device (a sync, which the user asked for)."""
+        self._params_probe.settle(slot + 1)  # its side log into the table (earlier slots are in already)
         counts = self._table.data[slot, self._table.column("nonfinite")]
         grads = self._table.data[slot, self._table.column("grad_sq")]
         bad = (counts > 0) | ~torch.isfinite(grads)
@@ -331,9 +329,13 @@ class Watch:
     def log_loss(self, loss: torch.Tensor | float) -> None:
         """Record the training loss of the current step (call after backward, before the optimizer
         step). Stays on the device; several calls in one step (accumulation) are averaged."""
-        value = loss.detach().reshape(()).to(self._table.device, self._table.dtype) if isinstance(loss, torch.Tensor) else torch.tensor(float(loss), dtype=self._table.dtype, device=self._table.device)
-        self._loss_sum = value if self._loss_sum is None else self._loss_sum + value
-        self._loss_count += 1
+        if not isinstance(loss, torch.Tensor):
+            self._losses.append(float(loss))
+            return
+        if loss.numel() != 1:
+            raise WatchError(f"log_loss takes the scalar loss of the step; got a tensor of shape {tuple(loss.shape)}: reduce it first (e.g. loss.mean()).")
+        # A copy (the caller may change its tensor in place), still on the device: no sync.
+        self._losses.append(loss.detach().reshape(()).to(self._table.device, self._table.dtype, copy=True))
 
     # ----------------------------------------------------------------- results
 
@@ -360,10 +362,7 @@ class Watch:
         raw = self._table.take(n)
         for probe in self._probes:
             raw.update(probe.take(n))
-        loss = self._loss[:n].cpu().numpy().copy()
-        loss_present = self._loss_present[:n].copy()
-        self._loss[:n].fill_(ABSENT)
-        self._loss_present[:n] = False
+        loss, loss_present = self._take_losses(n)
         steps = np.asarray(self._slot_steps[:n], dtype=np.int64)
         self._slot, self._slot_steps = 0, self._slot_steps[n:]
         blocks = [block for probe in self._probes for block in probe.finalize(raw)]
@@ -378,6 +377,22 @@ class Watch:
             self._stream_findings()
         for listener in self._listeners:
             listener.rows(rows)
+
+    def _take_losses(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each of the first `n` slots' mean logged loss (one copy from the device for all), and
+        which slots have one."""
+        slots, self._slot_losses = self._slot_losses[:n], self._slot_losses[n:] + [None] * n
+        tensors = [v for vs in slots if vs for v in vs if isinstance(v, torch.Tensor)]
+        host = iter(torch.stack(tensors).cpu().numpy().astype(np.float64).tolist() if tensors else [])
+        loss = np.full(n, ABSENT)
+        for i, vs in enumerate(slots):
+            if vs:
+                # Summed in float64 in the order logged, as on the device before.
+                total = 0.0
+                for v in vs:
+                    total += next(host) if isinstance(v, torch.Tensor) else v
+                loss[i] = total / len(vs)
+        return loss, np.array([bool(vs) for vs in slots])
 
     def _stream_findings(self) -> None:
         """Run the detectors over the recent past; report findings not reported before.

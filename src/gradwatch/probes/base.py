@@ -77,7 +77,8 @@ class NormLog:
     step that costs milliseconds, their dispatch is most of what watching costs. Instead each step
     stacks its raw norms into one row of a `[capacity, width]` buffer, and `settle(n)` squares and
     sums every stored step per layer into the table in a few vectorised operations (on the device,
-    before the table is reduced across ranks and copied to the host).
+    before the table is reduced across ranks and copied to the host). A log can hold counts
+    instead (`put`), summed as they are.
     """
 
     def __init__(self, table: StepTable, width: int):
@@ -86,9 +87,13 @@ class NormLog:
         self._used = np.full(table.capacity, -1)  # the plan each slot's row was written with
         self._plans: list[_NormPlan] = []
 
-    def plan(self, column: int, rows: torch.Tensor, tensors: list[torch.Tensor], zero: int | None = None) -> int:
+    def plan(
+        self, column: int, rows: torch.Tensor, tensors: list[torch.Tensor], zero: int | None = None,
+        counts: bool = False,
+    ) -> int:
         """A fixed way of writing: tensor k's squared norm is summed into (`column`, `rows[k]`);
-        column `zero`, if given, is set to 0 in the same cells.
+        column `zero`, if given, is set to 0 in the same cells. A plan for `counts` (written by
+        `put`) sums them as they are.
 
         `tensors` are examples of what `write` will get (only their device and dtype count); the
         norms are grouped by those, one `_foreach_norm` per group.
@@ -111,6 +116,7 @@ class NormLog:
                 whole=len(groups) == 1 and tensors[0].device == self.table.device,
                 sums=(np.full(len(order), column), rows),
                 clear=clear,
+                counts=counts,
             )
         )
         return len(self._plans) - 1
@@ -129,6 +135,11 @@ class NormLog:
         torch.stack(norms, out=row)
         self._used[slot] = plan_id
         return row
+
+    def put(self, slot: int, plan_id: int, values: list[torch.Tensor]) -> None:
+        """Device scalars (counts, in the plan's order) into `slot`'s row."""
+        torch.stack(values, out=self._buf[slot, : self._plans[plan_id].width])
+        self._used[slot] = plan_id
 
     def forget(self, slot: int) -> None:
         self._used[slot] = -1
@@ -155,8 +166,12 @@ class NormLog:
             cells(clear_slot, [p.clear[0] for p in plans], [p.clear[1] for p in plans]),
             torch.zeros((), dtype=data.dtype, device=data.device),
         )
-        norms = self._buf[cells(at_slot, at_pos)]
-        data.index_put_(cells(at_slot, [p.sums[0] for p in plans], [p.sums[1] for p in plans]), norms * norms, accumulate=True)
+        values = self._buf[cells(at_slot, at_pos)]
+        counts = {p.counts for p in plans}
+        assert len(counts) == 1, "a NormLog holds norms or counts, not both"
+        if not counts.pop():
+            values = values * values
+        data.index_put_(cells(at_slot, [p.sums[0] for p in plans], [p.sums[1] for p in plans]), values, accumulate=True)
         self._used[:n] = -1
 
 
@@ -167,6 +182,7 @@ class _NormPlan:
     whole: bool  # one group, in the order given: no reordering at write
     sums: tuple[np.ndarray, np.ndarray]  # the table cell each norm's square adds into: (columns, rows)
     clear: tuple[np.ndarray, np.ndarray]  # the cells set to 0 first: (columns, rows)
+    counts: bool  # summed as they are, not squared
 
 
 def _accumulator(dtype: torch.dtype) -> torch.dtype:

@@ -43,6 +43,10 @@ def sq_norms(tensors: list[torch.Tensor], device: torch.device, homogeneous: boo
     return out * out
 
 
+FREE_READS = {"cpu"}
+"""Device types where reading a number on the host costs no synchronisation with the device."""
+
+
 def nonfinite_counts(tensors: list[torch.Tensor], sq: torch.Tensor) -> torch.Tensor:
     """How many NaN/Inf entries each tensor holds, given its squared norm.
 
@@ -53,7 +57,7 @@ def nonfinite_counts(tensors: list[torch.Tensor], sq: torch.Tensor) -> torch.Ten
     counts = torch.zeros_like(sq)
     if not tensors:
         return counts
-    if sq.device.type == "cpu":
+    if sq.device.type in FREE_READS:
         if math.isfinite(sq.sum()):
             return counts
         for i in (~torch.isfinite(sq)).nonzero().flatten().tolist():
@@ -95,10 +99,16 @@ class ParamProbe(Probe):
         assert table.columns[self._c_first : self._c_first + 3] == list(self.columns)
         self._param_rows = self._rows[torch.tensor(self._owner, dtype=torch.long, device=self._rows.device)]
         # The usual step (see record) keeps its norms aside and sums them into the table at flush.
-        self._fast = self._homogeneous and not self._sharded and table.device.type == "cpu"
+        self._fast = self._homogeneous and not self._sharded
         if self._fast:
             self._log = NormLog(table, len(self._params))
-            self._plan = self._log.plan(self._c_first, self._param_rows, self._params, zero=self._c_first + 2)
+            self._free_reads = table.device.type in FREE_READS
+            if self._free_reads:  # a non-finite norm is seen at once; the general path counts it
+                self._plan = self._log.plan(self._c_first, self._param_rows, self._params, zero=self._c_first + 2)
+            else:  # no look without a sync: every step counts the finite entries on the device
+                self._plan = self._log.plan(self._c_first, self._param_rows, self._params)
+                self._counts = NormLog(table, len(self._params))
+                self._count_plan = self._counts.plan(self._c_first + 2, self._param_rows, self._params, counts=True)
 
     def _index_for(self, with_grad: tuple[int, ...], weights: bool):
         """Index tensors for the parameters that have gradients now (cached: usually always the same).
@@ -133,6 +143,8 @@ class ParamProbe(Probe):
             if not self._weights_due and self._usual_step(slot):
                 return
             self._log.forget(slot)
+            if not self._free_reads:
+                self._counts.forget(slot)
         with_grad, grads = [], []
         for k, p in enumerate(self._params):
             g = p.grad
@@ -160,16 +172,25 @@ class ParamProbe(Probe):
 
     def _usual_step(self, slot: int) -> bool:
         """The usual step, in one stack into the side log: every layer has a dense gradient of its
-        parameter's dtype and every norm is finite (read here: free on the CPU). Anything else
-        takes the general path, which counts non-finite entries."""
+        parameter's dtype. Where reading is free (the CPU), every norm must be finite too, and a
+        step with a non-finite one takes the general path, which counts the bad entries; on an
+        accelerator the non-finite entries of every gradient are counted here, two kernels each:
+        g·0 is 0 where g is finite and NaN where it is not, and its L0 norm counts the NaNs."""
         grads = [p.grad for p in self._params]
         if not all(g is not None and g.dtype == p.dtype and g.layout == torch.strided for g, p in zip(grads, self._params, strict=True)):
             return False
-        return math.isfinite(self._log.write(slot, self._plan, grads).sum())
+        row = self._log.write(slot, self._plan, grads)
+        if not self._free_reads:
+            dtype = self.table.dtype
+            self._counts.put(slot, self._count_plan, [torch.linalg.vector_norm(g * 0, 0, dtype=dtype) for g in grads])
+            return True
+        return bool(np.isfinite(row.cpu().numpy()).all())  # the CPU row read in place: no kernel
 
     def settle(self, n: int) -> None:
         if self._fast:
             self._log.settle(n)
+            if not self._free_reads:
+                self._counts.settle(n)
 
     def take(self, n: int) -> dict:
         self._weights_due = True
