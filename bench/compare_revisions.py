@@ -62,10 +62,10 @@ def import_revision(rev: str, into: Path):
 class Run:
     """One model copy with its own Adam optimizer, watched by `module` with `kwargs` (or plain)."""
 
-    def __init__(self, label: str, task: overhead.Task, module=None, kwargs: dict | None = None):
+    def __init__(self, label: str, task: overhead.Task, module=None, kwargs: dict | None = None, foreach: bool | None = None):
         self.label, self.task, self.i, self.times = label, task, 0, []
         self.model = copy.deepcopy(task.initial)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3, foreach=foreach)
         self.watch = module.watch(self.model, self.opt, **kwargs) if module is not None else None
 
     def step(self) -> None:

@@ -83,3 +83,23 @@ def test_compare_revisions_times_a_revision_next_to_the_working_tree(capsys):
     rows = [line.split("|")[1:3] for line in out.splitlines() if line.startswith("| ") and "x |" in line]
     assert [label.strip() for label, _ in rows] == ["plain", "default @ HEAD", "default @ working tree"]
     assert all(math.isfinite(float(ratio.strip().rstrip("x"))) for _, ratio in rows)
+
+
+def test_ops_per_step_counts_the_two_counting_kernels_per_gradient_on_an_accelerator():
+    import torch
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("gradwatch_bench_ops", root / "bench" / "ops_per_step.py")
+    module = importlib.util.module_from_spec(spec)
+    threads = torch.get_num_threads()
+    try:
+        spec.loader.exec_module(module)
+        argv = ["--models", "mlp", "--configs", "params", "--steps", "3", "--warmup", "2"]
+        cpu = module.main(argv)["mlp"]
+        accelerator = module.main([*argv, "--as-accelerator"])["mlp"]
+    finally:
+        torch.set_num_threads(threads)
+    assert cpu["params"] > cpu["plain"] > 0
+    # On an accelerator the usual step counts each gradient's NaN/Inf entries: two kernels each
+    # (the 20-layer MLP has 21 weights and 21 biases) and one stack of the counts.
+    assert accelerator["params"] - accelerator["plain"] == cpu["params"] - cpu["plain"] + 2 * 42 + 1
