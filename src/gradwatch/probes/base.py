@@ -122,7 +122,8 @@ class NormLog:
         return len(self._plans) - 1
 
     def write(self, slot: int, plan_id: int, tensors: list[torch.Tensor]) -> torch.Tensor:
-        """The norms of `tensors` (in the plan's order) into `slot`'s row; returns that row."""
+        """The norms of `tensors` (in the order the plan was made with) into `slot`'s row; returns
+        that row (grouped as the plan groups them)."""
         plan = self._plans[plan_id]
         if plan.whole:
             norms = torch._foreach_norm(tensors, 2, dtype=plan.groups[0][1])
@@ -137,7 +138,8 @@ class NormLog:
         return row
 
     def put(self, slot: int, plan_id: int, values: list[torch.Tensor]) -> None:
-        """Device scalars (counts, in the plan's order) into `slot`'s row."""
+        """Device scalars (counts) into `slot`'s row, for a plan of one group (no reordering)."""
+        assert self._plans[plan_id].whole
         torch.stack(values, out=self._buf[slot, : self._plans[plan_id].width])
         self._used[slot] = plan_id
 
