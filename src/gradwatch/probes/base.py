@@ -81,27 +81,22 @@ class NormLog:
     instead (`put`), summed as they are.
     """
 
-    def __init__(self, table: StepTable, width: int):
+    def __init__(self, table: StepTable, width: int, counts: bool = False):
         self.table = table
+        self.counts = counts  # summed as they are, not squared
         self._buf = torch.empty(table.capacity, max(width, 1), dtype=table.dtype, device=table.device)
         self._used = np.full(table.capacity, -1)  # the plan each slot's row was written with
         self._plans: list[_NormPlan] = []
 
-    def plan(
-        self, column: int, rows: torch.Tensor, tensors: list[torch.Tensor], zero: int | None = None,
-        counts: bool = False,
-    ) -> int:
-        """A fixed way of writing: tensor k's squared norm is summed into (`column`, `rows[k]`);
-        column `zero`, if given, is set to 0 in the same cells. A plan for `counts` (written by
-        `put`) sums them as they are.
+    def plan(self, column: int, rows: torch.Tensor, tensors: list[torch.Tensor], zero: int | None = None) -> int:
+        """A fixed way of writing: tensor k's squared norm (its count, in a log of counts) is summed
+        into (`column`, `rows[k]`); column `zero`, if given, is set to 0 in the same cells.
 
         `tensors` are examples of what `write` will get (only their device and dtype count); the
         norms are grouped by those, one `_foreach_norm` per group.
         """
         assert tensors, "a plan writes at least one norm"
-        groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-        for k, t in enumerate(tensors):
-            groups.setdefault((t.device, t.dtype), []).append(k)
+        groups = by_kind(tensors)
         order = [k for idx in groups.values() for k in idx]
         rows = rows[torch.tensor(order, dtype=torch.long, device=rows.device)]
         rows = rows.cpu().numpy()
@@ -112,11 +107,10 @@ class NormLog:
         self._plans.append(
             _NormPlan(
                 width=len(order),
-                groups=[(dev, _accumulator(dtype), idx) for (dev, dtype), idx in groups.items()],
+                groups=[(dev, accumulator(dtype), idx) for (dev, dtype), idx in groups.items()],
                 whole=len(groups) == 1 and tensors[0].device == self.table.device,
                 sums=(np.full(len(order), column), rows),
                 clear=clear,
-                counts=counts,
             )
         )
         return len(self._plans) - 1
@@ -139,7 +133,7 @@ class NormLog:
 
     def put(self, slot: int, plan_id: int, values: list[torch.Tensor]) -> None:
         """Device scalars (counts) into `slot`'s row, for a plan of one group (no reordering)."""
-        assert self._plans[plan_id].whole
+        assert self.counts and self._plans[plan_id].whole
         torch.stack(values, out=self._buf[slot, : self._plans[plan_id].width])
         self._used[slot] = plan_id
 
@@ -169,9 +163,7 @@ class NormLog:
             torch.zeros((), dtype=data.dtype, device=data.device),
         )
         values = self._buf[cells(at_slot, at_pos)]
-        counts = {p.counts for p in plans}
-        assert len(counts) == 1, "a NormLog holds norms or counts, not both"
-        if not counts.pop():
+        if not self.counts:
             values = values * values
         data.index_put_(cells(at_slot, [p.sums[0] for p in plans], [p.sums[1] for p in plans]), values, accumulate=True)
         self._used[:n] = -1
@@ -184,10 +176,17 @@ class _NormPlan:
     whole: bool  # one group, in the order given: no reordering at write
     sums: tuple[np.ndarray, np.ndarray]  # the table cell each norm's square adds into: (columns, rows)
     clear: tuple[np.ndarray, np.ndarray]  # the cells set to 0 first: (columns, rows)
-    counts: bool  # summed as they are, not squared
 
 
-def _accumulator(dtype: torch.dtype) -> torch.dtype:
+def by_kind(tensors: list[torch.Tensor]) -> dict[tuple[torch.device, torch.dtype], list[int]]:
+    """Positions of `tensors` grouped by (device, dtype): one `_foreach_norm` per group."""
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for k, t in enumerate(tensors):
+        groups.setdefault((t.device, t.dtype), []).append(k)
+    return groups
+
+
+def accumulator(dtype: torch.dtype) -> torch.dtype:
     """Norms accumulate in float32 at least (a bf16 norm would keep three digits)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 

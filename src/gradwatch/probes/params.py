@@ -9,7 +9,7 @@ import torch
 
 from .._distributed import is_sharded, local
 from .._layers import ParamLayer
-from .base import ABSENT, NormLog, Probe, StepTable, stat_dtype
+from .base import ABSENT, NormLog, Probe, StepTable, accumulator, by_kind, stat_dtype
 
 
 def sq_norms(tensors: list[torch.Tensor], device: torch.device, homogeneous: bool = False) -> torch.Tensor:
@@ -28,13 +28,10 @@ def sq_norms(tensors: list[torch.Tensor], device: torch.device, homogeneous: boo
         groups = {(first.device, first.dtype): range(len(dense))}
     else:
         dense = [t.coalesce()._values() if t.is_sparse else t for t in tensors]
-        groups = {}
-        for i, t in enumerate(dense):
-            groups.setdefault((t.device, t.dtype), []).append(i)
+        groups = by_kind(dense)
     parts, order = [], []
     for (_dev, dtype), idx in groups.items():
-        acc = torch.float64 if dtype == torch.float64 else torch.float32
-        norms = torch._foreach_norm([dense[i] for i in idx], 2, dtype=acc)
+        norms = torch._foreach_norm([dense[i] for i in idx], 2, dtype=accumulator(dtype))
         parts.append(torch.stack(norms).to(device=device, dtype=stat))
         order.extend(idx)
     out = parts[0] if len(parts) == 1 else torch.cat(parts)
@@ -107,8 +104,8 @@ class ParamProbe(Probe):
                 self._plan = self._log.plan(self._c_first, self._param_rows, self._params, zero=self._c_first + 2)
             else:  # no look without a sync: every step counts the finite entries on the device
                 self._plan = self._log.plan(self._c_first, self._param_rows, self._params)
-                self._counts = NormLog(table, len(self._params))
-                self._count_plan = self._counts.plan(self._c_first + 2, self._param_rows, self._params, counts=True)
+                self._counts = NormLog(table, len(self._params), counts=True)
+                self._count_plan = self._counts.plan(self._c_first + 2, self._param_rows, self._params)
 
     def _index_for(self, with_grad: tuple[int, ...], weights: bool):
         """Index tensors for the parameters that have gradients now (cached: usually always the same).
