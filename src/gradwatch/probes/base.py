@@ -79,12 +79,17 @@ class NormLog:
     sums every stored step per layer into the table in a few vectorised operations (on the device,
     before the table is reduced across ranks and copied to the host). A log can hold counts
     instead (`put`), summed as they are.
+
+    The buffer holds the norms in the dtype they come in (`dtype`: float32 for float32 tensors),
+    widened to the table's at `settle`: a `stack` that converts as it writes costs several times
+    one that copies.
     """
 
-    def __init__(self, table: StepTable, width: int, counts: bool = False):
+    def __init__(self, table: StepTable, width: int, counts: bool = False, dtype: torch.dtype | None = None):
         self.table = table
         self.counts = counts  # summed as they are, not squared
-        self._buf = torch.empty(table.capacity, max(width, 1), dtype=table.dtype, device=table.device)
+        dtype = table.dtype if dtype is None or dtype.itemsize > table.dtype.itemsize else dtype
+        self._buf = torch.empty(table.capacity, max(width, 1), dtype=dtype, device=table.device)
         self._used = np.full(table.capacity, -1)  # the plan each slot's row was written with
         self._plans: list[_NormPlan] = []
 
@@ -107,7 +112,7 @@ class NormLog:
         self._plans.append(
             _NormPlan(
                 width=len(order),
-                groups=[(dev, accumulator(dtype), idx) for (dev, dtype), idx in groups.items()],
+                groups=[(dev, dtype, idx) for (dev, dtype), idx in groups.items()],
                 whole=len(groups) == 1 and tensors[0].device == self.table.device,
                 sums=(np.full(len(order), column), rows),
                 clear=clear,
@@ -120,11 +125,11 @@ class NormLog:
         that row (grouped as the plan groups them)."""
         plan = self._plans[plan_id]
         if plan.whole:
-            norms = torch._foreach_norm(tensors, 2, dtype=plan.groups[0][1])
+            norms = foreach_norms(tensors, plan.groups[0][1])
         else:
             norms = []
-            for dev, acc, idx in plan.groups:
-                part = torch._foreach_norm([tensors[k] for k in idx], 2, dtype=acc)
+            for dev, dtype, idx in plan.groups:
+                part = foreach_norms([tensors[k] for k in idx], dtype)
                 norms += part if dev == self.table.device else [x.to(self.table.device) for x in part]
         row = self._buf[slot, : plan.width]
         torch.stack(norms, out=row)
@@ -162,7 +167,7 @@ class NormLog:
             cells(clear_slot, [p.clear[0] for p in plans], [p.clear[1] for p in plans]),
             torch.zeros((), dtype=data.dtype, device=data.device),
         )
-        values = self._buf[cells(at_slot, at_pos)]
+        values = self._buf[cells(at_slot, at_pos)].to(data.dtype)
         if not self.counts:
             values = values * values
         data.index_put_(cells(at_slot, [p.sums[0] for p in plans], [p.sums[1] for p in plans]), values, accumulate=True)
@@ -172,7 +177,7 @@ class NormLog:
 @dataclass
 class _NormPlan:
     width: int
-    groups: list[tuple[torch.device, torch.dtype, list[int]]]
+    groups: list[tuple[torch.device, torch.dtype, list[int]]]  # the tensors' device and dtype, their positions
     whole: bool  # one group, in the order given: no reordering at write
     sums: tuple[np.ndarray, np.ndarray]  # the table cell each norm's square adds into: (columns, rows)
     clear: tuple[np.ndarray, np.ndarray]  # the cells set to 0 first: (columns, rows)
@@ -189,6 +194,18 @@ def by_kind(tensors: list[torch.Tensor]) -> dict[tuple[torch.device, torch.dtype
 def accumulator(dtype: torch.dtype) -> torch.dtype:
     """Norms accumulate in float32 at least (a bf16 norm would keep three digits)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def foreach_norms(tensors: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
+    """L2 norms of `tensors` (all of `dtype`), accumulated in `accumulator(dtype)`. Asking for the
+    dtype the tensors already have takes a slower path through `_foreach_norm`, with the same result."""
+    acc = accumulator(dtype)
+    return torch._foreach_norm(tensors, 2) if acc == dtype else torch._foreach_norm(tensors, 2, dtype=acc)
+
+
+def widest_accumulator(tensors: list[torch.Tensor]) -> torch.dtype:
+    """The dtype that holds the norms of all of `tensors` exactly."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
 class Probe:

@@ -9,7 +9,7 @@ import torch
 
 from .._distributed import is_sharded, local
 from .._layers import ParamLayer
-from .base import ABSENT, NormLog, Probe, StepTable, accumulator, by_kind, stat_dtype
+from .base import ABSENT, NormLog, Probe, StepTable, by_kind, foreach_norms, stat_dtype, widest_accumulator
 
 
 def sq_norms(tensors: list[torch.Tensor], device: torch.device, homogeneous: bool = False) -> torch.Tensor:
@@ -31,7 +31,7 @@ def sq_norms(tensors: list[torch.Tensor], device: torch.device, homogeneous: boo
         groups = by_kind(dense)
     parts, order = [], []
     for (_dev, dtype), idx in groups.items():
-        norms = torch._foreach_norm([dense[i] for i in idx], 2, dtype=accumulator(dtype))
+        norms = foreach_norms([dense[i] for i in idx], dtype)
         parts.append(torch.stack(norms).to(device=device, dtype=stat))
         order.extend(idx)
     out = parts[0] if len(parts) == 1 else torch.cat(parts)
@@ -98,7 +98,7 @@ class ParamProbe(Probe):
         # The usual step (see record) keeps its norms aside and sums them into the table at flush.
         self._fast = self._homogeneous and not self._sharded
         if self._fast:
-            self._log = NormLog(table, len(self._params))
+            self._log = NormLog(table, len(self._params), dtype=widest_accumulator(self._params))
             self._free_reads = table.device.type in FREE_READS
             if self._free_reads:  # a non-finite norm is seen at once; the general path counts it
                 self._plan = self._log.plan(self._c_first, self._param_rows, self._params, zero=self._c_first + 2)
@@ -181,7 +181,8 @@ class ParamProbe(Probe):
             dtype = self.table.dtype
             self._counts.put(slot, self._count_plan, [torch.linalg.vector_norm(g * 0, 0, dtype=dtype) for g in grads])
             return True
-        return bool(np.isfinite(row.cpu().numpy()).all())  # the CPU row read in place: no kernel
+        # The CPU row read in place, no kernel: a float64 sum of float32 norms cannot overflow.
+        return math.isfinite(sum(row.tolist()))
 
     def settle(self, n: int) -> None:
         if self._fast:
