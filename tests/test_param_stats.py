@@ -269,3 +269,34 @@ def test_weight_norms_taken_in_turns_are_exact_and_cover_every_layer(reads):
         assert max(b - a for a, b in zip(steps, [*steps, 8][1:], strict=True)) <= groups
     ratio = stats[stats.metric == "update_ratio"][["step", "layer"]]
     assert len(ratio.merge(seen, on=["step", "layer"])) == len(ratio)
+
+
+def test_float64_model_keeps_norms_beyond_float32_range(reads):
+    """A float64 model's norms are kept in float64 all the way: weights and gradients near 1e40
+    (beyond float32's 3.4e38) come out finite and exact, update ratios too."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.Linear(6, 2)).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1e40)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x = torch.randn(7, 5, dtype=torch.float64)
+    expected, ratios = {}, {}
+    with gw.watch(model, opt, update_memory=1.0) as w:
+        for step in range(2):
+            opt.zero_grad()
+            model(x).sum().backward()  # every gradient near 1e40 too
+            expected[step] = naive_grad_stats(model)
+            before = {n: [p.detach().clone() for p in ps] for n, ps in naive_layers(model).items()}
+            opt.step()
+            for name, ps in naive_layers(model).items():
+                delta = [p.detach() - b for p, b in zip(ps, before[name], strict=True)]
+                ratios[(step, name)] = naive_norm(delta) / naive_norm(before[name])
+    stats = w.stats()
+    for step in range(2):
+        got = as_dict(stats, step)
+        assert got[("0", "grad_norm")] > 1e39 and got[("1", "weight_norm")] > 1e39
+        for key, value in expected[step].items():
+            assert got[key] == pytest.approx(value, rel=1e-9), (step, key)
+        for name in naive_layers(model):
+            assert got[(name, "update_ratio")] == pytest.approx(ratios[(step, name)], rel=1e-6)

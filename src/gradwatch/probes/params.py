@@ -9,7 +9,16 @@ import torch
 
 from .._distributed import is_sharded, local
 from .._layers import ParamLayer
-from .base import ABSENT, NormLog, Probe, StepTable, by_kind, foreach_norms, stat_dtype, widest_accumulator
+from .base import (
+    ABSENT,
+    NormLog,
+    Probe,
+    StepTable,
+    by_kind,
+    foreach_norms,
+    stat_dtype,
+    widest_accumulator,
+)
 
 
 def sq_norms(tensors: list[torch.Tensor], device: torch.device, homogeneous: bool = False) -> torch.Tensor:
