@@ -26,7 +26,7 @@ from .errors import NonFiniteGradientError, TrainingStoppedError, WatchError
 from .probes.activation_specs import module_spec
 from .probes.activations import ActivationProbe
 from .probes.backflow import BackflowProbe
-from .probes.base import ABSENT, Probe, StepTable
+from .probes.base import ABSENT, Probe, StepTable, to_host
 from .probes.params import ParamProbe
 from .probes.scaler import ScalerHandle, SkippedProbe, inner_optimizer, inverse_scale_sq
 from .probes.through_time import ThroughTimeProbe
@@ -383,7 +383,7 @@ class Watch:
         which slots have one."""
         slots, self._slot_losses = self._slot_losses[:n], self._slot_losses[n:] + [None] * n
         tensors = [v for vs in slots if vs for v in vs if isinstance(v, torch.Tensor)]
-        host = iter(torch.stack(tensors).cpu().numpy().astype(np.float64).tolist() if tensors else [])
+        host = iter(to_host(tensors).tolist())
         loss = np.full(n, ABSENT)
         for i, vs in enumerate(slots):
             if vs:

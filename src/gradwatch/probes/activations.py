@@ -30,7 +30,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .activation_specs import HIST_BINS, ActivationSpec, functional_spec, module_spec
-from .base import ABSENT, Probe
+from .base import ABSENT, Probe, to_host
 from .forward import Hooks, recording_forward
 
 HIST_SAMPLE = 1024
@@ -384,9 +384,9 @@ class ActivationProbe(Probe):
             plan = group[0].plan
             _pool(
                 plan,
-                _host([s.scalars for s in group]),
-                None if group[0].dead is None else _host([s.dead for s in group]),
-                None if group[0].hist is None else _host([s.hist for s in group]),
+                to_host([s.scalars for s in group]),
+                None if group[0].dead is None else to_host([s.dead for s in group]),
+                None if group[0].hist is None else to_host([s.hist for s in group]),
                 width,
                 out,
                 hist,
@@ -426,10 +426,6 @@ class ActivationProbe(Probe):
 
     def close(self) -> None:
         self.disarm()
-
-
-def _host(tensors: list[torch.Tensor]) -> np.ndarray:
-    return torch.stack(tensors).cpu().numpy().astype(np.float64)
 
 
 def _pool(

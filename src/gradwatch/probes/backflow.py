@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import ABSENT, Probe, StepTable
+from .base import ABSENT, Probe, StepTable, to_host
 from .forward import Hooks, batch_size, first_tensor, recording_forward, time_major
 
 
@@ -103,7 +103,7 @@ class BackflowProbe(Probe):
         out = np.full((n, len(self.table.rows)), ABSENT)
         # Every step's norms reach the host in one copy (in their own dtype: MPS has no float64).
         norms = [s[4].reshape(-1) for s in steps if s[4] is not None]
-        host = torch.cat(norms).cpu().numpy().astype(np.float64) if norms else np.zeros(0)
+        host = to_host(norms, join=torch.cat)
         at, width = 0, len(self.modules)
         for slot, rows, scales, calls, stacked in steps:
             acc = np.zeros(width)
@@ -114,7 +114,7 @@ class BackflowProbe(Probe):
             # The mean over the step's calls; a row without a call is absent.
             out[slot, self._table_rows] = np.where(calls > 0, acc / np.maximum(calls, 1), ABSENT)
         if steps and inv_sq:
-            values = torch.stack([v.reshape(()) for v in inv_sq.values()]).cpu().numpy().astype(np.float64)
+            values = to_host([v.reshape(()) for v in inv_sq.values()])
             for slot, value in zip(inv_sq, values, strict=True):
                 measured = out[slot] >= 0
                 out[slot, measured] *= value

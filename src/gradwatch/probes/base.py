@@ -203,6 +203,14 @@ def foreach_norms(tensors: list[torch.Tensor], dtype: torch.dtype) -> list[torch
     return torch._foreach_norm(tensors, 2) if acc == dtype else torch._foreach_norm(tensors, 2, dtype=acc)
 
 
+def to_host(tensors: list[torch.Tensor], join=torch.stack) -> np.ndarray:
+    """Device tensors joined (`torch.stack`, or `torch.cat`) and brought to the host in one copy,
+    then widened to float64 there (a device may have no float64)."""
+    if not tensors:
+        return np.zeros(0)
+    return join(tensors).cpu().numpy().astype(np.float64)
+
+
 def widest_accumulator(tensors: list[torch.Tensor]) -> torch.dtype:
     """The dtype that holds the norms of all of `tensors` exactly."""
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
