@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     p.add_argument("--models", default="mlp,cnn,transformer", help=f"from {', '.join(overhead.MODELS)}")
     p.add_argument("--configs", default="default,params,all", help=f"from {', '.join(CONFIGS)}")
     p.add_argument("--steps", type=int, default=100, help="steps counted (a multiple of 50 covers a flush)")
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=50, help="steps first, uncounted: 50 takes the default watch past its first flush window (denser)")
     p.add_argument(
         "--as-accelerator", action="store_true",
         help="the parameter probe's path on CUDA/MPS, and Adam's multi-tensor (foreach) step, its default there",

@@ -11,14 +11,20 @@ anything.
     python bench/overhead.py --models mlp --configs plain,gw1,lightning --quick
     python bench/overhead.py --markdown            # the tables of bench/RESULTS.md
 
-Two kinds of rare work would hide behind a median, so gradwatch is timed with care:
+Rare work would hide behind a median, and the first steps are not the usual ones, so gradwatch
+is timed with care:
 
-* Its forward probes run on one recorded step in `cadence` (10), so its work repeats with a
-  period of `every * cadence` steps. Blocks are cut so that they tile that period: `every=1`
-  (period 10) runs blocks of 20 steps; `every=10` (period 100) runs 5 blocks of 20 per
-  repetition, and its per-step time is the sum, over the 5 block positions in the period, of the
-  median block at that position, divided by 100. Every configuration thus times blocks of about
-  K steps, exposed alike to the machine's noise.
+* It is timed once settled: its first flush window (`flush_every` recorded steps, where the
+  default schedule runs the forward probes on one recorded step in 10 instead of 50) runs
+  untimed at setup.
+* Its forward probes run on one recorded step in `cadence` (50 by default once settled) and the
+  update probe on every other one, so its work repeats with a period of `every * cadence` steps.
+  Blocks are cut so that they tile that period: a period of at most K steps is one block of K
+  rounded up to whole periods (explicit cadence 10: blocks of 20); a longer one is cut into
+  equal blocks of about K where it divides (`every=10`, period 500: 25 blocks of 20 per
+  repetition, the per-step time being the sum over the block positions of the median block at
+  that position, divided by the period), else timed whole (the default, period 50). Every
+  configuration thus times blocks of about K steps, exposed alike to the machine's noise.
 * Its flush copies the on-device table to the host once every `flush_every` recorded steps. Each
   flush is timed on its own and taken out of the block it fell in; the median flush time, spread
   over the `flush_every * every` steps it serves, is added back. Samples come from the run and
@@ -268,6 +274,11 @@ class Gradwatch(Config):
         if task.calibrate:
             self._calibrate_flush(gw)
         self.watch = gw.watch(self.model, self.opt, **self._kwargs())
+        if task.calibrate:
+            # Timed once settled: the first flush window runs here, untimed (the default schedule
+            # is denser there; run H's default column is what those steps cost).
+            for _ in range(self.watch.flush_every * self.watch.every):
+                self.step()
         original = self.watch.flush
 
         def timed_flush() -> None:
@@ -314,10 +325,11 @@ class Gradwatch(Config):
 
     @property
     def period(self) -> int:
+        """Steps after which the settled watch's work repeats."""
         settings = self.watch.meta().get("settings", {})
+        settled = settings.get("settled", {})
         cadence = 1
-        for name in self.CADENCES:
-            value = settings.get(name)
+        for value in [settled.get(name, settings.get(name)) for name in self.CADENCES] + [settled.get("update")]:
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
                 cadence = math.lcm(cadence, value)
         return self.watch.every * cadence

@@ -281,3 +281,34 @@ def test_every_logged_loss_is_kept_negative_zero_and_nan_included(tmp_path):
         assert list(loss["step"]) == [0, 1, 2, 3, 4]
         got = loss["value"].to_numpy()
         assert got[[0, 1, 2, 4]].tolist() == pytest.approx([-2.5, 0.0, 1.5, -1e-9], rel=1e-7) and math.isnan(got[3])
+
+
+def _steps_with(stats, metric: str) -> set[int]:
+    return set(stats.loc[stats.metric == metric, "step"].astype(int))
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_default_schedule_is_dense_while_young_and_sparse_once_settled(every):
+    """"auto": forward probes on one recorded step in 10 during the first flush window, one in 50
+    after; the update ratio's snapshot on every recorded step, then every other one. An explicit
+    cadence holds throughout."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.randn(16, 4)
+    with gw.watch(model, opt, every=every, flush_every=20) as auto, gw.watch(model, opt, every=every, flush_every=20, activations=10, backflow=10) as fixed:
+        for _ in range(120 * every):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+    recorded = [k * every for k in range(120)]
+    young = [s for s in recorded if s < 20 * every]
+    assert _steps_with(auto.stats(), "act_std") == {0, 10 * every, 50 * every, 100 * every}
+    assert _steps_with(auto.stats(), "backflow_norm") == {0, 10 * every, 50 * every, 100 * every}
+    assert _steps_with(fixed.stats(), "act_std") == {s for s in recorded if (s // every) % 10 == 0}
+    settled_updates = {s for s in recorded if s >= 20 * every and (s // every) % 2 == 0}
+    for w in (auto, fixed):
+        assert _steps_with(w.stats(), "update_ratio") == set(young) | settled_updates
+        assert _steps_with(w.stats(), "grad_norm") == set(recorded)  # gradient norms: every recorded step
+    assert auto.meta()["settings"]["settled"] == {"activations": 50, "backflow": 50, "through_time": 50, "update": 2}
+    assert fixed.meta()["settings"]["settled"]["activations"] == 10

@@ -33,6 +33,13 @@ from .probes.through_time import ThroughTimeProbe
 from .probes.updates import UpdateProbe
 from .store import RunWriter, empty_stats, long_table, normalize, to_frame
 
+# The forward probes' default ("auto"): one recorded step in 10 during the first flush window, one
+# in 50 after. With the update probe's turn on every other recorded step once settled, this keeps
+# the 20-layer MLP of bench/overhead.py within 5% (bench/RESULTS.md, run I); at one in 25 or 50
+# from the start, the diagnosis suite missed dying ReLUs that one in 10 finds (run H).
+AUTO_CADENCE = (10, 50)
+SETTLED_UPDATE_CADENCE = 2
+
 
 class Watch:
     """Watches one model's training. Create it with `gradwatch.watch(...)`.
@@ -51,9 +58,9 @@ class Watch:
         log_dir: str | os.PathLike | None = None,
         flush_every: int = 50,
         update_memory: float = 0.1,
-        activations: bool | int = 10,
-        backflow: bool | int = 10,
-        through_time: bool | int = 10,
+        activations: bool | int | str = "auto",
+        backflow: bool | int | str = "auto",
+        through_time: bool | int | str = "auto",
         histograms: bool = True,
         on_finding: Callable[[Finding], None] | None = None,
         raise_on: Iterable[str] = (),
@@ -78,15 +85,18 @@ class Watch:
         unknown = [k for k in raise_on if k not in KINDS]
         if unknown:
             raise WatchError(f"raise_on names unknown finding kinds {unknown}; choose from {', '.join(KINDS)}.")
-        cadences = {}
+        cadences, settled = {}, {}
         for name, value in (("activations", activations), ("backflow", backflow), ("through_time", through_time)):
+            if value == "auto":
+                cadences[name], settled[name] = AUTO_CADENCE
+                continue
             if value is True:
                 value = 1
             if value is False or value is None:
                 value = 0
             if not isinstance(value, int) or value < 0:
-                raise WatchError(f"{name} must be True, False or a positive integer (record one step in N), got {value!r}.")
-            cadences[name] = value
+                raise WatchError(f"{name} must be \"auto\", True, False or a positive integer (record one step in N), got {value!r}.")
+            cadences[name] = settled[name] = value
         self.model = unwrap(model)
         if _is_compiled(model) and any(cadences.values()):
             warnings.warn(
@@ -109,16 +119,20 @@ class Watch:
         stepped = {id(p) for g in optimizer.param_groups for p in g["params"]} if optimizer is not None else None
         self._update_probe = UpdateProbe(self._player, update_memory, stepped)
         self._probes: list[Probe] = [self._params_probe, self._update_probe]  # this order: see ParamProbe.record
+        self._update_probe.settled = SETTLED_UPDATE_CADENCE
         if cadences["backflow"]:
             watched = {layer.name: _module(self.model, layer.name) for layer in self._player}
             for name, m in self.model.named_modules():
                 if module_spec(m) is not None:
                     watched.setdefault(name or "(root)", m)
             self._probes.append(BackflowProbe(watched, cadences["backflow"]))
+            self._probes[-1].settled = settled["backflow"]
         if cadences["activations"]:
             self._probes.append(ActivationProbe(self.model, cadences["activations"], histograms))
+            self._probes[-1].settled = settled["activations"]
         if cadences["through_time"]:
             self._probes.append(ThroughTimeProbe(self.model, cadences["through_time"]))
+            self._probes[-1].settled = settled["through_time"]
         self._scaler = scaler
         self._skipped = SkippedProbe(flush_every) if scaler is not None else None
         if self._skipped is not None:
@@ -135,6 +149,8 @@ class Watch:
             "activations": cadences["activations"],
             "backflow": cadences["backflow"],
             "through_time": cadences["through_time"],
+            # From recorded step `flush_every` on (the run has settled): one recorded step in N.
+            "settled": {**{k: settled[k] if cadences[k] else 0 for k in settled}, "update": SETTLED_UPDATE_CADENCE},
             "histograms": histograms,
             "optimizer": type(optimizer).__name__ if optimizer is not None else None,
             "scaler": type(scaler).__name__ if scaler is not None else None,
@@ -179,7 +195,13 @@ class Watch:
         return self._step % self.every == 0
 
     def _active(self, probe: Probe) -> bool:
-        return self._recording() and (self._step // self.every) % probe.cadence == 0
+        if not self._recording():
+            return False
+        k = self._step // self.every
+        # Dense while the run is young (its first flush window), when most gradient pathologies
+        # show and the first findings are made; sparser once it has settled.
+        cadence = probe.cadence if k < self.flush_every or probe.settled is None else probe.settled
+        return k % cadence == 0
 
     def _arm(self) -> None:
         for probe in self._probes:
@@ -589,9 +611,9 @@ def watch(
     log_dir: str | os.PathLike | None = None,
     flush_every: int = 50,
     update_memory: float = 0.1,
-    activations: bool | int = 10,
-    backflow: bool | int = 10,
-    through_time: bool | int = 10,
+    activations: bool | int | str = "auto",
+    backflow: bool | int | str = "auto",
+    through_time: bool | int | str = "auto",
     histograms: bool = True,
     on_finding: Callable[[Finding], None] | None = None,
     raise_on: Iterable[str] = (),
@@ -606,9 +628,12 @@ def watch(
     flush_every: recorded steps kept on the device between copies to the host.
     update_memory: the update ratio snapshots at most this fraction of the parameter bytes per
         step (the layers take turns), instead of a copy of the whole model.
-    activations, backflow, through_time: the forward-pass probes. True measures them on every
-        recorded step, an integer N on one recorded step in N (the default, 10, keeps the
-        whole watch within a few percent of plain training), False switches one off.
+    activations, backflow, through_time: the forward-pass probes. "auto" (the default) measures
+        them on one recorded step in 10 until the first flush (`flush_every` recorded steps),
+        then on one in 50; True on every recorded step, an integer N on one recorded step in N
+        throughout, False switches one off. Once the run is past its first flush the update
+        ratio's snapshot is also taken on every other recorded step only. The default keeps the
+        whole watch within 5% of plain training on the 20-layer MLP of bench/overhead.py.
     histograms: keep a 32-bin histogram of every activation's outputs (metric `act_hist`).
     on_finding: called with each new Finding as the detectors run at every flush.
     raise_on: finding kinds that stop training with an exception. "nonfinite" is checked at every

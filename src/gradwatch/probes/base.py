@@ -228,6 +228,7 @@ class Probe:
 
     columns: tuple[str, ...] = ()
     cadence: int = 1  # measure on one recorded step in `cadence`
+    settled: int | None = None  # the cadence once the run is past its first flush window (None: `cadence`)
 
     def rows(self) -> list[str]:
         return []
