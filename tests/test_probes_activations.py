@@ -57,7 +57,14 @@ def test_saturation_and_std_match_naive_reference(act, fn):
     assert 0.05 < expected_sat < 0.95  # the case is not trivial
 
 
-@pytest.mark.parametrize("act, fn", [(nn.ReLU(), torch.relu), (nn.GELU(), F.gelu), (nn.SiLU(), F.silu)])
+def _prelu(slope: float):
+    return lambda t: F.prelu(t, torch.full((1,), slope, dtype=t.dtype))
+
+
+@pytest.mark.parametrize(
+    "act, fn",
+    [(nn.ReLU(), torch.relu), (nn.GELU(), F.gelu), (nn.SiLU(), F.silu), (nn.PReLU(init=0.01), _prelu(0.01))],
+)
 def test_dead_units_match_naive_reference(act, fn):
     torch.manual_seed(0)
     lin = nn.Linear(6, 200)
@@ -72,6 +79,29 @@ def test_dead_units_match_naive_reference(act, fn):
     got = as_dict(w.stats(), 0)
     assert got[("1", "dead_frac")] == pytest.approx(expected, abs=1e-9)
     assert 0.1 < expected < 0.95
+
+
+def test_a_prelu_whose_slope_grows_stops_counting_dead_units():
+    """PReLU's slope is learned: at 0.01 its negative side is flat (dead units count), at 0.5 it is
+    not, and the next step reads it so."""
+    torch.manual_seed(0)
+    lin = nn.Linear(6, 50)
+    with torch.no_grad():
+        lin.bias.fill_(-20.0)
+    act = nn.PReLU(init=0.01)
+    model = nn.Sequential(lin, act, nn.Linear(50, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    x = torch.randn(30, 6)
+    with gw.watch(model, opt, activations=True) as w:
+        for slope in (0.01, 0.5):
+            with torch.no_grad():
+                act.weight.fill_(slope)
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+    stats = w.stats()
+    assert as_dict(stats, 0)[("1", "dead_frac")] == 1.0
+    assert as_dict(stats, 1)[("1", "dead_frac")] == 0.0
 
 
 def test_histogram_matches_numpy_and_sums_to_one():

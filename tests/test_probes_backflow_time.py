@@ -12,6 +12,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import gradwatch as gw
 from conftest import as_dict
+from gradwatch.probes.backflow import BackflowProbe
 
 
 def _watch_one(model, x, loss, **kw):
@@ -34,6 +35,31 @@ def test_backflow_equals_retained_output_gradients():
         h.retain_grad()
         outs.append(h)
     h.pow(2).mean().backward()
+    for i, out in enumerate(outs):
+        assert got[(str(i), "backflow_norm")] == pytest.approx(out.grad.norm().item() / math.sqrt(12), rel=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")
+def test_backflow_under_create_graph_matches_and_keeps_no_graph():
+    """`backward(create_graph=True)` (a gradient penalty, second-order methods): the signals the
+    hooks see require grad themselves; the norms are read without building on that graph."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 9), nn.Tanh(), nn.Linear(9, 2))
+    x = torch.randn(12, 5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with gw.watch(model, opt, backflow=True, activations=False) as w:
+        model(x).pow(2).mean().backward(create_graph=True)
+        (probe,) = [p for p in w._probes if isinstance(p, BackflowProbe)]
+        assert probe._norms and not any(norm.requires_grad for _, norm, _ in probe._norms)  # nothing holds the graph
+        opt.step()
+    model.zero_grad()
+    outs, h = [], x
+    for m in model:
+        h = m(h)
+        h.retain_grad()
+        outs.append(h)
+    h.pow(2).mean().backward()
+    got = as_dict(w.stats(), 0)
     for i, out in enumerate(outs):
         assert got[(str(i), "backflow_norm")] == pytest.approx(out.grad.norm().item() / math.sqrt(12), rel=1e-6)
 

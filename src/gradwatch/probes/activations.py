@@ -30,12 +30,10 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .activation_specs import HIST_BINS, ActivationSpec, functional_spec, module_spec
-from .base import ABSENT, Probe, to_host
+from .base import ABSENT, WIDE_FLOATS, Probe, to_host
 from .forward import Hooks, recording_forward
 
 HIST_SAMPLE = 1024
-
-
 class _Call(NamedTuple):
     """What one activation call leaves for `record`: device scalars and a sample, no host sync."""
 
@@ -209,8 +207,14 @@ class ActivationProbe(Probe):
         return hook
 
     def _module_post(self, name):
+        m, spec = self._module_rows[name]
+        fixed = None if isinstance(m, nn.PReLU) else spec  # see _spec
+        row = None  # the module's row, once it has one
+
+        # Every activation module of every measured forward runs this: lookups are kept out of it.
         def hook(module, args, output):
-            pending = self._pending.pop(id(module), None)
+            nonlocal row
+            pending = self._pending.pop(id(module), None) if self._pending else None
             if not isinstance(output, torch.Tensor):
                 return
             if pending is None:
@@ -223,11 +227,13 @@ class ActivationProbe(Probe):
                     self._inplace.add(id(module))
                     self._hooks.add(module.register_forward_pre_hook(self._module_pre(name)))
                     return
-                spec = self._spec(name, module)
+                spec = fixed if fixed is not None else self._spec(name, module)
                 pre = self._pre_stats(spec, x)
             else:
                 spec, pre = pending
-            self._post_stats(self._row_for(name, spec), pre, output.detach())
+            if row is None:
+                row = self._row_for(name, spec)
+            self._post_stats(row, pre, output.detach())
 
         return hook
 
@@ -239,8 +245,11 @@ class ActivationProbe(Probe):
         if spec.rectifier:
             # A unit is dead when its largest input over the batch is in the flat tail; the
             # comparison with the bound waits for `record`, one kernel for every call of the step.
-            peak = x.amax(0) if x.dim() > 1 else x
-            units = math.prod(x.shape[1:]) if x.dim() > 1 else x.numel()
+            if x.dim() > 1:
+                peak = x.amax(0)
+                units = x.numel() // x.shape[0] if x.shape[0] else math.prod(x.shape[1:])
+            else:
+                peak, units = x, x.numel()
         else:
             peak, units = None, 0
         return x.numel(), (x.numel() if spec.saturating else 0), units, sat, peak, spec.lo
@@ -249,7 +258,7 @@ class ActivationProbe(Probe):
         # Every activation of every recorded forward pays this, so it is a handful of kernels on
         # detached tensors (no autograd, no grad-mode switch); the rest waits for `record`.
         n_elem, n_sat_elem, n_units, sat, peak, lo = pre
-        y = y if y.dtype in (torch.float32, torch.float64) else y.float()
+        y = y if y.dtype in WIDE_FLOATS else y.float()
         mean = y.mean()
         # Two passes (mean, then the norm of the deviations): exact for outputs far from zero mean,
         # where Σy² − (Σy)²/n in float32 would cancel. `dist` is ‖y − mean‖ in one call.

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import ABSENT, Probe, StepTable, to_host
+from .base import ABSENT, WIDE_FLOATS, Probe, StepTable, to_host
 from .forward import Hooks, batch_size, first_tensor, recording_forward, time_major
 
 
@@ -67,14 +67,17 @@ class BackflowProbe(Probe):
         return hook
 
     def _accumulate(self, i: int, grad: torch.Tensor | None, scale: float) -> None:
-        # One kernel per backward call; the squaring, scaling and pooling wait for `record`.
+        # One kernel per backward call (every watched module pays this, so no more Python than
+        # needed); the squaring, scaling and pooling wait for `record`.
         if grad is None:  # this output got no gradient in this backward
             return
-        grad = grad.detach()  # create_graph=True: no graph for our norm
+        if grad.requires_grad:  # create_graph=True: no graph for our norm
+            grad = grad.detach()
         # Half-precision signals are summed in float32; float64 ones keep their own precision.
-        wide = grad.dtype in (torch.float32, torch.float64)
-        norm = torch.linalg.vector_norm(grad) if wide else torch.linalg.vector_norm(grad, dtype=torch.float32)
-        self._norms.append((i, norm, scale))
+        if grad.dtype in WIDE_FLOATS:
+            self._norms.append((i, torch.linalg.vector_norm(grad), scale))
+        else:
+            self._norms.append((i, torch.linalg.vector_norm(grad, dtype=torch.float32), scale))
 
     @torch.no_grad()
     def record(self, slot: int) -> None:

@@ -191,6 +191,9 @@ def by_kind(tensors: list[torch.Tensor]) -> dict[tuple[torch.device, torch.dtype
     return groups
 
 
+WIDE_FLOATS = (torch.float32, torch.float64)  # reduced in their own dtype; narrower ones in float32
+
+
 def accumulator(dtype: torch.dtype) -> torch.dtype:
     """Norms accumulate in float32 at least (a bf16 norm would keep three digits)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
