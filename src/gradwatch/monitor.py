@@ -120,19 +120,20 @@ class Watch:
         self._update_probe = UpdateProbe(self._player, update_memory, stepped)
         self._probes: list[Probe] = [self._params_probe, self._update_probe]  # this order: see ParamProbe.record
         self._update_probe.settled = SETTLED_UPDATE_CADENCE
+        forward: dict[str, Probe] = {}
         if cadences["backflow"]:
             watched = {layer.name: _module(self.model, layer.name) for layer in self._player}
             for name, m in self.model.named_modules():
                 if module_spec(m) is not None:
                     watched.setdefault(name or "(root)", m)
-            self._probes.append(BackflowProbe(watched, cadences["backflow"]))
-            self._probes[-1].settled = settled["backflow"]
+            forward["backflow"] = BackflowProbe(watched, cadences["backflow"])
         if cadences["activations"]:
-            self._probes.append(ActivationProbe(self.model, cadences["activations"], histograms))
-            self._probes[-1].settled = settled["activations"]
+            forward["activations"] = ActivationProbe(self.model, cadences["activations"], histograms)
         if cadences["through_time"]:
-            self._probes.append(ThroughTimeProbe(self.model, cadences["through_time"]))
-            self._probes[-1].settled = settled["through_time"]
+            forward["through_time"] = ThroughTimeProbe(self.model, cadences["through_time"])
+        for name, probe in forward.items():
+            probe.settled = settled[name]
+            self._probes.append(probe)
         self._scaler = scaler
         self._skipped = SkippedProbe(flush_every) if scaler is not None else None
         if self._skipped is not None:
