@@ -252,11 +252,9 @@ class Gradwatch(Config):
     """`gw.watch(model, opt, **watch_kwargs)` open for the whole measurement.
 
     Its flushes are timed one by one (see the module docstring); its blocks are a whole number of
-    its period (`every` x the cadence of its forward probes), so that every block holds the same
-    mix of recorded, probed and unrecorded steps.
+    its period (`every` x the settled cadences of its forward probes and update probe), so that
+    every block holds the same mix of recorded, probed and unrecorded steps.
     """
-
-    CADENCES = ("activations", "backflow", "through_time")
 
     def __init__(self, key: str, name: str, **watch_kwargs):
         self.key, self.name = key, name
@@ -326,11 +324,9 @@ class Gradwatch(Config):
     @property
     def period(self) -> int:
         """Steps after which the settled watch's work repeats."""
-        settings = self.watch.meta().get("settings", {})
-        settled = settings.get("settled", {})
         cadence = 1
-        for value in [settled.get(name, settings.get(name)) for name in self.CADENCES] + [settled.get("update")]:
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        for value in self.watch.meta()["settings"]["settled"].values():  # 0: a probe switched off
+            if value > 0:
                 cadence = math.lcm(cadence, value)
         return self.watch.every * cadence
 

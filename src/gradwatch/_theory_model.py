@@ -21,7 +21,7 @@ import torch
 from . import _activations_math as _am
 from ._remedies_init import fans
 from ._trace import Call, Trace
-from .probes.base import stat_dtype
+from .probes.base import stat_dtype, to_host
 
 _CUTOFF = 10.0
 _UNITS = 64  # biases summarised by this many quantiles: the mean over units of a smooth function
@@ -54,14 +54,8 @@ def layer_sigmas(call: Call) -> tuple[float, np.ndarray]:
     w = module.weight.detach()
     sigma_w2 = float(torch.linalg.vector_norm(w, dtype=stat_dtype(w.device))) ** 2 / max(w.numel(), 1) * fans(module)[0] * call.valid_taps
     n_out = w.shape[0] if not isinstance(module, torch.nn.modules.conv._ConvTransposeNd) else w.shape[1]
-    bias = _host(module.bias) if module.bias is not None else np.zeros(n_out)
+    bias = to_host([module.bias.detach()])[0] if module.bias is not None else np.zeros(n_out)
     return sigma_w2, bias
-
-
-def _host(t: torch.Tensor) -> np.ndarray:
-    """A tensor's values as float64 on the host (converted there: a device may have no float64)."""
-    t = t.detach().cpu()
-    return (t if t.dtype in (torch.float32, torch.float64) else t.float()).numpy().astype(np.float64)
 
 
 def predict_chain(trace: Trace, chain: list[str]) -> list[dict]:

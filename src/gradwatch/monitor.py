@@ -106,6 +106,7 @@ class Watch:
                 stacklevel=3,
             )
             cadences = dict.fromkeys(cadences, 0)
+            settled = dict(cadences)
         self.optimizer = optimizer
         self.every = every
         self.flush_every = flush_every
@@ -151,7 +152,7 @@ class Watch:
             "backflow": cadences["backflow"],
             "through_time": cadences["through_time"],
             # From recorded step `flush_every` on (the run has settled): one recorded step in N.
-            "settled": {**{k: settled[k] if cadences[k] else 0 for k in settled}, "update": SETTLED_UPDATE_CADENCE},
+            "settled": {**settled, "update": SETTLED_UPDATE_CADENCE},
             "histograms": histograms,
             "optimizer": type(optimizer).__name__ if optimizer is not None else None,
             "scaler": type(scaler).__name__ if scaler is not None else None,

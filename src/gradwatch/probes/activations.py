@@ -34,6 +34,8 @@ from .base import ABSENT, WIDE_FLOATS, Probe, to_host
 from .forward import Hooks, recording_forward
 
 HIST_SAMPLE = 1024
+
+
 class _Call(NamedTuple):
     """What one activation call leaves for `record`: device scalars and a sample, no host sync."""
 
@@ -245,11 +247,8 @@ class ActivationProbe(Probe):
         if spec.rectifier:
             # A unit is dead when its largest input over the batch is in the flat tail; the
             # comparison with the bound waits for `record`, one kernel for every call of the step.
-            if x.dim() > 1:
-                peak = x.amax(0)
-                units = x.numel() // x.shape[0] if x.shape[0] else math.prod(x.shape[1:])
-            else:
-                peak, units = x, x.numel()
+            peak = x.amax(0) if x.dim() > 1 else x
+            units = math.prod(x.shape[1:]) if x.dim() > 1 else x.numel()
         else:
             peak, units = None, 0
         return x.numel(), (x.numel() if spec.saturating else 0), units, sat, peak, spec.lo

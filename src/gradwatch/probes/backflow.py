@@ -74,10 +74,8 @@ class BackflowProbe(Probe):
         if grad.requires_grad:  # create_graph=True: no graph for our norm
             grad = grad.detach()
         # Half-precision signals are summed in float32; float64 ones keep their own precision.
-        if grad.dtype in WIDE_FLOATS:
-            self._norms.append((i, torch.linalg.vector_norm(grad), scale))
-        else:
-            self._norms.append((i, torch.linalg.vector_norm(grad, dtype=torch.float32), scale))
+        norm = torch.linalg.vector_norm(grad) if grad.dtype in WIDE_FLOATS else torch.linalg.vector_norm(grad, dtype=torch.float32)
+        self._norms.append((i, norm, scale))
 
     @torch.no_grad()
     def record(self, slot: int) -> None:

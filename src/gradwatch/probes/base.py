@@ -208,10 +208,13 @@ def foreach_norms(tensors: list[torch.Tensor], dtype: torch.dtype) -> list[torch
 
 def to_host(tensors: list[torch.Tensor], join=torch.stack) -> np.ndarray:
     """Device tensors joined (`torch.stack`, or `torch.cat`) and brought to the host in one copy,
-    then widened to float64 there (a device may have no float64)."""
+    then widened to float64 there (a device may have no float64; numpy has no bfloat16)."""
     if not tensors:
         return np.zeros(0)
-    return join(tensors).cpu().numpy().astype(np.float64)
+    host = join(tensors).cpu()
+    if host.is_floating_point() and host.dtype not in WIDE_FLOATS:
+        host = host.float()
+    return host.numpy().astype(np.float64)
 
 
 def widest_accumulator(tensors: list[torch.Tensor]) -> torch.dtype:

@@ -81,9 +81,9 @@ class UpdateProbe(Probe):
                 need[key] = max(need.get(key, 0), n)
         self._flat = {k: torch.empty(n, device=k[0], dtype=k[1]) for k, n in need.items()}
         width = max((sum(len(self.layers[j][1]) + len(self._unstepped[j]) for j in g) for g in self.groups), default=0)
-        every = [p for _, ps in self.layers for p in ps] + [p for ps in self._unstepped for p in ps]
-        self._weights = NormLog(table, width, dtype=widest_accumulator(every))
-        self._updates = NormLog(table, width, dtype=widest_accumulator(every))
+        dtype = widest_accumulator([p for _, ps in self.layers for p in ps] + [p for ps in self._unstepped for p in ps])
+        self._weights = NormLog(table, width, dtype=dtype)
+        self._updates = NormLog(table, width, dtype=dtype)
         self._plans = [self._plan(group) for group in self.groups]
 
     def _plan(self, group: list[int]):
