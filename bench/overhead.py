@@ -733,9 +733,17 @@ def environment() -> dict[str, str]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
+    from gradwatch.probes import _cpu_kernels
+
+    kernels = "torch operations"
+    if _cpu_kernels.load() is not None:
+        import numba
+
+        kernels = f"numba {numba.__version__} kernels"
     return {
         "cpu": f"{cpu}, {os.cpu_count()} logical cores",
         "torch": torch.__version__,
+        "kernels": f"forward probes on the CPU by {kernels}",
         "threads": str(torch.get_num_threads()),
         "clock": "main thread's CPU time" if _clock is time.thread_time else "wall time",
         "python": platform.python_version(),
@@ -747,7 +755,7 @@ def markdown_header() -> str:
     env = environment()
     return (
         f"Machine: {env['cpu']}; torch {env['torch']} ({env['threads']} threads, {env['clock']}); "
-        f"Python {env['python']}; {env['date']}.\n"
+        f"{env['kernels']}; Python {env['python']}; {env['date']}.\n"
     )
 
 

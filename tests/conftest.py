@@ -9,6 +9,20 @@ import pytest
 import torch
 from torch import nn
 
+from gradwatch.probes import _cpu_kernels
+
+
+@pytest.fixture(params=["numba", "torch"])
+def cpu_path(request, monkeypatch):
+    """The forward probes' two CPU paths: numba's fused kernels, and the torch operations that
+    every other device runs."""
+    if request.param == "numba":
+        if _cpu_kernels.load() is None:
+            pytest.skip("numba is not installed (pip install gradwatch[fast])")
+    else:
+        monkeypatch.setattr(_cpu_kernels, "load", lambda: None)
+    return request.param
+
 
 def naive_layers(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """Each module's own parameters; a shared parameter belongs to the first module that has it."""

@@ -10,8 +10,11 @@ from torch import nn
 
 import gradwatch as gw
 from conftest import as_dict, family
+from gradwatch.probes import _cpu_kernels
 from gradwatch.probes.activation_specs import HIST_BINS, spec
 from gradwatch.probes.activations import HIST_SAMPLE
+
+pytestmark = pytest.mark.usefixtures("cpu_path")  # every test on both CPU paths (numba, torch)
 
 
 def _one_step(model, x, loss=lambda y: y.pow(2).mean(), **kw):
@@ -355,3 +358,67 @@ def test_nan_activations_are_measured_without_a_crash():
     assert np.isnan(got[("1", "act_std")])
     hist = w.stats().query("metric == 'act_hist' and layer == '1'")
     assert len(hist) == HIST_BINS and np.isfinite(hist.value).all()
+
+
+def _activation_stats(build, batches, dtype=torch.float32, **kw):
+    torch.manual_seed(0)
+    model = build().to(dtype)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with gw.watch(model, opt, activations=True, backflow=False, **kw) as w:
+        for x in batches:
+            opt.zero_grad()
+            model(x.to(dtype)).float().pow(2).mean().backward()
+            opt.step()
+    s = w.stats()
+    return w, s[s["metric"].isin(["act_std", "saturated_frac", "dead_frac", "act_hist"])].set_index(["step", "layer", "metric", "index"])["value"]
+
+
+class _Mixed(nn.Module):
+    """Module and functional activations, in place and not, 2-D and 4-D, saturating and rectifying."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 6, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(6 * 8 * 8, 300)
+        self.sig = nn.Sigmoid()
+        self.prelu = nn.PReLU()
+        self.out = nn.Linear(300, 3)
+
+    def forward(self, x):
+        h = self.relu(self.conv(x))
+        h = F.hardtanh(h * 2 - 1).flatten(1)
+        h = self.sig(self.fc(h) * 3)
+        return self.out(F.gelu(self.prelu(h * 4 - 2)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_the_cpu_kernels_and_torch_ops_give_the_same_statistics(cpu_path, dtype, monkeypatch):
+    if cpu_path == "torch":
+        pytest.skip("compares the two paths in one run")
+    torch.manual_seed(1)
+    batches = [torch.randn(5, 2, 8, 8) * 2, torch.randn(9, 2, 8, 8)]
+    fused_watch, fused = _activation_stats(_Mixed, batches, dtype)
+    assert next(p for p in fused_watch._probes if hasattr(p, "_kernels"))._kernels is not None
+    monkeypatch.setattr(_cpu_kernels, "load", lambda: None)
+    _, ops = _activation_stats(_Mixed, batches, dtype)
+    assert fused.index.equals(ops.index)
+    metric = fused.index.get_level_values("metric")
+    std = metric == "act_std"
+    np.testing.assert_allclose(fused[std], ops[std], rtol=1e-5)
+    # Counts and bins are exact on both paths (bounds rounded alike, samples binned alike).
+    np.testing.assert_allclose(fused[~std], ops[~std], rtol=1e-12, atol=1e-12)
+    assert (fused[metric == "dead_frac"] > 0).any() and (fused[metric == "saturated_frac"] > 0).any()
+
+
+def test_the_cpu_kernels_can_be_switched_off(cpu_path, monkeypatch):
+    if cpu_path == "torch":
+        pytest.skip("about the numba path")
+    _cpu_kernels.load.cache_clear()
+    monkeypatch.setenv("GRADWATCH_NUMBA", "0")
+    try:
+        assert _cpu_kernels.load() is None
+    finally:
+        _cpu_kernels.load.cache_clear()
+    monkeypatch.delenv("GRADWATCH_NUMBA")
+    assert _cpu_kernels.load() is not None

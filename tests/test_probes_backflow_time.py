@@ -14,6 +14,8 @@ import gradwatch as gw
 from conftest import as_dict
 from gradwatch.probes.backflow import BackflowProbe
 
+pytestmark = pytest.mark.usefixtures("cpu_path")  # every test on both CPU paths (numba, torch)
+
 
 def _watch_one(model, x, loss, **kw):
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
@@ -24,15 +26,15 @@ def _watch_one(model, x, loss, **kw):
     return w.stats()
 
 
-def _assert_backflow_is_retained_gradients(got, model: nn.Sequential, x):
-    """The naive reference: each module's output retained, ‖∂L/∂output‖ / √batch, L = mean(y²)."""
+def _assert_backflow_is_retained_gradients(got, model: nn.Sequential, x, loss=lambda y: y.pow(2).mean()):
+    """The naive reference: each module's output retained, ‖∂L/∂output‖ / √batch."""
     model.zero_grad()
     outs, h = [], x
     for m in model:
         h = m(h)
         h.retain_grad()
         outs.append(h)
-    h.pow(2).mean().backward()
+    loss(h).backward()
     for i, out in enumerate(outs):
         assert got[(str(i), "backflow_norm")] == pytest.approx(out.grad.norm().item() / math.sqrt(len(x)), rel=1e-6)
 
@@ -43,6 +45,16 @@ def test_backflow_equals_retained_output_gradients():
     x = torch.randn(12, 5)
     got = as_dict(_watch_one(model, x, lambda y: y.pow(2).mean()), 0)
     _assert_backflow_is_retained_gradients(got, model, x)
+
+
+def test_backflow_of_signals_that_are_not_contiguous():
+    # The gradient of a sum reaches the last layer as one value broadcast over its output (a
+    # stride-0 tensor), the others as ordinary tensors: both kinds in one step.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 9), nn.Tanh(), nn.Linear(9, 3))
+    x = torch.randn(12, 5)
+    got = as_dict(_watch_one(model, x, lambda y: y.sum()), 0)
+    _assert_backflow_is_retained_gradients(got, model, x, lambda y: y.sum())
 
 
 @pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")
@@ -56,7 +68,7 @@ def test_backflow_under_create_graph_matches_and_keeps_no_graph():
     with gw.watch(model, opt, backflow=True, activations=False) as w:
         model(x).pow(2).mean().backward(create_graph=True)
         (probe,) = [p for p in w._probes if isinstance(p, BackflowProbe)]
-        assert probe._norms and not any(norm.requires_grad for _, norm, _ in probe._norms)  # nothing holds the graph
+        assert probe._norms and not any(isinstance(norm, torch.Tensor) and norm.requires_grad for _, norm, _ in probe._norms)  # nothing holds the graph
         opt.step()
     _assert_backflow_is_retained_gradients(as_dict(w.stats(), 0), model, x)
 

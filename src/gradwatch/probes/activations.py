@@ -17,6 +17,9 @@ population std of the outputs, saturated fraction of inputs, dead fraction of un
 `activation_specs`), and a 32-bin histogram of the outputs over the function's range (values
 outside are counted in the edge bins), taken from at most 1,024 evenly strided outputs per call:
 enough for a picture, at a fraction of the cost of binning them all.
+
+On the CPU, with numba installed (`_cpu_kernels`), each call is measured at once by two fused
+kernels instead, which leave plain numbers: the same statistics for a fraction of the dispatches.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from . import _cpu_kernels
 from .activation_specs import HIST_BINS, ActivationSpec, functional_spec, module_spec
 from .base import ABSENT, WIDE_FLOATS, Probe, to_host
 from .forward import Hooks, recording_forward
@@ -51,13 +55,27 @@ class _Call(NamedTuple):
     sample: torch.Tensor | None  # strided outputs for the histogram
 
 
+class _HostCall(NamedTuple):
+    """What one activation call leaves when the CPU kernels measured it: numbers, already final."""
+
+    key: tuple  # (row, n, n_sat, units, sample): what the step's plan depends on
+    mean: float
+    dev: float
+    sat: float | None
+    dead: int | None
+    counts: np.ndarray | None  # [bins + 1] histogram of the sample (the last bin stays empty)
+
+
 class _Row:
     """One row of the probe: an activation module, or every activation call in one module's forward."""
 
-    __slots__ = ("name", "spec", "index")
+    __slots__ = ("name", "spec", "index", "hist_bins")
 
     def __init__(self, name: str, spec: ActivationSpec, index: int):
         self.name, self.spec, self.index = name, spec, index
+        # The histogram's lower end and bins per unit, in float32 as the torch path bins.
+        lo, hi = (np.float32(b) for b in spec.hist_range)
+        self.hist_bins = (lo, np.float32(HIST_BINS) / (hi - lo))
 
 
 class _Plan(NamedTuple):
@@ -81,13 +99,14 @@ class _Plan(NamedTuple):
 
 
 class _Step(NamedTuple):
-    """One recorded step's raw numbers, still on the device; pooled into rows at flush."""
+    """One recorded step's raw numbers, still on the device (numpy arrays where the CPU kernels
+    measured it); pooled into rows at flush."""
 
     slot: int
     plan: _Plan
-    scalars: torch.Tensor  # [3, calls]: mean, ‖y − mean‖, flat-tail count
-    dead: torch.Tensor | None  # [calls] dead units
-    hist: torch.Tensor | None  # [calls, bins + 1] sample counts (the last bin is padding)
+    scalars: torch.Tensor | np.ndarray  # [3, calls]: mean, ‖y − mean‖, flat-tail count
+    dead: torch.Tensor | np.ndarray | None  # [rectifier calls] dead units
+    hist: torch.Tensor | np.ndarray | None  # [calls, bins + 1] sample counts (the last bin is padding)
 
 
 class _FunctionalMode(TorchFunctionMode):
@@ -139,6 +158,11 @@ class ActivationProbe(Probe):
         super().bind(table)
         self._plans: dict[tuple, _Plan] = {}
         self._steps: list[_Step] = []  # recorded since the last flush
+        self._kernels = _cpu_kernels.load() if table.device.type == "cpu" else None
+        if self._kernels is not None:
+            self._pre_stats, self._post_stats = self._pre_host, self._post_host
+            self._bounds: dict[tuple[ActivationSpec, torch.dtype], tuple] = {}
+            self._peaks: dict[tuple[int, np.dtype], np.ndarray] = {}
 
     # ------------------------------------------------------------ rows grow as activations appear
 
@@ -265,6 +289,54 @@ class ActivationProbe(Probe):
         sample = y.take(self._stride(y)) if self.histograms else None  # a copy: y is not kept alive
         self._calls.append(_Call(row.index, n_elem, n_sat_elem, n_units, mean, dev, sat, peak, lo, sample))
 
+    # ------------------------------------------------------------ the numbers on the CPU (numba)
+
+    def _pre_host(self, spec: ActivationSpec, x: torch.Tensor):
+        """`_pre_stats` by the fused kernels: the flat-tail count and the dead units, final."""
+        n = x.numel()
+        units = n // x.shape[0] if x.dim() > 1 and n else n
+        sat = dead = None
+        if n:
+            a = _host_array(x)
+            lo, hi, rect_lo, symmetric = self._bounds_for(spec, x.dtype, a.dtype)
+            if spec.saturating:
+                sat = self._kernels.flat_count(a, lo, hi, symmetric, not math.isinf(spec.lo), not math.isinf(spec.hi))
+            if spec.rectifier:
+                peak = self._peaks.get((units, a.dtype))
+                if peak is None:
+                    peak = self._peaks[(units, a.dtype)] = np.empty(units, dtype=a.dtype)
+                dead = self._kernels.dead_units(a.reshape(-1, units), rect_lo, peak)
+        return n, (n if spec.saturating else 0), (units if spec.rectifier else 0), sat, dead
+
+    def _post_host(self, row: _Row, pre, y: torch.Tensor) -> None:
+        n, n_sat, units, sat, dead = pre
+        if not n:
+            return
+        a = _host_array(y)
+        counts = sample = None
+        if self.histograms:
+            stride = -(-a.size // HIST_SAMPLE)
+            sample = -(-a.size // stride)
+            lo, per_bin = row.hist_bins
+            counts = np.zeros(HIST_BINS + 1, dtype=np.int64)
+            mean, dev = self._kernels.post(a, stride, lo, per_bin, counts)
+        else:
+            mean, dev = self._kernels.moments(a)
+        self._calls.append(_HostCall((row.index, n, n_sat, units, sample), mean, dev, sat, dead, counts))
+
+    def _bounds_for(self, spec: ActivationSpec, dtype: torch.dtype, host: np.dtype) -> tuple:
+        """The flat-tail and dead-unit bounds as the torch path compares them, in the dtype the
+        kernels read the input in."""
+        hit = self._bounds.get((spec, dtype))
+        if hit is None:
+
+            # A flat tail is found by subtracting the bound in the op's compute dtype (float32 for
+            # half inputs); the dead-unit bound is compared in the input's own dtype.
+            rect = spec.lo if math.isinf(spec.lo) else torch.tensor(spec.lo, dtype=torch.float64).to(dtype).item()
+            hit = (host.type(spec.lo), host.type(spec.hi), host.type(rect), spec.lo == -spec.hi)
+            self._bounds[(spec, dtype)] = hit
+        return hit
+
     def _stride(self, y: torch.Tensor) -> torch.Tensor:
         """Flat indices of at most HIST_SAMPLE evenly strided elements of `y` (cached per size)."""
         key = (y.numel(), y.device)
@@ -284,6 +356,9 @@ class ActivationProbe(Probe):
         calls, self._calls = self._calls, []
         if not calls:
             return
+        if self._kernels is not None:
+            self._steps.append(self._host_step(slot, calls))
+            return
         # Each list once per step: the plan's key, the dead units and the histograms all read them.
         peaks = [c.peak.reshape(-1) for c in calls if c.peak is not None]
         samples = [c.sample if c.sample.dtype == torch.float32 else c.sample.float() for c in calls if c.sample is not None]
@@ -295,6 +370,35 @@ class ActivationProbe(Probe):
             [c.mean for c in calls] + [c.dev for c in calls] + [zero if c.sat is None else c.sat for c in calls]
         ).view(3, len(calls))
         self._steps.append(_Step(slot, plan, scalars, self._dead_units(peaks, plan), self._histograms(samples, plan)))
+
+    def _host_step(self, slot: int, calls: list[_HostCall]) -> _Step:
+        """A step measured by the CPU kernels: its numbers gathered into the arrays `take` pools."""
+        key = tuple(c.key for c in calls)
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) > 64:
+                self._plans.clear()
+            rows, n, n_sat, units, sample = zip(*key, strict=True)
+            plan = self._plans[key] = _Plan(
+                rows=np.array(rows),
+                n=np.array(n, dtype=np.float64),
+                n_sat=np.array(n_sat, dtype=np.float64),
+                units=np.array(units, dtype=np.float64),
+                sample=np.array([s or 0 for s in sample], dtype=np.float64),
+                has_sat=np.array([c.sat is not None for c in calls]),
+                has_peak=np.array([c.dead is not None for c in calls]),
+                peaks_uniform=True,
+                lo=None,
+                peak_call=None,
+                hist_lo=None,
+                per_bin=None,
+                offsets=None,
+                pad=None,
+            )
+        scalars = np.array([(c.mean, c.dev, 0.0 if c.sat is None else c.sat) for c in calls]).T
+        dead = np.array([c.dead for c in calls if c.dead is not None], dtype=np.float64) if plan.has_peak.any() else None
+        counts = np.stack([c.counts for c in calls]) if self.histograms else None
+        return _Step(slot, plan, scalars, dead, counts)
 
     def discard(self) -> None:
         self._calls = []
@@ -390,11 +494,14 @@ class ActivationProbe(Probe):
             alike.setdefault(id(step.plan), []).append(step)
         for group in alike.values():
             plan = group[0].plan
+            # Steps measured on the device are copied to the host together; the CPU kernels'
+            # are there already.
+            join = _stack if isinstance(group[0].scalars, np.ndarray) else to_host
             _pool(
                 plan,
-                to_host([s.scalars for s in group]),
-                None if group[0].dead is None else to_host([s.dead for s in group]),
-                None if group[0].hist is None else to_host([s.hist for s in group]),
+                join([s.scalars for s in group]),
+                None if group[0].dead is None else join([s.dead for s in group]),
+                None if group[0].hist is None else join([s.hist for s in group]),
                 width,
                 out,
                 hist,
@@ -484,6 +591,22 @@ def _pool(
         hist[np.ix_(slots, active)] = (binned / safe_n[:, :, None])[:, active]
 
 
+def _stack(arrays: list[np.ndarray]) -> np.ndarray:
+    return np.stack(arrays).astype(np.float64)
+
+
+def _host_array(t: torch.Tensor) -> np.ndarray:
+    """A detached tensor as the flat, contiguous numpy array the kernels read: float32, or float64
+    if it is (copied over from another device, in a model spread over several)."""
+    if not t.is_cpu:
+        t = t.cpu()
+    if type(t) is not torch.Tensor:
+        t = t.as_subclass(torch.Tensor)
+    if t.dtype not in WIDE_FLOATS:
+        t = t.float()
+    return t.numpy().reshape(-1)  # a view, or a contiguous copy of a strided tensor
+
+
 def _count_flat(spec: ActivationSpec, x: torch.Tensor) -> torch.Tensor:
     """Elements of `x` in a flat tail.
 
@@ -493,7 +616,7 @@ def _count_flat(spec: ActivationSpec, x: torch.Tensor) -> torch.Tensor:
     parameter probe's `nonfinite` says where), and beyond 2^24 elements the float32 sum makes the
     count approximate to about 1e-6 of it.
     """
-    x = x if x.is_floating_point() else x.float()
+    x = x if x.dtype in WIDE_FLOATS else x.float()  # a half-precision sum would round the count
     n = x.numel()
     if spec.lo == -spec.hi:
         return (n + x.abs().sub_(spec.hi).sign_().sum()) / 2

@@ -7,15 +7,19 @@ registered before an in-place op on the output receives the gradient of the valu
 produced, which is what we want. Tuple outputs (LSTM, attention) use their first
 tensor. Per sample: ‖g‖ / √batch, the root mean over every backward of the step. A step's norms
 are stacked on the device (one kernel); squaring, scaling and pooling them happen on the host at
-flush, with every recorded step's norms brought over in one copy.
+flush, with every recorded step's norms brought over in one copy. On the CPU, with numba
+installed, a numba kernel sums the squares instead and leaves a number, not a tensor.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
 from torch import nn
 
+from . import _cpu_kernels
 from .base import ABSENT, WIDE_FLOATS, Probe, StepTable, to_host
 from .forward import Hooks, batch_size, first_tensor, recording_forward, time_major
 
@@ -37,6 +41,7 @@ class BackflowProbe(Probe):
     def bind(self, table: StepTable) -> None:
         super().bind(table)
         self._table_rows = table.row_index(self.rows()).cpu().numpy()
+        self._kernels = _cpu_kernels.load() if table.device.type == "cpu" else None
 
     def arm(self) -> None:
         if self._hooks:
@@ -73,6 +78,9 @@ class BackflowProbe(Probe):
             return
         if grad.requires_grad:  # create_graph=True: no graph for our norm
             grad = grad.detach()
+        if self._kernels is not None and grad.dtype in WIDE_FLOATS and type(grad) is torch.Tensor and grad.is_contiguous():
+            self._norms.append((i, math.sqrt(self._kernels.sum_sq(grad.numpy().reshape(-1))), scale))
+            return
         # Half-precision signals are summed in float32; float64 ones keep their own precision.
         norm = torch.linalg.vector_norm(grad) if grad.dtype in WIDE_FLOATS else torch.linalg.vector_norm(grad, dtype=torch.float32)
         self._norms.append((i, norm, scale))
@@ -86,7 +94,10 @@ class BackflowProbe(Probe):
             return
         rows = np.array([r for r, _, _ in norms], dtype=np.int64)
         scales = np.array([s for _, _, s in norms], dtype=np.float64)
-        stacked = torch.stack([n for _, n, _ in norms]) if norms else None
+        if self._kernels is not None:  # on the CPU: numbers, or tensors that need no sync to read
+            stacked = np.array([n if type(n) is float else n.item() for _, n, _ in norms], dtype=np.float64)
+        else:
+            stacked = torch.stack([n for _, n, _ in norms]) if norms else None
         self._steps.append((slot, rows, scales, calls, stacked))
 
     def unscale(self, slot: int, inv_sq: torch.Tensor) -> None:
@@ -104,7 +115,7 @@ class BackflowProbe(Probe):
         out = np.full((n, len(self.table.rows)), ABSENT)
         # Every step's norms reach the host in one copy (in their own dtype: MPS has no float64).
         norms = [s[4].reshape(-1) for s in steps if s[4] is not None]
-        host = to_host(norms, join=torch.cat)
+        host = np.concatenate(norms) if self._kernels is not None and norms else to_host(norms, join=torch.cat)
         at, width = 0, len(self.modules)
         for slot, rows, scales, calls, stacked in steps:
             acc = np.zeros(width)

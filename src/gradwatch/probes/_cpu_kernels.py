@@ -1,0 +1,142 @@
+"""Fused CPU kernels for the forward probes, compiled by numba when it is installed.
+
+On the CPU a torch operation costs a few microseconds to dispatch before it touches any data, and
+each statistic of an activation call takes one or two (the largest input per unit, the mean, the
+norm of the deviations, a strided sample, then its binning): on a model of small layers that is
+most of what watching activations costs. These kernels read each tensor once or twice in one
+call, and return plain numbers: on the CPU a result is there when the call returns, so nothing
+waits for the step's end. They compute what `ActivationProbe` computes with torch operations
+(the same bounds, rounded the same way; the same histogram sample and bins), with sums
+accumulated in float64.
+
+`load()` returns the kernels, compiled for float32 and float64 (a few seconds the first time,
+then read from numba's cache), or None where numba is missing (`pip install gradwatch[fast]`),
+switched off with GRADWATCH_NUMBA=0, or fails to compile (with a warning); the probes then use
+torch operations.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from types import SimpleNamespace
+
+import numpy as np
+
+
+@functools.cache
+def load() -> SimpleNamespace | None:
+    if os.environ.get("GRADWATCH_NUMBA", "1") == "0":
+        return None
+    try:
+        import numba
+    except ImportError:
+        return None
+    try:
+        try:
+            kernels = _compile(numba, cache=True)
+        except RuntimeError:  # no writable place for numba's cache: compile in memory
+            kernels = _compile(numba, cache=False)
+        _warm(kernels)
+    except Exception as exc:  # noqa: BLE001 - any failure leaves the torch path, which always works
+        warnings.warn(f"gradwatch's numba kernels did not compile ({exc}); using torch operations instead.", stacklevel=2)
+        return None
+    return kernels
+
+
+def _warm(k: SimpleNamespace) -> None:
+    """Compile every kernel for both dtypes now, not inside the first measured forward."""
+    for dtype in (np.float32, np.float64):
+        x = np.linspace(-3, 3, 12, dtype=dtype)
+        b = dtype(1.0)
+        k.flat_count(x, -b, b, True, True, True)
+        k.dead_units(x.reshape(3, 4), b, np.empty(4, dtype=dtype))
+        k.moments(x)
+        k.post(x, 2, np.float32(-4), np.float32(4), np.zeros(33, dtype=np.int64))
+        k.sum_sq(x)
+
+
+def _compile(numba, cache: bool) -> SimpleNamespace:
+    # Sums may be reordered (`reassoc`), which lets them run in SIMD lanes; nothing may assume
+    # finite values, so a NaN still propagates. Binning is compiled without it, so that each
+    # sample's bin is computed exactly as the torch path computes it. Loops index their arrays:
+    # numba vectorizes `for i in range(n): ... y[i]` but not `for v in y` (9x slower).
+    summing = numba.njit(cache=cache, nogil=True, error_model="numpy", fastmath={"reassoc"})
+    exact = numba.njit(cache=cache, nogil=True, error_model="numpy")
+
+    @summing
+    def flat_count(x, lo, hi, symmetric, has_lo, has_hi):
+        """Elements of `x` in a flat tail: 1 beyond a bound, ½ exactly on it, NaN for a NaN
+        (the torch path's Σ sign, element by element). Bounds come in `x`'s dtype."""
+        count = 0.0
+        if symmetric:
+            for i in range(x.size):
+                count += (np.sign(abs(x[i]) - hi) + 1.0) * 0.5
+            return count
+        if has_hi:
+            for i in range(x.size):
+                count += (np.sign(x[i] - hi) + 1.0) * 0.5
+        if has_lo:
+            for i in range(x.size):
+                count += (1.0 - np.sign(x[i] - lo)) * 0.5
+        return count
+
+    @exact
+    def dead_units(x, lo, peak):
+        """Units (columns of `x`, [batch, units]) whose largest input is below `lo`; a NaN input
+        makes its unit's peak NaN, which is not below anything. `peak`: scratch of `units`."""
+        peak[:] = x[0]
+        for i in range(1, x.shape[0]):
+            row = x[i]
+            for j in range(x.shape[1]):
+                v = row[j]
+                if v > peak[j] or v != v:
+                    peak[j] = v
+        dead = 0
+        for j in range(x.shape[1]):
+            if peak[j] < lo:
+                dead += 1
+        return dead
+
+    @summing
+    def moments(y):
+        """Mean and ‖y − mean‖, two passes in float64."""
+        total = 0.0
+        for i in range(y.size):
+            total += y[i]
+        mean = total / y.size
+        sq = 0.0
+        for i in range(y.size):
+            d = y[i] - mean
+            sq += d * d
+        return mean, np.sqrt(sq)
+
+    @exact
+    def histogram(y, stride, lo, per_bin, counts):
+        """Every `stride`-th element binned as the torch path bins it: (v − lo)·per_bin in
+        float32, clamped to the bins, NaN in the lowest, truncated."""
+        top = np.float32(counts.size - 2)
+        for k in range(0, y.size, stride):
+            b = (np.float32(y[k]) - lo) * per_bin
+            if b != b or b < 0:
+                b = np.float32(0.0)
+            elif b > top:
+                b = top
+            counts[int(b)] += 1
+
+    @summing
+    def sum_sq(x):
+        """Σx² in float64 (a backward signal's squared norm)."""
+        sq = 0.0
+        for i in range(x.size):
+            v = np.float64(x[i])
+            sq += v * v
+        return sq
+
+    @exact
+    def post(y, stride, lo, per_bin, counts):
+        histogram(y, stride, lo, per_bin, counts)
+        return moments(y)
+
+    return SimpleNamespace(flat_count=flat_count, dead_units=dead_units, moments=moments, post=post, sum_sq=sum_sq)
