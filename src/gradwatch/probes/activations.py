@@ -329,7 +329,6 @@ class ActivationProbe(Probe):
         kernels read the input in."""
         hit = self._bounds.get((spec, dtype))
         if hit is None:
-
             # A flat tail is found by subtracting the bound in the op's compute dtype (float32 for
             # half inputs); the dead-unit bound is compared in the input's own dtype.
             rect = spec.lo if math.isinf(spec.lo) else torch.tensor(spec.lo, dtype=torch.float64).to(dtype).item()
