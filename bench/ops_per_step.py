@@ -4,8 +4,9 @@ On a GPU every dispatched operation on a device tensor is (at least) one kernel 
 small model's step is bound by launches, not by arithmetic. Counting them needs no GPU: a
 `TorchDispatchMode` sees every operation, on the CPU as on CUDA. `--as-accelerator` makes the
 parameter probe take the path it takes on a device where reading a number costs a sync (CUDA,
-MPS), and Adam take its multi-tensor step (its default on CUDA), so a CPU-only machine previews
-what a GPU would launch. Counts are exact and repeat from run to run; they say nothing about how
+MPS), the forward probes their torch operations (numba's CPU kernels are not dispatched, and
+not counted, without it), and Adam take its multi-tensor step (its default on CUDA), so a
+CPU-only machine previews what a GPU would launch. Counts are exact and repeat from run to run; they say nothing about how
 long each operation takes (see overhead.py for that).
 
     python bench/ops_per_step.py                           # mlp, cnn, transformer
@@ -27,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gradwatch  # noqa: E402
 import overhead  # noqa: E402  (the models and batches of bench/overhead.py)
 from compare_revisions import CONFIGS, Run  # noqa: E402
-from gradwatch.probes import params  # noqa: E402
+from gradwatch.probes import _cpu_kernels, params  # noqa: E402
 
 
 class _Count(TorchDispatchMode):
@@ -61,16 +62,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     p.add_argument("--warmup", type=int, default=50, help="steps first, uncounted: 50 takes the default watch past its first flush window (denser)")
     p.add_argument(
         "--as-accelerator", action="store_true",
-        help="the parameter probe's path on CUDA/MPS, and Adam's multi-tensor (foreach) step, its default there",
+        help="the probes' paths on CUDA/MPS, and Adam's multi-tensor (foreach) step, its default there",
     )
     args = p.parse_args(argv)
-    free_reads = params.FREE_READS
+    free_reads, kernels = params.FREE_READS, _cpu_kernels.load
     if args.as_accelerator:
         params.FREE_READS = set()
+        _cpu_kernels.load = lambda: None
     try:
         return _count_models(args)
     finally:
-        params.FREE_READS = free_reads
+        params.FREE_READS, _cpu_kernels.load = free_reads, kernels
 
 
 def _count_models(args: argparse.Namespace) -> dict[str, dict[str, float]]:
