@@ -89,13 +89,25 @@ class _Plan(NamedTuple):
     sample: np.ndarray  # [calls] histogram sample size
     has_sat: np.ndarray  # [calls] bool: the calls of saturating functions
     has_peak: np.ndarray  # [calls] bool: the calls of rectifiers
-    peaks_uniform: bool  # every peak has one size: one [peaks, units] comparison
-    lo: torch.Tensor | None  # [peaks, 1] dead-unit bound, in the peaks' dtype ([peak entries] if not uniform)
-    peak_call: torch.Tensor | None  # the call each peak entry belongs to (peaks of mixed sizes)
-    hist_lo: torch.Tensor | None  # [calls, 1] lower end of each call's histogram range
-    per_bin: torch.Tensor | None  # [calls, 1] bins per unit of output
-    offsets: torch.Tensor | None  # [calls, 1] first bin of each call in the shared bincount
-    pad: torch.Tensor | None  # [calls, sample] where a shorter sample was padded
+    # What the device's kernels need (None where the CPU kernels measured the step):
+    peaks_uniform: bool = True  # every peak has one size: one [peaks, units] comparison
+    lo: torch.Tensor | None = None  # [peaks, 1] dead-unit bound, in the peaks' dtype ([peak entries] if not uniform)
+    peak_call: torch.Tensor | None = None  # the call each peak entry belongs to (peaks of mixed sizes)
+    hist_lo: torch.Tensor | None = None  # [calls, 1] lower end of each call's histogram range
+    per_bin: torch.Tensor | None = None  # [calls, 1] bins per unit of output
+    offsets: torch.Tensor | None = None  # [calls, 1] first bin of each call in the shared bincount
+    pad: torch.Tensor | None = None  # [calls, sample] where a shorter sample was padded
+
+
+def _plan_of(rows, n, n_sat, units, sample, has_sat, has_peak, **device) -> _Plan:
+    """A plan from per-call lists; `device`: the device-side fields."""
+    return _Plan(
+        np.array(rows),
+        *(np.array(v, dtype=np.float64) for v in (n, n_sat, units, sample)),
+        np.array(has_sat, dtype=bool),
+        np.array(has_peak, dtype=bool),
+        **device,
+    )
 
 
 class _Step(NamedTuple):
@@ -378,22 +390,9 @@ class ActivationProbe(Probe):
             if len(self._plans) > 64:
                 self._plans.clear()
             rows, n, n_sat, units, sample = zip(*key, strict=True)
-            plan = self._plans[key] = _Plan(
-                rows=np.array(rows),
-                n=np.array(n, dtype=np.float64),
-                n_sat=np.array(n_sat, dtype=np.float64),
-                units=np.array(units, dtype=np.float64),
-                sample=np.array([s or 0 for s in sample], dtype=np.float64),
-                has_sat=np.array([c.sat is not None for c in calls]),
-                has_peak=np.array([c.dead is not None for c in calls]),
-                peaks_uniform=True,
-                lo=None,
-                peak_call=None,
-                hist_lo=None,
-                per_bin=None,
-                offsets=None,
-                pad=None,
-            )
+            sample = [s or 0 for s in sample]
+            has_sat, has_peak = [c.sat is not None for c in calls], [c.dead is not None for c in calls]
+            plan = self._plans[key] = _plan_of(rows, n, n_sat, units, sample, has_sat, has_peak)
         scalars = np.array([(c.mean, c.dev, 0.0 if c.sat is None else c.sat) for c in calls]).T
         dead = np.array([c.dead for c in calls if c.dead is not None], dtype=np.float64) if plan.has_peak.any() else None
         counts = np.stack([c.counts for c in calls]) if self.histograms else None
@@ -439,14 +438,14 @@ class ActivationProbe(Probe):
             sizes = torch.tensor([t.numel() for t in samples])
             if len(set(sizes.tolist())) > 1:
                 pad = (torch.arange(int(sizes.max())) >= sizes[:, None]).to(dev)
-        return _Plan(
-            rows=np.array([c.row for c in calls]),
-            n=np.array([c.n for c in calls], dtype=np.float64),
-            n_sat=np.array([c.n_sat for c in calls], dtype=np.float64),
-            units=np.array([c.units for c in calls], dtype=np.float64),
-            sample=np.array([0 if c.sample is None else c.sample.numel() for c in calls], dtype=np.float64),
-            has_sat=np.array([c.sat is not None for c in calls]),
-            has_peak=np.array([c.peak is not None for c in calls]),
+        return _plan_of(
+            [c.row for c in calls],
+            [c.n for c in calls],
+            [c.n_sat for c in calls],
+            [c.units for c in calls],
+            [0 if c.sample is None else c.sample.numel() for c in calls],
+            [c.sat is not None for c in calls],
+            [c.peak is not None for c in calls],
             peaks_uniform=uniform,
             lo=lo,
             peak_call=peak_call,
