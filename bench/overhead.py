@@ -735,11 +735,8 @@ def environment() -> dict[str, str]:
                 break
     from gradwatch.probes import _cpu_kernels
 
-    kernels = "torch operations"
-    if _cpu_kernels.load() is not None:
-        import numba
-
-        kernels = f"numba {numba.__version__} kernels"
+    kernels = _cpu_kernels.name(_cpu_kernels.load())
+    kernels = "torch operations" if kernels == "torch" else f"{kernels} kernels"
     return {
         "cpu": f"{cpu}, {os.cpu_count()} logical cores",
         "torch": torch.__version__,

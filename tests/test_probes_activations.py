@@ -422,3 +422,11 @@ def test_the_cpu_kernels_can_be_switched_off(cpu_path, monkeypatch):
         _cpu_kernels.load.cache_clear()
     monkeypatch.delenv("GRADWATCH_NUMBA")
     assert _cpu_kernels.load() is not None
+
+
+def test_run_metadata_says_what_computed_the_forward_probes(cpu_path, tmp_path):
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    w = _one_step(model, torch.randn(16, 4), backflow=True, log_dir=tmp_path / "run")
+    expected = "torch" if cpu_path == "torch" else f"numba {__import__('numba').__version__}"
+    assert w.meta()["probes"]["kernels"] == expected
+    assert gw.load(tmp_path / "run").meta["probes"]["kernels"] == expected

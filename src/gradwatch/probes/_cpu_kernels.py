@@ -45,6 +45,11 @@ def load() -> SimpleNamespace | None:
     return kernels
 
 
+def name(kernels: SimpleNamespace | None) -> str:
+    """What computed the forward probes' numbers, as run metadata records it."""
+    return "torch" if kernels is None else kernels.name
+
+
 def _warm(k: SimpleNamespace) -> None:
     """Compile every kernel for both dtypes now, not inside the first measured forward."""
     for dtype in (np.float32, np.float64):
@@ -139,4 +144,5 @@ def _compile(numba, cache: bool) -> SimpleNamespace:
         histogram(y, stride, lo, per_bin, counts)
         return moments(y)
 
-    return SimpleNamespace(flat_count=flat_count, dead_units=dead_units, moments=moments, post=post, sum_sq=sum_sq)
+    kernels = dict(flat_count=flat_count, dead_units=dead_units, moments=moments, post=post, sum_sq=sum_sq)
+    return SimpleNamespace(**kernels, name=f"numba {numba.__version__}")

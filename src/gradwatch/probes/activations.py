@@ -535,6 +535,7 @@ class ActivationProbe(Probe):
                 for r in self._rows.values()
             },
             "hist_bins": HIST_BINS,
+            "kernels": _cpu_kernels.name(self._kernels),
         }
 
     def close(self) -> None:

@@ -138,5 +138,8 @@ class BackflowProbe(Probe):
             value = np.where(sq < 0, ABSENT, np.sqrt(np.abs(sq)))
         return [("backflow_norm", self.table.rows, value)]
 
+    def meta(self) -> dict:
+        return {"kernels": _cpu_kernels.name(self._kernels)}
+
     def close(self) -> None:
         self.disarm()
