@@ -310,9 +310,9 @@ class ActivationProbe(Probe):
         sat = dead = None
         if n:
             a = _host_array(x)
-            lo, hi, rect_lo, symmetric = self._bounds_for(spec, x.dtype, a.dtype)
+            lo, hi, rect_lo, tails = self._bounds_for(spec, x.dtype, a.dtype)
             if spec.saturating:
-                sat = self._kernels.flat_count(a, lo, hi, symmetric, not math.isinf(spec.lo), not math.isinf(spec.hi))
+                sat = self._kernels.flat_count(a, lo, hi, *tails)
             if spec.rectifier:
                 peak = self._peaks.get((units, a.dtype))
                 if peak is None:
@@ -338,13 +338,14 @@ class ActivationProbe(Probe):
 
     def _bounds_for(self, spec: ActivationSpec, dtype: torch.dtype, host: np.dtype) -> tuple:
         """The flat-tail and dead-unit bounds as the torch path compares them, in the dtype the
-        kernels read the input in."""
+        kernels read the input in, and which tails there are: (symmetric, has lower, has upper)."""
         hit = self._bounds.get((spec, dtype))
         if hit is None:
             # A flat tail is found by subtracting the bound in the op's compute dtype (float32 for
             # half inputs); the dead-unit bound is compared in the input's own dtype.
             rect = spec.lo if math.isinf(spec.lo) else torch.tensor(spec.lo, dtype=torch.float64).to(dtype).item()
-            hit = (host.type(spec.lo), host.type(spec.hi), host.type(rect), spec.lo == -spec.hi)
+            tails = (spec.lo == -spec.hi, not math.isinf(spec.lo), not math.isinf(spec.hi))
+            hit = (host.type(spec.lo), host.type(spec.hi), host.type(rect), tails)
             self._bounds[(spec, dtype)] = hit
         return hit
 
