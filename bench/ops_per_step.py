@@ -6,8 +6,8 @@ small model's step is bound by launches, not by arithmetic. Counting them needs 
 parameter probe take the path it takes on a device where reading a number costs a sync (CUDA,
 MPS), the forward probes their torch operations (numba's CPU kernels are not dispatched, and
 not counted, without it), and Adam take its multi-tensor step (its default on CUDA), so a
-CPU-only machine previews what a GPU would launch. Counts are exact and repeat from run to run; they say nothing about how
-long each operation takes (see overhead.py for that).
+CPU-only machine previews what a GPU would launch. Counts are exact and repeat from run to run;
+they say nothing about how long each operation takes (see overhead.py for that).
 
     python bench/ops_per_step.py                           # mlp, cnn, transformer
     python bench/ops_per_step.py --models mlp --as-accelerator
