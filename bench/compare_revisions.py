@@ -50,7 +50,9 @@ def import_revision(rev: str, into: Path):
             ["git", "archive", rev, "src/gradwatch"], cwd=root, check=True, capture_output=True
         ).stdout
     except subprocess.CalledProcessError as exc:
-        sys.exit(f"git archive {rev} failed ({exc.stderr.decode().strip()}); name a commit of this repository.")
+        sys.exit(
+            f"git archive {rev} failed ({exc.stderr.decode().strip()}); name a commit of this repository."
+        )
     name = "gradwatch_" + "".join(c if c.isalnum() else "_" for c in rev)
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(into, filter="data")
@@ -62,7 +64,14 @@ def import_revision(rev: str, into: Path):
 class Run:
     """One model copy with its own Adam optimizer, watched by `module` with `kwargs` (or plain)."""
 
-    def __init__(self, label: str, task: overhead.Task, module=None, kwargs: dict | None = None, foreach: bool | None = None):
+    def __init__(
+        self,
+        label: str,
+        task: overhead.Task,
+        module=None,
+        kwargs: dict | None = None,
+        foreach: bool | None = None,
+    ):
         self.label, self.task, self.i, self.times = label, task, 0, []
         self.model = copy.deepcopy(task.initial)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3, foreach=foreach)
@@ -89,7 +98,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=600)
     p.add_argument("--warmup", type=int, default=100, help="rounds left out of the mean")
     p.add_argument(
-        "--copies", type=int, default=2,
+        "--copies",
+        type=int,
+        default=2,
         help="model copies per configuration and revision, made in ABBA order and averaged (two "
         "copies of identical code can differ by a point)",
     )
@@ -117,7 +128,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             for run in runs:
                 means.setdefault(run.label, []).append(statistics.mean(run.times[args.warmup :]))
             plain = statistics.mean(means["plain"])
-            print(f"\n{name}: plain {plain * 1e3:.2f} ms/step, mean of {args.rounds - args.warmup} interleaved steps, {args.copies} copies each")
+            print(
+                f"\n{name}: plain {plain * 1e3:.2f} ms/step, mean of {args.rounds - args.warmup} interleaved steps, {args.copies} copies each"
+            )
             print("| configuration | ratio to plain | ms/step | each copy |\n|---|---:|---:|---|")
             for label, each in means.items():
                 mean = statistics.mean(each)

@@ -43,7 +43,9 @@ def autotrainer(stats: pd.DataFrame, layers: list[str]) -> set[str]:
     dying ReLU: >= 70% dead units; saturation: > 50% saturated; NaN loss or gradient: nonfinite.
     (Our saturated/dead fractions stand in for their |pre-activation| >= 5 and zero-gradient counts.)"""
     found: set[str] = set()
-    g = stats[(stats.metric == "grad_norm")].pivot_table(index="step", columns="layer", values="value", aggfunc="last")
+    g = stats[(stats.metric == "grad_norm")].pivot_table(
+        index="step", columns="layer", values="value", aggfunc="last"
+    )
     cols = [c for c in layers if c in g.columns]
     if len(cols) >= 2:
         for _, window in g[cols].groupby(g.index // 10):
@@ -72,7 +74,12 @@ def _kinds(diagnosis) -> set[str]:
 
 def run_case(case, steps: int | None, seed: int = 0) -> dict:
     """`steps` None trains the case's whole schedule."""
-    out = {"name": case.name, "family": case.family, "labels": sorted(case.kinds), "healthy": not case.kinds}
+    out = {
+        "name": case.name,
+        "family": case.family,
+        "labels": sorted(case.kinds),
+        "healthy": not case.kinds,
+    }
     setup = case.build(seed)
     inputs, target, loss_fn = setup.check_args()
     try:
@@ -82,7 +89,9 @@ def run_case(case, steps: int | None, seed: int = 0) -> dict:
     except GradwatchError as exc:
         out["init"], out["init_error"] = [], str(exc)
     try:  # the check left the model as it was, so the same setup serves
-        d = gw.check(setup.model, inputs, target, loss_fn, optimizer=setup.first_optimizer(), predict=False)
+        d = gw.check(
+            setup.model, inputs, target, loss_fn, optimizer=setup.first_optimizer(), predict=False
+        )
         out["init_opt"] = sorted(_kinds(d))
     except GradwatchError as exc:
         out["init_opt"], out["init_opt_error"] = [], str(exc)
@@ -127,7 +136,9 @@ def _checked_stats(run):
 
 def _init_signature(stats) -> dict:
     """The init statistics a check recorded, keyed by (layer, metric, index)."""
-    return {(r.layer, r.metric, int(r.index)): float(r.value) for r in stats.itertuples(index=False)}
+    return {
+        (r.layer, r.metric, int(r.index)): float(r.value) for r in stats.itertuples(index=False)
+    }
 
 
 def _same(a: dict | None, b: dict | None) -> bool:
@@ -145,7 +156,9 @@ def init_twins(results: list[dict]) -> dict[str, str]:
     for r in results:
         if r["healthy"]:
             continue
-        match = next((h["name"] for h in healthy if _same(r.get("init_stats"), h.get("init_stats"))), None)
+        match = next(
+            (h["name"] for h in healthy if _same(r.get("init_stats"), h.get("init_stats"))), None
+        )
         if match:
             twins[r["name"]] = match
     return twins
@@ -161,14 +174,26 @@ def score(results: list[dict], key: str) -> dict:
     fp = [r["name"] for r in healthy if r[key]]
     hits = sum(a for a, _ in recall.values())
     total = sum(b for _, b in recall.values())
-    return {"recall": recall, "overall_recall": hits / total if total else float("nan"), "false_positives": fp, "fp_rate": len(fp) / len(healthy) if healthy else float("nan")}
+    return {
+        "recall": recall,
+        "overall_recall": hits / total if total else float("nan"),
+        "false_positives": fp,
+        "fp_rate": len(fp) / len(healthy) if healthy else float("nan"),
+    }
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--whole", action="store_true", help="train each case for its whole schedule, not --steps")
-    p.add_argument("--seed", type=int, default=0, help="seed for every case's model and data (labels were measured at 0)")
+    p.add_argument(
+        "--whole", action="store_true", help="train each case for its whole schedule, not --steps"
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed for every case's model and data (labels were measured at 0)",
+    )
     p.add_argument("--only", default="")
     p.add_argument("--markdown", action="store_true")
     p.add_argument("--json", type=Path)
@@ -183,32 +208,59 @@ def main(argv: list[str] | None = None) -> list[dict]:
             continue
         r = run_case(case, None if args.whole else args.steps, args.seed)
         results.append(r)
-        print(f"{r['name']:42s} labels={r['labels']} init={r['init']} init+opt={r['init_opt']} train={r['train']} autotrainer={r['baseline_train']}", flush=True)
+        print(
+            f"{r['name']:42s} labels={r['labels']} init={r['init']} init+opt={r['init_opt']} train={r['train']} autotrainer={r['baseline_train']}",
+            flush=True,
+        )
     print(f"{len(results)} cases in {time.perf_counter() - t0:.0f} s")
     keys = ("init", "init_opt", "train", "baseline_init", "baseline_train")
     scores = {key: score(results, key) for key in keys}
     kinds = sorted({k for r in results for k in r["labels"]})
     print()
-    print("| kind | gradwatch init | gradwatch init + optimizer | gradwatch training | AUTOTRAINER rules init | AUTOTRAINER rules training |")
+    print(
+        "| kind | gradwatch init | gradwatch init + optimizer | gradwatch training | AUTOTRAINER rules init | AUTOTRAINER rules training |"
+    )
     print("|---|---|---|---|---|---|")
     for k in kinds:
         cells = [f"{scores[key]['recall'][k][0]}/{scores[key]['recall'][k][1]}" for key in keys]
         print(f"| {k} | " + " | ".join(cells) + " |")
-    print("| **overall recall** | " + " | ".join(f"{scores[key]['overall_recall']:.0%}" for key in keys) + " |")
+    print(
+        "| **overall recall** | "
+        + " | ".join(f"{scores[key]['overall_recall']:.0%}" for key in keys)
+        + " |"
+    )
     twins = init_twins(results)
     kept = [r for r in results if r["name"] not in twins]
-    cells = [f"{score(kept, key)['overall_recall']:.0%}" for key in ("init", "init_opt", "baseline_init")]
-    print(f"| **overall recall at init, {len(twins)} init twins excluded** | {cells[0]} | {cells[1]} | | {cells[2]} | |")
+    cells = [
+        f"{score(kept, key)['overall_recall']:.0%}" for key in ("init", "init_opt", "baseline_init")
+    ]
+    print(
+        f"| **overall recall at init, {len(twins)} init twins excluded** | {cells[0]} | {cells[1]} | | {cells[2]} | |"
+    )
     n_healthy = sum(r["healthy"] for r in results)
-    print("| **false positives on healthy** | " + " | ".join(f"{len(scores[key]['false_positives'])}/{n_healthy} ({scores[key]['fp_rate']:.0%})" for key in keys) + " |")
+    print(
+        "| **false positives on healthy** | "
+        + " | ".join(
+            f"{len(scores[key]['false_positives'])}/{n_healthy} ({scores[key]['fp_rate']:.0%})"
+            for key in keys
+        )
+        + " |"
+    )
     for key in ("init", "init_opt", "train"):
         if scores[key]["false_positives"]:
             print(f"gradwatch {key} false positives: {', '.join(scores[key]['false_positives'])}")
-    print("init twins (same init statistics as a healthy case): " + ", ".join(f"{a} = {b}" for a, b in twins.items()))
+    print(
+        "init twins (same init statistics as a healthy case): "
+        + ", ".join(f"{a} = {b}" for a, b in twins.items())
+    )
     if args.json:
         for r in results:
             r.pop("init_stats", None)
-        args.json.write_text(json.dumps({"results": results, "scores": scores, "init_twins": twins}, indent=1, default=str))
+        args.json.write_text(
+            json.dumps(
+                {"results": results, "scores": scores, "init_twins": twins}, indent=1, default=str
+            )
+        )
     return results
 
 

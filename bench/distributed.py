@@ -27,7 +27,15 @@ def _launch(argv: list[str]) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     src = Path(__file__).resolve().parents[1] / "src"
     env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__, *argv]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        __file__,
+        *argv,
+    ]
     return subprocess.call(cmd, env=env)
 
 

@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> list[float]:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(32, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 10))
+    model = nn.Sequential(
+        nn.Linear(32, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 10)
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     x, y = torch.randn(64, 32), torch.randint(0, 10, (64,))
     times: list[float] = []

@@ -56,12 +56,22 @@ def count(run: Run, steps: int) -> tuple[list[int], list[int]]:
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     """Per model, each configuration's mean operations per step other than views."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default="mlp,cnn,transformer", help=f"from {', '.join(overhead.MODELS)}")
-    p.add_argument("--configs", default="default,params,all", help=f"from {', '.join(CONFIGS)}")
-    p.add_argument("--steps", type=int, default=100, help="steps counted (a multiple of 50 covers a flush)")
-    p.add_argument("--warmup", type=int, default=50, help="steps first, uncounted: 50 takes the default watch past its first flush window (denser)")
     p.add_argument(
-        "--as-accelerator", action="store_true",
+        "--models", default="mlp,cnn,transformer", help=f"from {', '.join(overhead.MODELS)}"
+    )
+    p.add_argument("--configs", default="default,params,all", help=f"from {', '.join(CONFIGS)}")
+    p.add_argument(
+        "--steps", type=int, default=100, help="steps counted (a multiple of 50 covers a flush)"
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=50,
+        help="steps first, uncounted: 50 takes the default watch past its first flush window (denser)",
+    )
+    p.add_argument(
+        "--as-accelerator",
+        action="store_true",
         help="the probes' paths on CUDA/MPS, and Adam's multi-tensor (foreach) step, its default there",
     )
     args = p.parse_args(argv)
@@ -81,7 +91,9 @@ def _count_models(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         task = overhead.Task(overhead.MODELS[name], torch.device("cpu"), calibrate=False)
         foreach = True if args.as_accelerator else None
         runs = [Run("plain", task, foreach=foreach)]
-        runs += [Run(c, task, gradwatch, CONFIGS[c], foreach=foreach) for c in args.configs.split(",")]
+        runs += [
+            Run(c, task, gradwatch, CONFIGS[c], foreach=foreach) for c in args.configs.split(",")
+        ]
         means = {}
         for run in runs:
             count(run, args.warmup)
@@ -94,7 +106,9 @@ def _count_models(args: argparse.Namespace) -> dict[str, dict[str, float]]:
             f"\n{name}: {ops:.0f} operations per plain step, {kernels:.0f} of them not views; "
             f"parameter probe on its {path} path; mean of {args.steps} steps"
         )
-        print("| configuration | ops/step | not views | extra not views | ratio (not views) |\n|---|---:|---:|---:|---:|")
+        print(
+            "| configuration | ops/step | not views | extra not views | ratio (not views) |\n|---|---:|---:|---:|---:|"
+        )
         for label, (o, k) in means.items():
             print(f"| {label} | {o:.1f} | {k:.1f} | {k - kernels:+.1f} | {k / kernels:.3f}x |")
         results[name] = {label: k for label, (_, k) in means.items()}

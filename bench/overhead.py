@@ -98,12 +98,12 @@ class TokenTransformer(nn.Module):
         return self.head(self.encoder(self.embed(tokens)))
 
 
-
 # Wall time by default. `--clock cpu` reads the main thread's CPU time instead (with one torch
 # thread every kernel runs on it): on a shared, loaded machine that still measures the work done,
 # where wall time also counts the time the scheduler gave to other processes.
 _CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 _clock = _CLOCKS["wall"]
+
 
 def _mlp() -> nn.Module:
     layers: list[nn.Module] = []
@@ -684,7 +684,9 @@ def measure(
             row.ratio = row.ms / base
     rows_out = [rows[c.key] for c in configs]
     load = (load_before, os.getloadavg()[0])
-    return ModelResult(spec.name, str(device), reps, steps, rows_out, load, rounds if interleave else None)
+    return ModelResult(
+        spec.name, str(device), reps, steps, rows_out, load, rounds if interleave else None
+    )
 
 
 # ----------------------------------------------------------------------------- output
@@ -824,7 +826,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--device", choices=["cpu", "cuda"], default=None)
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--clock", choices=list(_CLOCKS), default="wall", help="wall time, or the main thread's CPU time (needs --threads 1, CPU)")
+    p.add_argument(
+        "--clock",
+        choices=list(_CLOCKS),
+        default="wall",
+        help="wall time, or the main thread's CPU time (needs --threads 1, CPU)",
+    )
     p.add_argument("--markdown", action="store_true", help="print Markdown tables (RESULTS.md)")
     p.add_argument(
         "--interleave",

@@ -44,22 +44,30 @@ def main() -> None:
         found = sorted({f.kind for f in d.findings if f.severity in ("warning", "error")})
         th = d.summary.get("theory") or {}
         pred, meas = th.get("per_layer_predicted"), th.get("per_layer_measured")
-        theory = f"predicted x{pred:.3g}, measured x{meas:.3g}" if pred and meas else "no traced chain"
+        theory = (
+            f"predicted x{pred:.3g}, measured x{meas:.3g}" if pred and meas else "no traced chain"
+        )
         if pred and meas:
             gaps.append(abs(pred / meas - 1))
         if not found:
-            print(f"{case.name:38s} not broken at init ({', '.join(sorted(case.kinds))} show while training); {theory}; {seconds:.1f}s")
+            print(
+                f"{case.name:38s} not broken at init ({', '.join(sorted(case.kinds))} show while training); {theory}; {seconds:.1f}s"
+            )
             continue
         broken += 1
         best = d.what_if[0] if d.what_if else None
         fixed += bool(best and best["fixed"])
         print(f"{case.name:38s} {', '.join(found)}")
-        print(f"{'':38s} {'FIXED' if best and best['fixed'] else 'not fixed'} by {best['line'] if best else '-'}")
+        print(
+            f"{'':38s} {'FIXED' if best and best['fixed'] else 'not fixed'} by {best['line'] if best else '-'}"
+        )
         print(f"{'':38s} {theory}; {seconds:.1f}s")
     print(f"\nbroken at init: {broken}, fixed by the best remedy: {fixed}")
     if gaps:
         gaps.sort()
-        print(f"theory vs measurement, |predicted/measured - 1| over {len(gaps)} cases: median {gaps[len(gaps) // 2]:.1%}, max {gaps[-1]:.1%}")
+        print(
+            f"theory vs measurement, |predicted/measured - 1| over {len(gaps)} cases: median {gaps[len(gaps) // 2]:.1%}, max {gaps[-1]:.1%}"
+        )
 
 
 if __name__ == "__main__":

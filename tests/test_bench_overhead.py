@@ -70,7 +70,9 @@ def test_compare_revisions_times_a_revision_next_to_the_working_tree(capsys):
         pytest.skip("needs the git history of a checkout")
     import torch
 
-    spec = importlib.util.spec_from_file_location("gradwatch_bench_compare", root / "bench" / "compare_revisions.py")
+    spec = importlib.util.spec_from_file_location(
+        "gradwatch_bench_compare", root / "bench" / "compare_revisions.py"
+    )
     module = importlib.util.module_from_spec(spec)
     threads = torch.get_num_threads()
     try:
@@ -80,8 +82,14 @@ def test_compare_revisions_times_a_revision_next_to_the_working_tree(capsys):
         torch.set_num_threads(threads)
         sys.modules.pop("gradwatch_HEAD", None)
     out = capsys.readouterr().out
-    rows = [line.split("|")[1:3] for line in out.splitlines() if line.startswith("| ") and "x |" in line]
-    assert [label.strip() for label, _ in rows] == ["plain", "default @ HEAD", "default @ working tree"]
+    rows = [
+        line.split("|")[1:3] for line in out.splitlines() if line.startswith("| ") and "x |" in line
+    ]
+    assert [label.strip() for label, _ in rows] == [
+        "plain",
+        "default @ HEAD",
+        "default @ working tree",
+    ]
     assert all(math.isfinite(float(ratio.strip().rstrip("x"))) for _, ratio in rows)
 
 
@@ -89,7 +97,9 @@ def test_ops_per_step_counts_the_two_counting_kernels_per_gradient_on_an_acceler
     import torch
 
     root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("gradwatch_bench_ops", root / "bench" / "ops_per_step.py")
+    spec = importlib.util.spec_from_file_location(
+        "gradwatch_bench_ops", root / "bench" / "ops_per_step.py"
+    )
     module = importlib.util.module_from_spec(spec)
     threads = torch.get_num_threads()
     try:

@@ -33,7 +33,9 @@ Y = torch.randint(0, 10, (64,))
 
 
 def test_check_leaves_weights_buffers_grads_modes_and_rng_untouched():
-    model = nn.Sequential(nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 10))
+    model = nn.Sequential(
+        nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 10)
+    )
     model.eval()
     model[1].train()  # a mixed mode must survive too
     model(X)  # BN running stats move away from their defaults
@@ -69,7 +71,11 @@ def test_healthy_relu_with_he_init_has_no_finding():
 
 
 def test_relu_xavier_reads_as_vanishing_by_backflow_while_weight_gradients_are_level():
-    d = gw.check(deep(nn.ReLU, depth=30, width=256, init=nn.init.xavier_normal_), torch.randn(128, 256), torch.randint(0, 10, (128,)))
+    d = gw.check(
+        deep(nn.ReLU, depth=30, width=256, init=nn.init.xavier_normal_),
+        torch.randn(128, 256),
+        torch.randint(0, 10, (128,)),
+    )
     f = next(f for f in d.findings if f.kind == "vanishing_gradient")
     assert f.evidence["metric"] == "backflow_norm"
     assert f.evidence["per_layer_factor"] == pytest.approx(0.5**0.5, abs=0.05)  # He et al. 2015
@@ -77,7 +83,9 @@ def test_relu_xavier_reads_as_vanishing_by_backflow_while_weight_gradients_are_l
 
 def test_activations_and_gradients_exploding_together_are_caught():
     """First/last weight-gradient ratio stays near 1; every norm is astronomically large."""
-    model = deep(nn.ReLU, depth=20, width=128, init=lambda w: nn.init.normal_(w, std=2.5 / 128**0.5))
+    model = deep(
+        nn.ReLU, depth=20, width=128, init=lambda w: nn.init.normal_(w, std=2.5 / 128**0.5)
+    )
     x = torch.randn(64, 128)
     d = gw.check(model, x, torch.randint(0, 10, (64,)))
     f = next(f for f in d.findings if f.kind == "exploding_gradient")
@@ -137,7 +145,13 @@ def test_outputs_as_tuples_dicts_and_model_outputs():
 
 def test_hugging_face_model_output_is_understood():
     transformers = pytest.importorskip("transformers")
-    config = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    config = transformers.BertConfig(
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
     model = transformers.BertForSequenceClassification(config)
     ids = torch.randint(0, 50, (16, 8))
     d = gw.check(model, {"input_ids": ids, "labels": torch.randint(0, 2, (16,))})
@@ -158,4 +172,7 @@ def test_diagnosis_serialises_to_the_documented_schema():
     f = doc["findings"][0]
     assert {"kind", "severity", "layers", "summary", "evidence", "remedies"} <= set(f)
     assert {"action", "detail", "expected"} <= set(f["remedies"][0])
-    assert gw.Diagnosis([gw.Finding.from_dict(x) for x in doc["findings"]]).to_dict()["findings"] == doc["findings"]
+    assert (
+        gw.Diagnosis([gw.Finding.from_dict(x) for x in doc["findings"]]).to_dict()["findings"]
+        == doc["findings"]
+    )

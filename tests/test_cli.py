@@ -51,7 +51,7 @@ def test_a_usage_error_exits_2_with_one_line():
     assert "Traceback" not in out.stderr
 
 
-FACTORIES = '''
+FACTORIES = """
 import torch
 from torch import nn
 
@@ -87,7 +87,7 @@ def adam_too_fast():
 
 def misspelt():
     return {"model": nn.Linear(3, 2), "inputs": torch.randn(4, 3), "optimiser": None}
-'''
+"""
 
 
 def test_check_exit_codes_and_json(tmp_path):
@@ -100,7 +100,11 @@ def test_check_exit_codes_and_json(tmp_path):
     assert "bars on a log scale" in broken.stdout  # the per-layer table comes before the findings
     healthy = gradwatch("check", f"{target}:healthy", "--json")
     assert healthy.returncode == 0
-    assert json.loads(healthy.stdout) == {"ok": True, "findings": [], "summary": json.loads(healthy.stdout)["summary"]}
+    assert json.loads(healthy.stdout) == {
+        "ok": True,
+        "findings": [],
+        "summary": json.loads(healthy.stdout)["summary"],
+    }
     doc = json.loads(gradwatch("check", f"{target}:broken", "--json").stdout)
     assert doc["ok"] is False and doc["findings"][0]["kind"] == "vanishing_gradient"
     # A dict factory with an optimizer: the rehearsal finds the learning rate the model alone hides.
@@ -134,7 +138,10 @@ def test_check_a_module_path_factory(tmp_path, monkeypatch):
     (tmp_path / "zoo_models.py").write_text(FACTORIES)
     out = subprocess.run(
         [sys.executable, "-m", "gradwatch.cli", "check", "zoo_models:healthy"],
-        capture_output=True, text=True, cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path)},
     )
     assert out.returncode == 0, out.stderr
 
@@ -142,7 +149,25 @@ def test_check_a_module_path_factory(tmp_path, monkeypatch):
 def test_theory_json_has_the_documented_fields():
     import json
 
-    out = gradwatch("theory", "--activation", "tanh", "--sigma-w2", "1.0", "--sigma-b2", "0.05", "--critical", "--json")
+    out = gradwatch(
+        "theory",
+        "--activation",
+        "tanh",
+        "--sigma-w2",
+        "1.0",
+        "--sigma-b2",
+        "0.05",
+        "--critical",
+        "--json",
+    )
     doc = json.loads(out.stdout)
-    assert {"q_star", "chi1", "xi_c", "xi_grad", "phase", "trainable_depth", "critical_sigma_w2"} <= set(doc)
+    assert {
+        "q_star",
+        "chi1",
+        "xi_c",
+        "xi_grad",
+        "phase",
+        "trainable_depth",
+        "critical_sigma_w2",
+    } <= set(doc)
     assert abs(doc["critical_sigma_w2"] - 1.76) < 0.01 and doc["phase"] == "ordered"

@@ -15,7 +15,9 @@ from gradwatch.diagnose import depth, diagnose
 from gradwatch.diagnose.view import View, fit_log_slope
 
 
-def _table(per_layer: dict[str, dict[str, list[float]]], loss: list[float] | None = None) -> pd.DataFrame:
+def _table(
+    per_layer: dict[str, dict[str, list[float]]], loss: list[float] | None = None
+) -> pd.DataFrame:
     """{metric: {layer: values per step}} (+ an optional loss per step) as a long stats table."""
     rows = []
     for metric, layers in per_layer.items():
@@ -27,11 +29,22 @@ def _table(per_layer: dict[str, dict[str, list[float]]], loss: list[float] | Non
 
 
 def _meta(types: dict[str, str]) -> dict:
-    return {"layer_order": list(types), "model": {"layers": [{"name": n, "type": t} for n, t in types.items()]}}
+    return {
+        "layer_order": list(types),
+        "model": {"layers": [{"name": n, "type": t} for n, t in types.items()]},
+    }
 
 
 def _series(step: int, layer: str, values: np.ndarray) -> pd.DataFrame:
-    return pd.DataFrame({"step": step, "layer": layer, "metric": "time_grad_norm", "value": values, "index": np.arange(len(values))})
+    return pd.DataFrame(
+        {
+            "step": step,
+            "layer": layer,
+            "metric": "time_grad_norm",
+            "value": values,
+            "index": np.arange(len(values)),
+        }
+    )
 
 
 LINEARS = {str(i): "Linear" for i in range(4)}
@@ -59,7 +72,11 @@ def test_explosion_at_the_first_step_is_kept_after_training_tames_it():
     grow = _series(0, "rnn", 1.5 ** np.arange(30)[::-1])
     tame = [_series(s, "rnn", np.ones(30)) for s in (10, 20, 30)]
     stats = pd.concat([grow, *tame], ignore_index=True)
-    f = next(f for f in diagnose(stats, _meta({"rnn": "RNN"})).findings if f.kind == "exploding_through_time")
+    f = next(
+        f
+        for f in diagnose(stats, _meta({"rnn": "RNN"})).findings
+        if f.kind == "exploding_through_time"
+    )
     assert f.step == 0
 
 
@@ -73,12 +90,18 @@ def _vanishing_then_above_threshold(loss_end: float) -> pd.DataFrame:
 
 
 def test_vanishing_through_time_for_most_of_a_run_that_never_learned_is_kept():
-    f = next(f for f in diagnose(_vanishing_then_above_threshold(0.17), _meta({"rnn": "RNN"})).findings if f.kind == "vanishing_through_time")
+    f = next(
+        f
+        for f in diagnose(_vanishing_then_above_threshold(0.17), _meta({"rnn": "RNN"})).findings
+        if f.kind == "vanishing_through_time"
+    )
     assert f.step == 0 and f.evidence["layers"]["rnn"]["cured"] is False
 
 
 def test_vanishing_through_time_that_training_made_up_for_is_dropped():
-    assert "vanishing_through_time" not in _kinds(_vanishing_then_above_threshold(0.01), _meta({"rnn": "RNN"}))
+    assert "vanishing_through_time" not in _kinds(
+        _vanishing_then_above_threshold(0.01), _meta({"rnn": "RNN"})
+    )
 
 
 # --- loss plateau ------------------------------------------------------------------------------
@@ -95,7 +118,11 @@ def test_a_loss_falling_over_30_steps_is_not():
 def test_constant_activations_in_every_layer_predict_a_plateau_at_init():
     # All weights zero: every hidden unit outputs the same value for every input.
     stats = _table({"act_std": {"1": [0.0], "3": [0.0], "5": [0.0]}})
-    f = next(f for f in diagnose(stats, _meta({"1": "ReLU", "3": "ReLU", "5": "ReLU"})).findings if f.kind == "loss_plateau")
+    f = next(
+        f
+        for f in diagnose(stats, _meta({"1": "ReLU", "3": "ReLU", "5": "ReLU"})).findings
+        if f.kind == "loss_plateau"
+    )
     assert f.severity == "error" and f.remedies[0].action == "init"
 
 
@@ -109,11 +136,13 @@ def test_one_varying_activation_layer_is_not_a_constant_net():
 
 def _idle(update: float, grad_over_weight: float, steps: int = 20) -> pd.DataFrame:
     layers = list(LINEARS)
-    return _table({
-        "update_ratio": {n: [update] * steps for n in layers},
-        "grad_norm": {n: [grad_over_weight] * steps for n in layers},
-        "weight_norm": {n: [1.0] * steps for n in layers},
-    })
+    return _table(
+        {
+            "update_ratio": {n: [update] * steps for n in layers},
+            "grad_norm": {n: [grad_over_weight] * steps for n in layers},
+            "weight_norm": {n: [1.0] * steps for n in layers},
+        }
+    )
 
 
 def test_tiny_updates_with_ordinary_gradients_mean_the_lr_is_too_small():
@@ -137,7 +166,11 @@ def test_updates_of_a_careful_but_healthy_run_are_not_idle():
 
 def test_a_first_layer_moving_300x_slower_than_the_busiest_is_stalled():
     upd = {"0": [3e-5] * 20, "1": [1e-2] * 20, "2": [1e-2] * 20, "3": [1e-2] * 20}
-    f = next(f for f in diagnose(_table({"update_ratio": upd}), _meta(LINEARS)).findings if f.kind == "stalled_layer")
+    f = next(
+        f
+        for f in diagnose(_table({"update_ratio": upd}), _meta(LINEARS)).findings
+        if f.kind == "stalled_layer"
+    )
     assert f.layers == ("0",)
 
 
@@ -146,7 +179,11 @@ def test_a_layer_waking_up_behind_a_zero_initialised_one_is_not_stalled():
     # ratio climbs from 0 to the busiest layer's within 20 steps (measured in a rehearsal, seed 1).
     waking = [0.0, 0.0] + list(np.geomspace(5e-7, 1e-2, 18))
     upd = {"0": waking, "1": [1e-2] * 20, "2": [1e-2] * 20, "3": [3e-5] * 20}
-    f = next(f for f in diagnose(_table({"update_ratio": upd}), _meta(LINEARS)).findings if f.kind == "stalled_layer")
+    f = next(
+        f
+        for f in diagnose(_table({"update_ratio": upd}), _meta(LINEARS)).findings
+        if f.kind == "stalled_layer"
+    )
     assert f.layers == ("3",)
 
 
@@ -170,7 +207,13 @@ def test_at_init_a_layer_whose_gradient_is_tiny_next_to_its_weights_is_predicted
     # First three layers x1e-2: an SGD step would move layer 0 about 1e-3 as far as the others.
     grads = {"0": [3e-4], "1": [0.3], "2": [0.3], "3": [0.3]}
     weights = {n: [1.0] for n in LINEARS}
-    f = next(f for f in diagnose(_table({"grad_norm": grads, "weight_norm": weights}), _meta(LINEARS)).findings if f.kind == "stalled_layer")
+    f = next(
+        f
+        for f in diagnose(
+            _table({"grad_norm": grads, "weight_norm": weights}), _meta(LINEARS)
+        ).findings
+        if f.kind == "stalled_layer"
+    )
     assert f.layers == ("0",) and "SGD" in f.summary
 
 
@@ -178,13 +221,19 @@ def test_at_init_an_ordinary_spread_of_gradients_is_not_a_stall():
     # Healthy transformers and BN CNNs spread over ~1e-2 between layers.
     grads = {"0": [0.004], "1": [0.3], "2": [0.1], "3": [0.4]}
     weights = {n: [1.0] for n in LINEARS}
-    assert "stalled_layer" not in _kinds(_table({"grad_norm": grads, "weight_norm": weights}), _meta(LINEARS))
+    assert "stalled_layer" not in _kinds(
+        _table({"grad_norm": grads, "weight_norm": weights}), _meta(LINEARS)
+    )
 
 
 # --- unstable updates ----------------------------------------------------------------------------
 
 
-def _updates(per_step: list[float], grad_over_weight: list[float] | None = None, loss: list[float] | None = None) -> pd.DataFrame:
+def _updates(
+    per_step: list[float],
+    grad_over_weight: list[float] | None = None,
+    loss: list[float] | None = None,
+) -> pd.DataFrame:
     metrics = {"update_ratio": {n: per_step for n in LINEARS}}
     if grad_over_weight is not None:
         metrics["grad_norm"] = {n: grad_over_weight for n in LINEARS}
@@ -195,7 +244,11 @@ def _updates(per_step: list[float], grad_over_weight: list[float] | None = None,
 def test_first_ten_updates_that_add_up_to_the_weights_are_unstable():
     # Adam at 50x its usual rate: five large steps, then the inflated weights make ratios look modest.
     steps = [0.34, 0.25, 0.18, 0.14, 0.11, 0.09, 0.07, 0.06, 0.05, 0.05] + [0.02] * 30
-    f = next(f for f in diagnose(_updates(steps), _meta(LINEARS)).findings if f.kind == "unstable_updates")
+    f = next(
+        f
+        for f in diagnose(_updates(steps), _meta(LINEARS)).findings
+        if f.kind == "unstable_updates"
+    )
     assert f.evidence["first_updates_sum"] > 1
 
 
@@ -224,13 +277,17 @@ def test_gradients_falling_while_the_loss_falls_are_convergence():
 
 def test_gradients_ten_times_the_weights_explode_at_init():
     # ResNet-32 without normalisation: ‖g‖/‖w‖ around 18 before any step.
-    stats = _table({"grad_norm": {n: [18.0] for n in LINEARS}, "weight_norm": {n: [1.0] for n in LINEARS}})
+    stats = _table(
+        {"grad_norm": {n: [18.0] for n in LINEARS}, "weight_norm": {n: [1.0] for n in LINEARS}}
+    )
     assert "exploding_gradient" in _kinds(stats, _meta(LINEARS))
 
 
 def test_gradients_the_size_of_the_weights_do_not():
     # Healthy LSTMs and GANs reach ‖g‖/‖w‖ ≈ 1.2 at init.
-    stats = _table({"grad_norm": {n: [1.2] for n in LINEARS}, "weight_norm": {n: [1.0] for n in LINEARS}})
+    stats = _table(
+        {"grad_norm": {n: [1.2] for n in LINEARS}, "weight_norm": {n: [1.0] for n in LINEARS}}
+    )
     assert "exploding_gradient" not in _kinds(stats, _meta(LINEARS))
 
 
@@ -251,7 +308,7 @@ def test_depth_trends_of_all_steps_match_a_fit_per_step():
         kept = row[np.isfinite(row) & (row > 0)]
         slope, _ = fit_log_slope(kept)
         trend = depth.depth_trend(view, step)
-        assert trend["per_layer"] == pytest.approx(10 ** -slope, rel=1e-9)
+        assert trend["per_layer"] == pytest.approx(10**-slope, rel=1e-9)
         assert trend["n_layers"] == len(kept)
         q = max(1, len(kept) // 4)
         assert trend["quartile_ratio"] == pytest.approx(np.median(kept[:q]) / np.median(kept[-q:]))
@@ -263,7 +320,9 @@ def _vanishing_run(steps: int) -> tuple[pd.DataFrame, dict]:
     grads = {n: [1e-3] * steps for n in layers}
     weights = {n: [1.0] * steps for n in layers}
     acts = {f"a{i}": [1.0] * steps for i in range(6)}
-    return _table({"backflow_norm": back, "grad_norm": grads, "weight_norm": weights, "act_std": acts}), _meta(layers)
+    return _table(
+        {"backflow_norm": back, "grad_norm": grads, "weight_norm": weights, "act_std": acts}
+    ), _meta(layers)
 
 
 def test_depth_detection_costs_the_same_number_of_array_passes_at_50_and_500_steps(monkeypatch):
@@ -288,9 +347,15 @@ def test_streaming_diagnosis_examines_a_bounded_window_of_steps(monkeypatch):
 
     examined = []
     real = monitor.diagnose
-    monkeypatch.setattr(monitor, "diagnose", lambda stats, meta=None: examined.append(stats["step"].nunique()) or real(stats, meta))
+    monkeypatch.setattr(
+        monitor,
+        "diagnose",
+        lambda stats, meta=None: examined.append(stats["step"].nunique()) or real(stats, meta),
+    )
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 2))
+    model = nn.Sequential(
+        nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 2)
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     x, y = torch.randn(16, 8), torch.randint(0, 2, (16,))
     with gw.watch(model, opt, flush_every=5, on_finding=lambda f: None) as w:

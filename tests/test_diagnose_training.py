@@ -95,7 +95,15 @@ def test_stored_run_gives_the_same_diagnosis_as_the_live_watch(tmp_path):
 
 def test_loss_plateau_needs_a_flat_loss_and_not_a_converged_one():
     def table(losses):
-        return pd.DataFrame({"step": np.arange(len(losses)), "layer": "(model)", "metric": "loss", "value": losses, "index": -1})
+        return pd.DataFrame(
+            {
+                "step": np.arange(len(losses)),
+                "layer": "(model)",
+                "metric": "loss",
+                "value": losses,
+                "index": -1,
+            }
+        )
 
     flat = diagnose(table(2.3 + 0.001 * np.sin(np.arange(120))))
     assert flat.kinds() == {"loss_plateau"}
@@ -105,7 +113,9 @@ def test_loss_plateau_needs_a_flat_loss_and_not_a_converged_one():
 
 def test_unstable_updates_from_a_learning_rate_far_too_high():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    model = nn.Sequential(
+        nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)
+    )
     opt = torch.optim.Adam(model.parameters(), lr=1.0)
     x, y = torch.randn(64, 32), torch.randint(0, 10, (64,))
     with gw.watch(model, opt, update_memory=1.0) as w:

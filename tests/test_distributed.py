@@ -20,10 +20,26 @@ WORKER = Path(__file__).parent / "workers" / "dist_train.py"
 GLOBAL_METRICS = ["grad_norm", "weight_norm", "update_ratio", "nonfinite"]
 
 
-def torchrun(mode: str, out: Path, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+def torchrun(
+    mode: str, out: Path, env: dict | None = None, timeout: float = 240
+) -> subprocess.CompletedProcess:
     src = str(Path(gw.__file__).parents[1])
-    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1", **(env or {})}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER), mode, str(out)]
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+        **(env or {}),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(WORKER),
+        mode,
+        str(out),
+    ]
     return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -62,7 +78,12 @@ def test_two_ranks_record_the_statistics_of_one_process(mode, two_ranks, single_
 
 @pytest.mark.slow
 def test_a_rank_that_dies_does_not_hang_the_others(tmp_path):
-    done = torchrun("fsdp", tmp_path, env={"GRADWATCH_TEST_FAIL_RANK": "1", "GRADWATCH_TEST_TIMEOUT": "5"}, timeout=180)
+    done = torchrun(
+        "fsdp",
+        tmp_path,
+        env={"GRADWATCH_TEST_FAIL_RANK": "1", "GRADWATCH_TEST_TIMEOUT": "5"},
+        timeout=180,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "could not reduce statistics across ranks" in done.stderr
     assert not gw.load(tmp_path / "fsdp").stats.empty  # rank 0 kept its own shard's numbers

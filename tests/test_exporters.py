@@ -42,7 +42,9 @@ def test_tensorboard_gets_a_scalar_per_layer_and_metric_and_the_findings(tmp_pat
     from gradwatch.integrations import tensorboard
 
     stats = _train(lambda w: tensorboard.attach(w, tmp_path / "tb"))
-    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0, "tensors": 0}).Reload()
+    events = EventAccumulator(
+        str(tmp_path / "tb"), size_guidance={"scalars": 0, "tensors": 0}
+    ).Reload()
     got = {(t, e.step): e.value for t in events.Tags()["scalars"] for e in events.Scalars(t)}
     expected = _expected(stats)
     assert got.keys() == expected.keys()
@@ -63,7 +65,9 @@ def test_mlflow_gets_every_step_of_every_layer_metric(tmp_path, monkeypatch):
         client = mlflow.tracking.MlflowClient()
         expected = _expected(stats)
         for name in {k for k, _ in expected}:
-            history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, _key(name))}
+            history = {
+                m.step: m.value for m in client.get_metric_history(run.info.run_id, _key(name))
+            }
             want = {s: v for (k, s), v in expected.items() if k == name}
             assert history == pytest.approx(want, rel=1e-6)
         findings = mlflow.artifacts.load_dict(run.info.artifact_uri + "/gradwatch/findings.json")
@@ -82,17 +86,29 @@ def test_wandb_offline_run_gets_the_layer_metrics_on_its_own_step_axis(tmp_path,
     # W&B 0.31 keeps history in a binary log with no reader in the SDK: check what it was handed
     logged: list[dict] = []
     real_log = run.log
-    monkeypatch.setattr(run, "log", lambda data, *a, **k: (logged.append(dict(data)), real_log(data, *a, **k)))
+    monkeypatch.setattr(
+        run, "log", lambda data, *a, **k: (logged.append(dict(data)), real_log(data, *a, **k))
+    )
     try:
         stats = _train(gw_wandb.attach)
     finally:
         run.finish()
-    got = {(k, row["gradwatch/step"]): v for row in logged if "gradwatch/step" in row for k, v in row.items() if k != "gradwatch/step"}
+    got = {
+        (k, row["gradwatch/step"]): v
+        for row in logged
+        if "gradwatch/step" in row
+        for k, v in row.items()
+        if k != "gradwatch/step"
+    }
     expected = _expected(stats)
     assert got.keys() == expected.keys()
     assert all(got[k] == pytest.approx(v, rel=1e-12, nan_ok=True) for k, v in expected.items())
     # what reached the offline run's files: the findings table (the scalars sit in W&B's binary log)
-    table = json.loads(next(tmp_path.glob("wandb/offline-run-*/files/media/table/gradwatch/findings_*.table.json")).read_text())
+    table = json.loads(
+        next(
+            tmp_path.glob("wandb/offline-run-*/files/media/table/gradwatch/findings_*.table.json")
+        ).read_text()
+    )
     assert table["columns"] == ["severity", "kind", "layers", "summary"]
 
 
@@ -107,10 +123,16 @@ def test_a_missing_framework_is_one_sentence_naming_the_extra(monkeypatch):
         require("notthere_pkg", "lightning")
 
 
-
-
-@pytest.mark.parametrize(("module", "framework", "extra"), [("lightning", "lightning.pytorch", "lightning"), ("transformers", "transformers", "transformers")])
-def test_importing_a_callback_without_its_framework_names_the_extra(monkeypatch, module, framework, extra):
+@pytest.mark.parametrize(
+    ("module", "framework", "extra"),
+    [
+        ("lightning", "lightning.pytorch", "lightning"),
+        ("transformers", "transformers", "transformers"),
+    ],
+)
+def test_importing_a_callback_without_its_framework_names_the_extra(
+    monkeypatch, module, framework, extra
+):
     import importlib
     import sys
 

@@ -21,18 +21,34 @@ TINY = {
     "batchnorm": {"depth": 4, "width": 16, "epochs": 1, "probe_batch": 64},
     "residual": {"depths": [2, 4], "width": 16, "epochs": 1, "probe_batch": 64},
     "selu": {"depth": 8, "width": 64, "batch": 128},
-    "mean-field": {"chi_sigma_w2": [1.0], "chi_width": 128, "chi_depth": 10, "chi_batch": 32,
-                   "train_sigma_w2": [1.0], "depths": [2, 4], "epochs": 1, "width": 16},
+    "mean-field": {
+        "chi_sigma_w2": [1.0],
+        "chi_width": 128,
+        "chi_depth": 10,
+        "chi_batch": 32,
+        "train_sigma_w2": [1.0],
+        "depths": [2, 4],
+        "epochs": 1,
+        "width": 16,
+    },
 }
-MODULES = {"depth-activation": depth_activation, "init": init, "batchnorm": batchnorm,
-           "residual": residual, "selu": selu, "mean-field": mean_field}
+MODULES = {
+    "depth-activation": depth_activation,
+    "init": init,
+    "batchnorm": batchnorm,
+    "residual": residual,
+    "selu": selu,
+    "mean-field": mean_field,
+}
 
 
 @pytest.mark.parametrize("name", list(MODULES))
 def test_experiment_runs_stores_its_runs_and_is_judged(name, tmp_path):
     exp = catalogue.get(name)
     fractions = []
-    outcome = MODULES[name].run(Settings(quick=True, seed=0, out=tmp_path / name, progress=fractions.append), **TINY[name])
+    outcome = MODULES[name].run(
+        Settings(quick=True, seed=0, out=tmp_path / name, progress=fractions.append), **TINY[name]
+    )
     assert isinstance(exp.judge(outcome.measured), bool)
     json.dumps(json_ready(outcome.measured), allow_nan=False)
     assert outcome.figures and all(f.lines for f in outcome.figures)
@@ -47,7 +63,11 @@ def test_quick_settings_are_a_scaled_down_form_of_the_full_ones(name):
     quick, full = MODULES[name]._settings(True), MODULES[name]._settings(False)
     assert quick.keys() == full.keys()
     for key in quick:
-        if isinstance(quick[key], int | float) and not isinstance(quick[key], bool) and key not in ("lr", "batch"):
+        if (
+            isinstance(quick[key], int | float)
+            and not isinstance(quick[key], bool)
+            and key not in ("lr", "batch")
+        ):
             assert quick[key] <= full[key], key
         if isinstance(quick[key], list) and all(isinstance(v, int) for v in quick[key]):
             assert max(quick[key]) <= max(full[key]), key
@@ -62,15 +82,25 @@ def _depth_activation(sigmoid_deep=1e-12, remedy_deep=0.5, sigmoid_acc=0.08, bes
     ratios["sigmoid"] = {"5": 1e-3, "20": sigmoid_deep}
     acc = {a: best_acc for a in acts}
     acc["sigmoid"] = sigmoid_acc
-    return {"depths": [5, 20], "first_last_grad_ratio": ratios, "test_accuracy_deepest": acc,
-            "final_train_loss_deepest": dict.fromkeys(acts, 1.0)}
+    return {
+        "depths": [5, 20],
+        "first_last_grad_ratio": ratios,
+        "test_accuracy_deepest": acc,
+        "final_train_loss_deepest": dict.fromkeys(acts, 1.0),
+    }
 
 
 def test_depth_activation_judge():
     assert depth_activation.judge(_depth_activation())
-    assert not depth_activation.judge(_depth_activation(sigmoid_deep=1e-4))  # sigmoid did not vanish
-    assert not depth_activation.judge(_depth_activation(remedy_deep=1e-5))  # the remedies vanished too
-    assert not depth_activation.judge(_depth_activation(sigmoid_acc=0.9))  # deep sigmoid trained anyway
+    assert not depth_activation.judge(
+        _depth_activation(sigmoid_deep=1e-4)
+    )  # sigmoid did not vanish
+    assert not depth_activation.judge(
+        _depth_activation(remedy_deep=1e-5)
+    )  # the remedies vanished too
+    assert not depth_activation.judge(
+        _depth_activation(sigmoid_acc=0.9)
+    )  # deep sigmoid trained anyway
     assert not depth_activation.judge(_depth_activation(best_acc=0.2))  # nothing trained
 
 
@@ -95,9 +125,11 @@ def test_init_judge():
 
 
 def _bn(plain_ratio=1e-15, plain_acc=0.08, bn_ratio=1.0, bn_acc=0.9):
-    return {"first_last_grad_ratio": {"plain": plain_ratio, "batchnorm": bn_ratio},
-            "test_accuracy": {"plain": plain_acc, "batchnorm": bn_acc},
-            "final_train_loss": {"plain": 2.3, "batchnorm": 0.3}}
+    return {
+        "first_last_grad_ratio": {"plain": plain_ratio, "batchnorm": bn_ratio},
+        "test_accuracy": {"plain": plain_acc, "batchnorm": bn_acc},
+        "final_train_loss": {"plain": 2.3, "batchnorm": 0.3},
+    }
 
 
 def test_batchnorm_judge():
@@ -109,10 +141,18 @@ def test_batchnorm_judge():
 
 
 def _residual(plain_deep=1.7, res_deep=0.05, res_ratio=1.0):
-    return {"depths": [4, 32],
-            "final_train_loss": {"plain": {"4": 0.05, "32": plain_deep}, "residual": {"4": 0.04, "32": res_deep}},
-            "test_accuracy": {"plain": {"4": 0.95, "32": 0.3}, "residual": {"4": 0.95, "32": 0.95}},
-            "first_last_backflow_ratio": {"plain": {"4": 1.0, "32": 3.0}, "residual": {"4": 1.0, "32": res_ratio}}}
+    return {
+        "depths": [4, 32],
+        "final_train_loss": {
+            "plain": {"4": 0.05, "32": plain_deep},
+            "residual": {"4": 0.04, "32": res_deep},
+        },
+        "test_accuracy": {"plain": {"4": 0.95, "32": 0.3}, "residual": {"4": 0.95, "32": 0.95}},
+        "first_last_backflow_ratio": {
+            "plain": {"4": 1.0, "32": 3.0},
+            "residual": {"4": 1.0, "32": res_ratio},
+        },
+    }
 
 
 def test_residual_judge():
@@ -124,25 +164,36 @@ def test_residual_judge():
 
 def _selu(last_var=1.02, last_mean=-0.02, first_var=5.0):
     keys = [f"start {i}" for i in range(len(selu.STARTS))]
-    return {"starts": [list(s) for s in selu.STARTS],
-            "first_layer_mean": dict.fromkeys(keys, 0.3), "first_layer_var": {**dict.fromkeys(keys, 1.0), keys[1]: first_var},
-            "last_layer_mean": {**dict.fromkeys(keys, 0.0), keys[2]: last_mean},
-            "last_layer_var": {**dict.fromkeys(keys, 1.0), keys[3]: last_var}}
+    return {
+        "starts": [list(s) for s in selu.STARTS],
+        "first_layer_mean": dict.fromkeys(keys, 0.3),
+        "first_layer_var": {**dict.fromkeys(keys, 1.0), keys[1]: first_var},
+        "last_layer_mean": {**dict.fromkeys(keys, 0.0), keys[2]: last_mean},
+        "last_layer_var": {**dict.fromkeys(keys, 1.0), keys[3]: last_var},
+    }
 
 
 def test_selu_judge():
     assert selu.judge(_selu())
     assert not selu.judge(_selu(last_var=1.5))
     assert not selu.judge(_selu(last_mean=0.4))
-    assert not selu.judge(_selu(first_var=1.1))  # every start began at the fixed point: nothing shown
+    assert not selu.judge(
+        _selu(first_var=1.1)
+    )  # every start began at the fixed point: nothing shown
 
 
 def _mf(chi_err=0.004, measured=(4, 16, 16), grid=(4, 8, 16, 32)):
     preds = {"0.5": 7.1, "0.8": 13.8, "1": 21.8}
-    return {"sigma_b2": 0.05, "chi1_relative_error": {"0.5": chi_err, "1": 0.001},
-            "chi1_measured": {}, "chi1_predicted": {}, "depth_grid": list(grid),
-            "trainable_depth_measured": dict(zip(preds, measured, strict=True)),
-            "trainable_depth_predicted": preds, "test_accuracy": {}}
+    return {
+        "sigma_b2": 0.05,
+        "chi1_relative_error": {"0.5": chi_err, "1": 0.001},
+        "chi1_measured": {},
+        "chi1_predicted": {},
+        "depth_grid": list(grid),
+        "trainable_depth_measured": dict(zip(preds, measured, strict=True)),
+        "trainable_depth_predicted": preds,
+        "test_accuracy": {},
+    }
 
 
 def test_mean_field_judge():
@@ -156,6 +207,8 @@ def test_mean_field_judge():
 
 def test_mean_field_measures_chi1_close_to_theory_even_when_small(tmp_path):
     s = Settings(quick=True, seed=0, out=tmp_path)
-    chi, _, _ = mean_field.measure_chi1(s, 1.0, {"chi_width": 256, "chi_depth": 12, "chi_batch": 64})
+    chi, _, _ = mean_field.measure_chi1(
+        s, 1.0, {"chi_width": 256, "chi_depth": 12, "chi_batch": 64}
+    )
     predicted = gw.theory.mean_field("tanh", 1.0, mean_field.SIGMA_B2).chi1
     assert math.isclose(chi, predicted, rel_tol=0.1)

@@ -32,7 +32,9 @@ def test_quick_form_runs_and_reproduces_on_seed_0(name, tmp_path):
     for figure in outcome.figures:
         json.dumps(figure.to_dict(), allow_nan=False)
     assert experiment.judge(outcome.measured) is True
-    assert experiment.judge(json.loads(json.dumps(outcome.measured))) is True  # a function of the numbers alone
+    assert (
+        experiment.judge(json.loads(json.dumps(outcome.measured))) is True
+    )  # a function of the numbers alone
     for run in outcome.runs:
         assert (Path(run) / "meta.json").exists()
 
@@ -61,12 +63,20 @@ def test_adding_problem_targets_and_baseline():
 
 
 def _clip_run(peak, final, nonfinite=0):
-    return {"peak_loss_over_baseline": peak, "final_loss_over_baseline": final, "nonfinite_loss_steps": nonfinite}
+    return {
+        "peak_loss_over_baseline": peak,
+        "final_loss_over_baseline": final,
+        "nonfinite_loss_steps": nonfinite,
+    }
 
 
 def test_clipping_judge():
     judge = catalogue.get("clipping").judge
-    good = {"none": _clip_run(1e37, None, 1), "norm": _clip_run(1.5, 0.5), "agc": _clip_run(3.0, 0.9)}
+    good = {
+        "none": _clip_run(1e37, None, 1),
+        "norm": _clip_run(1.5, 0.5),
+        "agc": _clip_run(3.0, 0.9),
+    }
     assert judge(good)
     assert not judge({**good, "none": _clip_run(2.0, 0.8)})  # nothing exploded
     assert not judge({**good, "norm": _clip_run(5e3, 0.5)})  # clipping did not keep it stable
@@ -78,7 +88,14 @@ def _gates(rnn_solved, rnn_mse, lstm_solved, gru_solved):
     def r(solved, mse):
         return {"solved_at": solved, "final_mse_over_baseline": mse}
 
-    return {"longest": 50, "results": {"rnn": {"50": r(rnn_solved, rnn_mse)}, "lstm": {"50": r(lstm_solved, 0.01)}, "gru": {"50": r(gru_solved, 0.01)}}}
+    return {
+        "longest": 50,
+        "results": {
+            "rnn": {"50": r(rnn_solved, rnn_mse)},
+            "lstm": {"50": r(lstm_solved, 0.01)},
+            "gru": {"50": r(gru_solved, 0.01)},
+        },
+    }
 
 
 def test_rnn_gates_judge():
@@ -91,7 +108,10 @@ def test_rnn_gates_judge():
 
 
 def _gan(first_ratio, final_ratio, d_fake):
-    return {"checkpoints": [{"ratio": first_ratio, "mean_d_fake": 0.5}], "final": {"ratio": final_ratio, "mean_d_fake": d_fake}}
+    return {
+        "checkpoints": [{"ratio": first_ratio, "mean_d_fake": 0.5}],
+        "final": {"ratio": final_ratio, "mean_d_fake": d_fake},
+    }
 
 
 def test_gan_loss_judge():
@@ -114,7 +134,11 @@ def test_gan_losses_are_the_papers_formulas():
 
 def _cnn(gaussian_std, delta_std):
     spread = gaussian_std / delta_std
-    return {"gaussian": {"log_sv_std": gaussian_std}, "delta_orthogonal": {"log_sv_std": delta_std}, "spread_ratio": spread}
+    return {
+        "gaussian": {"log_sv_std": gaussian_std},
+        "delta_orthogonal": {"log_sv_std": delta_std},
+        "spread_ratio": spread,
+    }
 
 
 def test_orthogonal_cnn_judge():
@@ -130,10 +154,19 @@ def test_batched_jacobian_matches_autograd_jacobian():
 
     from gradwatch.lab.experiments import orthogonal_cnn as oc
 
-    model = oc.gaussian_init(oc.deep_cnn(replace(oc.QUICK, depth=5)), 1.0, torch.Generator().manual_seed(0))
+    model = oc.gaussian_init(
+        oc.deep_cnn(replace(oc.QUICK, depth=5)), 1.0, torch.Generator().manual_seed(0)
+    )
     x = 0.3 * torch.randn(8, 4, 4)
-    naive = torch.autograd.functional.jacobian(lambda v: model(v.reshape(1, 8, 4, 4)).reshape(-1), x.reshape(-1))
-    assert torch.allclose(oc.jacobian_singular_values(model, x), torch.linalg.svdvals(naive.double()), rtol=1e-4, atol=1e-7)
+    naive = torch.autograd.functional.jacobian(
+        lambda v: model(v.reshape(1, 8, 4, 4)).reshape(-1), x.reshape(-1)
+    )
+    assert torch.allclose(
+        oc.jacobian_singular_values(model, x),
+        torch.linalg.svdvals(naive.double()),
+        rtol=1e-4,
+        atol=1e-7,
+    )
 
 
 def _ln(last, post_init, pre_init, post_early, pre_early):
@@ -155,7 +188,10 @@ def test_transformer_ln_judge():
 
 
 def _pre(pretrained, end_to_end):
-    return {"pretrained": {"test_accuracy": pretrained}, "end_to_end": {"test_accuracy": end_to_end}}
+    return {
+        "pretrained": {"test_accuracy": pretrained},
+        "end_to_end": {"test_accuracy": end_to_end},
+    }
 
 
 def test_pretraining_judge():
@@ -176,6 +212,10 @@ def test_pretraining_makes_each_layer_an_encoder(tmp_path):
     before = [m.weight.detach().clone() for m in pt._linears(model)]
     errors = pt.pretrain(model, x, pt.Config(depth=2, steps=0, pretrain_steps=200, width=8), gen)
     after = pt._linears(model)
-    assert len(errors) == 2 and errors[0] < 1.0  # the first layer reconstructs its input better than its mean
-    assert not torch.equal(before[0], after[0].weight) and not torch.equal(before[1], after[1].weight)
+    assert (
+        len(errors) == 2 and errors[0] < 1.0
+    )  # the first layer reconstructs its input better than its mean
+    assert not torch.equal(before[0], after[0].weight) and not torch.equal(
+        before[1], after[1].weight
+    )
     assert torch.equal(before[2], after[2].weight)  # the head is left to supervised training

@@ -20,7 +20,9 @@ STEPS = 4
 
 def _batches(n: int = STEPS * 2, batch: int = 8):
     g = torch.Generator().manual_seed(1)
-    return [(torch.randn(batch, 5, generator=g), torch.randn(batch, 2, generator=g)) for _ in range(n)]
+    return [
+        (torch.randn(batch, 5, generator=g), torch.randn(batch, 2, generator=g)) for _ in range(n)
+    ]
 
 
 class Module(pl.LightningModule):
@@ -85,11 +87,19 @@ def test_lightning_records_each_optimizer_step_like_a_plain_loop(tmp_path, accum
     run = gw.load(tmp_path / "gw")
     pd.testing.assert_series_equal(_table(run.stats), _plain(accumulate), rtol=1e-6)
     metrics = pd.read_csv(next((tmp_path / "logs").rglob("metrics.csv")))
-    logged = metrics.dropna(subset=["gradwatch/grad_norm/net.0"]).set_index("step")["gradwatch/grad_norm/net.0"]
-    recorded = run.stats.query("metric == 'grad_norm' and layer == 'net.0'").set_index("step")["value"]
-    pd.testing.assert_series_equal(logged.sort_index(), recorded.sort_index(), check_names=False, check_index_type=False)
+    logged = metrics.dropna(subset=["gradwatch/grad_norm/net.0"]).set_index("step")[
+        "gradwatch/grad_norm/net.0"
+    ]
+    recorded = run.stats.query("metric == 'grad_norm' and layer == 'net.0'").set_index("step")[
+        "value"
+    ]
+    pd.testing.assert_series_equal(
+        logged.sort_index(), recorded.sort_index(), check_names=False, check_index_type=False
+    )
     findings = run.findings
-    assert metrics["gradwatch/findings_error"].dropna().tolist() == [float(sum(f["severity"] == "error" for f in findings))]
+    assert metrics["gradwatch/findings_error"].dropna().tolist() == [
+        float(sum(f["severity"] == "error" for f in findings))
+    ]
 
 
 def test_lightning_mixed_precision_records_unscaled_gradients(tmp_path):

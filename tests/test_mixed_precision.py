@@ -22,7 +22,10 @@ PARAM_METRICS = ["grad_norm", "weight_norm", "update_ratio", "backflow_norm"]
 
 def _data(steps: int, batch: int = 8):
     g = torch.Generator().manual_seed(1)
-    return [(torch.randn(batch, 5, generator=g), torch.randn(batch, 2, generator=g)) for _ in range(steps)]
+    return [
+        (torch.randn(batch, 5, generator=g), torch.randn(batch, 2, generator=g))
+        for _ in range(steps)
+    ]
 
 
 def _param_stats(stats: pd.DataFrame) -> pd.Series:
@@ -94,6 +97,7 @@ def test_a_closure_optimizer_is_recorded_after_its_closure_ran():
     reference = []
     with gw.watch(model, opt, backflow=False) as w:
         for x, y in data:
+
             def closure(x=x, y=y):
                 opt.zero_grad()
                 loss = nn.functional.mse_loss(model(x), y)
@@ -104,7 +108,9 @@ def test_a_closure_optimizer_is_recorded_after_its_closure_ran():
             # (before the step the model holds the gradient of LBFGS's last evaluation, or none)
             twin = copy.deepcopy(model)
             nn.functional.mse_loss(twin(x), y).backward()
-            reference.append(torch.cat([p.grad.flatten() for p in twin[0].parameters()]).norm().item())
+            reference.append(
+                torch.cat([p.grad.flatten() for p in twin[0].parameters()]).norm().item()
+            )
             opt.step(closure)
     grads = w.stats().query("metric == 'grad_norm' and layer == '0'").sort_values("step")
     assert list(grads["step"]) == [0, 1, 2]
@@ -151,7 +157,9 @@ class _Float64Conversions(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         ins = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
         outs = [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
-        if any(t.dtype == torch.float32 for t in ins) and any(t.dtype == torch.float64 for t in outs):
+        if any(t.dtype == torch.float32 for t in ins) and any(
+            t.dtype == torch.float64 for t in outs
+        ):
             caller = sys._getframe(1)
             while caller is not None and caller.f_code.co_filename.startswith(_DISPATCH):
                 caller = caller.f_back
@@ -164,7 +172,15 @@ _TORCH = os.path.dirname(torch.__file__)
 # The frames between a call in Python and the dispatch mode; the first other frame issued the call.
 _DISPATCH = tuple(
     os.path.join(_TORCH, *f)
-    for f in (("_dynamo", ""), ("_compile.py",), ("utils", "_python_dispatch.py"), ("_ops.py",), ("_tensor.py",), ("functional.py",), ("overrides.py",))
+    for f in (
+        ("_dynamo", ""),
+        ("_compile.py",),
+        ("utils", "_python_dispatch.py"),
+        ("_ops.py",),
+        ("_tensor.py",),
+        ("functional.py",),
+        ("overrides.py",),
+    )
 )
 _GRADWATCH = os.path.dirname(gw.__file__)
 
@@ -177,12 +193,22 @@ def test_on_a_device_without_float64_every_statistic_stays_in_float32(monkeypatc
 
     def run():
         torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
+        model = nn.Sequential(
+            nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2)
+        )
         rnn = nn.GRU(2, 3, batch_first=True)
         opt = torch.optim.Adam([*model.parameters(), *rnn.parameters()], lr=0.05)
         scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
         both = nn.ModuleDict({"mlp": model, "rnn": rnn})
-        with gw.watch(both, opt, scaler=scaler, activations=True, backflow=True, through_time=True, flush_every=3) as w:
+        with gw.watch(
+            both,
+            opt,
+            scaler=scaler,
+            activations=True,
+            backflow=True,
+            through_time=True,
+            flush_every=3,
+        ) as w:
             for x, y in _data(5):
                 opt.zero_grad()
                 out, _ = rnn(model(x)[:, None, :].expand(-1, 4, -1))
@@ -192,8 +218,13 @@ def test_on_a_device_without_float64_every_statistic_stays_in_float32(monkeypatc
                 scaler.step(opt)
                 scaler.update()
         finding_kinds = [f.kind for f in gw.check(model, torch.randn(8, 5)).findings]
-        spectra = [gw.theory.jacobian_spectrum(model, torch.randn(8, 5), exact=e).singular_values[:3] for e in (True, False)]
-        gw.remedies.lsuv_init(copy.deepcopy(model), torch.randn(32, 5), generator=torch.Generator().manual_seed(0))
+        spectra = [
+            gw.theory.jacobian_spectrum(model, torch.randn(8, 5), exact=e).singular_values[:3]
+            for e in (True, False)
+        ]
+        gw.remedies.lsuv_init(
+            copy.deepcopy(model), torch.randn(32, 5), generator=torch.Generator().manual_seed(0)
+        )
         return w.stats(), (finding_kinds, spectra)
 
     wide, (wide_kinds, wide_spectra) = run()
@@ -207,5 +238,14 @@ def test_on_a_device_without_float64_every_statistic_stays_in_float32(monkeypatc
     key = ["step", "layer", "metric", "index"]
     a, b = (s.sort_values(key).reset_index(drop=True) for s in (wide, narrow))
     pd.testing.assert_frame_equal(a[key], b[key])
-    assert set(b["metric"]) >= {"grad_norm", "update_ratio", "backflow_norm", "act_std", "time_grad_norm", "loss"}
-    assert b["value"].to_numpy() == pytest.approx(a["value"].to_numpy(), rel=1e-5, abs=1e-7, nan_ok=True)
+    assert set(b["metric"]) >= {
+        "grad_norm",
+        "update_ratio",
+        "backflow_norm",
+        "act_std",
+        "time_grad_norm",
+        "loss",
+    }
+    assert b["value"].to_numpy() == pytest.approx(
+        a["value"].to_numpy(), rel=1e-5, abs=1e-7, nan_ok=True
+    )

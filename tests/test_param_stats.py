@@ -86,7 +86,9 @@ def test_tied_parameters_are_counted_once():
         opt.step()
     got = as_dict(w.stats(), 0)
     assert "out" not in {layer for layer, _ in got}
-    assert got[("embed", "grad_norm")] == pytest.approx(naive_norm([model.embed.weight.grad]), rel=1e-6)
+    assert got[("embed", "grad_norm")] == pytest.approx(
+        naive_norm([model.embed.weight.grad]), rel=1e-6
+    )
 
 
 def test_frozen_layers_have_weight_norm_but_no_gradient_rows():
@@ -107,7 +109,10 @@ def test_frozen_layers_have_weight_norm_but_no_gradient_rows():
 def test_several_parameter_groups_are_one_model():
     model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
     opt = torch.optim.SGD(
-        [{"params": model[0].parameters(), "lr": 0.5}, {"params": model[2].parameters(), "lr": 0.01}]
+        [
+            {"params": model[0].parameters(), "lr": 0.5},
+            {"params": model[2].parameters(), "lr": 0.01},
+        ]
     )
     with gw.watch(model, opt, update_memory=1.0) as w:
         before = [p.detach().clone() for p in model[0].parameters()]
@@ -115,7 +120,9 @@ def test_several_parameter_groups_are_one_model():
         opt.step()
     got = as_dict(w.stats(), 0)
     delta = [p.detach() - b for p, b in zip(model[0].parameters(), before, strict=True)]
-    assert got[("0", "update_ratio")] == pytest.approx(naive_norm(delta) / naive_norm(before), rel=1e-6)
+    assert got[("0", "update_ratio")] == pytest.approx(
+        naive_norm(delta) / naive_norm(before), rel=1e-6
+    )
     assert got[("0", "update_ratio")] > 10 * got[("2", "update_ratio")]
 
 
@@ -131,7 +138,9 @@ def test_gradient_accumulation_records_at_the_optimizer_step_only():
             opt.zero_grad()
     stats = w.stats()
     assert sorted(stats.step.unique()) == [0, 1, 2]
-    assert as_dict(stats, 2)[("0", "grad_norm")] == pytest.approx(expected[("0", "grad_norm")], rel=1e-6)
+    assert as_dict(stats, 2)[("0", "grad_norm")] == pytest.approx(
+        expected[("0", "grad_norm")], rel=1e-6
+    )
 
 
 def test_nonfinite_gradients_are_counted_not_dropped(reads):
@@ -220,7 +229,9 @@ def test_manual_step_without_optimizer_matches_reference():
         ratios[step] = naive_norm(delta) / naive_norm(before)
     w.close()
     stats = w.stats()
-    assert as_dict(stats, 2)[("0", "grad_norm")] == pytest.approx(expected[("0", "grad_norm")], rel=1e-6)
+    assert as_dict(stats, 2)[("0", "grad_norm")] == pytest.approx(
+        expected[("0", "grad_norm")], rel=1e-6
+    )
     for step in range(3):
         assert as_dict(stats, step)[("0", "update_ratio")] == pytest.approx(ratios[step], rel=1e-5)
 
@@ -287,7 +298,9 @@ def test_float64_model_keeps_norms_beyond_float32_range(reads):
             p.mul_(1e40)
     x = torch.randn(7, 5, dtype=torch.float64)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    stats = _compare_with_naive(model, opt, lambda: model(x).sum(), steps=2, rel=1e-9)  # gradients near 1e40 too
+    stats = _compare_with_naive(
+        model, opt, lambda: model(x).sum(), steps=2, rel=1e-9
+    )  # gradients near 1e40 too
     for step in range(2):
         got = as_dict(stats, step)
         assert got[("0", "grad_norm")] > 1e39 and got[("1", "weight_norm")] > 1e39

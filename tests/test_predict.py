@@ -64,7 +64,11 @@ def test_zero_bias_chain_follows_the_variance_map_and_chi1_of_theory():
     x = 0.7 * torch.randn(32, 64)
     tr, chain = links_of(model, x)
     links = predict_chain(tr, chain)
-    sigma_w2 = [float(m.weight.detach().double().pow(2).mean()) * 64 for m in model if isinstance(m, nn.Linear)]
+    sigma_w2 = [
+        float(m.weight.detach().double().pow(2).mean()) * 64
+        for m in model
+        if isinstance(m, nn.Linear)
+    ]
     q = sigma_w2[0] * float(x.double().pow(2).mean())
     for i, link in enumerate(links):
         assert link["q"] == pytest.approx(q, rel=1e-7)
@@ -76,7 +80,10 @@ def test_shifted_gaussian_mean_matches_the_closed_form_for_relu():
     # E[relu(m + s z)²] = (m² + s²) Φ(m/s) + m s ϕ(m/s)
     for mean, std in ((0.0, 1.0), (6.0, 0.5), (-3.0, 2.0), (-5.0, 1.0)):
         a = mean / std
-        cdf, pdf = 0.5 * (1 + math.erf(a / math.sqrt(2))), math.exp(-a * a / 2) / math.sqrt(2 * math.pi)
+        cdf, pdf = (
+            0.5 * (1 + math.erf(a / math.sqrt(2))),
+            math.exp(-a * a / 2) / math.sqrt(2 * math.pi),
+        )
         exact = (mean**2 + std**2) * cdf + mean * std * pdf
         got = shifted_mean(lambda u: np.maximum(u, 0) ** 2, np.array([mean]), std)[0]
         assert got == pytest.approx(exact, rel=1e-8, abs=1e-12)
@@ -85,13 +92,17 @@ def test_shifted_gaussian_mean_matches_the_closed_form_for_relu():
 # ---------------------------------------------------------------- against measurement
 
 
-@pytest.mark.parametrize("act, std, bias", [
-    (nn.Tanh, None, None),  # PyTorch default init: ordered phase
-    (nn.ReLU, math.sqrt(2), None),  # He init: critical
-    (nn.Sigmoid, None, None),
-    (nn.GELU, None, None),
-    (nn.Sigmoid, 1.0, 6.0),  # fixed biases of +6: saturated, not a zero-mean draw
-], ids=["tanh-default", "relu-he", "sigmoid-default", "gelu-default", "sigmoid-bias6"])
+@pytest.mark.parametrize(
+    "act, std, bias",
+    [
+        (nn.Tanh, None, None),  # PyTorch default init: ordered phase
+        (nn.ReLU, math.sqrt(2), None),  # He init: critical
+        (nn.Sigmoid, None, None),
+        (nn.GELU, None, None),
+        (nn.Sigmoid, 1.0, 6.0),  # fixed biases of +6: saturated, not a zero-mean draw
+    ],
+    ids=["tanh-default", "relu-he", "sigmoid-default", "gelu-default", "sigmoid-bias6"],
+)
 def test_check_predicts_the_measured_per_layer_factor_within_3_percent(act, std, bias):
     model = deep(act, depth=8 if bias else 12, std=std, bias=bias)
     x = torch.randn(256, 512)
@@ -159,7 +170,9 @@ def autograd_singular_values(model, x):
 
 def test_exact_spectrum_matches_autograd_jacobian():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(12, 24), nn.Tanh(), nn.Linear(24, 24), nn.GELU(), nn.Linear(24, 6))
+    model = nn.Sequential(
+        nn.Linear(12, 24), nn.Tanh(), nn.Linear(24, 24), nn.GELU(), nn.Linear(24, 6)
+    )
     x = torch.randn(5, 12)
     spec = jacobian_spectrum(model, x, exact=True)
     ref = autograd_singular_values(model, x)
@@ -172,12 +185,19 @@ def test_tall_jacobian_uses_columns_and_still_matches():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 40), nn.Tanh(), nn.Linear(40, 50))
     x = torch.randn(2, 3)
-    np.testing.assert_allclose(jacobian_spectrum(model, x, exact=True).singular_values, autograd_singular_values(model, x), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(
+        jacobian_spectrum(model, x, exact=True).singular_values,
+        autograd_singular_values(model, x),
+        rtol=1e-4,
+        atol=1e-7,
+    )
 
 
 def test_randomized_estimates_agree_with_the_exact_spectrum():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 64))
+    model = nn.Sequential(
+        nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 64)
+    )
     x = torch.randn(8, 64)
     exact = jacobian_spectrum(model, x, exact=True)
     est = jacobian_spectrum(model, x, exact=False, k=128)
@@ -213,17 +233,24 @@ def test_check_reports_the_jacobian_and_leaves_parameter_gradients_alone():
 
 
 def test_identity_modules_are_transparent_to_the_trace():
-    model = nn.Sequential(nn.Linear(8, 8), nn.Identity(), nn.ReLU(), nn.Identity(), nn.Linear(8, 8), nn.Linear(8, 2))
+    model = nn.Sequential(
+        nn.Linear(8, 8), nn.Identity(), nn.ReLU(), nn.Identity(), nn.Linear(8, 8), nn.Linear(8, 2)
+    )
     with trace(model) as tr:
         model(torch.randn(4, 8))
-    assert [(lk.src, lk.dst, lk.activation) for lk in tr.links] == [("0", "4", "relu"), ("4", "5", "linear")]
+    assert [(lk.src, lk.dst, lk.activation) for lk in tr.links] == [
+        ("0", "4", "relu"),
+        ("4", "5", "linear"),
+    ]
 
 
 def test_zero_padding_share_of_kernel_taps_is_counted_per_output():
     from gradwatch._trace import _valid_taps
 
     # 3x3 kernel, padding 1, 4x4 image: 2, 3, 3, 2 taps valid along each axis.
-    assert _valid_taps(nn.Conv2d(1, 1, 3, padding=1), torch.zeros(1, 1, 4, 4)) == pytest.approx((2.5 / 3) ** 2)
+    assert _valid_taps(nn.Conv2d(1, 1, 3, padding=1), torch.zeros(1, 1, 4, 4)) == pytest.approx(
+        (2.5 / 3) ** 2
+    )
     assert _valid_taps(nn.Conv2d(1, 1, 3), torch.zeros(1, 1, 4, 4)) == 1.0
 
 

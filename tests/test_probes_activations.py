@@ -66,7 +66,12 @@ def _prelu(slope: float):
 
 @pytest.mark.parametrize(
     "act, fn",
-    [(nn.ReLU(), torch.relu), (nn.GELU(), F.gelu), (nn.SiLU(), F.silu), (nn.PReLU(init=0.01), _prelu(0.01))],
+    [
+        (nn.ReLU(), torch.relu),
+        (nn.GELU(), F.gelu),
+        (nn.SiLU(), F.silu),
+        (nn.PReLU(init=0.01), _prelu(0.01)),
+    ],
 )
 def test_dead_units_match_naive_reference(act, fn):
     torch.manual_seed(0)
@@ -141,7 +146,14 @@ def test_statistics_pool_every_forward_of_a_step_exactly():
     assert got[("1", "saturated_frac")] == pytest.approx(expected_sat, abs=1e-9)
     # Each call's histogram is scaled to its own element count, so pooled bins are a weighted sum.
     lo, hi = spec("sigmoid").hist_range
-    expected = sum(np.histogram(np.clip(torch.sigmoid(lin(x)).detach().numpy().ravel(), lo, hi), bins=HIST_BINS, range=(lo, hi))[0] for x in xs)
+    expected = sum(
+        np.histogram(
+            np.clip(torch.sigmoid(lin(x)).detach().numpy().ravel(), lo, hi),
+            bins=HIST_BINS,
+            range=(lo, hi),
+        )[0]
+        for x in xs
+    )
     hist = w.stats().query("metric == 'act_hist' and layer == '1'").sort_values("index")
     np.testing.assert_allclose(hist["value"].to_numpy(), expected / out.numel(), atol=1e-6)
 
@@ -173,9 +185,14 @@ def test_mixed_activations_pool_per_row_over_micro_batches():
     fns = {"1": torch.relu, "3": torch.tanh, "5": F.gelu}
     for name, fn in fns.items():
         out = torch.cat([fn(p) for p in pres[name]])
-        assert got[(name, "act_std")] == pytest.approx(out.std(unbiased=False).item(), rel=1e-5), name
+        assert got[(name, "act_std")] == pytest.approx(out.std(unbiased=False).item(), rel=1e-5), (
+            name
+        )
     for name in ("1", "5"):  # dead per call (units dead over that micro-batch), pooled over calls
-        dead = [(_naive_derivative_flat(fns[name], p) & (p < 0)).all(0).double().sum().item() for p in pres[name]]
+        dead = [
+            (_naive_derivative_flat(fns[name], p) & (p < 0)).all(0).double().sum().item()
+            for p in pres[name]
+        ]
         units = sum(p.shape[1] for p in pres[name])
         assert got[(name, "dead_frac")] == pytest.approx(sum(dead) / units, abs=1e-9), name
         assert 0 < sum(dead) < units
@@ -239,7 +256,9 @@ def test_inplace_activations_are_measured_on_their_input():
     h = lin(x)
     h.retain_grad()
     model[2](torch.relu(h)).pow(2).mean().backward()
-    assert got[("0", "backflow_norm")] == pytest.approx(h.grad.norm().item() / np.sqrt(20), rel=1e-5)
+    assert got[("0", "backflow_norm")] == pytest.approx(
+        h.grad.norm().item() / np.sqrt(20), rel=1e-5
+    )
 
 
 class _QuietInplaceReLU(nn.ReLU):
@@ -269,7 +288,9 @@ def test_an_unannounced_inplace_activation_is_skipped_once_then_measured_on_its_
     assert ("1", "dead_frac") not in as_dict(w.stats(), 0)
     got = as_dict(w.stats(), 1)
     assert got[("1", "dead_frac")] == pytest.approx((pre <= 0).all(0).double().mean().item())
-    assert got[("1", "act_std")] == pytest.approx(torch.relu(pre).double().std(unbiased=False).item(), rel=1e-6)
+    assert got[("1", "act_std")] == pytest.approx(
+        torch.relu(pre).double().std(unbiased=False).item(), rel=1e-6
+    )
 
 
 def test_activation_functions_a_forward_starts_calling_later_are_found_after_the_next_flush():
@@ -302,7 +323,9 @@ def test_activation_functions_a_forward_starts_calling_later_are_found_after_the
         h = torch.relu(model.a(xs[step])).detach().double()
         got = as_dict(stats, step)
         assert got[("(root)", "act_std")] == pytest.approx(h.std(unbiased=False).item(), rel=1e-6)
-        assert got[("(root)", "dead_frac")] == pytest.approx((model.a(xs[step]) < spec("relu").lo).all(0).double().mean().item())
+        assert got[("(root)", "dead_frac")] == pytest.approx(
+            (model.a(xs[step]) < spec("relu").lo).all(0).double().mean().item()
+        )
 
 
 def test_transformer_layers_get_activation_and_backflow_rows():
@@ -370,7 +393,9 @@ def _activation_stats(build, batches, dtype=torch.float32, **kw):
             model(x.to(dtype)).float().pow(2).mean().backward()
             opt.step()
     s = w.stats()
-    return w, s[s["metric"].isin(["act_std", "saturated_frac", "dead_frac", "act_hist"])].set_index(["step", "layer", "metric", "index"])["value"]
+    return w, s[s["metric"].isin(["act_std", "saturated_frac", "dead_frac", "act_hist"])].set_index(
+        ["step", "layer", "metric", "index"]
+    )["value"]
 
 
 class _Mixed(nn.Module):
@@ -408,7 +433,9 @@ def test_the_cpu_kernels_and_torch_ops_give_the_same_statistics(cpu_path, dtype,
     np.testing.assert_allclose(fused[std], ops[std], rtol=1e-5)
     # Counts and bins are exact on both paths (bounds rounded alike, samples binned alike).
     np.testing.assert_allclose(fused[~std], ops[~std], rtol=1e-12, atol=1e-12)
-    assert (fused[metric == "dead_frac"] > 0).any() and (fused[metric == "saturated_frac"] > 0).any()
+    assert (fused[metric == "dead_frac"] > 0).any() and (
+        fused[metric == "saturated_frac"] > 0
+    ).any()
 
 
 def test_the_cpu_kernels_can_be_switched_off(cpu_path, monkeypatch):

@@ -26,7 +26,9 @@ def _watch_one(model, x, loss, **kw):
     return w.stats()
 
 
-def _assert_backflow_is_retained_gradients(got, model: nn.Sequential, x, loss=lambda y: y.pow(2).mean()):
+def _assert_backflow_is_retained_gradients(
+    got, model: nn.Sequential, x, loss=lambda y: y.pow(2).mean()
+):
     """The naive reference: each module's output retained, ‖∂L/∂output‖ / √batch."""
     model.zero_grad()
     outs, h = [], x
@@ -36,7 +38,9 @@ def _assert_backflow_is_retained_gradients(got, model: nn.Sequential, x, loss=la
         outs.append(h)
     loss(h).backward()
     for i, out in enumerate(outs):
-        assert got[(str(i), "backflow_norm")] == pytest.approx(out.grad.norm().item() / math.sqrt(len(x)), rel=1e-6)
+        assert got[(str(i), "backflow_norm")] == pytest.approx(
+            out.grad.norm().item() / math.sqrt(len(x)), rel=1e-6
+        )
 
 
 def test_backflow_equals_retained_output_gradients():
@@ -68,7 +72,9 @@ def test_backflow_under_create_graph_matches_and_keeps_no_graph():
     with gw.watch(model, opt, backflow=True, activations=False) as w:
         model(x).pow(2).mean().backward(create_graph=True)
         (probe,) = [p for p in w._probes if isinstance(p, BackflowProbe)]
-        assert probe._norms and not any(isinstance(norm, torch.Tensor) and norm.requires_grad for _, norm, _ in probe._norms)  # nothing holds the graph
+        assert probe._norms and not any(
+            isinstance(norm, torch.Tensor) and norm.requires_grad for _, norm, _ in probe._norms
+        )  # nothing holds the graph
         opt.step()
     _assert_backflow_is_retained_gradients(as_dict(w.stats(), 0), model, x)
 
@@ -84,7 +90,9 @@ class _InFloat64(nn.Module):
 
 def test_a_float64_layer_among_float32_ones_is_measured_in_its_own_precision():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(5, 9), nn.Tanh(), _InFloat64(nn.Linear(9, 9)), nn.ReLU(), nn.Linear(9, 2))
+    model = nn.Sequential(
+        nn.Linear(5, 9), nn.Tanh(), _InFloat64(nn.Linear(9, 9)), nn.ReLU(), nn.Linear(9, 2)
+    )
     x = torch.randn(12, 5)
     got = as_dict(_watch_one(model, x, lambda y: y.pow(2).mean(), activations=True), 0)
     model.zero_grad()
@@ -98,8 +106,15 @@ def test_a_float64_layer_among_float32_ones_is_measured_in_its_own_precision():
     assert outs[2].dtype == torch.float64
     for i, out in enumerate(outs):
         name = "2.inner" if i == 2 else str(i)
-        assert got[(name, "backflow_norm")] == pytest.approx(out.grad.norm().item() / math.sqrt(12), rel=1e-6)
-    assert got[("2.inner", "grad_norm")] == pytest.approx(math.hypot(model[2].inner.weight.grad.norm().item(), model[2].inner.bias.grad.norm().item()), rel=1e-9)
+        assert got[(name, "backflow_norm")] == pytest.approx(
+            out.grad.norm().item() / math.sqrt(12), rel=1e-6
+        )
+    assert got[("2.inner", "grad_norm")] == pytest.approx(
+        math.hypot(
+            model[2].inner.weight.grad.norm().item(), model[2].inner.bias.grad.norm().item()
+        ),
+        rel=1e-9,
+    )
 
 
 def test_backflow_accumulates_over_micro_batches_as_a_root_mean_square():
@@ -117,7 +132,9 @@ def test_backflow_accumulates_over_micro_batches_as_a_root_mean_square():
         h.retain_grad()
         model[2](model[1](h)).pow(2).sum().backward()
         squares.append(h.grad.norm().item() ** 2 / 6)
-    assert as_dict(w.stats(), 0)[("0", "backflow_norm")] == pytest.approx(math.sqrt(np.mean(squares)), rel=1e-6)
+    assert as_dict(w.stats(), 0)[("0", "backflow_norm")] == pytest.approx(
+        math.sqrt(np.mean(squares)), rel=1e-6
+    )
 
 
 def test_deep_relu_with_xavier_init_halves_backflow_variance_per_layer():
@@ -172,7 +189,12 @@ def test_relu_with_very_negative_biases_reads_all_dead():
     lin = nn.Linear(20, 50)
     nn.init.constant_(lin.bias, -100.0)
     model = nn.Sequential(nn.Linear(10, 20), nn.ReLU(), lin, nn.ReLU(), nn.Linear(50, 1))
-    stats = _watch_one(model, torch.randn(32, 10), lambda y: y.sum() + sum(p.sum() * 0 for p in model.parameters()), activations=True)
+    stats = _watch_one(
+        model,
+        torch.randn(32, 10),
+        lambda y: y.sum() + sum(p.sum() * 0 for p in model.parameters()),
+        activations=True,
+    )
     got = as_dict(stats, 0)
     assert got[("3", "dead_frac")] == 1.0
     assert got[("1", "dead_frac")] < 0.5
@@ -206,7 +228,9 @@ def test_time_grad_norm_equals_input_gradients_per_step(cls, batch_first):
     stats = _watch_one(Last(rnn), x, loss)
     series = stats.query("metric == 'time_grad_norm'").sort_values("index")
     assert list(series.layer.unique()) == ["rnn"]
-    np.testing.assert_allclose(series.value.to_numpy(), _naive_time_grads(rnn, x, loss, batch_first), rtol=1e-5)
+    np.testing.assert_allclose(
+        series.value.to_numpy(), _naive_time_grads(rnn, x, loss, batch_first), rtol=1e-5
+    )
 
 
 def test_time_grad_norm_handles_packed_sequences():
@@ -253,7 +277,9 @@ def test_time_grad_norm_for_a_user_loop_over_cells():
     series = stats.query("metric == 'time_grad_norm'").sort_values("index")
     xs = x.detach().requires_grad_(True)
     model(xs).sum().backward()
-    np.testing.assert_allclose(series.value.to_numpy(), (xs.grad.norm(dim=(0, 2)) / math.sqrt(5)).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(
+        series.value.to_numpy(), (xs.grad.norm(dim=(0, 2)) / math.sqrt(5)).numpy(), rtol=1e-5
+    )
     assert list(series["index"]) == list(range(9))
 
 

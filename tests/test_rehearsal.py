@@ -45,11 +45,15 @@ def rehearsed(d):
 def test_a_learning_rate_fifty_times_too_high_is_found_before_training_and_a_sane_one_is_not():
     model = he_mlp()
     assert gw.check(model, X, Y, predict=False).findings == []  # the model alone looks healthy
-    high = gw.check(model, X, Y, predict=False, optimizer=torch.optim.Adam(model.parameters(), lr=0.05))
+    high = gw.check(
+        model, X, Y, predict=False, optimizer=torch.optim.Adam(model.parameters(), lr=0.05)
+    )
     assert "unstable_updates" in rehearsed(high) and not high.ok
     f = next(f for f in high.findings if f.kind == "unstable_updates")
     assert f.summary.startswith("In 20 rehearsed Adam steps (lr 0.05) on a copy: ")
-    sane = gw.check(model, X, Y, predict=False, optimizer=torch.optim.Adam(model.parameters(), lr=1e-3))
+    sane = gw.check(
+        model, X, Y, predict=False, optimizer=torch.optim.Adam(model.parameters(), lr=1e-3)
+    )
     assert sane.ok and sane.findings == []
     rh = sane.summary["rehearsal"]
     assert rh["steps"] == 20 and rh["lr"] == [1e-3] and rh["optimizer"] == "Adam"
@@ -59,14 +63,20 @@ def test_a_learning_rate_fifty_times_too_high_is_found_before_training_and_a_san
 
 def test_overflow_and_a_rate_too_small_are_found():
     model = he_mlp()
-    boom = gw.check(model, X, Y, predict=False, optimizer=torch.optim.SGD(model.parameters(), lr=10.0))
+    boom = gw.check(
+        model, X, Y, predict=False, optimizer=torch.optim.SGD(model.parameters(), lr=10.0)
+    )
     assert "nonfinite" in rehearsed(boom)
-    idle = gw.check(model, X, Y, predict=False, optimizer=torch.optim.SGD(model.parameters(), lr=1e-6))
+    idle = gw.check(
+        model, X, Y, predict=False, optimizer=torch.optim.SGD(model.parameters(), lr=1e-6)
+    )
     assert rehearsed(idle) == {"loss_plateau"}
 
 
 def test_model_optimizer_scheduler_and_rng_are_untouched():
-    model = nn.Sequential(nn.Linear(64, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Dropout(0.3), nn.Linear(64, 10))
+    model = nn.Sequential(
+        nn.Linear(64, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Dropout(0.3), nn.Linear(64, 10)
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10))
     for _ in range(3):  # momentum buffers exist and the schedule has moved
@@ -79,21 +89,29 @@ def test_model_optimizer_scheduler_and_rng_are_untouched():
     grads = [p.grad.clone() for p in model.parameters()]
     rng = torch.get_rng_state()
     d = gw.check(model, X, Y, predict=False, optimizer=opt)
-    assert d.summary["rehearsal"]["lr"] == [pytest.approx(0.1 * 4 / 10)]  # the scheduler's current rate
+    assert d.summary["rehearsal"]["lr"] == [
+        pytest.approx(0.1 * 4 / 10)
+    ]  # the scheduler's current rate
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
     after = opt.state_dict()
     assert after["param_groups"] == opt_state["param_groups"]
-    assert all(torch.equal(after["state"][i]["momentum_buffer"], s["momentum_buffer"]) for i, s in opt_state["state"].items())
+    assert all(
+        torch.equal(after["state"][i]["momentum_buffer"], s["momentum_buffer"])
+        for i, s in opt_state["state"].items()
+    )
     assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads, strict=True))
     assert torch.equal(torch.get_rng_state(), rng)
     assert sched.last_epoch == 3
 
 
-@pytest.mark.parametrize("make", [
-    lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
-    lambda ps: torch.optim.AdamW(ps, lr=3e-3, betas=(0.8, 0.95)),
-    lambda ps: torch.optim.RMSprop(ps, lr=1e-3),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
+        lambda ps: torch.optim.AdamW(ps, lr=3e-3, betas=(0.8, 0.95)),
+        lambda ps: torch.optim.RMSprop(ps, lr=1e-3),
+    ],
+)
 def test_the_copied_optimizer_steps_exactly_as_the_original(make):
     """Reference: the user's own optimizer, stepped on the real model after a few steps of history."""
     model = nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 10))
@@ -112,7 +130,9 @@ def test_the_copied_optimizer_steps_exactly_as_the_original(make):
     for _ in range(3):
         step(model, opt)
         step(clone, twin)
-    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), clone.parameters(), strict=True))
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.parameters(), clone.parameters(), strict=True)
+    )
 
 
 def test_bad_rehearsals_get_one_sentence():
@@ -123,7 +143,9 @@ def test_bad_rehearsals_get_one_sentence():
     with pytest.raises(CheckError, match="needs a training loss"):
         gw.check(model, X, predict=False, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
     with pytest.raises(CheckError, match="rehearsal_steps must be a positive integer"):
-        gw.check(model, X, Y, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), rehearsal_steps=0)
+        gw.check(
+            model, X, Y, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), rehearsal_steps=0
+        )
 
 
 # The scenario suite's "init twins": broken cases identical at init to a healthy case, which go
@@ -143,7 +165,9 @@ def _scenario_check(name):
     from scenarios.cases import CASES
 
     setup = next(c for c in CASES if c.name == name).build(0)
-    return gw.check(setup.model, *setup.check_args(), optimizer=setup.first_optimizer(), predict=False)
+    return gw.check(
+        setup.model, *setup.check_args(), optimizer=setup.first_optimizer(), predict=False
+    )
 
 
 @pytest.mark.parametrize("broken", sorted(TWINS))

@@ -112,7 +112,9 @@ def test_orthogonal_init_is_orthonormal_times_gain(shape):
     R.orthogonal_init(lin, gain=2.0, generator=gen())
     w = lin.weight.double()
     gram = w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T
-    torch.testing.assert_close(gram, 4.0 * torch.eye(min(w.shape), dtype=torch.float64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        gram, 4.0 * torch.eye(min(w.shape), dtype=torch.float64), atol=1e-5, rtol=0
+    )
     assert_biases_zero(lin)
 
 
@@ -143,7 +145,9 @@ def test_delta_orthogonal_kernel_is_zero_except_an_orthogonal_centre(conv):
     n_out, n_in = conv.out_channels // g, conv.in_channels // g
     for k in range(g):  # each group's centre has orthonormal columns, times gain
         q = w[(slice(k * n_out, (k + 1) * n_out), slice(None)) + centre]
-        torch.testing.assert_close(q.T @ q, 2.25 * torch.eye(n_in, dtype=torch.float64), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            q.T @ q, 2.25 * torch.eye(n_in, dtype=torch.float64), atol=1e-5, rtol=0
+        )
     assert_biases_zero(conv)
 
 
@@ -152,7 +156,9 @@ def test_delta_orthogonal_transposed_conv_is_an_isometry_from_in_to_out_channels
     R.delta_orthogonal_init(tconv, generator=gen())
     x = torch.randn(3, 4, 5, 5, generator=gen(1))
     y = tconv(x)
-    torch.testing.assert_close(y.pow(2).sum((1, 2, 3)), x.pow(2).sum((1, 2, 3)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        y.pow(2).sum((1, 2, 3)), x.pow(2).sum((1, 2, 3)), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_delta_orthogonal_refuses_a_conv_that_reduces_channels():
@@ -200,8 +206,11 @@ class ConvNet(nn.Module):
 def output_variances(model: nn.Module, inputs, call) -> list[float]:
     """Population variance of every Linear/Conv output in one forward, from the same RNG state."""
     got = []
-    hooks = [m.register_forward_hook(lambda m, a, out: got.append(out.double().var(correction=0).item()))
-             for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    hooks = [
+        m.register_forward_hook(lambda m, a, out: got.append(out.double().var(correction=0).item()))
+        for m in model.modules()
+        if isinstance(m, nn.Linear | nn.Conv2d)
+    ]
     with torch.no_grad(), torch.random.fork_rng():
         call(model)
     for h in hooks:
@@ -210,7 +219,9 @@ def output_variances(model: nn.Module, inputs, call) -> list[float]:
 
 
 def test_lsuv_makes_every_layer_output_variance_one_within_tol():
-    mlp = nn.Sequential(nn.Linear(20, 64), nn.Tanh(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    mlp = nn.Sequential(
+        nn.Linear(20, 64), nn.Tanh(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)
+    )
     x = 3 * torch.randn(256, 20, generator=gen(1))
     R.lsuv_init(mlp, x, tol=0.05, generator=gen())
     assert all(abs(v - 1) < 0.05 for v in output_variances(mlp, x, lambda m: m(x)))
@@ -261,7 +272,9 @@ class ResMLP(nn.Module):
 
 
 @pytest.mark.parametrize("n_blocks, m", [(4, 2), (9, 3)])
-def test_fixup_scales_branch_layers_by_L_to_minus_1_over_2m_minus_2_and_zeroes_the_last(n_blocks, m):
+def test_fixup_scales_branch_layers_by_L_to_minus_1_over_2m_minus_2_and_zeroes_the_last(
+    n_blocks, m
+):
     net = ResMLP(n_blocks, m)
     reference = R.he_init(copy.deepcopy(net), generator=gen(7))
     R.fixup_init(net, list(net.blocks), m=m, generator=gen(7))
@@ -292,7 +305,9 @@ def test_fixup_rejects_m_below_2_and_blocks_outside_the_model():
 
 
 def test_zero_init_last_zeroes_bn_gamma_when_the_branch_ends_in_batchnorm():
-    bn_branch = nn.Sequential(nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4))
+    bn_branch = nn.Sequential(
+        nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4)
+    )
     plain = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
     before = copy.deepcopy([bn_branch, plain])
     R.zero_init_last([bn_branch, plain])
@@ -307,7 +322,9 @@ def test_zero_init_last_zeroes_bn_gamma_when_the_branch_ends_in_batchnorm():
 
 
 def test_lstm_forget_bias_sets_every_layer_and_direction_and_touches_nothing_else():
-    model = nn.ModuleDict({"lstm": nn.LSTM(3, 5, num_layers=2, bidirectional=True), "cell": nn.LSTMCell(3, 4)})
+    model = nn.ModuleDict(
+        {"lstm": nn.LSTM(3, 5, num_layers=2, bidirectional=True), "cell": nn.LSTMCell(3, 4)}
+    )
     before = {k: v.clone() for k, v in model.named_parameters()}
     R.lstm_forget_bias(model, value=2.5)
     biases = 0
@@ -338,7 +355,9 @@ def test_lstm_forget_bias_without_an_lstm_raises_a_clear_value_error():
 class Nested(nn.Module):
     def __init__(self):
         super().__init__()
-        self.seq = nn.Sequential(nn.Linear(4, 4), nn.Sigmoid(), nn.Sequential(nn.Linear(4, 4), nn.Sigmoid()))
+        self.seq = nn.Sequential(
+            nn.Linear(4, 4), nn.Sigmoid(), nn.Sequential(nn.Linear(4, 4), nn.Sigmoid())
+        )
         self.items = nn.ModuleList([nn.Linear(4, 4), nn.Sigmoid()])
         self.table = nn.ModuleDict({"a": nn.Sigmoid(), "b": nn.Tanh()})
         self.act = nn.Sigmoid()
@@ -382,10 +401,20 @@ def test_swap_activation_with_nothing_to_replace_raises_a_clear_value_error():
 
 
 def test_insert_norm_puts_batchnorm_between_each_layer_and_its_activation():
-    model = nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 30), nn.Tanh(), nn.Linear(30, 5))
+    model = nn.Sequential(
+        nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 30), nn.Tanh(), nn.Linear(30, 5)
+    )
     x = torch.randn(8, 10)
     out = R.insert_norm(model)
-    assert [type(m) for m in out] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear, nn.BatchNorm1d, nn.Tanh, nn.Linear]
+    assert [type(m) for m in out] == [
+        nn.Linear,
+        nn.BatchNorm1d,
+        nn.ReLU,
+        nn.Linear,
+        nn.BatchNorm1d,
+        nn.Tanh,
+        nn.Linear,
+    ]
     assert [out[1].num_features, out[4].num_features] == [20, 30]
     assert out[0] is model[0] and len(model) == 5  # layers shared, the input not mutated
     assert out(x).shape == model(x).shape
@@ -393,9 +422,12 @@ def test_insert_norm_puts_batchnorm_between_each_layer_and_its_activation():
 
 def test_insert_norm_matches_conv_dimension_inside_nested_sequentials():
     model = nn.Sequential(
-        nn.Conv2d(3, 8, 3), nn.ReLU(),
+        nn.Conv2d(3, 8, 3),
+        nn.ReLU(),
         nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU()),
-        nn.Flatten(1, 2), nn.Conv1d(16 * 4, 6, 1), nn.ELU(),
+        nn.Flatten(1, 2),
+        nn.Conv1d(16 * 4, 6, 1),
+        nn.ELU(),
     )
     x = torch.randn(2, 3, 6, 6)
     out = R.insert_norm(model)
@@ -406,7 +438,9 @@ def test_insert_norm_matches_conv_dimension_inside_nested_sequentials():
 
 
 def test_insert_norm_layer_kind_uses_layernorm_and_groupnorm_of_one_group():
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 6), nn.GELU())
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 6), nn.GELU()
+    )
     out = R.insert_norm(model, kind="layer")
     assert isinstance(out[1], nn.GroupNorm) and (out[1].num_groups, out[1].num_channels) == (1, 8)
     assert isinstance(out[5], nn.LayerNorm) and out[5].normalized_shape == (6,)
@@ -469,7 +503,9 @@ def test_clip_by_value_clamps_each_element_and_returns_the_norm_before():
         assert torch.equal(g, g0.clamp(-0.5, 0.5))
 
 
-def naive_agc(weight: torch.Tensor, grad: torch.Tensor, clipping: float, eps: float) -> torch.Tensor:
+def naive_agc(
+    weight: torch.Tensor, grad: torch.Tensor, clipping: float, eps: float
+) -> torch.Tensor:
     """Brock et al. 2021, one unit at a time: rows of a matrix/kernel, the whole of a vector."""
     w, g = weight.double(), grad.double().clone()
     units = [(slice(None),)] if w.ndim <= 1 else [(i,) for i in range(w.shape[0])]
@@ -513,7 +549,9 @@ def test_adaptive_clip_equals_the_per_unit_rule_for_linear_conv_and_bias():
     weight_scale=st.sampled_from([0.0, 1e-3, 1.0]),
     seed=st.integers(0, 2**16),
 )
-def test_adaptive_clip_equals_the_per_unit_rule_for_any_shape_and_scale(shape, grad_scale, weight_scale, seed):
+def test_adaptive_clip_equals_the_per_unit_rule_for_any_shape_and_scale(
+    shape, grad_scale, weight_scale, seed
+):
     g = gen(seed)
     p = nn.Parameter(weight_scale * torch.randn(shape, generator=g))
     p.grad = grad_scale * torch.randn(shape, generator=g)
@@ -526,7 +564,9 @@ def test_adaptive_clip_equals_the_per_unit_rule_for_any_shape_and_scale(shape, g
 
 
 def sigmoid_mlp() -> nn.Sequential:
-    return nn.Sequential(nn.Linear(4, 8), nn.Sigmoid(), nn.Linear(8, 8), nn.Sigmoid(), nn.Linear(8, 1), nn.Sigmoid())
+    return nn.Sequential(
+        nn.Linear(4, 8), nn.Sigmoid(), nn.Linear(8, 8), nn.Sigmoid(), nn.Linear(8, 1), nn.Sigmoid()
+    )
 
 
 class LSTMNet(nn.Module):
@@ -540,7 +580,14 @@ class LSTMNet(nn.Module):
 
 
 def relu_cnn() -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 2 * 2, 3))
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 2 * 2, 3),
+    )
 
 
 def test_applicable_names_the_remedies_that_fit_each_model():
@@ -558,14 +605,22 @@ def describe(model: nn.Module) -> tuple[str, dict[str, torch.Tensor]]:
 
 
 def same(a, b) -> bool:
-    return a[0] == b[0] and a[1].keys() == b[1].keys() and all(torch.equal(a[1][k], b[1][k]) for k in a[1])
+    return (
+        a[0] == b[0]
+        and a[1].keys() == b[1].keys()
+        and all(torch.equal(a[1][k], b[1][k]) for k in a[1])
+    )
 
 
-@pytest.mark.parametrize("make, inputs", [
-    (sigmoid_mlp, torch.randn(16, 4)),
-    (LSTMNet, torch.randn(4, 5, 3)),
-    (relu_cnn, torch.randn(4, 2, 6, 6)),
-], ids=["sigmoid_mlp", "lstm", "relu_cnn"])
+@pytest.mark.parametrize(
+    "make, inputs",
+    [
+        (sigmoid_mlp, torch.randn(16, 4)),
+        (LSTMNet, torch.randn(4, 5, 3)),
+        (relu_cnn, torch.randn(4, 2, 6, 6)),
+    ],
+    ids=["sigmoid_mlp", "lstm", "relu_cnn"],
+)
 def test_apply_changes_a_deep_copy_and_leaves_the_users_model_untouched(make, inputs):
     model = make()
     original = describe(model)

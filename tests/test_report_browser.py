@@ -103,7 +103,15 @@ def test_every_figure_drew(opened):
         }))"""
     )
     ids = {c["id"] for c in counts}
-    assert {"fig-flow", "fig-backflow", "fig-update", "fig-profile", "fig-loss", "fig-activations", "fig-time"} <= ids
+    assert {
+        "fig-flow",
+        "fig-backflow",
+        "fig-update",
+        "fig-profile",
+        "fig-loss",
+        "fig-activations",
+        "fig-time",
+    } <= ids
     for c in counts:
         assert c["box"] > 0 and c["marks"] > 0, c
 
@@ -138,7 +146,9 @@ def test_screenshot_is_saved(opened):
 
 
 def test_a_layer_named_like_a_script_runs_nothing(browser, tmp_path):
-    model = nn.Sequential(OrderedDict([(EVIL, nn.Linear(4, 4)), ("act", nn.Tanh()), ("out", nn.Linear(4, 2))]))
+    model = nn.Sequential(
+        OrderedDict([(EVIL, nn.Linear(4, 4)), ("act", nn.Tanh()), ("out", nn.Linear(4, 2))])
+    )
     w = train(model, tmp_path / "evil", steps=3, seq=False)
     o = open_report(browser, write([from_watch(w, EVIL)], tmp_path / "evil.html"))
     try:

@@ -51,7 +51,9 @@ class SeqNet(nn.Module):
 def train(model: nn.Module, log_dir, steps: int = 12, seq: bool = True) -> gw.Watch:
     torch.manual_seed(0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with gw.watch(model, opt, log_dir=log_dir, activations=True, backflow=True, through_time=True) as w:
+    with gw.watch(
+        model, opt, log_dir=log_dir, activations=True, backflow=True, through_time=True
+    ) as w:
         for _ in range(steps):
             x = torch.randn(16, 5, 3) if seq else torch.randn(16, 4)
             y = torch.randint(0, 2, (16,))
@@ -81,7 +83,11 @@ def page(runs):
 
 def _figure(page: str, key: str) -> dict:
     """The data and layout plotly was given for the figure in div `fig-KEY`."""
-    m = re.search(r'Plotly\.newPlot\(\s*"fig-' + key + r'",\s*(\[.*?\]),\s*(\{.*?\}),\s*\{"displaylogo"', page, re.S)
+    m = re.search(
+        r'Plotly\.newPlot\(\s*"fig-' + key + r'",\s*(\[.*?\]),\s*(\{.*?\}),\s*\{"displaylogo"',
+        page,
+        re.S,
+    )
     assert m, f"figure {key} not in page"
     return {"data": json.loads(m.group(1)), "layout": json.loads(m.group(2))}
 
@@ -100,7 +106,9 @@ def test_page_is_self_contained_with_plotly_inlined_once(page):
     assert page.count("* plotly.js v") == 1
     assert not re.search(r"<script[^>]+src=", page)
     assert "<link" not in page
-    assert "cdn.plot.ly" not in page.replace("https://cdn.plot.ly/", "")  # only inside plotly's own source
+    assert "cdn.plot.ly" not in page.replace(
+        "https://cdn.plot.ly/", ""
+    )  # only inside plotly's own source
 
 
 def test_page_holds_every_view(page):
@@ -115,7 +123,9 @@ def test_heatmap_puts_layers_in_forward_order_first_at_the_bottom(runs):
     run = from_watch(broken, "broken")
     fig = figures.layer_heatmap([run], "grad_norm", "t")
     y = list(fig.data[0].y)
-    owners = [n for n in broken.layers() if n in set(broken.stats().query("metric == 'grad_norm'").layer)]
+    owners = [
+        n for n in broken.layers() if n in set(broken.stats().query("metric == 'grad_norm'").layer)
+    ]
     assert y == [figures.layer_label(run, n) for n in owners]  # plotly draws y[0] at the bottom
     assert y[0].startswith("rnn") and "RNN" in y[0]
 
@@ -149,7 +159,11 @@ def test_several_runs_share_one_colour_scale(runs):
 def test_profile_reports_the_fitted_factor_per_layer():
     # A synthetic stack whose signal halves at every layer towards the input: x0.5 per layer.
     layers = [f"l{i}" for i in range(6)]
-    rows = [(0, name, metric, 2.0**i, -1) for i, name in enumerate(layers) for metric in ("grad_norm", "backflow_norm")]
+    rows = [
+        (0, name, metric, 2.0**i, -1)
+        for i, name in enumerate(layers)
+        for metric in ("grad_norm", "backflow_norm")
+    ]
     stats = pd.DataFrame(rows, columns=["step", "layer", "metric", "value", "index"])
     run = from_stats(stats, {"layer_order": layers})
     fig = figures.depth_profile([run])
@@ -205,7 +219,9 @@ def test_watch_report_writes_the_page(runs, tmp_path):
 
 
 def test_layer_names_are_escaped(tmp_path):
-    model = nn.Sequential(OrderedDict([(EVIL, nn.Linear(4, 4)), ("act", nn.Tanh()), ("out", nn.Linear(4, 2))]))
+    model = nn.Sequential(
+        OrderedDict([(EVIL, nn.Linear(4, 4)), ("act", nn.Tanh()), ("out", nn.Linear(4, 2))])
+    )
     w = train(model, tmp_path / EVIL.replace("/", "_"), steps=3, seq=False)
     html = render([from_watch(w, EVIL)])
     assert EVIL not in html
@@ -236,8 +252,12 @@ def test_a_million_step_run_gives_a_small_report(tmp_path):
     rng = np.random.default_rng(0)
     step = np.repeat(np.arange(n), len(layers))
     layer = np.tile(np.array(layers, dtype=object), n)
-    value = np.exp(rng.normal(size=n * len(layers))) * np.tile(10.0 ** -np.arange(len(layers))[::-1], n)
-    stats = pd.DataFrame({"step": step, "layer": layer, "metric": "grad_norm", "value": value, "index": -1})
+    value = np.exp(rng.normal(size=n * len(layers))) * np.tile(
+        10.0 ** -np.arange(len(layers))[::-1], n
+    )
+    stats = pd.DataFrame(
+        {"step": step, "layer": layer, "metric": "grad_norm", "value": value, "index": -1}
+    )
     start = time.perf_counter()
     run = from_stats(stats, {"layer_order": layers}, name="long", diagnosis=gw.Diagnosis([]))
     path = write([run], tmp_path / "long.html")
@@ -271,9 +291,18 @@ def gradwatch(monkeypatch, *args: str) -> int:
 
 def test_cli_report_writes_html(runs, tmp_path, monkeypatch, capsys):
     root, _, _ = runs
-    code = gradwatch(monkeypatch, "report", str(root / "broken"), str(root / "fixed"), "-o", str(tmp_path / "cmp.html"))
+    code = gradwatch(
+        monkeypatch,
+        "report",
+        str(root / "broken"),
+        str(root / "fixed"),
+        "-o",
+        str(tmp_path / "cmp.html"),
+    )
     assert code == 0
-    assert (tmp_path / "cmp.html").exists() and str((tmp_path / "cmp.html").resolve()) in capsys.readouterr().out
+    assert (tmp_path / "cmp.html").exists() and str(
+        (tmp_path / "cmp.html").resolve()
+    ) in capsys.readouterr().out
 
 
 def test_cli_report_text_prints_the_summary(runs, monkeypatch, capsys):
@@ -286,7 +315,11 @@ def test_cli_report_text_prints_the_summary(runs, monkeypatch, capsys):
 def test_cli_report_of_a_missing_run_is_one_sentence_and_exit_2(tmp_path, monkeypatch, capsys):
     assert gradwatch(monkeypatch, "report", str(tmp_path / "nothing")) == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err and "not a gradwatch run" in err and len(err.strip().splitlines()) <= 2
+    assert (
+        "Traceback" not in err
+        and "not a gradwatch run" in err
+        and len(err.strip().splitlines()) <= 2
+    )
 
 
 def test_notebook_shows_layers_and_findings(runs):
@@ -302,7 +335,9 @@ def test_html_report_takes_watches_runs_and_paths_together(runs, tmp_path):
     from gradwatch.report import html_report
 
     root, broken, _ = runs
-    path = html_report([broken, gw.load(root / "fixed"), str(root / "broken")], tmp_path / "mix.html")
+    path = html_report(
+        [broken, gw.load(root / "fixed"), str(root / "broken")], tmp_path / "mix.html"
+    )
     page = path.read_text()
     assert page.count("* plotly.js v") == 1 and len(_figure(page, "flow")["data"]) == 3
 

@@ -99,8 +99,21 @@ def test_the_command_runs_a_script_with_its_arguments(script, tmp_path):
     src = str(Path(gw.__file__).parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(
-        [sys.executable, "-m", "gradwatch", "run", "--log-dir", str(tmp_path / "run"), str(script), "5"],
-        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "gradwatch",
+            "run",
+            "--log-dir",
+            str(tmp_path / "run"),
+            str(script),
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=tmp_path,
     )
     assert done.returncode == 5, done.stderr
     assert done.stdout.count("loss") == 4
@@ -135,7 +148,12 @@ def test_a_scripts_grad_scaler_is_found_and_its_skipped_steps_recorded(tmp_path)
     path.write_text(SCALED_SCRIPT)
     assert run_script(path, [], log_dir=tmp_path / "run") == 0
     stats = gw.load(tmp_path / "run").stats
-    assert stats.query("metric == 'skipped'").set_index("step")["value"].to_dict() == {0: 0.0, 1: 0.0, 2: 1.0, 3: 0.0}
+    assert stats.query("metric == 'skipped'").set_index("step")["value"].to_dict() == {
+        0: 0.0,
+        1: 0.0,
+        2: 1.0,
+        3: 0.0,
+    }
     plain = _table(_plain()).xs("grad_norm", level="metric").xs(0, level="step")
     scaled = _table(stats).xs("grad_norm", level="metric").xs(0, level="step")
     pd.testing.assert_series_equal(scaled, plain)  # unscaled: the same first step as without AMP

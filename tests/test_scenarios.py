@@ -83,9 +83,7 @@ def test_labels_cover_every_case_and_all_are_confirmed():
 
 
 # One vanishing, one healthy, one exploding case: short runs, so the re-measure stays fast.
-@pytest.mark.parametrize(
-    "name", ["mlp-relu-30-xavier", "mlp-stable-bce", "mlp-relu-10-large-init"]
-)
+@pytest.mark.parametrize("name", ["mlp-relu-30-xavier", "mlp-stable-bce", "mlp-relu-10-large-init"])
 def test_verdict_matches_labels_when_remeasured(name):
     assert LABELS is not None
     recorded = {e["name"]: e for e in LABELS["cases"]}[name]

@@ -38,8 +38,15 @@ def test_loaded_run_equals_the_live_stats(tmp_path):
     pd.testing.assert_frame_equal(run.stats, w.stats())
     assert run.layers() == w.layers() == ["0", "1", "2"]
     first = run.meta["model"]["layers"][0]
-    assert {k: first[k] for k in ("name", "type", "n_params", "n_trainable", "fan_in", "fan_out")} == {
-        "name": "0", "type": "Linear", "n_params": 20, "n_trainable": 20, "fan_in": 3, "fan_out": 5,
+    assert {
+        k: first[k] for k in ("name", "type", "n_params", "n_trainable", "fan_in", "fan_out")
+    } == {
+        "name": "0",
+        "type": "Linear",
+        "n_params": 20,
+        "n_trainable": 20,
+        "fan_in": 3,
+        "fan_out": 5,
     }
     assert run.meta["torch_version"] == torch.__version__
     assert run.meta["settings"]["every"] == 1 and run.meta["finished"]
@@ -55,7 +62,17 @@ def test_parts_are_compacted_on_close(tmp_path):
 def test_a_compaction_interrupted_midway_does_not_duplicate_rows(tmp_path):
     writer = RunWriter(tmp_path / "run")
     for step in range(3):
-        writer.append(pd.DataFrame({"step": [step], "layer": ["a"], "metric": ["grad_norm"], "value": [1.0], "index": [-1]}))
+        writer.append(
+            pd.DataFrame(
+                {
+                    "step": [step],
+                    "layer": ["a"],
+                    "metric": ["grad_norm"],
+                    "value": [1.0],
+                    "index": [-1],
+                }
+            )
+        )
     stats = tmp_path / "run" / STATS_DIR
     keep = {p.name: p.read_bytes() for p in stats.iterdir()}
     writer.compact()
@@ -88,7 +105,9 @@ KILLED_SCRIPT = textwrap.dedent(
 def test_a_run_killed_with_sigkill_keeps_every_flushed_step(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(KILLED_SCRIPT)
-    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "run")], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "run")], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout.readline().strip() == "flushed 20"
         time.sleep(0.2)
@@ -124,7 +143,17 @@ def test_corrupt_meta_gets_one_sentence(tmp_path):
 def test_a_damaged_part_is_skipped_with_a_warning_and_the_rest_loads(tmp_path):
     writer = RunWriter(tmp_path / "run")
     for step in range(3):
-        writer.append(pd.DataFrame({"step": [step], "layer": ["a"], "metric": ["grad_norm"], "value": [1.0], "index": [-1]}))
+        writer.append(
+            pd.DataFrame(
+                {
+                    "step": [step],
+                    "layer": ["a"],
+                    "metric": ["grad_norm"],
+                    "value": [1.0],
+                    "index": [-1],
+                }
+            )
+        )
     (tmp_path / "run" / STATS_DIR / "part-00000001-00000001.parquet").write_bytes(b"garbage")
     with pytest.warns(UserWarning, match="Skipped unreadable part"):
         run = gw.load(tmp_path / "run")

@@ -80,7 +80,9 @@ def test_quadrature_reproduces_relu_closed_forms(q):
     theta = np.arccos(c)
     arccos_kernel = q * (np.sin(theta) + (np.pi - theta) * c) / (2 * np.pi)
     np.testing.assert_allclose(am.phi_cross(generic, c, q), arccos_kernel, atol=1e-12 * q)
-    np.testing.assert_allclose(am.dphi_cross(generic, c, q), (np.pi - theta) / (2 * np.pi), atol=1e-12)
+    np.testing.assert_allclose(
+        am.dphi_cross(generic, c, q), (np.pi - theta) / (2 * np.pi), atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("q", [0.01, 0.5, 2.0, 20.0])
@@ -88,14 +90,19 @@ def test_quadrature_reproduces_erf_closed_forms(q):
     # For Gaussian u with covariance Σ: E[erf(u1) erf(u2)] = (2/π) arcsin(2Σ12 / √((1+2Σ11)(1+2Σ22)))
     # and E[e^{-u1²-u2²}] = det(I + 2Σ)^{-1/2}, with erf'(x) = (2/√π) e^{-x²}.
     assert theory.variance_map("erf", q, 1.0, 0.0) == pytest.approx(
-        2 / np.pi * np.arcsin(2 * q / (1 + 2 * q)), rel=1e-12)
+        2 / np.pi * np.arcsin(2 * q / (1 + 2 * q)), rel=1e-12
+    )
     assert theory.chi1("erf", q, 1.0) == pytest.approx(4 / np.pi / np.sqrt(1 + 4 * q), rel=1e-12)
     erf = am.resolve("erf")
     c = np.array([0.0, 0.3, 0.9, 0.999])
     np.testing.assert_allclose(
-        am.phi_cross(erf, c, q), 2 / np.pi * np.arcsin(2 * q * c / (1 + 2 * q)), atol=1e-11)
+        am.phi_cross(erf, c, q), 2 / np.pi * np.arcsin(2 * q * c / (1 + 2 * q)), atol=1e-11
+    )
     np.testing.assert_allclose(
-        am.dphi_cross(erf, c, q), 4 / np.pi / np.sqrt((1 + 2 * q) ** 2 - (2 * q * c) ** 2), rtol=1e-11)
+        am.dphi_cross(erf, c, q),
+        4 / np.pi / np.sqrt((1 + 2 * q) ** 2 - (2 * q * c) ** 2),
+        rtol=1e-11,
+    )
 
 
 @pytest.mark.parametrize("name", SMOOTH)
@@ -116,12 +123,18 @@ def test_quadrature_matches_arbitrary_precision_integration(name, q):
     mp = pytest.importorskip("mpmath")  # installed with torch (via sympy)
     mp.mp.dps = 30
     act = am.resolve(name)
-    fns = {"tanh": (mp.tanh, lambda x: mp.sech(x) ** 2),
-           "selu": (lambda x: am.SELU_LAMBDA * (x if x > 0 else am.SELU_ALPHA * mp.expm1(x)),
-                    lambda x: am.SELU_LAMBDA * (1 if x > 0 else am.SELU_ALPHA * mp.exp(x))),
-           "gelu": (lambda x: x * mp.ncdf(x), lambda x: mp.ncdf(x) + x * mp.npdf(x))}[name]
+    fns = {
+        "tanh": (mp.tanh, lambda x: mp.sech(x) ** 2),
+        "selu": (
+            lambda x: am.SELU_LAMBDA * (x if x > 0 else am.SELU_ALPHA * mp.expm1(x)),
+            lambda x: am.SELU_LAMBDA * (1 if x > 0 else am.SELU_ALPHA * mp.exp(x)),
+        ),
+        "gelu": (lambda x: x * mp.ncdf(x), lambda x: mp.ncdf(x) + x * mp.npdf(x)),
+    }[name]
     for ours, f in [(am.phi_sq(act, q), fns[0]), (am.dphi_sq(act, q), fns[1])]:
-        exact = mp.quad(lambda z, f=f: f(mp.sqrt(q) * z) ** 2 * mp.npdf(z), [-mp.inf, -1, 0, 1, mp.inf])
+        exact = mp.quad(
+            lambda z, f=f: f(mp.sqrt(q) * z) ** 2 * mp.npdf(z), [-mp.inf, -1, 0, 1, mp.inf]
+        )
         assert float(ours) == pytest.approx(float(exact), rel=1e-12)
 
 
@@ -155,7 +168,9 @@ def test_q_star_is_a_fixed_point_of_the_variance_map():
 def test_chaotic_c_star_is_a_stable_fixed_point_of_the_correlation_map():
     r = theory.mean_field("tanh", 2.5, 0.05)
     assert 0 < r.c_star < 1
-    assert theory.correlation_map("tanh", r.c_star, r.q_star, 2.5, 0.05) == pytest.approx(r.c_star, abs=1e-10)
+    assert theory.correlation_map("tanh", r.c_star, r.q_star, 2.5, 0.05) == pytest.approx(
+        r.c_star, abs=1e-10
+    )
     assert r.chi_c < 1 < r.chi1  # correlations converge while gradients explode
     assert r.xi_c == pytest.approx(-1 / math.log(r.chi_c))
 
@@ -198,15 +213,31 @@ def test_relu_with_bias_below_he_init_has_closed_form_q_star():
 
 
 def test_gradient_ratio_per_layer_is_chi1():
-    assert theory.gradient_ratio_per_layer("tanh", 1.5, 0.05) == theory.mean_field("tanh", 1.5, 0.05).chi1
+    assert (
+        theory.gradient_ratio_per_layer("tanh", 1.5, 0.05)
+        == theory.mean_field("tanh", 1.5, 0.05).chi1
+    )
 
 
 def test_to_dict_is_json_serialisable_with_none_for_infinity():
-    for r in (theory.mean_field("relu", 2.0, 0.0), theory.mean_field("tanh", 2.5, 0.05),
-              theory.mean_field("leaky_relu", 1.0, 0.0, negative_slope=0.2)):
+    for r in (
+        theory.mean_field("relu", 2.0, 0.0),
+        theory.mean_field("tanh", 2.5, 0.05),
+        theory.mean_field("leaky_relu", 1.0, 0.0, negative_slope=0.2),
+    ):
         d = json.loads(json.dumps(r.to_dict(), allow_nan=False))
-        for key in ("q_star", "chi1", "c_star", "xi_c", "xi_grad", "phase", "trainable_depth",
-                    "activation", "sigma_w2", "sigma_b2"):
+        for key in (
+            "q_star",
+            "chi1",
+            "c_star",
+            "xi_c",
+            "xi_grad",
+            "phase",
+            "trainable_depth",
+            "activation",
+            "sigma_w2",
+            "sigma_b2",
+        ):
             assert key in d
     d = theory.mean_field("relu", 2.0, 0.0).to_dict()
     assert d["xi_c"] is None and d["trainable_depth"] is None
@@ -220,10 +251,17 @@ def test_to_dict_is_json_serialisable_with_none_for_infinity():
 )
 def test_mean_field_is_self_consistent_for_any_activation_and_variances(name, sigma_w2, sigma_b2):
     r = theory.mean_field(name, sigma_w2, sigma_b2)
-    assert r.phase == ("ordered" if r.chi1 < 1 - theory.PHASE_TOL
-                       else "chaotic" if r.chi1 > 1 + theory.PHASE_TOL else "critical")
+    assert r.phase == (
+        "ordered"
+        if r.chi1 < 1 - theory.PHASE_TOL
+        else "chaotic"
+        if r.chi1 > 1 + theory.PHASE_TOL
+        else "critical"
+    )
     if 0 < r.q_star < math.inf:
-        assert theory.variance_map(name, r.q_star, sigma_w2, sigma_b2) == pytest.approx(r.q_star, rel=1e-9)
+        assert theory.variance_map(name, r.q_star, sigma_w2, sigma_b2) == pytest.approx(
+            r.q_star, rel=1e-9
+        )
         assert r.chi1 == pytest.approx(theory.chi1(name, r.q_star, sigma_w2), rel=1e-12)
     if r.c_star < 1:
         c_next = theory.correlation_map(name, r.c_star, r.q_star, sigma_w2, sigma_b2)
@@ -240,8 +278,19 @@ def test_aliases_and_case_resolve_to_the_same_activation():
     assert theory.mean_field("swish", 2.0, 0.1) == theory.mean_field("silu", 2.0, 0.1)
     assert theory.mean_field("Identity", 0.9, 0.1) == theory.mean_field("linear", 0.9, 0.1)
     assert theory.mean_field("TANH", 1.2, 0.0) == theory.mean_field("tanh", 1.2, 0.0)
-    assert set(theory.ACTIVATIONS) >= {"tanh", "relu", "leaky_relu", "sigmoid", "gelu", "silu",
-                                       "elu", "selu", "softplus", "erf", "linear"}
+    assert set(theory.ACTIVATIONS) >= {
+        "tanh",
+        "relu",
+        "leaky_relu",
+        "sigmoid",
+        "gelu",
+        "silu",
+        "elu",
+        "selu",
+        "softplus",
+        "erf",
+        "linear",
+    }
 
 
 def test_leaky_relu_slope_is_a_keyword():

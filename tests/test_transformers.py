@@ -18,8 +18,15 @@ STEPS = 3
 def _model():
     torch.manual_seed(0)
     config = transformers.BertConfig(
-        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-        max_position_embeddings=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=3,
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        num_labels=3,
     )
     return transformers.BertForSequenceClassification(config)
 
@@ -71,7 +78,9 @@ def test_hf_trainer_with_accumulation_records_each_optimizer_step_like_a_plain_l
         disable_tqdm=True,
     )
     callback = GradwatchCallback()
-    trainer = transformers.Trainer(model=_model(), args=args, train_dataset=_data(), callbacks=[callback])
+    trainer = transformers.Trainer(
+        model=_model(), args=args, train_dataset=_data(), callbacks=[callback]
+    )
     trainer.train()
     run = gw.load(tmp_path / "out" / "gradwatch")
     got, want = _table(run.stats), _plain()

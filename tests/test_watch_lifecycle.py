@@ -240,7 +240,9 @@ def test_a_retried_step_is_recorded_from_the_retry_only(reads):
             except RuntimeError:
                 model[0].weight.grad = model[0].bias.grad = None
                 model[2].weight.grad.mul_(3.0)
-                expected = math.hypot(model[2].weight.grad.norm().item(), model[2].bias.grad.norm().item())
+                expected = math.hypot(
+                    model[2].weight.grad.norm().item(), model[2].bias.grad.norm().item()
+                )
                 opt.step()
     step1 = w.stats().query("step == 1 and metric == 'grad_norm'").set_index("layer")["value"]
     assert list(step1.index) == ["2"]
@@ -256,7 +258,9 @@ def test_losses_logged_within_a_step_are_averaged_as_they_were_when_logged():
             for micro in (1.0, 2.0, 4.5):
                 model(torch.randn(4, 3)).sum().backward()
                 running += micro + step
-                w.log_loss(running if micro != 2.0 else float(running))  # changed in place afterwards
+                w.log_loss(
+                    running if micro != 2.0 else float(running)
+                )  # changed in place afterwards
             opt.step()
         with pytest.raises(WatchError, match="scalar loss"):
             w.log_loss(torch.ones(3))
@@ -280,7 +284,9 @@ def test_every_logged_loss_is_kept_negative_zero_and_nan_included(tmp_path):
         loss = stats.query("metric == 'loss'").sort_values("step")
         assert list(loss["step"]) == [0, 1, 2, 3, 4]
         got = loss["value"].to_numpy()
-        assert got[[0, 1, 2, 4]].tolist() == pytest.approx([-2.5, 0.0, 1.5, -1e-9], rel=1e-7) and math.isnan(got[3])
+        assert got[[0, 1, 2, 4]].tolist() == pytest.approx(
+            [-2.5, 0.0, 1.5, -1e-9], rel=1e-7
+        ) and math.isnan(got[3])
 
 
 def _steps_with(stats, metric: str) -> set[int]:
@@ -289,14 +295,17 @@ def _steps_with(stats, metric: str) -> set[int]:
 
 @pytest.mark.parametrize("every", [1, 3])
 def test_default_schedule_is_dense_while_young_and_sparse_once_settled(every):
-    """"auto": forward probes on one recorded step in 10 during the first flush window, one in 50
+    """ "auto": forward probes on one recorded step in 10 during the first flush window, one in 50
     after; the update ratio's snapshot on every recorded step, then every other one. An explicit
     cadence holds throughout."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     x = torch.randn(16, 4)
-    with gw.watch(model, opt, every=every, flush_every=20) as auto, gw.watch(model, opt, every=every, flush_every=20, activations=10, backflow=10) as fixed:
+    with (
+        gw.watch(model, opt, every=every, flush_every=20) as auto,
+        gw.watch(model, opt, every=every, flush_every=20, activations=10, backflow=10) as fixed,
+    ):
         for _ in range(120 * every):
             opt.zero_grad()
             model(x).pow(2).mean().backward()
@@ -309,6 +318,13 @@ def test_default_schedule_is_dense_while_young_and_sparse_once_settled(every):
     settled_updates = {s for s in recorded if s >= 20 * every and (s // every) % 2 == 0}
     for w in (auto, fixed):
         assert _steps_with(w.stats(), "update_ratio") == set(young) | settled_updates
-        assert _steps_with(w.stats(), "grad_norm") == set(recorded)  # gradient norms: every recorded step
-    assert auto.meta()["settings"]["settled"] == {"activations": 50, "backflow": 50, "through_time": 50, "update": 2}
+        assert _steps_with(w.stats(), "grad_norm") == set(
+            recorded
+        )  # gradient norms: every recorded step
+    assert auto.meta()["settings"]["settled"] == {
+        "activations": 50,
+        "backflow": 50,
+        "through_time": 50,
+        "update": 2,
+    }
     assert fixed.meta()["settings"]["settled"]["activations"] == 10

@@ -33,7 +33,9 @@ def test_recurrent_orthogonal_init_makes_every_gate_block_orthogonal(kind):
     for name, p in rnn.named_parameters():
         if name.startswith("weight_hh"):
             for gate in p.detach().double().split(8):
-                torch.testing.assert_close(gate @ gate.T, 0.81 * torch.eye(8, dtype=torch.float64), atol=1e-5, rtol=0)
+                torch.testing.assert_close(
+                    gate @ gate.T, 0.81 * torch.eye(8, dtype=torch.float64), atol=1e-5, rtol=0
+                )
         else:
             assert torch.equal(p, before[name]), name
 
@@ -52,7 +54,13 @@ def test_swap_recurrent_keeps_sizes_and_the_call_signature():
     for new in (nn.GRU, nn.LSTM):
         net = R.swap_recurrent(Net(), new)
         assert type(net.rnn) is new
-        assert (net.rnn.input_size, net.rnn.hidden_size, net.rnn.num_layers, net.rnn.batch_first, net.rnn.bidirectional) == (2, 16, 2, True, True)
+        assert (
+            net.rnn.input_size,
+            net.rnn.hidden_size,
+            net.rnn.num_layers,
+            net.rnn.batch_first,
+            net.rnn.bidirectional,
+        ) == (2, 16, 2, True, True)
         assert net(torch.randn(4, 7, 2)).shape == (4, 1)
     with pytest.raises(ValueError, match="no vanilla nn.RNN"):
         R.swap_recurrent(nn.Sequential(nn.Linear(2, 2)))
@@ -64,7 +72,10 @@ def test_swap_recurrent_keeps_sizes_and_the_call_signature():
 class Block(nn.Module):
     def __init__(self, c_in, c_out):
         super().__init__()
-        self.conv1, self.conv2 = nn.Conv2d(c_in, c_out, 3, padding=1), nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.conv1, self.conv2 = (
+            nn.Conv2d(c_in, c_out, 3, padding=1),
+            nn.Conv2d(c_out, c_out, 3, padding=1),
+        )
         self.shortcut = nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1)
 
     def forward(self, x):
@@ -72,14 +83,19 @@ class Block(nn.Module):
 
 
 def resnet(n=4):
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), Block(8, 16), *[Block(16, 16) for _ in range(n - 1)])
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), Block(8, 16), *[Block(16, 16) for _ in range(n - 1)]
+    )
 
 
 def test_residual_branches_are_the_weight_layers_outside_the_shortcut():
     net = resnet()
     branches = R.residual_branches(net)
     assert len(branches) == 4
-    assert all(layers == [block.conv1, block.conv2] for layers, block in zip(branches, list(net)[1:], strict=True))
+    assert all(
+        layers == [block.conv1, block.conv2]
+        for layers, block in zip(branches, list(net)[1:], strict=True)
+    )
 
 
 def test_zero_init_residual_makes_every_block_its_shortcut():
@@ -87,7 +103,10 @@ def test_zero_init_residual_makes_every_block_its_shortcut():
     x = torch.randn(2, 8, 5, 5)
     block = net[1]
     torch.testing.assert_close(block(x), torch.relu(block.shortcut(x)))
-    assert torch.count_nonzero(net[2].conv2.weight) == 0 and torch.count_nonzero(net[2].conv1.weight) > 0
+    assert (
+        torch.count_nonzero(net[2].conv2.weight) == 0
+        and torch.count_nonzero(net[2].conv1.weight) > 0
+    )
 
 
 def test_fixup_scales_each_branch_by_L_to_the_minus_1_over_2m_minus_2_and_zeroes_its_last_layer():
@@ -105,7 +124,14 @@ def test_residual_remedies_refuse_a_model_without_shortcuts():
 
 
 def test_composite_swap_then_he_init_gives_relu_and_he_variance():
-    mlp = nn.Sequential(nn.Linear(256, 256), nn.Sigmoid(), nn.Linear(256, 256), nn.Sigmoid(), nn.Linear(256, 1), nn.Sigmoid())
+    mlp = nn.Sequential(
+        nn.Linear(256, 256),
+        nn.Sigmoid(),
+        nn.Linear(256, 256),
+        nn.Sigmoid(),
+        nn.Linear(256, 1),
+        nn.Sigmoid(),
+    )
     fixed = R.apply("swap_activation:relu+he_init", mlp, generator=gen())
     assert [type(m).__name__ for m in fixed][1::2] == ["ReLU", "ReLU", "Sigmoid"]
     assert fixed[0].weight.var().item() == pytest.approx(2 / 256, rel=0.05)
@@ -130,15 +156,23 @@ def test_what_if_ranks_a_fixing_remedy_first_and_leaves_the_model_untouched():
     state = {k: v.clone() for k, v in model.state_dict().items()}
     text = repr(model)
     d = gw.check(model, X, Y, what_if=True)
-    assert repr(model) == text and all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    assert repr(model) == text and all(
+        torch.equal(v, model.state_dict()[k]) for k, v in state.items()
+    )
     best = d.what_if[0]
     # (the stalled early layers, when reported too, are the same vanishing gradient seen per layer)
-    assert best["fixed"] and "vanishing_gradient" in best["findings_before"] and best["findings_after"] == []
+    assert (
+        best["fixed"]
+        and "vanishing_gradient" in best["findings_before"]
+        and best["findings_after"] == []
+    )
     assert best["signal_before"]["ratio"] < 1e-6 < 0.1 < best["signal_after"]["ratio"]
     assert best["remedy"] in R.applicable(model, X)
     # The ranking is what the re-check measured: redo the best one by hand.
     again = gw.check(R.apply(best["remedy"], model, X, generator=gen()), X, Y)
-    assert again.ok and again.summary["depth_trend"]["total"] == pytest.approx(best["signal_after"]["ratio"], rel=1e-6)
+    assert again.ok and again.summary["depth_trend"]["total"] == pytest.approx(
+        best["signal_after"]["ratio"], rel=1e-6
+    )
     fixed = [e["fixed"] for e in d.what_if]
     assert fixed == sorted(fixed, reverse=True)
 
@@ -169,13 +203,16 @@ def test_cli_check_what_if(tmp_path):
 # ---------------------------------------------------------------- the scenario suite
 
 
-
 def check_case(case, what_if=True):
     setup = case.build(0)
     return gw.check(setup.model, *setup.check_args(), what_if=what_if)
 
 
-FAST = ["mlp-sigmoid-6-saturating-bias", "rnn-tanh-adding-small-recurrent", "mlp-relu-10-large-init"]
+FAST = [
+    "mlp-sigmoid-6-saturating-bias",
+    "rnn-tanh-adding-small-recurrent",
+    "mlp-relu-10-large-init",
+]
 
 
 @pytest.mark.parametrize("name", FAST)
@@ -199,9 +236,19 @@ def test_a_remedy_that_breaks_the_forward_is_reported_not_raised(monkeypatch):
         raise RuntimeError("shape mismatch\nmore detail")
 
     spec = R.REMEDIES["he_init"]
-    monkeypatch.setitem(R.REMEDIES, "he_init", R.RemedySpec("he_init", spec.summary, lambda m, x: True, broken))
+    monkeypatch.setitem(
+        R.REMEDIES, "he_init", R.RemedySpec("he_init", spec.summary, lambda m, x: True, broken)
+    )
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    model = nn.Sequential(
+        nn.Linear(64, 64),
+        nn.ReLU(),
+        nn.Linear(64, 64),
+        nn.ReLU(),
+        nn.Linear(64, 64),
+        nn.ReLU(),
+        nn.Linear(64, 10),
+    )
     d = gw.check(model, X, Y, what_if=True)
     failed = next(e for e in d.what_if if e["remedy"] == "he_init")
     assert failed["error"] == "RuntimeError: shape mismatch" and d.what_if[-1] is failed

@@ -19,12 +19,24 @@ from dataclasses import dataclass
 import numpy as np
 
 NAMES = (
-    "tanh", "relu", "leaky_relu", "sigmoid", "gelu", "silu", "elu", "selu", "softplus", "erf",
+    "tanh",
+    "relu",
+    "leaky_relu",
+    "sigmoid",
+    "gelu",
+    "silu",
+    "elu",
+    "selu",
+    "softplus",
+    "erf",
     "linear",
 )
 _ALIASES = {"swish": "silu", "identity": "linear", "leakyrelu": "leaky_relu"}
 # Parameters an activation accepts, with PyTorch's defaults.
-_PARAMS: dict[str, dict[str, float]] = {"leaky_relu": {"negative_slope": 0.01}, "elu": {"alpha": 1.0}}
+_PARAMS: dict[str, dict[str, float]] = {
+    "leaky_relu": {"negative_slope": 0.01},
+    "elu": {"alpha": 1.0},
+}
 
 SELU_LAMBDA = 1.0507009873554805  # Klambauer et al. 2017, as in torch.nn.SELU
 SELU_ALPHA = 1.6732632423543772

@@ -24,7 +24,9 @@ KEYS = ("model", "inputs", "target", "loss_fn", "optimizer")
 def load_factory(target: str):
     """`path/file.py:factory` or `package.module:factory` -> (model, inputs, target, loss_fn, optimizer)."""
     if ":" not in target:
-        raise FactoryError(f"'{target}' names no factory; write path/file.py:factory or package.module:factory.")
+        raise FactoryError(
+            f"'{target}' names no factory; write path/file.py:factory or package.module:factory."
+        )
     where, _, name = target.rpartition(":")
     if where.endswith(".py") or "/" in where or where.startswith("."):
         path = Path(where)
@@ -36,30 +38,47 @@ def load_factory(target: str):
         try:
             spec.loader.exec_module(module)
         except Exception as exc:  # noqa: BLE001 - the user's file
-            raise FactoryError(f"Importing '{where}' raised {type(exc).__name__}: {_line(exc)}; fix the file and retry.") from None
+            raise FactoryError(
+                f"Importing '{where}' raised {type(exc).__name__}: {_line(exc)}; fix the file and retry."
+            ) from None
         finally:
             sys.path.pop(0)
     else:
         try:
             module = importlib.import_module(where)
         except ModuleNotFoundError as exc:
-            raise FactoryError(f"No module '{where}' ({_line(exc)}); check the name or install the package.") from None
+            raise FactoryError(
+                f"No module '{where}' ({_line(exc)}); check the name or install the package."
+            ) from None
         except Exception as exc:  # noqa: BLE001
-            raise FactoryError(f"Importing '{where}' raised {type(exc).__name__}: {_line(exc)}; fix the module and retry.") from None
+            raise FactoryError(
+                f"Importing '{where}' raised {type(exc).__name__}: {_line(exc)}; fix the module and retry."
+            ) from None
     factory = getattr(module, name, None)
     if factory is None:
-        public = sorted(n for n in vars(module) if callable(vars(module)[n]) and not n.startswith("_"))
-        raise FactoryError(f"'{where}' has no callable '{name}'" + (f"; it has {', '.join(public[:8])}." if public else "."))
+        public = sorted(
+            n for n in vars(module) if callable(vars(module)[n]) and not n.startswith("_")
+        )
+        raise FactoryError(
+            f"'{where}' has no callable '{name}'"
+            + (f"; it has {', '.join(public[:8])}." if public else ".")
+        )
     if not callable(factory):
-        raise FactoryError(f"'{name}' in '{where}' is not callable; it must be a function returning (model, inputs).")
+        raise FactoryError(
+            f"'{name}' in '{where}' is not callable; it must be a function returning (model, inputs)."
+        )
     try:
         made = factory()
     except Exception as exc:  # noqa: BLE001
-        raise FactoryError(f"The factory '{name}' raised {type(exc).__name__}: {_line(exc)}; fix it and retry.") from None
+        raise FactoryError(
+            f"The factory '{name}' raised {type(exc).__name__}: {_line(exc)}; fix it and retry."
+        ) from None
     if isinstance(made, dict):
         return _from_dict(made, name)
     if isinstance(made, nn.Module):
-        raise FactoryError(f"The factory '{name}' returned only a model; return (model, inputs) so there is something to run.")
+        raise FactoryError(
+            f"The factory '{name}' returned only a model; return (model, inputs) so there is something to run."
+        )
     if not isinstance(made, tuple) or not 2 <= len(made) <= 4 or not isinstance(made[0], nn.Module):
         raise FactoryError(
             f"The factory '{name}' must return (model, inputs), (model, inputs, target), (model, inputs, target, loss_fn) "
@@ -74,12 +93,18 @@ def load_factory(target: str):
 def _from_dict(made: dict, name: str):
     unknown = sorted(str(k) for k in made if k not in KEYS)
     if unknown:
-        raise FactoryError(f"The factory '{name}' returned unknown key(s) {', '.join(unknown)}; use {', '.join(KEYS)}.")
+        raise FactoryError(
+            f"The factory '{name}' returned unknown key(s) {', '.join(unknown)}; use {', '.join(KEYS)}."
+        )
     if not isinstance(made.get("model"), nn.Module) or "inputs" not in made:
-        raise FactoryError(f"The dict the factory '{name}' returned needs 'model' (a torch.nn.Module) and 'inputs'.")
+        raise FactoryError(
+            f"The dict the factory '{name}' returned needs 'model' (a torch.nn.Module) and 'inputs'."
+        )
     optimizer = made.get("optimizer")
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-        raise FactoryError(f"The factory '{name}' returned an 'optimizer' that is a {type(optimizer).__name__}, not a torch.optim.Optimizer.")
+        raise FactoryError(
+            f"The factory '{name}' returned an 'optimizer' that is a {type(optimizer).__name__}, not a torch.optim.Optimizer."
+        )
     return made["model"], made["inputs"], made.get("target"), made.get("loss_fn"), optimizer
 
 

@@ -53,8 +53,12 @@ class JacobianSpectrum:
     def to_dict(self) -> dict:
         s = self.singular_values
         return {
-            "exact": self.exact, "shape": list(self.shape), "mean_sq": self.mean_sq, "var_sq": self.var_sq,
-            "spread": self.spread, "max": float(s[0]) if len(s) else None,
+            "exact": self.exact,
+            "shape": list(self.shape),
+            "mean_sq": self.mean_sq,
+            "var_sq": self.var_sq,
+            "spread": self.spread,
+            "max": float(s[0]) if len(s) else None,
             "min": float(s[-1]) if len(s) and self.exact else None,
         }
 
@@ -67,12 +71,16 @@ def _input_tensor(inputs: Any) -> tuple[torch.Tensor, Callable[[torch.Tensor], A
     elif isinstance(inputs, (tuple, list)):
         for i, v in enumerate(inputs):
             if isinstance(v, torch.Tensor) and v.is_floating_point():
-                return v, lambda x, i=i: type(inputs)(x if j == i else w for j, w in enumerate(inputs))
+                return v, lambda x, i=i: type(inputs)(
+                    x if j == i else w for j, w in enumerate(inputs)
+                )
     elif isinstance(inputs, dict):
         for k, v in inputs.items():
             if isinstance(v, torch.Tensor) and v.is_floating_point():
                 return v, lambda x, k=k: {**inputs, k: x}
-    raise JacobianError("The Jacobian needs a floating-point input tensor, and the inputs hold none (token ids have no Jacobian).")
+    raise JacobianError(
+        "The Jacobian needs a floating-point input tensor, and the inputs hold none (token ids have no Jacobian)."
+    )
 
 
 def call(model: nn.Module, inputs: Any) -> Any:
@@ -96,7 +104,10 @@ def _first_output(out: Any) -> torch.Tensor | None:
 
 
 def jacobian_spectrum(
-    model: nn.Module, inputs: Any, exact: bool | None = None, k: int = PROBES,
+    model: nn.Module,
+    inputs: Any,
+    exact: bool | None = None,
+    k: int = PROBES,
     generator: torch.Generator | None = None,
 ) -> JacobianSpectrum:
     """Singular values of ∂(output)/∂(input) for one batch, with the mean and spread of σ².
@@ -113,7 +124,9 @@ def jacobian_spectrum(
     with torch.enable_grad():
         y = _first_output(call(model, rebuild(x)))
         if y is None or not y.requires_grad:
-            raise JacobianError("The model's output does not depend differentiably on its input, so it has no Jacobian to measure.")
+            raise JacobianError(
+                "The model's output does not depend differentiably on its input, so it has no Jacobian to measure."
+            )
         m, n = y.numel(), x.numel()
         use_exact = min(m, n) <= EXACT_MAX if exact is None else exact
         u = torch.zeros_like(y, requires_grad=True)
@@ -121,10 +134,18 @@ def jacobian_spectrum(
         jt_u = torch.autograd.grad(y, x, u, create_graph=True)[0]
 
         def vjp(vs: torch.Tensor) -> torch.Tensor:  # rows of vs (r, *y.shape) -> (r, n)
-            return _batched(lambda v, b: torch.autograd.grad(y, x, v, retain_graph=True, is_grads_batched=b)[0], vs).reshape(len(vs), n)
+            return _batched(
+                lambda v, b: torch.autograd.grad(y, x, v, retain_graph=True, is_grads_batched=b)[0],
+                vs,
+            ).reshape(len(vs), n)
 
         def jvp(vs: torch.Tensor) -> torch.Tensor:  # (r, *x.shape) -> (r, m)
-            return _batched(lambda v, b: torch.autograd.grad(jt_u, u, v, retain_graph=True, is_grads_batched=b)[0], vs).reshape(len(vs), m)
+            return _batched(
+                lambda v, b: torch.autograd.grad(jt_u, u, v, retain_graph=True, is_grads_batched=b)[
+                    0
+                ],
+                vs,
+            ).reshape(len(vs), m)
 
         wide = stat_dtype(x.device)  # float64 where the device has it
         if use_exact:
@@ -151,7 +172,9 @@ def jacobian_spectrum(
         return JacobianSpectrum(s, mean_sq, max(m2 - mean_sq**2, 0.0), False, (m, n))
 
 
-def _batched(fn: Callable[[torch.Tensor, bool], torch.Tensor], vs: torch.Tensor, chunk: int = 128) -> torch.Tensor:
+def _batched(
+    fn: Callable[[torch.Tensor, bool], torch.Tensor], vs: torch.Tensor, chunk: int = 128
+) -> torch.Tensor:
     """fn over the rows of vs: batched backward in chunks where autograd can, else one by one."""
     out = []
     for start in range(0, len(vs), chunk):

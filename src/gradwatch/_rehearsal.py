@@ -24,7 +24,9 @@ from .errors import CheckError
 from .monitor import Watch
 
 
-def copy_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, clone: nn.Module) -> torch.optim.Optimizer:
+def copy_optimizer(
+    optimizer: torch.optim.Optimizer, model: nn.Module, clone: nn.Module
+) -> torch.optim.Optimizer:
     """The same optimizer class over `clone`'s parameters, with `optimizer`'s groups and state."""
     position = {id(p): i for i, p in enumerate(model.parameters())}
     params = list(clone.parameters())
@@ -36,7 +38,12 @@ def copy_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, clone: nn
                 "The optimizer steps parameters that are not the model's, so its steps cannot be "
                 "rehearsed on a copy; pass an optimizer over this model's parameters."
             )
-        groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": [params[position[id(p)]] for p in group["params"]]})
+        groups.append(
+            {
+                **{k: v for k, v in group.items() if k != "params"},
+                "params": [params[position[id(p)]] for p in group["params"]],
+            }
+        )
     try:
         twin = type(optimizer)(groups, **optimizer.defaults)
     except TypeError:
@@ -46,7 +53,9 @@ def copy_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, clone: nn
     return twin
 
 
-def rehearse(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: Any, loss, steps: int) -> tuple[Diagnosis, dict]:
+def rehearse(
+    model: nn.Module, optimizer: torch.optim.Optimizer, inputs: Any, loss, steps: int
+) -> tuple[Diagnosis, dict]:
     """Diagnosis of `steps` optimizer steps on a copy, and a summary of what they did.
 
     `loss(output)` turns the copy's output into the training loss. Raises CheckError when the
@@ -55,16 +64,28 @@ def rehearse(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: Any, lo
     try:
         clone = copy.deepcopy(model)
     except Exception as exc:  # noqa: BLE001 - any model the user built
-        raise CheckError(f"The model could not be copied for the rehearsal ({type(exc).__name__}); check without optimizer=.") from None
+        raise CheckError(
+            f"The model could not be copied for the rehearsal ({type(exc).__name__}); check without optimizer=."
+        ) from None
     try:
         twin = copy_optimizer(optimizer, model, clone)
     except CheckError:
         raise
     except Exception as exc:  # noqa: BLE001
-        raise CheckError(f"The optimizer ({type(optimizer).__name__}) could not be copied for the rehearsal ({type(exc).__name__}: {exc}); check without optimizer=.") from None
+        raise CheckError(
+            f"The optimizer ({type(optimizer).__name__}) could not be copied for the rehearsal ({type(exc).__name__}: {exc}); check without optimizer=."
+        ) from None
     clone.train()
     # update_memory 1: every layer's update ratio at every step, exact (the copy is short-lived).
-    w = Watch(clone, twin, activations=True, backflow=True, through_time=True, update_memory=1.0, flush_every=steps + 1)
+    w = Watch(
+        clone,
+        twin,
+        activations=True,
+        backflow=True,
+        through_time=True,
+        update_memory=1.0,
+        flush_every=steps + 1,
+    )
     losses = []
     try:
         for _ in range(steps):
@@ -77,12 +98,20 @@ def rehearse(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: Any, lo
     except CheckError:
         raise
     except Exception as exc:  # noqa: BLE001 - the user's model or optimizer
-        raise CheckError(f"Rehearsed step {len(losses)} raised {type(exc).__name__}: {str(exc).strip()[:160]}; check without optimizer=, or fix the step.") from None
+        raise CheckError(
+            f"Rehearsed step {len(losses)} raised {type(exc).__name__}: {str(exc).strip()[:160]}; check without optimizer=, or fix the step."
+        ) from None
     finally:
         w.close()
     diagnosis = w.diagnose()
     lrs = sorted({float(g["lr"]) for g in twin.param_groups if "lr" in g})
-    summary = {"steps": steps, "optimizer": type(optimizer).__name__, "lr": lrs, "loss_first": losses[0], "loss_last": losses[-1]}
+    summary = {
+        "steps": steps,
+        "optimizer": type(optimizer).__name__,
+        "lr": lrs,
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+    }
     return diagnosis, summary
 
 
@@ -95,9 +124,24 @@ def merged(init: Diagnosis, rehearsal: Diagnosis, summary: dict) -> Diagnosis:
         if f.severity == "info" or f.kind in have:
             continue
         lead = f"In {summary['steps']} rehearsed {summary['optimizer']} steps (lr {', '.join(f'{x:g}' for x in summary['lr'])}) on a copy: "
-        added.append(Finding(f.kind, f.severity, f.layers, lead + f.summary, {**f.evidence, "rehearsal": True}, f.remedies, f.step))
+        added.append(
+            Finding(
+                f.kind,
+                f.severity,
+                f.layers,
+                lead + f.summary,
+                {**f.evidence, "rehearsal": True},
+                f.remedies,
+                f.step,
+            )
+        )
         have.add(f.kind)
     findings = sorted(init.findings + added, key=lambda f: -SEVERITIES.index(f.severity))
-    out = Diagnosis(findings, {**init.summary, "rehearsal": {**summary, "findings": [f.kind for f in added]}}, init.stats, init.meta)
+    out = Diagnosis(
+        findings,
+        {**init.summary, "rehearsal": {**summary, "findings": [f.kind for f in added]}},
+        init.stats,
+        init.meta,
+    )
     out.what_if = init.what_if
     return out

@@ -36,7 +36,10 @@ def _total_norm(grads: list[torch.Tensor], norm_type: float) -> torch.Tensor:
 
 
 def clip_by_norm(
-    parameters: Params, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False,
+    parameters: Params,
+    max_norm: float,
+    norm_type: float = 2.0,
+    error_if_nonfinite: bool = False,
 ) -> torch.Tensor:
     """Pascanu et al. (2013): if ‖g‖ > max_norm then g ← max_norm·g/‖g‖, g all gradients together.
 
@@ -48,7 +51,9 @@ def clip_by_norm(
     """
     if max_norm <= 0:
         raise RemedyError(f"clip_by_norm needs max_norm > 0, not {max_norm}.")
-    return nn.utils.clip_grad_norm_(_params(parameters), max_norm, norm_type, error_if_nonfinite=error_if_nonfinite)
+    return nn.utils.clip_grad_norm_(
+        _params(parameters), max_norm, norm_type, error_if_nonfinite=error_if_nonfinite
+    )
 
 
 def clip_by_value(parameters: Params, clip_value: float) -> torch.Tensor:
@@ -83,7 +88,9 @@ def adaptive_clip(parameters: Params, clipping: float = 0.01, eps: float = 1e-3)
     Vectorised per tensor. Returns the total L2 norm of the gradients before clipping (0-d, no sync).
     """
     if clipping <= 0 or eps <= 0:
-        raise RemedyError(f"adaptive_clip needs clipping > 0 and eps > 0, not clipping={clipping}, eps={eps}.")
+        raise RemedyError(
+            f"adaptive_clip needs clipping > 0 and eps > 0, not clipping={clipping}, eps={eps}."
+        )
     params = [p for p in _params(parameters) if p.grad is not None]
     total = _total_norm([p.grad for p in params], 2.0)
     with torch.no_grad():

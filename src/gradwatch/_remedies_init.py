@@ -37,7 +37,9 @@ def weight_layers(target: nn.Module | Iterable[nn.Module]) -> list[nn.Module]:
         for m in root.modules():
             if isinstance(m, WEIGHT_LAYERS) and id(m) not in seen:
                 if isinstance(m.weight, nn.parameter.UninitializedParameter):
-                    raise RemedyError(f"{type(m).__name__} is a lazy layer whose weight does not exist yet; run one forward pass first.")
+                    raise RemedyError(
+                        f"{type(m).__name__} is a lazy layer whose weight does not exist yet; run one forward pass first."
+                    )
                 seen.add(id(m))
                 out.append(m)
     return out
@@ -46,7 +48,9 @@ def weight_layers(target: nn.Module | Iterable[nn.Module]) -> list[nn.Module]:
 def _require_layers(target, scheme: str) -> list[nn.Module]:
     layers = weight_layers(target)
     if not layers:
-        raise RemedyError(f"{scheme} found no nn.Linear, nn.Conv* or nn.ConvTranspose* layer to initialise; pass the model (or list of modules) that holds them.")
+        raise RemedyError(
+            f"{scheme} found no nn.Linear, nn.Conv* or nn.ConvTranspose* layer to initialise; pass the model (or list of modules) that holds them."
+        )
     return layers
 
 
@@ -58,7 +62,9 @@ def fans(layer: nn.Module) -> tuple[int, int]:
     return layer.in_channels // layer.groups * k, layer.out_channels // layer.groups * k
 
 
-def _fill(layer: nn.Module, var: float, distribution: str, generator: torch.Generator | None) -> None:
+def _fill(
+    layer: nn.Module, var: float, distribution: str, generator: torch.Generator | None
+) -> None:
     """Weights i.i.d. with mean 0 and variance `var`; bias zero."""
     with torch.no_grad():
         if distribution == "normal":
@@ -73,7 +79,9 @@ def _fill(layer: nn.Module, var: float, distribution: str, generator: torch.Gene
 
 
 def xavier_init(
-    model: T, gain: float = 1.0, distribution: Literal["normal", "uniform"] = "normal",
+    model: T,
+    gain: float = 1.0,
+    distribution: Literal["normal", "uniform"] = "normal",
     generator: torch.Generator | None = None,
 ) -> T:
     """Glorot & Bengio (2010): weight variance gain²·2/(fan_in + fan_out), biases zero.
@@ -90,8 +98,12 @@ def xavier_init(
 
 
 def he_init(
-    model: T, nonlinearity: str = "relu", a: float = 0.0, mode: Literal["fan_in", "fan_out"] = "fan_in",
-    distribution: Literal["normal", "uniform"] = "normal", generator: torch.Generator | None = None,
+    model: T,
+    nonlinearity: str = "relu",
+    a: float = 0.0,
+    mode: Literal["fan_in", "fan_out"] = "fan_in",
+    distribution: Literal["normal", "uniform"] = "normal",
+    generator: torch.Generator | None = None,
 ) -> T:
     """He et al. (2015): weight variance 2/((1 + a²)·fan), biases zero.
 
@@ -101,7 +113,9 @@ def he_init(
     Draws from `generator` or, when None, the global RNG. Returns `model`.
     """
     if a != 0.0 and nonlinearity != "leaky_relu":
-        raise RemedyError(f"a={a} is the negative slope of a leaky ReLU; pass nonlinearity='leaky_relu' with it.")
+        raise RemedyError(
+            f"a={a} is the negative slope of a leaky ReLU; pass nonlinearity='leaky_relu' with it."
+        )
     if mode not in ("fan_in", "fan_out"):
         raise RemedyError(f"mode must be 'fan_in' or 'fan_out', not {mode!r}.")
     if nonlinearity in ("relu", "leaky_relu"):
@@ -110,7 +124,9 @@ def he_init(
         try:
             gain2 = nn.init.calculate_gain(nonlinearity) ** 2
         except ValueError as e:
-            raise RemedyError(f"unknown nonlinearity {nonlinearity!r}; use one nn.init.calculate_gain knows, such as 'relu'.") from e
+            raise RemedyError(
+                f"unknown nonlinearity {nonlinearity!r}; use one nn.init.calculate_gain knows, such as 'relu'."
+            ) from e
     for layer in _require_layers(model, "he_init"):
         fan = fans(layer)[0 if mode == "fan_in" else 1]
         _fill(layer, gain2 / fan, distribution, generator)
@@ -118,7 +134,9 @@ def he_init(
 
 
 def lecun_init(
-    model: T, distribution: Literal["normal", "uniform"] = "normal", generator: torch.Generator | None = None,
+    model: T,
+    distribution: Literal["normal", "uniform"] = "normal",
+    generator: torch.Generator | None = None,
 ) -> T:
     """LeCun init: weight variance 1/fan_in, biases zero.
 
@@ -149,7 +167,9 @@ def orthogonal_init(model: T, gain: float = 1.0, generator: torch.Generator | No
     return model
 
 
-def delta_orthogonal_init(model: T, gain: float = 1.0, generator: torch.Generator | None = None) -> T:
+def delta_orthogonal_init(
+    model: T, gain: float = 1.0, generator: torch.Generator | None = None
+) -> T:
     """Xiao et al. (2018): every convolution's kernel is zero except its centre tap, which maps the
     in_channels to the out_channels (per group) by a gain-scaled matrix with orthonormal columns.
 
@@ -162,7 +182,9 @@ def delta_orthogonal_init(model: T, gain: float = 1.0, generator: torch.Generato
     layers = _require_layers(model, "delta_orthogonal_init")
     convs = [m for m in layers if isinstance(m, _ConvNd)]
     if not convs:
-        raise RemedyError("delta_orthogonal_init is for convolutions and found none; use orthogonal_init for a model of Linear layers.")
+        raise RemedyError(
+            "delta_orthogonal_init is for convolutions and found none; use orthogonal_init for a model of Linear layers."
+        )
     for m in convs:
         if m.out_channels < m.in_channels:
             raise RemedyError(
@@ -199,9 +221,16 @@ _NORMS_WITH_GAMMA = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)
 
 
 def _zero_last(block: nn.Module) -> nn.Module:
-    candidates = [m for m in block.modules() if isinstance(m, WEIGHT_LAYERS) or (isinstance(m, _NORMS_WITH_GAMMA) and m.weight is not None)]
+    candidates = [
+        m
+        for m in block.modules()
+        if isinstance(m, WEIGHT_LAYERS)
+        or (isinstance(m, _NORMS_WITH_GAMMA) and m.weight is not None)
+    ]
     if not candidates:
-        raise RemedyError(f"a residual branch ({type(block).__name__}) holds no Linear, Conv or BatchNorm layer to zero.")
+        raise RemedyError(
+            f"a residual branch ({type(block).__name__}) holds no Linear, Conv or BatchNorm layer to zero."
+        )
     last = candidates[-1]
     with torch.no_grad():
         last.weight.zero_()
@@ -226,7 +255,10 @@ def zero_init_last(blocks: Sequence[nn.Module]) -> Sequence[nn.Module]:
 
 
 def fixup_init(
-    model: nn.Module, blocks: Sequence[nn.Module], m: int = 2, head: nn.Module | None = None,
+    model: nn.Module,
+    blocks: Sequence[nn.Module],
+    m: int = 2,
+    head: nn.Module | None = None,
     generator: torch.Generator | None = None,
 ) -> nn.Module:
     """Fixup (Zhang et al. 2019) for a residual net without normalisation layers.
@@ -239,9 +271,13 @@ def fixup_init(
     and biases are architecture, not init, and are left to the model. Returns `model`.
     """
     if m < 2:
-        raise RemedyError(f"fixup_init needs m ≥ 2 layers per branch (the scale is L^(-1/(2m-2))), not m={m}.")
+        raise RemedyError(
+            f"fixup_init needs m ≥ 2 layers per branch (the scale is L^(-1/(2m-2))), not m={m}."
+        )
     if not blocks:
-        raise RemedyError("fixup_init needs the residual branches: pass blocks=[block.branch, ...].")
+        raise RemedyError(
+            "fixup_init needs the residual branches: pass blocks=[block.branch, ...]."
+        )
     in_model = {id(x) for x in model.modules()}
     if any(id(b) not in in_model for b in blocks):
         raise RemedyError("every module in blocks must be a submodule of model.")
@@ -281,5 +317,7 @@ def lstm_forget_bias(model: nn.Module, value: float = 1.0) -> nn.Module:
                 elif name.startswith("bias_hh"):
                     p[h : 2 * h].zero_()
     if not found:
-        raise RemedyError("lstm_forget_bias found no nn.LSTM or nn.LSTMCell with biases in the model.")
+        raise RemedyError(
+            "lstm_forget_bias found no nn.LSTM or nn.LSTMCell with biases in the model."
+        )
     return model

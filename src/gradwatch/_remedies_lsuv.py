@@ -87,7 +87,10 @@ def _output_var(model: nn.Module, layer: nn.Module, inputs: Any) -> float:
 
 
 def lsuv_init(
-    model: nn.Module, inputs: Any, tol: float = 0.1, max_iter: int = 10,
+    model: nn.Module,
+    inputs: Any,
+    tol: float = 0.1,
+    max_iter: int = 10,
     generator: torch.Generator | None = None,
 ) -> nn.Module:
     """LSUV (Mishkin & Matas 2016): orthogonal init, then make each layer's output variance 1.
@@ -104,10 +107,14 @@ def lsuv_init(
     Returns `model`.
     """
     if tol <= 0 or max_iter < 1:
-        raise RemedyError(f"lsuv_init needs tol > 0 and max_iter ≥ 1, not tol={tol}, max_iter={max_iter}.")
+        raise RemedyError(
+            f"lsuv_init needs tol > 0 and max_iter ≥ 1, not tol={tol}, max_iter={max_iter}."
+        )
     layers = weight_layers(model)
     if not layers:
-        raise RemedyError("lsuv_init found no nn.Linear, nn.Conv* or nn.ConvTranspose* layer to initialise.")
+        raise RemedyError(
+            "lsuv_init found no nn.Linear, nn.Conv* or nn.ConvTranspose* layer to initialise."
+        )
     orthogonal_init(model, generator=generator)
     with _untouched(model):
         for layer in _forward_order(model, layers, inputs):

@@ -12,7 +12,9 @@ RECURRENT = (nn.RNN, nn.LSTM, nn.GRU)
 SHORTCUT_NAMES = ("shortcut", "downsample", "skip", "residual", "identity")
 
 
-def recurrent_orthogonal_init(model: nn.Module, gain: float = 1.0, generator: torch.Generator | None = None) -> nn.Module:
+def recurrent_orthogonal_init(
+    model: nn.Module, gain: float = 1.0, generator: torch.Generator | None = None
+) -> nn.Module:
     """Every hidden-to-hidden matrix of nn.RNN/LSTM/GRU becomes gain × orthogonal, per gate.
 
     The recurrent Jacobian's singular values are then all `gain` (times the nonlinearity's slope):
@@ -29,10 +31,14 @@ def recurrent_orthogonal_init(model: nn.Module, gain: float = 1.0, generator: to
                 if name.startswith("weight_hh"):
                     h = p.shape[1]
                     for gate in range(p.shape[0] // h):
-                        nn.init.orthogonal_(p[gate * h : (gate + 1) * h], gain=gain, generator=generator)
+                        nn.init.orthogonal_(
+                            p[gate * h : (gate + 1) * h], gain=gain, generator=generator
+                        )
                     found = True
     if not found:
-        raise RemedyError("recurrent_orthogonal_init found no nn.RNN, nn.LSTM or nn.GRU in the model.")
+        raise RemedyError(
+            "recurrent_orthogonal_init found no nn.RNN, nn.LSTM or nn.GRU in the model."
+        )
     return model
 
 
@@ -45,15 +51,30 @@ def swap_recurrent(model: nn.Module, new: type[nn.Module] = nn.GRU) -> nn.Module
     which code that unpacks `out, _ = rnn(x)` accepts too.
     """
     if new not in (nn.GRU, nn.LSTM):
-        raise RemedyError(f"swap_recurrent replaces nn.RNN by nn.GRU or nn.LSTM, not {getattr(new, '__name__', new)}.")
-    sites = [(parent, name, child) for parent in model.modules() for name, child in parent._modules.items() if type(child) is nn.RNN]
+        raise RemedyError(
+            f"swap_recurrent replaces nn.RNN by nn.GRU or nn.LSTM, not {getattr(new, '__name__', new)}."
+        )
+    sites = [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent._modules.items()
+        if type(child) is nn.RNN
+    ]
     if not sites:
         raise RemedyError("swap_recurrent found no vanilla nn.RNN submodule to replace.")
     for parent, name, rnn in sites:
         ref = rnn.weight_ih_l0
-        fresh = new(rnn.input_size, rnn.hidden_size, num_layers=rnn.num_layers, bias=rnn.bias,
-                    batch_first=rnn.batch_first, dropout=rnn.dropout, bidirectional=rnn.bidirectional,
-                    device=ref.device, dtype=ref.dtype)
+        fresh = new(
+            rnn.input_size,
+            rnn.hidden_size,
+            num_layers=rnn.num_layers,
+            bias=rnn.bias,
+            batch_first=rnn.batch_first,
+            dropout=rnn.dropout,
+            bidirectional=rnn.bidirectional,
+            device=ref.device,
+            dtype=ref.dtype,
+        )
         parent._modules[name] = fresh.train(rnn.training)
     return model
 

@@ -47,7 +47,9 @@ def optimizer_summary(optimizer: torch.optim.Optimizer | None) -> dict | None:
     return {"class": type(optimizer).__name__, "lr": lrs}
 
 
-def model_summary(model: nn.Module, layers: list[ParamLayer], order: list[str], init: dict[str, dict]) -> dict:
+def model_summary(
+    model: nn.Module, layers: list[ParamLayer], order: list[str], init: dict[str, dict]
+) -> dict:
     types = {name or "(root)": type(m).__name__ for name, m in model.named_modules()}
     by_name = {layer.name: layer for layer in layers}
     rows = []

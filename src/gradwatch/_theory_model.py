@@ -44,7 +44,11 @@ def shifted_mean(f, mean: np.ndarray, std: float) -> np.ndarray:
     z0 = np.clip(-mean / std, -_CUTOFF, _CUTOFF)[:, None]
     lo_w, hi_w = z0 + _CUTOFF, _CUTOFF - z0
     z = np.concatenate([-_CUTOFF + lo_w * _T, z0 + hi_w * _T], axis=1)
-    w = np.concatenate([lo_w * _W, hi_w * _W], axis=1) * np.exp(-0.5 * z**2) / math.sqrt(2 * math.pi)
+    w = (
+        np.concatenate([lo_w * _W, hi_w * _W], axis=1)
+        * np.exp(-0.5 * z**2)
+        / math.sqrt(2 * math.pi)
+    )
     return (f(mean[:, None] + std * z) * w).sum(axis=1)
 
 
@@ -52,8 +56,15 @@ def layer_sigmas(call: Call) -> tuple[float, np.ndarray]:
     """(σ_w² = fan_in · mean(W²) · valid-tap fraction, bias per output unit or channel, zeros without a bias)."""
     module = call.module
     w = module.weight.detach()
-    sigma_w2 = float(torch.linalg.vector_norm(w, dtype=stat_dtype(w.device))) ** 2 / max(w.numel(), 1) * fans(module)[0] * call.valid_taps
-    n_out = w.shape[0] if not isinstance(module, torch.nn.modules.conv._ConvTransposeNd) else w.shape[1]
+    sigma_w2 = (
+        float(torch.linalg.vector_norm(w, dtype=stat_dtype(w.device))) ** 2
+        / max(w.numel(), 1)
+        * fans(module)[0]
+        * call.valid_taps
+    )
+    n_out = (
+        w.shape[0] if not isinstance(module, torch.nn.modules.conv._ConvTransposeNd) else w.shape[1]
+    )
     bias = to_host([module.bias.detach()])[0] if module.bias is not None else np.zeros(n_out)
     return sigma_w2, bias
 
@@ -74,11 +85,18 @@ def predict_chain(trace: Trace, chain: list[str]) -> list[dict]:
         e_phi2 = float(shifted_mean(lambda x, a=act: a.phi(x) ** 2, bias, std).mean())
         next_w2, next_bias = layer_sigmas(calls[dst])
         chi = next_w2 * e_dphi2
-        out.append({
-            "layer": src, "next": dst, "activation": link.activation,
-            "sigma_w2": next_w2, "sigma_b2": float(np.mean(bias**2)),
-            "q": s2 + float(np.mean(bias**2)), "chi": chi, "predicted": math.sqrt(chi),
-        })
+        out.append(
+            {
+                "layer": src,
+                "next": dst,
+                "activation": link.activation,
+                "sigma_w2": next_w2,
+                "sigma_b2": float(np.mean(bias**2)),
+                "q": s2 + float(np.mean(bias**2)),
+                "chi": chi,
+                "predicted": math.sqrt(chi),
+            }
+        )
         bias, s2 = next_bias, next_w2 * e_phi2
     return out
 

@@ -25,8 +25,15 @@ from .probes.base import stat_dtype
 
 # Activation modules the theory knows, with the name and parameters `theory` uses for them.
 _ACTIVATIONS: dict[type, str] = {
-    nn.Tanh: "tanh", nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.Sigmoid: "sigmoid",
-    nn.GELU: "gelu", nn.SiLU: "silu", nn.ELU: "elu", nn.SELU: "selu", nn.Softplus: "softplus",
+    nn.Tanh: "tanh",
+    nn.ReLU: "relu",
+    nn.LeakyReLU: "leaky_relu",
+    nn.Sigmoid: "sigmoid",
+    nn.GELU: "gelu",
+    nn.SiLU: "silu",
+    nn.ELU: "elu",
+    nn.SELU: "selu",
+    nn.Softplus: "softplus",
 }
 
 
@@ -53,7 +60,9 @@ class Call:
     name: str
     module: nn.Module
     input_sq: float  # mean square of the layer's input (all elements)
-    valid_taps: float = 1.0  # a conv's kernel taps inside the (unpadded) input, as a fraction, mean over outputs
+    valid_taps: float = (
+        1.0  # a conv's kernel taps inside the (unpadded) input, as a fraction, mean over outputs
+    )
 
 
 def _valid_taps(module: nn.Module, x: torch.Tensor) -> float:
@@ -66,7 +75,9 @@ def _valid_taps(module: nn.Module, x: torch.Tensor) -> float:
     # Only shapes matter: counted on the host.
     ones = torch.ones((1, 1, *x.shape[-dims:]), dtype=torch.float64)
     kernel = torch.ones((1, 1, *module.kernel_size), dtype=torch.float64)
-    taps = conv(ones, kernel, stride=module.stride, padding=module.padding, dilation=module.dilation)
+    taps = conv(
+        ones, kernel, stride=module.stride, padding=module.padding, dilation=module.dilation
+    )
     return float(taps.mean()) / math.prod(module.kernel_size)
 
 
@@ -105,7 +116,11 @@ class Trace:
                     uses[nxt] = uses.get(nxt, 0) + 1
                     stack.append(nxt)
         if seen:
-            self.links = [lk for lk in self.links if all(uses.get(n, 0) == 1 for n in lk.nodes if n is not None)]
+            self.links = [
+                lk
+                for lk in self.links
+                if all(uses.get(n, 0) == 1 for n in lk.nodes if n is not None)
+            ]
 
     def chains(self) -> list[list[str]]:
         """Maximal runs of layers joined by links, each in forward order."""
@@ -121,8 +136,6 @@ class Trace:
             if len(chain) > 1:
                 out.append(chain)
         return out
-
-
 
 
 @contextlib.contextmanager
@@ -154,7 +167,9 @@ def trace(model: nn.Module) -> Iterator[Trace]:
             counts[name] = counts.get(name, 0) + 1
             if name not in calls and isinstance(x, torch.Tensor) and x.is_floating_point():
                 xd = x.detach()
-                sq = float(torch.linalg.vector_norm(xd, dtype=stat_dtype(xd.device))) ** 2 / max(xd.numel(), 1)
+                sq = float(torch.linalg.vector_norm(xd, dtype=stat_dtype(xd.device))) ** 2 / max(
+                    xd.numel(), 1
+                )
                 calls[name] = Call(name, module, sq, _valid_taps(module, xd))
             if src is not None:
                 act, params = src[2] or ("linear", {})

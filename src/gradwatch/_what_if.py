@@ -32,7 +32,12 @@ def signal(d: Diagnosis, stats: pd.DataFrame) -> dict | None:
     or, where the model is recurrent, through time (first step over last), whichever is worse."""
     found = []
     trend = d.summary.get("depth_trend")
-    if trend and trend.get("total") is not None and math.isfinite(trend["total"]) and trend["total"] > 0:
+    if (
+        trend
+        and trend.get("total") is not None
+        and math.isfinite(trend["total"])
+        and trend["total"] > 0
+    ):
         found.append({"where": "first layer", "ratio": float(trend["total"])})
     rows = stats[(stats["metric"] == "time_grad_norm") & (stats["index"] >= 0)]
     for _, group in rows.groupby("layer", sort=False):
@@ -49,14 +54,24 @@ def _fmt(x: float) -> str:
 def _line(name: str, before: dict | None, after: dict | None, fixed: bool, left: list[str]) -> str:
     parts = [name + ":"]
     if before and after and before["where"] == after["where"]:
-        parts.append(f"{before['where']} signal {_fmt(before['ratio'])} -> {_fmt(after['ratio'])} of the last")
+        parts.append(
+            f"{before['where']} signal {_fmt(before['ratio'])} -> {_fmt(after['ratio'])} of the last"
+        )
     elif after:
         parts.append(f"{after['where']} signal {_fmt(after['ratio'])} of the last")
-    parts.append("fixes every finding" if fixed else f"leaves {', '.join(left)}" if left else "no finding before or after")
+    parts.append(
+        "fixes every finding"
+        if fixed
+        else f"leaves {', '.join(left)}"
+        if left
+        else "no finding before or after"
+    )
     return " ".join(parts[:1]) + " " + "; ".join(parts[1:])
 
 
-def what_if(model: nn.Module, inputs: Any, target: Any, loss_fn, diagnosis: Diagnosis, stats: pd.DataFrame) -> list[dict]:
+def what_if(
+    model: nn.Module, inputs: Any, target: Any, loss_fn, diagnosis: Diagnosis, stats: pd.DataFrame
+) -> list[dict]:
     """Every applicable remedy, applied to a deep copy and re-checked; best first.
 
     Ranked by: all warnings and errors gone first, then fewest errors, fewest warnings, then the
@@ -68,23 +83,46 @@ def what_if(model: nn.Module, inputs: Any, target: Any, loss_fn, diagnosis: Diag
     before, sig_before = _problems(diagnosis), signal(diagnosis, stats)
     entries = []
     for name in R.applicable(model, inputs):
-        entry: dict = {"remedy": name, "summary": R.REMEDIES[name].summary, "findings_before": before, "signal_before": sig_before}
+        entry: dict = {
+            "remedy": name,
+            "summary": R.REMEDIES[name].summary,
+            "findings_before": before,
+            "signal_before": sig_before,
+        }
         try:
             copy = R.apply(name, model, inputs, generator=torch.Generator().manual_seed(SEED))
             after, after_stats = _run(copy, inputs, target, loss_fn, predict=False)
         except Exception as exc:  # noqa: BLE001 - one remedy that cannot run must not stop the others
-            reason = str(exc) if isinstance(exc, GradwatchError) else f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160] if str(exc).strip() else 'no message'}"
-            entries.append({**entry, "fixed": False, "error": reason, "findings_after": None, "signal_after": None, "line": f"{name}: could not be tried ({reason})"})
+            reason = (
+                str(exc)
+                if isinstance(exc, GradwatchError)
+                else f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160] if str(exc).strip() else 'no message'}"
+            )
+            entries.append(
+                {
+                    **entry,
+                    "fixed": False,
+                    "error": reason,
+                    "findings_after": None,
+                    "signal_after": None,
+                    "line": f"{name}: could not be tried ({reason})",
+                }
+            )
             continue
         left = _problems(after)
         sig = signal(after, after_stats)
         fixed = bool(before) and not left
-        entries.append({
-            **entry, "fixed": fixed, "findings_after": left, "signal_after": sig,
-            "errors_after": sum(f.severity == "error" for f in after.findings),
-            "warnings_after": sum(f.severity == "warning" for f in after.findings),
-            "line": _line(name, sig_before, sig, fixed, left),
-        })
+        entries.append(
+            {
+                **entry,
+                "fixed": fixed,
+                "findings_after": left,
+                "signal_after": sig,
+                "errors_after": sum(f.severity == "error" for f in after.findings),
+                "warnings_after": sum(f.severity == "warning" for f in after.findings),
+                "line": _line(name, sig_before, sig, fixed, left),
+            }
+        )
 
     def rank(e: dict) -> tuple:
         if e.get("error"):

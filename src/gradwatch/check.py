@@ -47,8 +47,13 @@ def _output_tensor(output: Any) -> torch.Tensor | None:
 
 def _default_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if not target.is_floating_point() and out.dim() >= 2 and out.shape[0] == target.shape[0]:
-        return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]) if out.dim() > 2 else out, target.reshape(-1) if out.dim() > 2 else target)
-    return nn.functional.mse_loss(out, target.to(out.dtype).reshape(out.shape) if target.numel() == out.numel() else target)
+        return nn.functional.cross_entropy(
+            out.reshape(-1, out.shape[-1]) if out.dim() > 2 else out,
+            target.reshape(-1) if out.dim() > 2 else target,
+        )
+    return nn.functional.mse_loss(
+        out, target.to(out.dtype).reshape(out.shape) if target.numel() == out.numel() else target
+    )
 
 
 @contextlib.contextmanager
@@ -59,7 +64,11 @@ def _untouched(model: nn.Module):
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
     modes = {m: m.training for m in model.modules()}
     cpu_rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    cuda_rng = (
+        torch.cuda.get_rng_state_all()
+        if torch.cuda.is_available() and torch.cuda.is_initialized()
+        else None
+    )
     for p in grads:
         p.grad = None
     try:
@@ -121,7 +130,13 @@ def check(
         from ._rehearsal import merged, rehearse
 
         with _untouched(model):  # the copy's dropout draws from the global RNG
-            rehearsed, summary = rehearse(model, optimizer, inputs, lambda out: _loss(out, target, loss_fn, cotangent=False), rehearsal_steps)
+            rehearsed, summary = rehearse(
+                model,
+                optimizer,
+                inputs,
+                lambda out: _loss(out, target, loss_fn, cotangent=False),
+                rehearsal_steps,
+            )
         diagnosis = merged(diagnosis, rehearsed, summary)
     if what_if:
         from ._what_if import what_if as run_what_if
@@ -136,7 +151,14 @@ def _run(model: nn.Module, inputs: Any, target: Any, loss_fn: Callable | None, p
         raise CheckError(f"gw.check() needs a torch.nn.Module, got {type(model).__name__}.")
     with _untouched(model):
         model.train()
-        w = Watch(model, activations=True, backflow=True, through_time=True, update_memory=1e-9, flush_every=1)
+        w = Watch(
+            model,
+            activations=True,
+            backflow=True,
+            through_time=True,
+            update_memory=1e-9,
+            flush_every=1,
+        )
         try:
             try:
                 # The trace (hooks, and a conv per conv layer for the padding) serves only the
@@ -154,7 +176,9 @@ def _run(model: nn.Module, inputs: Any, target: Any, loss_fn: Callable | None, p
             try:
                 loss.backward()
             except Exception as exc:  # noqa: BLE001
-                raise CheckError(f"Backward failed ({type(exc).__name__}: {_first_line(exc)}); the loss must be a differentiable scalar.") from None
+                raise CheckError(
+                    f"Backward failed ({type(exc).__name__}: {_first_line(exc)}); the loss must be a differentiable scalar."
+                ) from None
             w.log_loss(loss.detach())
             w.step()
         finally:
@@ -176,33 +200,47 @@ def _predictions(model: nn.Module, inputs: Any, traced, stats) -> dict:
         out["theory"] = theory
     # Integer inputs or an op without double backward leave the Jacobian out; the check still stands.
     with contextlib.suppress(Exception):
-        few = inputs[:JACOBIAN_SAMPLES] if isinstance(inputs, torch.Tensor) and inputs.dim() > 1 else inputs
+        few = (
+            inputs[:JACOBIAN_SAMPLES]
+            if isinstance(inputs, torch.Tensor) and inputs.dim() > 1
+            else inputs
+        )
         out["jacobian"] = jacobian_spectrum(model, few, k=JACOBIAN_PROBES).to_dict()
         out["jacobian"]["samples"] = len(few) if few is not inputs else None
     return out
 
 
-def _loss(output: Any, target: Any, loss_fn: Callable | None, cotangent: bool = True) -> torch.Tensor:
+def _loss(
+    output: Any, target: Any, loss_fn: Callable | None, cotangent: bool = True
+) -> torch.Tensor:
     if loss_fn is not None:
         try:
             loss = loss_fn(output, target) if target is not None else loss_fn(output)
         except Exception as exc:  # noqa: BLE001
-            raise CheckError(f"loss_fn raised {type(exc).__name__}: {_first_line(exc)}; check it accepts (output, target).") from None
+            raise CheckError(
+                f"loss_fn raised {type(exc).__name__}: {_first_line(exc)}; check it accepts (output, target)."
+            ) from None
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise CheckError("loss_fn must return a scalar tensor.")
         return loss.reshape(())
     out = _output_tensor(output)
     if out is None:
-        raise CheckError("The model's output holds no floating-point tensor that requires grad; pass loss_fn to say what to differentiate.")
+        raise CheckError(
+            "The model's output holds no floating-point tensor that requires grad; pass loss_fn to say what to differentiate."
+        )
     if out.numel() == 1 and out is getattr(output, "loss", None):
         return out.reshape(())
     if target is not None:
         try:
             return _default_loss(out, target)
         except Exception as exc:  # noqa: BLE001
-            raise CheckError(f"The default loss could not compare output {tuple(out.shape)} with target ({_first_line(exc)}); pass loss_fn.") from None
+            raise CheckError(
+                f"The default loss could not compare output {tuple(out.shape)} with target ({_first_line(exc)}); pass loss_fn."
+            ) from None
     if not cotangent:
-        raise CheckError("Rehearsing optimizer steps needs a training loss: pass target (and loss_fn if the default does not fit).")
+        raise CheckError(
+            "Rehearsing optimizer steps needs a training loss: pass target (and loss_fn if the default does not fit)."
+        )
     gen = torch.Generator(device="cpu").manual_seed(COTANGENT_SEED)
     v = torch.randn(out.shape, generator=gen, dtype=torch.float32).to(out.device, out.dtype)
     v = v / v.norm().clamp_min(1e-30) * math.sqrt(out.shape[0] if out.dim() else 1)

@@ -51,7 +51,9 @@ def demo(
 def check(
     target: str = typer.Argument(..., help="path/file.py:factory or package.module:factory"),
     json_out: bool = typer.Option(False, "--json", help="Print the diagnosis as one JSON object."),
-    what_if: bool = typer.Option(False, "--what-if", help="Try every remedy that fits on a copy of the model and rank them."),
+    what_if: bool = typer.Option(
+        False, "--what-if", help="Try every remedy that fits on a copy of the model and rank them."
+    ),
 ) -> None:
     """Diagnose a model at initialisation. Exit 0 when ok, 1 on an error finding, 2 on bad input.
 
@@ -75,8 +77,12 @@ def check(
 @app.command()
 def lab(
     names: list[str] = typer.Argument(None, help="Experiments to run (all when none)."),
-    quick: bool = typer.Option(False, "--quick", help="Honestly scaled-down settings (minutes, not hours)."),
-    out: Path = typer.Option(Path("runs/lab"), "--out", help="Where to write results.json, index.html and the runs."),
+    quick: bool = typer.Option(
+        False, "--quick", help="Honestly scaled-down settings (minutes, not hours)."
+    ),
+    out: Path = typer.Option(
+        Path("runs/lab"), "--out", help="Where to write results.json, index.html and the runs."
+    ),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
 ) -> None:
     """Reproduce the literature's claims about vanishing and exploding gradients, measured.
@@ -88,7 +94,10 @@ def lab(
 
     result = run_lab(names or (), quick=quick, out=out, seed=seed, console=console)
     done = sum(r["reproduced"] for r in result.records)
-    console.print(f"{done} of {len(result.records)} reproduced; results in {out / RESULTS}, page {out / PAGE}", highlight=False)
+    console.print(
+        f"{done} of {len(result.records)} reproduced; results in {out / RESULTS}, page {out / PAGE}",
+        highlight=False,
+    )
     if result.interrupted:
         err.print("interrupted: the experiments that finished are kept")
         raise typer.Exit(130)
@@ -97,10 +106,16 @@ def lab(
 
 @app.command()
 def theory(
-    activation: str = typer.Option("tanh", "--activation", help="tanh, relu, leaky_relu, sigmoid, gelu, silu, elu, selu, softplus, erf, linear"),
+    activation: str = typer.Option(
+        "tanh",
+        "--activation",
+        help="tanh, relu, leaky_relu, sigmoid, gelu, silu, elu, selu, softplus, erf, linear",
+    ),
     sigma_w2: float = typer.Option(1.0, "--sigma-w2", help="Weight variance times fan-in (σ_w²)."),
     sigma_b2: float = typer.Option(0.05, "--sigma-b2", help="Bias variance (σ_b²)."),
-    critical: bool = typer.Option(False, "--critical", help="Also solve for the critical σ_w² at this σ_b²."),
+    critical: bool = typer.Option(
+        False, "--critical", help="Also solve for the critical σ_w² at this σ_b²."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
     plot: Path | None = typer.Option(None, "--plot", help="Write a phase diagram (PNG/SVG/PDF)."),
 ) -> None:
@@ -121,7 +136,9 @@ def theory(
         return
     from rich.table import Table
 
-    table = Table(title=f"mean field: {activation}, σ_w²={sigma_w2}, σ_b²={sigma_b2}", show_edge=False)
+    table = Table(
+        title=f"mean field: {activation}, σ_w²={sigma_w2}, σ_b²={sigma_b2}", show_edge=False
+    )
     table.add_column("quantity")
     table.add_column("value", justify="right")
     for key, value in result.items():
@@ -133,9 +150,18 @@ def theory(
 
 @app.command()
 def report(
-    run_dirs: list[Path] = typer.Argument(..., help="One or more run directories (the log_dir given to gw.watch)."),
-    out: Path | None = typer.Option(None, "-o", "--out", help="HTML file to write [default: RUN_DIR/report.html, or report.html for several runs]."),
-    text: bool = typer.Option(False, "--text", help="Print a terminal summary instead of writing HTML."),
+    run_dirs: list[Path] = typer.Argument(
+        ..., help="One or more run directories (the log_dir given to gw.watch)."
+    ),
+    out: Path | None = typer.Option(
+        None,
+        "-o",
+        "--out",
+        help="HTML file to write [default: RUN_DIR/report.html, or report.html for several runs].",
+    ),
+    text: bool = typer.Option(
+        False, "--text", help="Print a terminal summary instead of writing HTML."
+    ),
 ) -> None:
     """One self-contained HTML report (opens offline) of one run, or of several side by side."""
     from .report._data import load_runs
@@ -148,18 +174,28 @@ def report(
         return
     from .report.html import write
 
-    path = write(runs, out or (run_dirs[0] / "report.html" if len(run_dirs) == 1 else Path("report.html")))
+    path = write(
+        runs, out or (run_dirs[0] / "report.html" if len(run_dirs) == 1 else Path("report.html"))
+    )
     console.print(f"Report written to [bold]{path}[/] ({path.stat().st_size / 1e6:.1f} MB).")
     print(path.resolve())
 
 
 @app.command(
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "allow_interspersed_args": False}
+    context_settings={
+        "allow_extra_args": True,
+        "ignore_unknown_options": True,
+        "allow_interspersed_args": False,
+    }
 )
 def run(
     script: Path = typer.Argument(..., help="The training script, run unmodified as __main__."),
-    args: list[str] | None = typer.Argument(None, help="Arguments for the script (everything after SCRIPT)."),
-    log_dir: Path | None = typer.Option(None, "--log-dir", help="Run directory (default runs/SCRIPT-TIME)."),
+    args: list[str] | None = typer.Argument(
+        None, help="Arguments for the script (everything after SCRIPT)."
+    ),
+    log_dir: Path | None = typer.Option(
+        None, "--log-dir", help="Run directory (default runs/SCRIPT-TIME)."
+    ),
     every: int = typer.Option(1, "--every", help="Record every N-th optimizer step."),
 ) -> None:
     """Run an unmodified training script with watching attached; print the diagnosis at the end.

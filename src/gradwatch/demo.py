@@ -62,10 +62,23 @@ def _train(name, description, model, data, out: Path, progress: Progress, seed: 
     with torch.no_grad():
         acc = (model(data.x_test).argmax(1) == data.y_test).float().mean().item()
     types = {name or "(root)": type(m).__name__ for name, m in model.named_modules()}
-    return DemoRun(name, description, acc, loss.item(), w.stats(), w.layers(), types, w.log_dir, w.diagnose(), w.meta())
+    return DemoRun(
+        name,
+        description,
+        acc,
+        loss.item(),
+        w.stats(),
+        w.layers(),
+        types,
+        w.log_dir,
+        w.diagnose(),
+        w.meta(),
+    )
 
 
-def run_demo(out: str | Path = "runs/demo", seed: int = 0, console: Console | None = None) -> list[DemoRun]:
+def run_demo(
+    out: str | Path = "runs/demo", seed: int = 0, console: Console | None = None
+) -> list[DemoRun]:
     """Train the broken and the fixed net, print the comparison, write it as an HTML report
     (`out/report.html`), return both runs."""
     console = console or Console()
@@ -90,8 +103,12 @@ def run_demo(out: str | Path = "runs/demo", seed: int = 0, console: Console | No
 def _both(data, out: Path, seed: int, console: Console) -> list[DemoRun]:
     runs = []
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
     ) as progress:
         torch.manual_seed(seed)
         broken = mlp(data.n_features, data.n_classes, DEPTH, WIDTH, nn.Sigmoid)
@@ -103,7 +120,9 @@ def _both(data, out: Path, seed: int, console: Console) -> list[DemoRun]:
 
 
 def _show(runs: list[DemoRun], console: Console, out: Path) -> None:
-    shown = [from_stats(r.stats, r.meta, name=r.name, path=r.path, diagnosis=r.diagnosis) for r in runs]
+    shown = [
+        from_stats(r.stats, r.meta, name=r.name, path=r.path, diagnosis=r.diagnosis) for r in runs
+    ]
     console.print(runs_view(shown))
     console.print()
     for r in runs:

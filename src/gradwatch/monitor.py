@@ -84,9 +84,15 @@ class Watch:
         raise_on = tuple(raise_on)
         unknown = [k for k in raise_on if k not in KINDS]
         if unknown:
-            raise WatchError(f"raise_on names unknown finding kinds {unknown}; choose from {', '.join(KINDS)}.")
+            raise WatchError(
+                f"raise_on names unknown finding kinds {unknown}; choose from {', '.join(KINDS)}."
+            )
         cadences, settled = {}, {}
-        for name, value in (("activations", activations), ("backflow", backflow), ("through_time", through_time)):
+        for name, value in (
+            ("activations", activations),
+            ("backflow", backflow),
+            ("through_time", through_time),
+        ):
             if value == "auto":
                 cadences[name], settled[name] = AUTO_CADENCE
                 continue
@@ -95,7 +101,9 @@ class Watch:
             if value is False or value is None:
                 value = 0
             if not isinstance(value, int) or value < 0:
-                raise WatchError(f"{name} must be \"auto\", True, False or a positive integer (record one step in N), got {value!r}.")
+                raise WatchError(
+                    f'{name} must be "auto", True, False or a positive integer (record one step in N), got {value!r}.'
+                )
             cadences[name] = settled[name] = value
         self.model = unwrap(model)
         if _is_compiled(model) and any(cadences.values()):
@@ -117,9 +125,16 @@ class Watch:
         self._init = init_stats(self.model, self._player)
         self._table = StepTable(flush_every, model_device(self.model))
         self._params_probe = ParamProbe(self._player)
-        stepped = {id(p) for g in optimizer.param_groups for p in g["params"]} if optimizer is not None else None
+        stepped = (
+            {id(p) for g in optimizer.param_groups for p in g["params"]}
+            if optimizer is not None
+            else None
+        )
         self._update_probe = UpdateProbe(self._player, update_memory, stepped)
-        self._probes: list[Probe] = [self._params_probe, self._update_probe]  # this order: see ParamProbe.record
+        self._probes: list[Probe] = [
+            self._params_probe,
+            self._update_probe,
+        ]  # this order: see ParamProbe.record
         self._update_probe.settled = SETTLED_UPDATE_CADENCE
         forward: dict[str, Probe] = {}
         if cadences["backflow"]:
@@ -129,7 +144,9 @@ class Watch:
                     watched.setdefault(name or "(root)", m)
             forward["backflow"] = BackflowProbe(watched, cadences["backflow"])
         if cadences["activations"]:
-            forward["activations"] = ActivationProbe(self.model, cadences["activations"], histograms)
+            forward["activations"] = ActivationProbe(
+                self.model, cadences["activations"], histograms
+            )
         if cadences["through_time"]:
             forward["through_time"] = ThroughTimeProbe(self.model, cadences["through_time"])
         for name, probe in forward.items():
@@ -187,7 +204,9 @@ class Watch:
             self._handles.append(optimizer.register_step_pre_hook(self._on_pre_step))
             self._handles.append(optimizer.register_step_post_hook(self._on_post_step))
         if scaler is not None:
-            self._handles.append(ScalerHandle(scaler, optimizer, lambda: self._steps_taken, self._on_skipped))
+            self._handles.append(
+                ScalerHandle(scaler, optimizer, lambda: self._steps_taken, self._on_skipped)
+            )
         self._write_meta()
         self._arm()
 
@@ -246,7 +265,9 @@ class Watch:
 
     def _stop_if_nonfinite(self, slot: int) -> None:
         """The opt-in per-step check: reads one flag from the device (a sync, which the user asked for)."""
-        self._params_probe.settle(slot + 1)  # its side log into the table (earlier slots are in already)
+        self._params_probe.settle(
+            slot + 1
+        )  # its side log into the table (earlier slots are in already)
         counts = self._table.data[slot, self._table.column("nonfinite")]
         grads = self._table.data[slot, self._table.column("grad_sq")]
         bad = (counts > 0) | ~torch.isfinite(grads)
@@ -357,9 +378,13 @@ class Watch:
             self._losses.append(float(loss))
             return
         if loss.numel() != 1:
-            raise WatchError(f"log_loss takes the scalar loss of the step; got a tensor of shape {tuple(loss.shape)}: reduce it first (e.g. loss.mean()).")
+            raise WatchError(
+                f"log_loss takes the scalar loss of the step; got a tensor of shape {tuple(loss.shape)}: reduce it first (e.g. loss.mean())."
+            )
         # A copy (the caller may change its tensor in place), still on the device: no sync.
-        self._losses.append(loss.detach().reshape(()).to(self._table.device, self._table.dtype, copy=True))
+        self._losses.append(
+            loss.detach().reshape(()).to(self._table.device, self._table.dtype, copy=True)
+        )
 
     # ----------------------------------------------------------------- results
 
@@ -435,7 +460,11 @@ class Watch:
             if self._on_finding is not None:
                 self._on_finding(finding)
             # "nonfinite" is checked at every step, before the update, by _stop_if_nonfinite.
-            if finding.kind in self._raise_on and finding.kind != "nonfinite" and finding.severity in ("warning", "error"):
+            if (
+                finding.kind in self._raise_on
+                and finding.kind != "nonfinite"
+                and finding.severity in ("warning", "error")
+            ):
                 raise TrainingStoppedError(
                     f"gradwatch stopped training at step {self._step} on {finding.kind} ({finding.summary}) "
                     f"because raise_on includes it; see w.diagnose() for remedies."
@@ -458,7 +487,9 @@ class Watch:
         from .report._data import from_watch
         from .report.html import write
 
-        return write([from_watch(self, name or (self.log_dir.name if self.log_dir else "run"))], path)
+        return write(
+            [from_watch(self, name or (self.log_dir.name if self.log_dir else "run"))], path
+        )
 
     def _repr_html_(self) -> str:
         from .report.notebook import watch_html
@@ -475,7 +506,11 @@ class Watch:
         frames = self._frames[max(first, 0) :]
         if not frames:
             return empty_stats()
-        return frames[0].copy() if len(frames) == 1 else normalize(pd.concat(frames, ignore_index=True))
+        return (
+            frames[0].copy()
+            if len(frames) == 1
+            else normalize(pd.concat(frames, ignore_index=True))
+        )
 
     def stats(self) -> pd.DataFrame:
         """Every recorded number so far, long format: step, layer, metric, value, index."""
@@ -567,7 +602,10 @@ class Watch:
             "started": self._started,
             "finished": None,
             "settings": self._settings,
-            "model": {**model_summary(self.model, self._player, order, self._init), "param_bytes": param_bytes(self.model)},
+            "model": {
+                **model_summary(self.model, self._player, order, self._init),
+                "param_bytes": param_bytes(self.model),
+            },
             "optimizer": optimizer_summary(self.optimizer),
             "probes": probes,
             "layer_order": order,
@@ -663,5 +701,3 @@ def watch(
         scaler=scaler,
         dist_timeout=dist_timeout,
     )
-
-

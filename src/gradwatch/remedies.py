@@ -45,19 +45,59 @@ from ._remedies_recurrent import (
 
 __all__ = [
     "RemedyError",
-    "xavier_init", "he_init", "lecun_init", "orthogonal_init", "delta_orthogonal_init",
-    "lsuv_init", "fixup_init", "zero_init_last", "lstm_forget_bias",
-    "recurrent_orthogonal_init", "swap_recurrent", "residual_branches", "zero_init_residual", "fixup_residual",
-    "swap_activation", "insert_norm",
-    "clip_by_norm", "clip_by_value", "adaptive_clip", "unitwise_norm",
-    "RemedySpec", "REMEDIES", "applicable", "apply",
+    "xavier_init",
+    "he_init",
+    "lecun_init",
+    "orthogonal_init",
+    "delta_orthogonal_init",
+    "lsuv_init",
+    "fixup_init",
+    "zero_init_last",
+    "lstm_forget_bias",
+    "recurrent_orthogonal_init",
+    "swap_recurrent",
+    "residual_branches",
+    "zero_init_residual",
+    "fixup_residual",
+    "swap_activation",
+    "insert_norm",
+    "clip_by_norm",
+    "clip_by_value",
+    "adaptive_clip",
+    "unitwise_norm",
+    "RemedySpec",
+    "REMEDIES",
+    "applicable",
+    "apply",
 ]
 
-RECTIFIERS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish)
+RECTIFIERS = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.RReLU,
+    nn.ELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+)
 SATURATING = (nn.Sigmoid, nn.Tanh, nn.Hardsigmoid, nn.Softsign)
 TANH_LIKE = (nn.Tanh, nn.Softsign)
-ACTIVATIONS = RECTIFIERS + SATURATING + (nn.SELU, nn.Hardtanh, nn.Softplus, nn.LogSigmoid, nn.Tanhshrink, nn.Threshold, nn.GLU)
-NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm, nn.LocalResponseNorm)
+ACTIVATIONS = (
+    RECTIFIERS
+    + SATURATING
+    + (nn.SELU, nn.Hardtanh, nn.Softplus, nn.LogSigmoid, nn.Tanhshrink, nn.Threshold, nn.GLU)
+)
+NORMS = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.LocalResponseNorm,
+)
 
 
 # ---------------------------------------------------------------- activation swap
@@ -78,7 +118,9 @@ def _swap(model: nn.Module, old, new, skip: Collection[int] = ()) -> tuple[nn.Mo
         if id(mod) not in made:
             fresh = new()
             if not isinstance(fresh, nn.Module):
-                raise RemedyError(f"new must be an nn.Module class or a factory returning one, and it returned {type(fresh).__name__}.")
+                raise RemedyError(
+                    f"new must be an nn.Module class or a factory returning one, and it returned {type(fresh).__name__}."
+                )
             ref = next((p for p in model.parameters() if p.is_floating_point()), None)
             if ref is not None:
                 fresh.to(device=ref.device, dtype=ref.dtype)
@@ -110,7 +152,9 @@ def swap_activation(
     result, count = _swap(model, old, new)
     if count == 0:
         names = old.__name__ if isinstance(old, type) else ", ".join(c.__name__ for c in old)
-        raise RemedyError(f"swap_activation found no {names} module in the model, so nothing was replaced.")
+        raise RemedyError(
+            f"swap_activation found no {names} module in the model, so nothing was replaced."
+        )
     return result
 
 
@@ -125,12 +169,18 @@ def _norm_after(layer: nn.Module, kind: str) -> nn.Module:
     n = layer.out_channels
     if kind == "layer":
         return nn.GroupNorm(1, n, **dev)  # LayerNorm over (C, *spatial) per sample
-    return {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[len(layer.kernel_size)](n, **dev)
+    return {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[len(layer.kernel_size)](
+        n, **dev
+    )
 
 
 def _insertion_points(seq: nn.Sequential) -> list[int]:
     mods = list(seq._modules.values())
-    return [i for i in range(len(mods) - 1) if isinstance(mods[i], WEIGHT_LAYERS) and isinstance(mods[i + 1], ACTIVATIONS)]
+    return [
+        i
+        for i in range(len(mods) - 1)
+        if isinstance(mods[i], WEIGHT_LAYERS) and isinstance(mods[i + 1], ACTIVATIONS)
+    ]
 
 
 def _with_norms(seq: nn.Sequential, kind: str) -> tuple[nn.Sequential, int]:
@@ -172,7 +222,9 @@ def insert_norm(model: nn.Sequential, kind: str = "batch") -> nn.Sequential:
         raise RemedyError(f"kind must be 'batch' or 'layer', not {kind!r}.")
     result, count = _with_norms(model, kind)
     if count == 0:
-        raise RemedyError("insert_norm found no Linear or Conv layer directly followed by an activation module.")
+        raise RemedyError(
+            "insert_norm found no Linear or Conv layer directly followed by an activation module."
+        )
     return result
 
 
@@ -223,13 +275,17 @@ def _swap_hidden_to_relu(model: nn.Module) -> nn.Module:
     skip = {id(m) for m in model.modules() if id(m) not in hidden}
     result, count = _swap(model, SATURATING, nn.ReLU, skip=skip)
     if count == 0:
-        raise RemedyError("swap_activation:relu found no hidden sigmoid/tanh module (one before a weight layer) to replace.")
+        raise RemedyError(
+            "swap_activation:relu found no hidden sigmoid/tanh module (one before a weight layer) to replace."
+        )
     return result
 
 
 def _lsuv(model: nn.Module, inputs: Any, generator: torch.Generator | None) -> nn.Module:
     if inputs is None:
-        raise RemedyError("lsuv_init measures output variances, so apply('lsuv_init', model, inputs) needs inputs.")
+        raise RemedyError(
+            "lsuv_init measures output variances, so apply('lsuv_init', model, inputs) needs inputs."
+        )
     return lsuv_init(model, inputs, generator=generator)
 
 
@@ -247,41 +303,107 @@ def _spec(name: str, summary: str, applies, fn) -> tuple[str, RemedySpec]:
     return name, RemedySpec(name, summary, applies, fn)
 
 
-REMEDIES: dict[str, RemedySpec] = dict([
-    _spec("he_init", "He-normal init (variance 2/fan_in), biases zero: for ReLU-family activation modules",
-          lambda m, x: _has(m, RECTIFIERS) and _has_weights(m), lambda m, x, g: he_init(m, generator=g)),
-    _spec("xavier_init", "Xavier/Glorot-normal init (variance 2/(fan_in+fan_out)), biases zero: for sigmoid/tanh modules",
-          lambda m, x: _has(m, SATURATING) and _has_weights(m), lambda m, x, g: xavier_init(m, generator=g)),
-    _spec("lecun_init", "LeCun-normal init (variance 1/fan_in), biases zero: for SELU modules",
-          lambda m, x: _has(m, nn.SELU) and _has_weights(m), lambda m, x, g: lecun_init(m, generator=g)),
-    _spec("orthogonal_init", "orthogonal weights, biases zero: for tanh-like activation modules",
-          lambda m, x: _has(m, TANH_LIKE) and _has_weights(m), lambda m, x, g: orthogonal_init(m, generator=g)),
-    _spec("delta_orthogonal_init", "delta-orthogonal convolutions (orthogonal centre tap): for CNNs whose convs never reduce channels",
-          lambda m, x: _square_convs(m), lambda m, x, g: delta_orthogonal_init(m, generator=g)),
-    _spec("lsuv_init", "LSUV: orthogonal init, then each layer's output variance on the inputs set to 1 (needs inputs)",
-          lambda m, x: x is not None and _has_weights(m), _lsuv),
-    _spec("swap_activation:relu", "replace hidden sigmoid/tanh modules by ReLU (an output sigmoid is kept)",
-          lambda m, x: bool(_hidden_saturating(m)), lambda m, x, g: _swap_hidden_to_relu(m)),
-    _spec("insert_norm", "BatchNorm after every Linear/Conv followed by an activation, in an nn.Sequential without norm layers",
-          lambda m, x: _sequential_without_norm(m), lambda m, x, g: insert_norm(m, "batch")),
-    _spec("insert_norm:layer", "LayerNorm (GroupNorm(1, C) for convs) after every Linear/Conv followed by an activation, in an nn.Sequential without norm layers",
-          lambda m, x: _sequential_without_norm(m), lambda m, x, g: insert_norm(m, "layer")),
-    _spec("lstm_forget_bias", "LSTM forget-gate bias set to 1",
-          lambda m, x: _lstm_with_bias(m), lambda m, x, g: lstm_forget_bias(m, 1.0)),
-    # Composites: a remedy whose companion is part of it (ReLU without He init still vanishes).
-    _spec("swap_activation:relu+he_init", "hidden sigmoid/tanh modules replaced by ReLU, then He init",
-          lambda m, x: bool(_hidden_saturating(m)), lambda m, x, g: he_init(_swap_hidden_to_relu(m), generator=g)),
-    _spec("recurrent_orthogonal_init", "orthogonal hidden-to-hidden weights (per gate) in nn.RNN/LSTM/GRU",
-          lambda m, x: _has(m, (nn.RNN, nn.LSTM, nn.GRU)), lambda m, x, g: recurrent_orthogonal_init(m, generator=g)),
-    _spec("swap_recurrent:gru", "every vanilla nn.RNN replaced by an nn.GRU of the same sizes",
-          lambda m, x: any(type(c) is nn.RNN for c in m.modules()), lambda m, x, g: swap_recurrent(m, nn.GRU)),
-    _spec("swap_recurrent:lstm", "every vanilla nn.RNN replaced by an nn.LSTM of the same sizes, forget-gate bias 1",
-          lambda m, x: any(type(c) is nn.RNN for c in m.modules()), lambda m, x, g: lstm_forget_bias(swap_recurrent(m, nn.LSTM), 1.0)),
-    _spec("zero_init_residual", "last Linear/Conv of every residual branch zeroed, so each block starts as its shortcut",
-          lambda m, x: bool(residual_branches(m)), lambda m, x, g: zero_init_residual(m)),
-    _spec("fixup_init", "Fixup: He init, residual branches scaled by L^(-1/(2m-2)), their last layer zeroed",
-          lambda m, x: bool(residual_branches(m)), lambda m, x, g: fixup_residual(m, generator=g)),
-])
+REMEDIES: dict[str, RemedySpec] = dict(
+    [
+        _spec(
+            "he_init",
+            "He-normal init (variance 2/fan_in), biases zero: for ReLU-family activation modules",
+            lambda m, x: _has(m, RECTIFIERS) and _has_weights(m),
+            lambda m, x, g: he_init(m, generator=g),
+        ),
+        _spec(
+            "xavier_init",
+            "Xavier/Glorot-normal init (variance 2/(fan_in+fan_out)), biases zero: for sigmoid/tanh modules",
+            lambda m, x: _has(m, SATURATING) and _has_weights(m),
+            lambda m, x, g: xavier_init(m, generator=g),
+        ),
+        _spec(
+            "lecun_init",
+            "LeCun-normal init (variance 1/fan_in), biases zero: for SELU modules",
+            lambda m, x: _has(m, nn.SELU) and _has_weights(m),
+            lambda m, x, g: lecun_init(m, generator=g),
+        ),
+        _spec(
+            "orthogonal_init",
+            "orthogonal weights, biases zero: for tanh-like activation modules",
+            lambda m, x: _has(m, TANH_LIKE) and _has_weights(m),
+            lambda m, x, g: orthogonal_init(m, generator=g),
+        ),
+        _spec(
+            "delta_orthogonal_init",
+            "delta-orthogonal convolutions (orthogonal centre tap): for CNNs whose convs never reduce channels",
+            lambda m, x: _square_convs(m),
+            lambda m, x, g: delta_orthogonal_init(m, generator=g),
+        ),
+        _spec(
+            "lsuv_init",
+            "LSUV: orthogonal init, then each layer's output variance on the inputs set to 1 (needs inputs)",
+            lambda m, x: x is not None and _has_weights(m),
+            _lsuv,
+        ),
+        _spec(
+            "swap_activation:relu",
+            "replace hidden sigmoid/tanh modules by ReLU (an output sigmoid is kept)",
+            lambda m, x: bool(_hidden_saturating(m)),
+            lambda m, x, g: _swap_hidden_to_relu(m),
+        ),
+        _spec(
+            "insert_norm",
+            "BatchNorm after every Linear/Conv followed by an activation, in an nn.Sequential without norm layers",
+            lambda m, x: _sequential_without_norm(m),
+            lambda m, x, g: insert_norm(m, "batch"),
+        ),
+        _spec(
+            "insert_norm:layer",
+            "LayerNorm (GroupNorm(1, C) for convs) after every Linear/Conv followed by an activation, in an nn.Sequential without norm layers",
+            lambda m, x: _sequential_without_norm(m),
+            lambda m, x, g: insert_norm(m, "layer"),
+        ),
+        _spec(
+            "lstm_forget_bias",
+            "LSTM forget-gate bias set to 1",
+            lambda m, x: _lstm_with_bias(m),
+            lambda m, x, g: lstm_forget_bias(m, 1.0),
+        ),
+        # Composites: a remedy whose companion is part of it (ReLU without He init still vanishes).
+        _spec(
+            "swap_activation:relu+he_init",
+            "hidden sigmoid/tanh modules replaced by ReLU, then He init",
+            lambda m, x: bool(_hidden_saturating(m)),
+            lambda m, x, g: he_init(_swap_hidden_to_relu(m), generator=g),
+        ),
+        _spec(
+            "recurrent_orthogonal_init",
+            "orthogonal hidden-to-hidden weights (per gate) in nn.RNN/LSTM/GRU",
+            lambda m, x: _has(m, (nn.RNN, nn.LSTM, nn.GRU)),
+            lambda m, x, g: recurrent_orthogonal_init(m, generator=g),
+        ),
+        _spec(
+            "swap_recurrent:gru",
+            "every vanilla nn.RNN replaced by an nn.GRU of the same sizes",
+            lambda m, x: any(type(c) is nn.RNN for c in m.modules()),
+            lambda m, x, g: swap_recurrent(m, nn.GRU),
+        ),
+        _spec(
+            "swap_recurrent:lstm",
+            "every vanilla nn.RNN replaced by an nn.LSTM of the same sizes, forget-gate bias 1",
+            lambda m, x: any(type(c) is nn.RNN for c in m.modules()),
+            lambda m, x, g: lstm_forget_bias(swap_recurrent(m, nn.LSTM), 1.0),
+        ),
+        _spec(
+            "zero_init_residual",
+            "last Linear/Conv of every residual branch zeroed, so each block starts as its shortcut",
+            lambda m, x: bool(residual_branches(m)),
+            lambda m, x, g: zero_init_residual(m),
+        ),
+        _spec(
+            "fixup_init",
+            "Fixup: He init, residual branches scaled by L^(-1/(2m-2)), their last layer zeroed",
+            lambda m, x: bool(residual_branches(m)),
+            lambda m, x, g: fixup_residual(m, generator=g),
+        ),
+    ]
+)
 """Every remedy `apply` knows, by name. "fixup_init" and "zero_init_residual" find the residual
 branches by the name of their shortcut child (`residual_branches`); for other models call
 `fixup_init(model, blocks)` or `zero_init_last(blocks)` with the branches yourself."""
@@ -296,7 +418,9 @@ def applicable(model: nn.Module, inputs: Any = None) -> list[str]:
     return [name for name, spec in REMEDIES.items() if spec.applies(model, inputs)]
 
 
-def apply(name: str, model: nn.Module, inputs: Any = None, generator: torch.Generator | None = None) -> nn.Module:
+def apply(
+    name: str, model: nn.Module, inputs: Any = None, generator: torch.Generator | None = None
+) -> nn.Module:
     """Apply the remedy `name` to a `copy.deepcopy` of `model` and return the copy; `model` is untouched.
 
     For a "what-if": train or check the copy and compare. `inputs` is needed by "lsuv_init";

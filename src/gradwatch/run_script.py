@@ -47,7 +47,9 @@ def find_scaler(optimizer: torch.optim.Optimizer):
     """The GradScaler stepping `optimizer` right now, if any: at the optimizer's first step inside
     `scaler.step`, that scaler has already unscaled this optimizer's gradients."""
     for obj in gc.get_objects():
-        if issubclass(type(obj), torch.amp.GradScaler) and id(optimizer) in getattr(obj, "_per_optimizer_states", {}):
+        if issubclass(type(obj), torch.amp.GradScaler) and id(optimizer) in getattr(
+            obj, "_per_optimizer_states", {}
+        ):
             return obj
     return None
 
@@ -69,14 +71,24 @@ class ScriptWatcher:
         if self.watch is not None:
             if optimizer is not self.watch.optimizer and id(optimizer) not in self._others:
                 self._others.add(id(optimizer))
-                warnings.warn(f"gradwatch run watches the first optimizer only; {type(optimizer).__name__} #{len(self._others) + 1} is not watched.", stacklevel=2)
+                warnings.warn(
+                    f"gradwatch run watches the first optimizer only; {type(optimizer).__name__} #{len(self._others) + 1} is not watched.",
+                    stacklevel=2,
+                )
             return
         model = find_model(optimizer)
         if model is None:
             return
         # Created inside this step's hook chain: the Watch's own pre-hook, registered now, still
         # runs for this step (PyTorch reads the optimizer's hooks after the global ones).
-        self.watch = gw.watch(model, optimizer, every=self.every, log_dir=self.log_dir, scaler=find_scaler(optimizer), **self.watch_kwargs)
+        self.watch = gw.watch(
+            model,
+            optimizer,
+            every=self.every,
+            log_dir=self.log_dir,
+            scaler=find_scaler(optimizer),
+            **self.watch_kwargs,
+        )
 
     def close(self):
         self._handle.remove()
@@ -90,7 +102,13 @@ def default_log_dir(script: Path) -> Path:
     return Path("runs") / f"{script.stem}-{stamp}"
 
 
-def run_script(script: str | os.PathLike, args: list[str], log_dir: str | os.PathLike | None = None, every: int = 1, console=None) -> int | str | None:
+def run_script(
+    script: str | os.PathLike,
+    args: list[str],
+    log_dir: str | os.PathLike | None = None,
+    every: int = 1,
+    console=None,
+) -> int | str | None:
     """Run `script` with `args` as `__main__` under watching; return its exit code (SystemExit's
     code as it was, 1 after an uncaught exception, whose traceback is printed as the script's)."""
     path = Path(script).resolve()
@@ -122,7 +140,9 @@ def _print_script_traceback(exc: BaseException, path: Path) -> None:
     tb = exc.__traceback__
     while tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve() != path:
         tb = tb.tb_next
-    traceback.print_exception(type(exc), exc, tb if tb is not None else exc.__traceback__, file=sys.stderr)
+    traceback.print_exception(
+        type(exc), exc, tb if tb is not None else exc.__traceback__, file=sys.stderr
+    )
 
 
 def _report(watch, console) -> None:
@@ -134,6 +154,11 @@ def _report(watch, console) -> None:
     if watch is None:
         console.print("gradwatch: the script took no optimizer step; nothing was recorded.")
         return
-    console.print(diagnosis_view(watch.diagnose(), title=f"gradwatch: {type(watch.model).__name__}, {watch._step} optimizer steps"))
+    console.print(
+        diagnosis_view(
+            watch.diagnose(),
+            title=f"gradwatch: {type(watch.model).__name__}, {watch._step} optimizer steps",
+        )
+    )
     if watch.log_dir is not None:
         console.print(f"gradwatch: run directory {watch.log_dir}")

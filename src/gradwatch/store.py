@@ -62,12 +62,16 @@ def long_table(blocks: list, steps: np.ndarray) -> pa.Table:
         where = np.nonzero(present[0][: len(steps), : len(rows)] if present else ~(values < 0))
         if len(where[0]) == 0:
             continue
-        codes = np.fromiter((names.setdefault(r, len(names)) for r in rows), dtype=np.int32, count=len(rows))
+        codes = np.fromiter(
+            (names.setdefault(r, len(names)) for r in rows), dtype=np.int32, count=len(rows)
+        )
         parts["step"].append(steps[where[0]])
         parts["layer"].append(codes[where[1]])
         parts["metric"].append(np.full(len(where[0]), len(metrics), dtype=np.int32))
         parts["value"].append(values[where].astype(np.float64))
-        parts["index"].append(where[2].astype(np.int64) if values.ndim == 3 else np.full(len(where[0]), -1, np.int64))
+        parts["index"].append(
+            where[2].astype(np.int64) if values.ndim == 3 else np.full(len(where[0]), -1, np.int64)
+        )
         metrics.append(metric)
     if not metrics:
         return _SCHEMA.empty_table()
@@ -96,7 +100,11 @@ _DTYPES = {"step": "int64", "layer": "str", "metric": "str", "value": "float64",
 def normalize(df: pd.DataFrame) -> pd.DataFrame:
     """The one dtype layout of a stats table, whether it came from memory or from disk."""
     if list(df.columns) == list(COLUMNS) and all(str(df[c].dtype) == t for c, t in _DTYPES.items()):
-        return df.reset_index(drop=True) if not isinstance(df.index, pd.RangeIndex) or df.index.start != 0 else df
+        return (
+            df.reset_index(drop=True)
+            if not isinstance(df.index, pd.RangeIndex) or df.index.start != 0
+            else df
+        )
     return pd.DataFrame(
         {
             "step": df["step"].to_numpy(dtype="int64"),
@@ -165,7 +173,11 @@ class RunWriter:
         self._next += 1
 
     def _write_part(self, rows: pa.Table | pd.DataFrame, lo: int, hi: int) -> None:
-        table = rows if isinstance(rows, pa.Table) else pa.Table.from_pandas(rows, schema=_SCHEMA, preserve_index=False)
+        table = (
+            rows
+            if isinstance(rows, pa.Table)
+            else pa.Table.from_pandas(rows, schema=_SCHEMA, preserve_index=False)
+        )
         final = self._stats / f"part-{lo:08d}-{hi:08d}.parquet"
         tmp = self._stats / f".{final.name}.tmp"
         pq.write_table(table, tmp)
@@ -227,7 +239,9 @@ def load(path: str | os.PathLike) -> Run:
             f"No gradwatch run at '{root}': the path does not exist; pass the log_dir given to gw.watch()."
         )
     if not root.is_dir():
-        raise RunNotFoundError(f"'{root}' is a file, not a run directory; pass the log_dir given to gw.watch().")
+        raise RunNotFoundError(
+            f"'{root}' is a file, not a run directory; pass the log_dir given to gw.watch()."
+        )
     stats_dir = root / STATS_DIR
     if not (root / META).exists() and not stats_dir.exists():
         raise RunNotFoundError(
@@ -241,7 +255,9 @@ def load(path: str | os.PathLike) -> Run:
             try:
                 frames.append(pd.read_parquet(part))
             except Exception as exc:  # noqa: BLE001 - a damaged part must not hide the others
-                warnings.warn(f"Skipped unreadable part {part.name} of run '{root}': {exc}", stacklevel=2)
+                warnings.warn(
+                    f"Skipped unreadable part {part.name} of run '{root}': {exc}", stacklevel=2
+                )
     elif stats_dir.exists():
         try:
             frames.append(pd.read_parquet(stats_dir))

@@ -34,7 +34,9 @@ from ._jacobian import JacobianError, JacobianSpectrum, jacobian_spectrum  # noq
 from .errors import GradwatchError
 
 ACTIVATIONS: tuple[str, ...] = _am.NAMES
-PHASE_TOL = 1e-3  # |χ₁ - 1| within this is "critical": ξ_∇ > 1000 layers, deeper than nets are built
+PHASE_TOL = (
+    1e-3  # |χ₁ - 1| within this is "critical": ξ_∇ > 1000 layers, deeper than nets are built
+)
 _UNIT_TOL = 1e-9  # |log χ| below this is exactly marginal: depth scale reported as inf
 _SIGMA_W2_RANGE = (1e-2, 1e3)  # where critical_sigma_w2 looks for χ₁ = 1
 
@@ -75,14 +77,18 @@ class MeanField:
         """JSON-ready: inf and nan become None, activation parameters a dict."""
         d = asdict(self)
         d["params"] = dict(self.params)
-        return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in d.items()}
+        return {
+            k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in d.items()
+        }
 
 
 def _check(sigma_w2: float, sigma_b2: float) -> None:
     if not (sigma_w2 > 0 and math.isfinite(sigma_w2)):
         raise TheoryError(f"sigma_w2 must be a positive finite weight variance, got {sigma_w2!r}.")
     if not (sigma_b2 >= 0 and math.isfinite(sigma_b2)):
-        raise TheoryError(f"sigma_b2 must be a non-negative finite bias variance, got {sigma_b2!r}.")
+        raise TheoryError(
+            f"sigma_b2 must be a non-negative finite bias variance, got {sigma_b2!r}."
+        )
 
 
 def _resolve(activation: str, params: dict) -> _am.Activation:
@@ -92,21 +98,30 @@ def _resolve(activation: str, params: dict) -> _am.Activation:
         raise TheoryError(str(e)) from None
 
 
-def variance_map(activation: str, q: float | np.ndarray, sigma_w2: float, sigma_b2: float,
-                 **params: float) -> float | np.ndarray:
+def variance_map(
+    activation: str, q: float | np.ndarray, sigma_w2: float, sigma_b2: float, **params: float
+) -> float | np.ndarray:
     """One layer of the variance map: σ_w² E_z[φ(√q z)²] + σ_b² (second moment in, second moment out)."""
     act = _resolve(activation, params)
     return _out(sigma_w2 * _am.phi_sq(act, q) + sigma_b2)
 
 
-def chi1(activation: str, q: float | np.ndarray, sigma_w2: float, **params: float) -> float | np.ndarray:
+def chi1(
+    activation: str, q: float | np.ndarray, sigma_w2: float, **params: float
+) -> float | np.ndarray:
     """σ_w² E_z[φ'(√q z)²]: per-layer factor of gradient variance at pre-activation second moment q."""
     act = _resolve(activation, params)
     return _out(sigma_w2 * _am.dphi_sq(act, q))
 
 
-def correlation_map(activation: str, c: float | np.ndarray, q: float, sigma_w2: float,
-                    sigma_b2: float, **params: float) -> float | np.ndarray:
+def correlation_map(
+    activation: str,
+    c: float | np.ndarray,
+    q: float,
+    sigma_w2: float,
+    sigma_b2: float,
+    **params: float,
+) -> float | np.ndarray:
     """One layer of the correlation map for two inputs of equal second moment q and correlation c.
 
     c' = (σ_w² E[φ(u1)φ(u2)] + σ_b²) / q' with q' the variance map of q; at q = q* this is the map
@@ -121,8 +136,9 @@ def _out(x: np.ndarray) -> float | np.ndarray:
     return float(x) if np.ndim(x) == 0 else x
 
 
-def _root(f: Callable[[float], float], a: float, b: float, fa: float, fb: float,
-          rtol: float = 1e-13) -> float:
+def _root(
+    f: Callable[[float], float], a: float, b: float, fa: float, fb: float, rtol: float = 1e-13
+) -> float:
     """A root of f in [a, b] where fa, fb differ in sign: Illinois regula falsi (superlinear)."""
     side = 0
     for _ in range(200):
@@ -211,7 +227,9 @@ def _phase(chi: float) -> str:
     return "ordered" if chi < 1 - PHASE_TOL else "chaotic" if chi > 1 + PHASE_TOL else "critical"
 
 
-def mean_field(activation: str, sigma_w2: float, sigma_b2: float = 0.0, **params: float) -> MeanField:
+def mean_field(
+    activation: str, sigma_w2: float, sigma_b2: float = 0.0, **params: float
+) -> MeanField:
     """Mean-field prediction for a deep fully connected net with weight variance σ_w²/fan_in.
 
     sigma_w2: weight variance times fan-in (1 = LeCun, 2 = He); sigma_b2: bias variance.
@@ -236,9 +254,18 @@ def mean_field(activation: str, sigma_w2: float, sigma_b2: float = 0.0, **params
         xc = sigma_w2 * float(_am.dphi_cross(act, c, q)) if c < 1 else x1
     xi_c, xi_grad = _depth_scale(xc), _depth_scale(x1)
     return MeanField(
-        activation=act.name, sigma_w2=float(sigma_w2), sigma_b2=float(sigma_b2), q_star=float(q),
-        chi1=float(x1), c_star=float(c), chi_c=float(xc), xi_c=xi_c, xi_grad=xi_grad, phase=_phase(x1),
-        trainable_depth=6 * (xi_grad if math.isinf(q) else xi_c), params=act.params,
+        activation=act.name,
+        sigma_w2=float(sigma_w2),
+        sigma_b2=float(sigma_b2),
+        q_star=float(q),
+        chi1=float(x1),
+        c_star=float(c),
+        chi_c=float(xc),
+        xi_c=xi_c,
+        xi_grad=xi_grad,
+        phase=_phase(x1),
+        trainable_depth=6 * (xi_grad if math.isinf(q) else xi_c),
+        params=act.params,
     )
 
 
@@ -269,8 +296,9 @@ def critical_sigma_w2(activation: str, sigma_b2: float = 0.0, **params: float) -
     )
 
 
-def gradient_ratio_per_layer(activation: str, sigma_w2: float, sigma_b2: float = 0.0,
-                             **params: float) -> float:
+def gradient_ratio_per_layer(
+    activation: str, sigma_w2: float, sigma_b2: float = 0.0, **params: float
+) -> float:
     """Predicted E[(∂L/∂h^l)²] / E[(∂L/∂h^{l+1})²] deep in the net: χ₁ at q* (variance, not norm).
 
     A value below 1 is the factor by which gradient variance shrinks per layer towards the input.
@@ -278,8 +306,14 @@ def gradient_ratio_per_layer(activation: str, sigma_w2: float, sigma_b2: float =
     return mean_field(activation, sigma_w2, sigma_b2, **params).chi1
 
 
-def predict_backflow(activation: str, sigma_w2: float, sigma_b2: float, depth: int,
-                     q0: float | None = None, **params: float) -> np.ndarray:
+def predict_backflow(
+    activation: str,
+    sigma_w2: float,
+    sigma_b2: float,
+    depth: int,
+    q0: float | None = None,
+    **params: float,
+) -> np.ndarray:
     """Predicted back-propagated gradient *norm* per layer, relative to the last layer (= 1).
 
     Entry l (0 = first layer) is the expected ‖∂L/∂h^l‖ / ‖∂L/∂h^{L-1}‖ for pre-activations h^l

@@ -392,19 +392,31 @@ class Encoder(nn.Module):
     """Token and position embeddings, `n_layer` nn.TransformerEncoderLayer, a per-token head."""
 
     def __init__(
-        self, vocab: int, seq_len: int, n_classes: int, d: int, heads: int, n_layer: int,
+        self,
+        vocab: int,
+        seq_len: int,
+        n_classes: int,
+        d: int,
+        heads: int,
+        n_layer: int,
         norm_first: bool,
     ):
         super().__init__()
         self.embed = nn.Embedding(vocab, d)
         self.pos = nn.Embedding(seq_len, d)
-        self.layers = nn.Sequential(*(
-            nn.TransformerEncoderLayer(
-                d, heads, dim_feedforward=4 * d, dropout=0.0, batch_first=True,
-                norm_first=norm_first,
+        self.layers = nn.Sequential(
+            *(
+                nn.TransformerEncoderLayer(
+                    d,
+                    heads,
+                    dim_feedforward=4 * d,
+                    dropout=0.0,
+                    batch_first=True,
+                    norm_first=norm_first,
+                )
+                for _ in range(n_layer)
             )
-            for _ in range(n_layer)
-        ))
+        )
         self.norm = nn.LayerNorm(d) if norm_first else nn.Identity()
         self.head = nn.Linear(d, n_classes)
 
@@ -454,15 +466,30 @@ def _adam(lr: float) -> Callable:
 
 
 _ACTS: dict[str, Callable[[], nn.Module]] = {
-    "relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "selu": nn.SELU, "gelu": nn.GELU,
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "selu": nn.SELU,
+    "gelu": nn.GELU,
 }
 _NORMS: dict[str, Callable[[int], nn.Module]] = {"bn": nn.BatchNorm1d, "ln": nn.LayerNorm}
 
 
 def digits_mlp(
-    seed: int, *, depth: int, act: str, init: str | None, gain: float = 1.0, bias: float = 0.0,
-    width: int = 128, norm: str | None = None, optimizer: Callable | None = None,
-    steps: int = 300, scale: float | None = 1.0, batch_size: int = 128, tiny_first: int = 0,
+    seed: int,
+    *,
+    depth: int,
+    act: str,
+    init: str | None,
+    gain: float = 1.0,
+    bias: float = 0.0,
+    width: int = 128,
+    norm: str | None = None,
+    optimizer: Callable | None = None,
+    steps: int = 300,
+    scale: float | None = 1.0,
+    batch_size: int = 128,
+    tiny_first: int = 0,
     tiny_last: int = 0,
 ) -> Setup:
     """An MLP classifying the 64-pixel digits into 10 classes with cross-entropy; the first
@@ -504,8 +531,16 @@ def digits_binary_mlp(seed: int, *, loss: Callable, lr: float, steps: int = 200)
 
 
 def digits_cnn(
-    seed: int, *, depth: int, act: str, bn: bool, init: str | None = None, gain: float = 1.0,
-    channels: int = 16, optimizer: Callable | None = None, steps: int = 200,
+    seed: int,
+    *,
+    depth: int,
+    act: str,
+    bn: bool,
+    init: str | None = None,
+    gain: float = 1.0,
+    channels: int = 16,
+    optimizer: Callable | None = None,
+    steps: int = 200,
 ) -> Setup:
     torch.manual_seed(seed)
     model = plain_cnn(depth, channels, _ACTS[act], bn)
@@ -524,7 +559,12 @@ def digits_cnn(
 
 
 def digits_resnet(
-    seed: int, *, blocks: int, norm: str, width: int = 16, optimizer: Callable | None = None,
+    seed: int,
+    *,
+    blocks: int,
+    norm: str,
+    width: int = 16,
+    optimizer: Callable | None = None,
     steps: int = 150,
 ) -> Setup:
     torch.manual_seed(seed)
@@ -546,8 +586,17 @@ def _warmup(steps: int) -> Callable[[int], float]:
 
 
 def histogram_transformer(
-    seed: int, *, n_layer: int, norm_first: bool, lr: float, warmup: int | None = None,
-    d: int = 32, steps: int = 300, length: int = 12, vocab: int = 6, batch_size: int = 64,
+    seed: int,
+    *,
+    n_layer: int,
+    norm_first: bool,
+    lr: float,
+    warmup: int | None = None,
+    d: int = 32,
+    steps: int = 300,
+    length: int = 12,
+    vocab: int = 6,
+    batch_size: int = 64,
 ) -> Setup:
     torch.manual_seed(seed)
     model = Encoder(vocab, length, length, d, 4, n_layer, norm_first)
@@ -564,9 +613,19 @@ def histogram_transformer(
 
 
 def adding_rnn(
-    seed: int, *, kind: str, length: int, lr: float, recurrent: str | None = None,
-    gain: float = 1.0, nonlinearity: str = "tanh", clip: float | None = None,
-    optimizer: str = "adam", steps: int = 400, hidden: int = 64, forget_bias: float | None = None,
+    seed: int,
+    *,
+    kind: str,
+    length: int,
+    lr: float,
+    recurrent: str | None = None,
+    gain: float = 1.0,
+    nonlinearity: str = "tanh",
+    clip: float | None = None,
+    optimizer: str = "adam",
+    steps: int = 400,
+    hidden: int = 64,
+    forget_bias: float | None = None,
 ) -> Setup:
     """A recurrent net on the adding problem; `recurrent` re-initialises W_hh ("orthogonal",
     "identity") times `gain`; `forget_bias` sets an LSTM's forget-gate bias (Gers et al. 2000)."""
@@ -611,7 +670,10 @@ def mixture_gan(seed: int, *, saturating: bool, steps: int = 500) -> Setup:
         nn.Linear(8, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 2)
     )
     discriminator = nn.Sequential(
-        nn.Linear(2, 128), nn.LeakyReLU(0.2), nn.Linear(128, 128), nn.LeakyReLU(0.2),
+        nn.Linear(2, 128),
+        nn.LeakyReLU(0.2),
+        nn.Linear(128, 128),
+        nn.LeakyReLU(0.2),
         nn.Linear(128, 1),
     )
     model = GAN(generator, discriminator)
@@ -675,187 +737,545 @@ def mixture_gan(seed: int, *, saturating: bool, steps: int = 500) -> Setup:
 
 
 def _case(name, family, kinds, description, build, fix=None, **settings) -> Case:
-    return Case(name, family, frozenset(kinds), description,
-                functools.partial(build, **settings), fix)
+    return Case(
+        name, family, frozenset(kinds), description, functools.partial(build, **settings), fix
+    )
 
 
 VG, EG, NF, SA, DU, SL, UU, VT, ET, LP = KINDS
 
 CASES: list[Case] = [
     # --- MLPs on digits ---------------------------------------------------------------------
-    _case("mlp-sigmoid-10-standard-init", "mlp", {VG},
-          "Glorot & Bengio 2010: 10-layer sigmoid MLP, standard init U[±1/√n] (PyTorch's default); "
-          "σ' ≤ 1/4 shrinks the back-propagated signal at every layer",
-          digits_mlp, fix="mlp-sigmoid-10-batchnorm", depth=10, act="sigmoid", init=None),
-    _case("mlp-sigmoid-10-batchnorm", "mlp", set(),
-          "Ioffe & Szegedy 2015: the same 10-layer sigmoid MLP with BatchNorm before each sigmoid",
-          digits_mlp, depth=10, act="sigmoid", init=None, norm="bn"),
-    _case("mlp-tanh-20-default-init", "mlp", {VG},
-          "Poole et al. 2016: 20-layer tanh MLP with PyTorch's default init (σ_w² = 1/3, ordered "
-          "phase, χ₁ ≈ 1/3 per layer)",
-          digits_mlp, fix="mlp-tanh-20-xavier", depth=20, act="tanh", init=None),
-    _case("mlp-tanh-20-xavier", "mlp", set(),
-          "Glorot & Bengio 2010: 20-layer tanh MLP with normalised (Xavier) init",
-          digits_mlp, depth=20, act="tanh", init="xavier"),
-    _case("mlp-relu-20-default-init", "mlp", {VG},
-          "He et al. 2015: 20-layer ReLU MLP with PyTorch's default init (variance 1/(3·fan_in)): "
-          "the signal shrinks ×1/6 in variance per layer",
-          digits_mlp, fix="mlp-relu-20-he", depth=20, act="relu", init=None, optimizer=_sgd(0.01)),
-    _case("mlp-relu-20-he", "mlp", set(),
-          "He et al. 2015: 20-layer ReLU MLP with He init (std √(2/fan_in))",
-          digits_mlp, depth=20, act="relu", init="he", optimizer=_sgd(0.01)),
-    _case("mlp-relu-30-xavier", "mlp", {VG},
-          "He et al. 2015: 30-layer ReLU MLP with Xavier init; variance halves per layer both ways, "
-          "so weight gradients look level while the back-propagated signal vanishes",
-          digits_mlp, fix="mlp-relu-30-he", depth=30, width=64, act="relu", init="xavier",
-          optimizer=_sgd(0.01)),
-    _case("mlp-relu-30-he", "mlp", set(),
-          "He et al. 2015: 30-layer ReLU MLP with He init",
-          digits_mlp, depth=30, width=64, act="relu", init="he", optimizer=_sgd(0.01)),
-    _case("mlp-relu-10-large-init", "mlp", {EG},
-          "10-layer ReLU MLP with 2× He std: activations and back-propagated gradients grow ×2 per "
-          "layer together, so the first/last weight-gradient ratio stays near 1 while both are huge",
-          digits_mlp, fix="mlp-relu-10-he", depth=10, act="relu", init="he", gain=2.0),
-    _case("mlp-relu-10-he", "mlp", set(),
-          "He et al. 2015: 10-layer ReLU MLP with He init, SGD lr 0.05",
-          digits_mlp, depth=10, act="relu", init="he"),
-    _case("mlp-relu-10-sgd-lr-too-high", "mlp", {EG, UU},
-          "10-layer He-init ReLU MLP with SGD lr 1.0 (20× too high): each step overshoots, "
-          "gradients and the loss blow up",
-          digits_mlp, fix="mlp-relu-10-he", depth=10, act="relu", init="he", optimizer=_sgd(1.0)),
-    _case("mlp-relu-10-fp32-overflow", "mlp", {NF, EG},
-          "10-layer He-init ReLU MLP with SGD lr 10: weights and logits grow until fp32 overflows "
-          "to inf and the loss becomes NaN",
-          digits_mlp, fix="mlp-relu-10-he", depth=10, act="relu", init="he",
-          optimizer=_sgd(10.0, momentum=0.0)),
-    _case("mlp-naive-bce", "mlp", {NF},
-          "Binary cross-entropy written as -log σ(z): σ rounds to exactly 0 or 1 in fp32 once |z| "
-          "> 17, log(0) = -inf and the gradient is NaN",
-          digits_binary_mlp, fix="mlp-stable-bce", loss=naive_bce, lr=0.1),
-    _case("mlp-stable-bce", "mlp", set(),
-          "The same MLP with binary_cross_entropy_with_logits (log-sum-exp, never log(0))",
-          digits_binary_mlp, loss=stable_bce, lr=0.1),
-    _case("mlp-relu-10-adam-lr-too-high", "mlp", {UU, DU},
-          "10-layer He-init ReLU MLP with Adam lr 0.05 (50× too high): every step moves the weights "
-          "by a large fraction of their norm and kills most ReLUs",
-          digits_mlp, fix="mlp-relu-10-adam", depth=10, act="relu", init="he",
-          optimizer=_adam(0.05)),
-    _case("mlp-relu-10-adam", "mlp", set(),
-          "10-layer He-init ReLU MLP with Adam lr 1e-3",
-          digits_mlp, depth=10, act="relu", init="he", optimizer=_adam(1e-3)),
-    _case("mlp-relu-10-dying", "mlp", {DU},
-          "Lu et al. 2019 (dying ReLU): 10-layer He-init ReLU MLP with Adam lr 0.02; early large "
-          "steps push units negative for every input and they never come back",
-          digits_mlp, fix="mlp-relu-10-adam", depth=10, act="relu", init="he",
-          optimizer=_adam(0.02)),
-    _case("mlp-relu-10-negative-bias", "mlp", {DU},
-          "10-layer He-init ReLU MLP with biases -3: almost every unit is zero for every input",
-          digits_mlp, fix="mlp-relu-10-he", depth=10, act="relu", init="he", bias=-3.0),
-    _case("mlp-tanh-8-huge-weights", "mlp", {SA},
-          "LeCun et al. 1998: 8-layer tanh MLP with weights std 5/√fan_in; most units sit in "
-          "tanh's flat region",
-          digits_mlp, fix="mlp-tanh-8-xavier", depth=8, act="tanh", init="fan_in", gain=5.0),
-    _case("mlp-tanh-8-xavier", "mlp", set(),
-          "8-layer tanh MLP with Xavier init",
-          digits_mlp, depth=8, act="tanh", init="xavier"),
-    _case("mlp-sigmoid-6-saturating-bias", "mlp", {SA},
-          "6-layer Xavier-init sigmoid MLP with biases +6: every sigmoid outputs ≈1 with "
-          "σ' ≈ 0.0025, the hidden code carries no information and no gradient",
-          digits_mlp, fix="mlp-sigmoid-6-batchnorm", depth=6, act="sigmoid", init="xavier",
-          bias=6.0),
-    _case("mlp-sigmoid-6-batchnorm", "mlp", set(),
-          "The same 6-layer sigmoid MLP (biases +6) with BatchNorm before each sigmoid",
-          digits_mlp, depth=6, act="sigmoid", init="xavier", bias=6.0, norm="bn"),
-    _case("mlp-relu-10-tiny-init-first-layers", "mlp", {SL},
-          "10-layer ReLU MLP, He init except the first 3 layers ×1e-2: their gradients pass "
-          "through the other tiny layers and the early layers look frozen",
-          digits_mlp, fix="mlp-relu-10-he", depth=10, act="relu", init="he", tiny_first=3),
-    _case("mlp-relu-10-tiny-init-last-layers", "mlp", {SL},
-          "10-layer ReLU MLP, He init except the last 3 layers ×1e-2 (an over-cautious small head): "
-          "the signal reaching the early layers is ×1e-6 and they stay frozen while the head moves",
-          digits_mlp, fix="mlp-relu-10-he", depth=10, act="relu", init="he", tiny_last=3),
-    _case("mlp-relu-10-zero-init", "mlp", {LP},
-          "10-layer ReLU MLP with all weights zero: every hidden gradient is exactly zero and the "
-          "net predicts the class prior forever (loss = chance)",
-          digits_mlp, fix="mlp-relu-10-he", depth=10, act="relu", init="he", gain=0.0),
-    _case("mlp-relu-10-lr-too-small", "mlp", {LP},
-          "10-layer He-init ReLU MLP with SGD lr 1e-5: the loss sits at its initial level",
-          digits_mlp, fix="mlp-relu-10-he", depth=10, act="relu", init="he",
-          optimizer=_sgd(1e-5)),
-    _case("mlp-selu-20-lecun", "mlp", set(),
-          "Klambauer et al. 2017: 20-layer SELU MLP with LeCun-normal init self-normalises",
-          digits_mlp, depth=20, act="selu", init="lecun", optimizer=_sgd(0.01)),
-    _case("mlp-gelu-12-layernorm", "mlp", set(),
-          "Ba et al. 2016: 12-layer GELU MLP with LayerNorm before each activation, Adam",
-          digits_mlp, depth=12, act="gelu", init=None, norm="ln", optimizer=_adam(1e-3)),
+    _case(
+        "mlp-sigmoid-10-standard-init",
+        "mlp",
+        {VG},
+        "Glorot & Bengio 2010: 10-layer sigmoid MLP, standard init U[±1/√n] (PyTorch's default); "
+        "σ' ≤ 1/4 shrinks the back-propagated signal at every layer",
+        digits_mlp,
+        fix="mlp-sigmoid-10-batchnorm",
+        depth=10,
+        act="sigmoid",
+        init=None,
+    ),
+    _case(
+        "mlp-sigmoid-10-batchnorm",
+        "mlp",
+        set(),
+        "Ioffe & Szegedy 2015: the same 10-layer sigmoid MLP with BatchNorm before each sigmoid",
+        digits_mlp,
+        depth=10,
+        act="sigmoid",
+        init=None,
+        norm="bn",
+    ),
+    _case(
+        "mlp-tanh-20-default-init",
+        "mlp",
+        {VG},
+        "Poole et al. 2016: 20-layer tanh MLP with PyTorch's default init (σ_w² = 1/3, ordered "
+        "phase, χ₁ ≈ 1/3 per layer)",
+        digits_mlp,
+        fix="mlp-tanh-20-xavier",
+        depth=20,
+        act="tanh",
+        init=None,
+    ),
+    _case(
+        "mlp-tanh-20-xavier",
+        "mlp",
+        set(),
+        "Glorot & Bengio 2010: 20-layer tanh MLP with normalised (Xavier) init",
+        digits_mlp,
+        depth=20,
+        act="tanh",
+        init="xavier",
+    ),
+    _case(
+        "mlp-relu-20-default-init",
+        "mlp",
+        {VG},
+        "He et al. 2015: 20-layer ReLU MLP with PyTorch's default init (variance 1/(3·fan_in)): "
+        "the signal shrinks ×1/6 in variance per layer",
+        digits_mlp,
+        fix="mlp-relu-20-he",
+        depth=20,
+        act="relu",
+        init=None,
+        optimizer=_sgd(0.01),
+    ),
+    _case(
+        "mlp-relu-20-he",
+        "mlp",
+        set(),
+        "He et al. 2015: 20-layer ReLU MLP with He init (std √(2/fan_in))",
+        digits_mlp,
+        depth=20,
+        act="relu",
+        init="he",
+        optimizer=_sgd(0.01),
+    ),
+    _case(
+        "mlp-relu-30-xavier",
+        "mlp",
+        {VG},
+        "He et al. 2015: 30-layer ReLU MLP with Xavier init; variance halves per layer both ways, "
+        "so weight gradients look level while the back-propagated signal vanishes",
+        digits_mlp,
+        fix="mlp-relu-30-he",
+        depth=30,
+        width=64,
+        act="relu",
+        init="xavier",
+        optimizer=_sgd(0.01),
+    ),
+    _case(
+        "mlp-relu-30-he",
+        "mlp",
+        set(),
+        "He et al. 2015: 30-layer ReLU MLP with He init",
+        digits_mlp,
+        depth=30,
+        width=64,
+        act="relu",
+        init="he",
+        optimizer=_sgd(0.01),
+    ),
+    _case(
+        "mlp-relu-10-large-init",
+        "mlp",
+        {EG},
+        "10-layer ReLU MLP with 2× He std: activations and back-propagated gradients grow ×2 per "
+        "layer together, so the first/last weight-gradient ratio stays near 1 while both are huge",
+        digits_mlp,
+        fix="mlp-relu-10-he",
+        depth=10,
+        act="relu",
+        init="he",
+        gain=2.0,
+    ),
+    _case(
+        "mlp-relu-10-he",
+        "mlp",
+        set(),
+        "He et al. 2015: 10-layer ReLU MLP with He init, SGD lr 0.05",
+        digits_mlp,
+        depth=10,
+        act="relu",
+        init="he",
+    ),
+    _case(
+        "mlp-relu-10-sgd-lr-too-high",
+        "mlp",
+        {EG, UU},
+        "10-layer He-init ReLU MLP with SGD lr 1.0 (20× too high): each step overshoots, "
+        "gradients and the loss blow up",
+        digits_mlp,
+        fix="mlp-relu-10-he",
+        depth=10,
+        act="relu",
+        init="he",
+        optimizer=_sgd(1.0),
+    ),
+    _case(
+        "mlp-relu-10-fp32-overflow",
+        "mlp",
+        {NF, EG},
+        "10-layer He-init ReLU MLP with SGD lr 10: weights and logits grow until fp32 overflows "
+        "to inf and the loss becomes NaN",
+        digits_mlp,
+        fix="mlp-relu-10-he",
+        depth=10,
+        act="relu",
+        init="he",
+        optimizer=_sgd(10.0, momentum=0.0),
+    ),
+    _case(
+        "mlp-naive-bce",
+        "mlp",
+        {NF},
+        "Binary cross-entropy written as -log σ(z): σ rounds to exactly 0 or 1 in fp32 once |z| "
+        "> 17, log(0) = -inf and the gradient is NaN",
+        digits_binary_mlp,
+        fix="mlp-stable-bce",
+        loss=naive_bce,
+        lr=0.1,
+    ),
+    _case(
+        "mlp-stable-bce",
+        "mlp",
+        set(),
+        "The same MLP with binary_cross_entropy_with_logits (log-sum-exp, never log(0))",
+        digits_binary_mlp,
+        loss=stable_bce,
+        lr=0.1,
+    ),
+    _case(
+        "mlp-relu-10-adam-lr-too-high",
+        "mlp",
+        {UU, DU},
+        "10-layer He-init ReLU MLP with Adam lr 0.05 (50× too high): every step moves the weights "
+        "by a large fraction of their norm and kills most ReLUs",
+        digits_mlp,
+        fix="mlp-relu-10-adam",
+        depth=10,
+        act="relu",
+        init="he",
+        optimizer=_adam(0.05),
+    ),
+    _case(
+        "mlp-relu-10-adam",
+        "mlp",
+        set(),
+        "10-layer He-init ReLU MLP with Adam lr 1e-3",
+        digits_mlp,
+        depth=10,
+        act="relu",
+        init="he",
+        optimizer=_adam(1e-3),
+    ),
+    _case(
+        "mlp-relu-10-dying",
+        "mlp",
+        {DU},
+        "Lu et al. 2019 (dying ReLU): 10-layer He-init ReLU MLP with Adam lr 0.02; early large "
+        "steps push units negative for every input and they never come back",
+        digits_mlp,
+        fix="mlp-relu-10-adam",
+        depth=10,
+        act="relu",
+        init="he",
+        optimizer=_adam(0.02),
+    ),
+    _case(
+        "mlp-relu-10-negative-bias",
+        "mlp",
+        {DU},
+        "10-layer He-init ReLU MLP with biases -3: almost every unit is zero for every input",
+        digits_mlp,
+        fix="mlp-relu-10-he",
+        depth=10,
+        act="relu",
+        init="he",
+        bias=-3.0,
+    ),
+    _case(
+        "mlp-tanh-8-huge-weights",
+        "mlp",
+        {SA},
+        "LeCun et al. 1998: 8-layer tanh MLP with weights std 5/√fan_in; most units sit in "
+        "tanh's flat region",
+        digits_mlp,
+        fix="mlp-tanh-8-xavier",
+        depth=8,
+        act="tanh",
+        init="fan_in",
+        gain=5.0,
+    ),
+    _case(
+        "mlp-tanh-8-xavier",
+        "mlp",
+        set(),
+        "8-layer tanh MLP with Xavier init",
+        digits_mlp,
+        depth=8,
+        act="tanh",
+        init="xavier",
+    ),
+    _case(
+        "mlp-sigmoid-6-saturating-bias",
+        "mlp",
+        {SA},
+        "6-layer Xavier-init sigmoid MLP with biases +6: every sigmoid outputs ≈1 with "
+        "σ' ≈ 0.0025, the hidden code carries no information and no gradient",
+        digits_mlp,
+        fix="mlp-sigmoid-6-batchnorm",
+        depth=6,
+        act="sigmoid",
+        init="xavier",
+        bias=6.0,
+    ),
+    _case(
+        "mlp-sigmoid-6-batchnorm",
+        "mlp",
+        set(),
+        "The same 6-layer sigmoid MLP (biases +6) with BatchNorm before each sigmoid",
+        digits_mlp,
+        depth=6,
+        act="sigmoid",
+        init="xavier",
+        bias=6.0,
+        norm="bn",
+    ),
+    _case(
+        "mlp-relu-10-tiny-init-first-layers",
+        "mlp",
+        {SL},
+        "10-layer ReLU MLP, He init except the first 3 layers ×1e-2: their gradients pass "
+        "through the other tiny layers and the early layers look frozen",
+        digits_mlp,
+        fix="mlp-relu-10-he",
+        depth=10,
+        act="relu",
+        init="he",
+        tiny_first=3,
+    ),
+    _case(
+        "mlp-relu-10-tiny-init-last-layers",
+        "mlp",
+        {SL},
+        "10-layer ReLU MLP, He init except the last 3 layers ×1e-2 (an over-cautious small head): "
+        "the signal reaching the early layers is ×1e-6 and they stay frozen while the head moves",
+        digits_mlp,
+        fix="mlp-relu-10-he",
+        depth=10,
+        act="relu",
+        init="he",
+        tiny_last=3,
+    ),
+    _case(
+        "mlp-relu-10-zero-init",
+        "mlp",
+        {LP},
+        "10-layer ReLU MLP with all weights zero: every hidden gradient is exactly zero and the "
+        "net predicts the class prior forever (loss = chance)",
+        digits_mlp,
+        fix="mlp-relu-10-he",
+        depth=10,
+        act="relu",
+        init="he",
+        gain=0.0,
+    ),
+    _case(
+        "mlp-relu-10-lr-too-small",
+        "mlp",
+        {LP},
+        "10-layer He-init ReLU MLP with SGD lr 1e-5: the loss sits at its initial level",
+        digits_mlp,
+        fix="mlp-relu-10-he",
+        depth=10,
+        act="relu",
+        init="he",
+        optimizer=_sgd(1e-5),
+    ),
+    _case(
+        "mlp-selu-20-lecun",
+        "mlp",
+        set(),
+        "Klambauer et al. 2017: 20-layer SELU MLP with LeCun-normal init self-normalises",
+        digits_mlp,
+        depth=20,
+        act="selu",
+        init="lecun",
+        optimizer=_sgd(0.01),
+    ),
+    _case(
+        "mlp-gelu-12-layernorm",
+        "mlp",
+        set(),
+        "Ba et al. 2016: 12-layer GELU MLP with LayerNorm before each activation, Adam",
+        digits_mlp,
+        depth=12,
+        act="gelu",
+        init=None,
+        norm="ln",
+        optimizer=_adam(1e-3),
+    ),
     # --- CNNs and ResNets on 8x8 digits ------------------------------------------------------
-    _case("cnn-sigmoid-10-plain", "cnn", {VG},
-          "10-layer plain sigmoid CNN, PyTorch default init: σ' ≤ 1/4 at every layer",
-          digits_cnn, fix="cnn-sigmoid-10-batchnorm", depth=10, act="sigmoid", bn=False),
-    _case("cnn-sigmoid-10-batchnorm", "cnn", set(),
-          "The same 10-layer sigmoid CNN with BatchNorm before each sigmoid",
-          digits_cnn, depth=10, act="sigmoid", bn=True),
-    _case("cnn-relu-10-batchnorm", "cnn", set(),
-          "10-layer ReLU CNN with BatchNorm, default init",
-          digits_cnn, depth=10, act="relu", bn=True),
-    _case("resnet-20-batchnorm", "resnet", set(),
-          "He et al. 2016: ResNet-20 (3 stages × 3 BasicBlocks) with BatchNorm",
-          digits_resnet, blocks=3, norm="bn"),
-    _case("resnet-32-no-norm", "resnet", {EG},
-          "Zhang et al. 2019: ResNet-32 without normalisation, He-init branches: every block adds "
-          "its branch's variance, so activations and gradients grow with depth",
-          digits_resnet, fix="resnet-32-fixup", blocks=5, norm="none"),
-    _case("resnet-32-fixup", "resnet", set(),
-          "Zhang et al. 2019: ResNet-32 without normalisation, Fixup init (scaled, zeroed branches)",
-          digits_resnet, blocks=5, norm="fixup"),
+    _case(
+        "cnn-sigmoid-10-plain",
+        "cnn",
+        {VG},
+        "10-layer plain sigmoid CNN, PyTorch default init: σ' ≤ 1/4 at every layer",
+        digits_cnn,
+        fix="cnn-sigmoid-10-batchnorm",
+        depth=10,
+        act="sigmoid",
+        bn=False,
+    ),
+    _case(
+        "cnn-sigmoid-10-batchnorm",
+        "cnn",
+        set(),
+        "The same 10-layer sigmoid CNN with BatchNorm before each sigmoid",
+        digits_cnn,
+        depth=10,
+        act="sigmoid",
+        bn=True,
+    ),
+    _case(
+        "cnn-relu-10-batchnorm",
+        "cnn",
+        set(),
+        "10-layer ReLU CNN with BatchNorm, default init",
+        digits_cnn,
+        depth=10,
+        act="relu",
+        bn=True,
+    ),
+    _case(
+        "resnet-20-batchnorm",
+        "resnet",
+        set(),
+        "He et al. 2016: ResNet-20 (3 stages × 3 BasicBlocks) with BatchNorm",
+        digits_resnet,
+        blocks=3,
+        norm="bn",
+    ),
+    _case(
+        "resnet-32-no-norm",
+        "resnet",
+        {EG},
+        "Zhang et al. 2019: ResNet-32 without normalisation, He-init branches: every block adds "
+        "its branch's variance, so activations and gradients grow with depth",
+        digits_resnet,
+        fix="resnet-32-fixup",
+        blocks=5,
+        norm="none",
+    ),
+    _case(
+        "resnet-32-fixup",
+        "resnet",
+        set(),
+        "Zhang et al. 2019: ResNet-32 without normalisation, Fixup init (scaled, zeroed branches)",
+        digits_resnet,
+        blocks=5,
+        norm="fixup",
+    ),
     # --- transformers on token histograms --------------------------------------------------
-    _case("transformer-preln-6", "transformer", set(),
-          "Xiong et al. 2020: 6-layer Pre-LN encoder trains at Adam lr 3e-3 without warm-up",
-          histogram_transformer, n_layer=6, norm_first=True, lr=3e-3),
-    _case("transformer-postln-6-warmup", "transformer", set(),
-          "Vaswani et al. 2017: 6-layer Post-LN encoder, Adam lr 3e-3 with 100 steps of warm-up",
-          histogram_transformer, n_layer=6, norm_first=False, lr=3e-3, warmup=100),
-    _case("transformer-postln-6-no-warmup", "transformer", {UU},
-          "Xiong et al. 2020: 6-layer Post-LN encoder at Adam lr 1e-2 without warm-up: the "
-          "first updates move weights by a large fraction of their norm and it never recovers",
-          histogram_transformer, fix="transformer-postln-6-warmup", n_layer=6, norm_first=False,
-          lr=1e-2),
+    _case(
+        "transformer-preln-6",
+        "transformer",
+        set(),
+        "Xiong et al. 2020: 6-layer Pre-LN encoder trains at Adam lr 3e-3 without warm-up",
+        histogram_transformer,
+        n_layer=6,
+        norm_first=True,
+        lr=3e-3,
+    ),
+    _case(
+        "transformer-postln-6-warmup",
+        "transformer",
+        set(),
+        "Vaswani et al. 2017: 6-layer Post-LN encoder, Adam lr 3e-3 with 100 steps of warm-up",
+        histogram_transformer,
+        n_layer=6,
+        norm_first=False,
+        lr=3e-3,
+        warmup=100,
+    ),
+    _case(
+        "transformer-postln-6-no-warmup",
+        "transformer",
+        {UU},
+        "Xiong et al. 2020: 6-layer Post-LN encoder at Adam lr 1e-2 without warm-up: the "
+        "first updates move weights by a large fraction of their norm and it never recovers",
+        histogram_transformer,
+        fix="transformer-postln-6-warmup",
+        n_layer=6,
+        norm_first=False,
+        lr=1e-2,
+    ),
     # --- recurrent nets on the adding problem (T = 30) -------------------------------------
-    _case("rnn-tanh-adding-small-recurrent", "rnn", {VT},
-          "Bengio et al. 1994: tanh RNN with W_hh orthogonal × 0.5 (largest singular value < 1): "
-          "∂L/∂h_t shrinks ≥ ×2 per step back, the net stays at the 1/24 baseline",
-          adding_rnn, fix="lstm-adding", kind="rnn", length=30, lr=1e-3, recurrent="orthogonal",
-          gain=0.5),
-    _case("rnn-tanh-adding-default-init", "rnn", {VT},
-          "Hochreiter & Schmidhuber 1997: tanh RNN with PyTorch's default init on the adding "
-          "problem stays at the 1/24 baseline",
-          adding_rnn, fix="gru-adding", kind="rnn", length=30, lr=1e-3),
-    _case("lstm-adding", "lstm", set(),
-          "Hochreiter & Schmidhuber 1997; Gers et al. 2000: LSTM (forget-gate bias 1) on the adding "
-          "problem",
-          adding_rnn, kind="lstm", length=30, lr=3e-3, forget_bias=1.0),
-    _case("gru-adding", "gru", set(),
-          "Cho et al. 2014: GRU on the adding problem",
-          adding_rnn, kind="gru", length=30, lr=3e-3, steps=300),
-    _case("rnn-relu-adding-scaled-identity", "rnn", {ET},
-          "Le et al. 2015 gone wrong: ReLU RNN with W_hh = 1.2·I: h_t and ∂L/∂h_t grow ×1.2 per "
-          "step (×240 over 30 steps); the remedy is a gated unit",
-          adding_rnn, fix="gru-adding", kind="rnn", length=30, lr=1e-2, recurrent="identity",
-          gain=1.2, nonlinearity="relu", optimizer="sgd"),
-    _case("rnn-tanh-adding-large-recurrent", "rnn", {ET},
-          "Pascanu et al. 2013: tanh RNN with W_hh orthogonal × 3: chaotic dynamics, gradients "
-          "grow backwards in time; the remedy is a gated unit",
-          adding_rnn, fix="lstm-adding", kind="rnn", length=30, lr=1e-2, recurrent="orthogonal",
-          gain=3.0, optimizer="sgd"),
+    _case(
+        "rnn-tanh-adding-small-recurrent",
+        "rnn",
+        {VT},
+        "Bengio et al. 1994: tanh RNN with W_hh orthogonal × 0.5 (largest singular value < 1): "
+        "∂L/∂h_t shrinks ≥ ×2 per step back, the net stays at the 1/24 baseline",
+        adding_rnn,
+        fix="lstm-adding",
+        kind="rnn",
+        length=30,
+        lr=1e-3,
+        recurrent="orthogonal",
+        gain=0.5,
+    ),
+    _case(
+        "rnn-tanh-adding-default-init",
+        "rnn",
+        {VT},
+        "Hochreiter & Schmidhuber 1997: tanh RNN with PyTorch's default init on the adding "
+        "problem stays at the 1/24 baseline",
+        adding_rnn,
+        fix="gru-adding",
+        kind="rnn",
+        length=30,
+        lr=1e-3,
+    ),
+    _case(
+        "lstm-adding",
+        "lstm",
+        set(),
+        "Hochreiter & Schmidhuber 1997; Gers et al. 2000: LSTM (forget-gate bias 1) on the adding "
+        "problem",
+        adding_rnn,
+        kind="lstm",
+        length=30,
+        lr=3e-3,
+        forget_bias=1.0,
+    ),
+    _case(
+        "gru-adding",
+        "gru",
+        set(),
+        "Cho et al. 2014: GRU on the adding problem",
+        adding_rnn,
+        kind="gru",
+        length=30,
+        lr=3e-3,
+        steps=300,
+    ),
+    _case(
+        "rnn-relu-adding-scaled-identity",
+        "rnn",
+        {ET},
+        "Le et al. 2015 gone wrong: ReLU RNN with W_hh = 1.2·I: h_t and ∂L/∂h_t grow ×1.2 per "
+        "step (×240 over 30 steps); the remedy is a gated unit",
+        adding_rnn,
+        fix="gru-adding",
+        kind="rnn",
+        length=30,
+        lr=1e-2,
+        recurrent="identity",
+        gain=1.2,
+        nonlinearity="relu",
+        optimizer="sgd",
+    ),
+    _case(
+        "rnn-tanh-adding-large-recurrent",
+        "rnn",
+        {ET},
+        "Pascanu et al. 2013: tanh RNN with W_hh orthogonal × 3: chaotic dynamics, gradients "
+        "grow backwards in time; the remedy is a gated unit",
+        adding_rnn,
+        fix="lstm-adding",
+        kind="rnn",
+        length=30,
+        lr=1e-2,
+        recurrent="orthogonal",
+        gain=3.0,
+        optimizer="sgd",
+    ),
     # --- GAN ------------------------------------------------------------------------------------
-    _case("gan-saturating", "gan", {VG},
-          "Goodfellow et al. 2014: generator trained on log(1 - D(G(z))) against a discriminator "
-          "that rejects its samples: D(G(z)) ≈ 0 and the generator's gradient vanishes",
-          mixture_gan, fix="gan-non-saturating", saturating=True),
-    _case("gan-non-saturating", "gan", set(),
-          "Goodfellow et al. 2014: the same GAN with the non-saturating generator loss -log D(G(z))",
-          mixture_gan, saturating=False),
+    _case(
+        "gan-saturating",
+        "gan",
+        {VG},
+        "Goodfellow et al. 2014: generator trained on log(1 - D(G(z))) against a discriminator "
+        "that rejects its samples: D(G(z)) ≈ 0 and the generator's gradient vanishes",
+        mixture_gan,
+        fix="gan-non-saturating",
+        saturating=True,
+    ),
+    _case(
+        "gan-non-saturating",
+        "gan",
+        set(),
+        "Goodfellow et al. 2014: the same GAN with the non-saturating generator loss -log D(G(z))",
+        mixture_gan,
+        saturating=False,
+    ),
 ]
 
 CASES_BY_NAME: dict[str, Case] = {case.name: case for case in CASES}
-

@@ -54,16 +54,28 @@ LABELS = Path(__file__).with_name("labels.json")
 
 SIGMOID_FLAT, TANH_FLAT = 4.36, 2.18  # |pre-activation| beyond which σ' < 0.0125, tanh' < 0.05
 EARLY = 50  # steps: the window a short watched run covers
-SLOWING_KINDS = frozenset({
-    "saturated_activation", "dead_units", "stalled_layer", "vanishing_through_time",
-    "exploding_through_time",
-})
+SLOWING_KINDS = frozenset(
+    {
+        "saturated_activation",
+        "dead_units",
+        "stalled_layer",
+        "vanishing_through_time",
+        "exploding_through_time",
+    }
+)
 
 # The measured signature of each kind: what the numbers in `measured` must show for a case that is
 # labelled with it. Thresholds are documented in `signatures()`.
 SIGNATURES = (
-    "vanishing_gradient", "exploding_gradient", "nonfinite", "saturated_activation", "dead_units",
-    "stalled_layer", "unstable_updates", "vanishing_through_time", "exploding_through_time",
+    "vanishing_gradient",
+    "exploding_gradient",
+    "nonfinite",
+    "saturated_activation",
+    "dead_units",
+    "stalled_layer",
+    "unstable_updates",
+    "vanishing_through_time",
+    "exploding_through_time",
     "loss_plateau",
 )
 
@@ -129,12 +141,16 @@ class _Probe:
             pre = inputs[0].detach()
             if isinstance(module, nn.ReLU):
                 alive = pre > 0
-                dims = [d for d in range(pre.dim()) if d != (1 if pre.dim() == 4 else pre.dim() - 1)]
+                dims = [
+                    d for d in range(pre.dim()) if d != (1 if pre.dim() == 4 else pre.dim() - 1)
+                ]
                 dead = int((~alive.any(dim=tuple(dims))).sum()) if dims else int((~alive).sum())
                 units = alive.numel() // max(1, math.prod(alive.shape[d] for d in dims))
                 self.dead[0] += dead
                 self.dead[1] += units
-                self.per_layer[f"dead:{name}"] = max(self.per_layer.get(f"dead:{name}", 0), dead / units)
+                self.per_layer[f"dead:{name}"] = max(
+                    self.per_layer.get(f"dead:{name}", 0), dead / units
+                )
             else:
                 flat = SIGMOID_FLAT if isinstance(module, nn.Sigmoid) else TANH_FLAT
                 sat = int((pre.abs() > flat).sum())
@@ -404,30 +420,40 @@ def signatures(entry: dict[str, Any], fix: dict[str, Any] | None) -> dict[str, b
     def lt(a, b):
         return a is not None and b is not None and _num(a) < _num(b)
 
-    grad0, fix_grad0 = _num(m["grad_norm_first_step0"]), _num(f["grad_norm_first_step0"]) if f else math.nan
+    grad0, fix_grad0 = (
+        _num(m["grad_norm_first_step0"]),
+        _num(f["grad_norm_first_step0"]) if f else math.nan,
+    )
     total0 = _num(m["grad_norm_total_step0"])
     fix_total0 = _num(f["grad_norm_total_step0"]) if f else math.nan
-    sat = max(_num(m["saturated_frac_step0"]) if m["saturated_frac_step0"] is not None else 0,
-              _num(m["saturated_frac_end"]) if m["saturated_frac_end"] is not None else 0)
-    dead = max(_num(m["dead_frac_step0"]) if m["dead_frac_step0"] is not None else 0,
-               _num(m["dead_frac_end"]) if m["dead_frac_end"] is not None else 0)
+    sat = max(
+        _num(m["saturated_frac_step0"]) if m["saturated_frac_step0"] is not None else 0,
+        _num(m["saturated_frac_end"]) if m["saturated_frac_end"] is not None else 0,
+    )
+    dead = max(
+        _num(m["dead_frac_step0"]) if m["dead_frac_step0"] is not None else 0,
+        _num(m["dead_frac_end"]) if m["dead_frac_end"] is not None else 0,
+    )
     time_ratio = m["time_grad_ratio_step0"]
     return {
         "vanishing_gradient": lt(m["backflow_ratio_step0"], 0.01)
         or lt(m["grad_ratio_step0"], 0.01)
         or (grad0 < 0.01 * fix_grad0),
-        "exploding_gradient": lt(10, m["backflow_ratio_step0"]) or lt(10, m["grad_ratio_step0"])
-        or total0 > 100 or total0 > 10 * fix_total0
+        "exploding_gradient": lt(10, m["backflow_ratio_step0"])
+        or lt(10, m["grad_ratio_step0"])
+        or total0 > 100
+        or total0 > 10 * fix_total0
         or _num(m["grad_norm_total_max"]) > 100 * total0,
         "nonfinite": m["nonfinite_step"] is not None,
         "saturated_activation": sat > 0.5,
         "dead_units": dead > 0.5,
-        "stalled_layer": lt(m["update_ratio_median_first"],
-                            0.01 * _num(m["update_ratio_median_largest"])),
+        "stalled_layer": lt(
+            m["update_ratio_median_first"], 0.01 * _num(m["update_ratio_median_largest"])
+        ),
         "unstable_updates": lt(0.05, m["update_ratio_typical_max_early"]),
         "vanishing_through_time": lt(time_ratio, 1e-2),
-        "exploding_through_time": lt(1e2, time_ratio) or (
-            entry["family"] in RECURRENT and m["nonfinite_step"] is not None),
+        "exploding_through_time": lt(1e2, time_ratio)
+        or (entry["family"] in RECURRENT and m["nonfinite_step"] is not None),
         "loss_plateau": entry["verdict"] == "stalls",
     }
 
@@ -443,7 +469,9 @@ def confirm(entry: dict[str, Any], fix: dict[str, Any] | None) -> tuple[bool, st
     if v in ("stalls", "diverges") and (entry["fix"] is None or fix_trains):
         return True, "broken-fails"
     if (
-        v in ("slow", "trains") and fix_trains and set(entry["kinds"]) <= SLOWING_KINDS
+        v in ("slow", "trains")
+        and fix_trains
+        and set(entry["kinds"]) <= SLOWING_KINDS
         and _num(fix["measured"]["loss_final"]) < 0.5 * _num(entry["measured"]["loss_final"])
     ):
         return True, "fix-much-better"
@@ -501,24 +529,36 @@ def main(argv: list[str] | None = None) -> int:
             _print(entries[name])
     entries = {c.name: entries[c.name] for c in CASES if c.name in entries}
     conclude(entries)
-    args.out.write_text(json.dumps({
-        "rules": "Outcome rules" + __doc__.split("Outcome rules")[1].rstrip(),
-        "signature_rules": " ".join(signatures.__doc__.split()),
-        "seconds": round(time.perf_counter() - started, 1),
-        "cases": list(entries.values()),
-    }, indent=1, ensure_ascii=False) + "\n")
+    args.out.write_text(
+        json.dumps(
+            {
+                "rules": "Outcome rules" + __doc__.split("Outcome rules")[1].rstrip(),
+                "signature_rules": " ".join(signatures.__doc__.split()),
+                "seconds": round(time.perf_counter() - started, 1),
+                "cases": list(entries.values()),
+            },
+            indent=1,
+            ensure_ascii=False,
+        )
+        + "\n"
+    )
     print(f"\n{'case':44} {'verdict':9} {'fix':9} {'rule':16} confirmed")
     for e in entries.values():
-        print(f"{e['name']:44} {e['verdict']:9} {e['fix_verdict'] or '-':9} "
-              f"{e['rule'] or '-':16} {e['confirmed']}")
+        print(
+            f"{e['name']:44} {e['verdict']:9} {e['fix_verdict'] or '-':9} "
+            f"{e['rule'] or '-':16} {e['confirmed']}"
+        )
     print(f"{time.perf_counter() - started:.0f} s")
     return 0
 
 
 def _print(entry: dict[str, Any]) -> None:
     m = entry["measured"]
-    print(f"{entry['name']:44} {entry['verdict']:9} L0={m['loss_initial']} Lf={m['loss_final']} "
-          f"C={m['loss_chance']} nf={m['nonfinite_step']} {m['seconds']}s", flush=True)
+    print(
+        f"{entry['name']:44} {entry['verdict']:9} L0={m['loss_initial']} Lf={m['loss_final']} "
+        f"C={m['loss_chance']} nf={m['nonfinite_step']} {m['seconds']}s",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

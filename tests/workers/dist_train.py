@@ -22,12 +22,17 @@ STEPS = 5
 def make_model() -> nn.Sequential:
     torch.manual_seed(0)
     # 3 outputs: the last layer's shards are uneven across 2 ranks
-    return nn.Sequential(nn.Linear(6, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 3))
+    return nn.Sequential(
+        nn.Linear(6, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 3)
+    )
 
 
 def batches(steps: int = STEPS, batch: int = 8):
     g = torch.Generator().manual_seed(1)
-    return [(torch.randn(batch, 6, generator=g), torch.randn(batch, 3, generator=g)) for _ in range(steps)]
+    return [
+        (torch.randn(batch, 6, generator=g), torch.randn(batch, 3, generator=g))
+        for _ in range(steps)
+    ]
 
 
 def train(model: nn.Module, log_dir, rank: int = 0, world: int = 1, **watch_kw):

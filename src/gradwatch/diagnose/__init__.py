@@ -49,7 +49,12 @@ def diagnose(stats: pd.DataFrame, meta: dict | None = None) -> Diagnosis:
         findings = [f for f in findings if f.kind not in ("vanishing_gradient",)]
     findings = _one_per_kind(findings)
     findings.sort(key=lambda f: _RANK[f.severity])
-    summary = {"steps": view.n_steps, "first_step": view.steps[0], "last_step": view.steps[-1], "layers": len(view.order)}
+    summary = {
+        "steps": view.n_steps,
+        "first_step": view.steps[0],
+        "last_step": view.steps[-1],
+        "layers": len(view.order),
+    }
     trend = depth_trend(view, view.steps[-1])
     if trend is not None:
         summary["depth_trend"] = {k: trend[k] for k in ("metric", "per_layer", "total", "n_layers")}
@@ -62,7 +67,10 @@ def _one_per_kind(findings: list[Finding]) -> list[Finding]:
     best: dict[str, Finding] = {}
     for f in findings:
         kept = best.get(f.kind)
-        if kept is None or (_RANK[f.severity], f.step if f.step is not None else 0) < (_RANK[kept.severity], kept.step if kept.step is not None else 0):
+        if kept is None or (_RANK[f.severity], f.step if f.step is not None else 0) < (
+            _RANK[kept.severity],
+            kept.step if kept.step is not None else 0,
+        ):
             best[f.kind] = f
     return [f for f in findings if best[f.kind] is f]
 

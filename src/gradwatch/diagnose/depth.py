@@ -22,7 +22,9 @@ from .view import View, fmt
 MIN_LAYERS = 4  # a depth trend needs at least this many layers
 VANISH_WARN, VANISH_ERROR = 1e-3, 1e-6  # total multiplier from the last layer back to the first
 EXPLODE_WARN, EXPLODE_ERROR = 1e3, 1e6
-QUARTILE_MARGIN = 10.0  # the first quarter vs the last quarter must agree with the fit, 10x less strict
+QUARTILE_MARGIN = (
+    10.0  # the first quarter vs the last quarter must agree with the fit, 10x less strict
+)
 # ‖g‖/‖w‖, median over layers: at 10 an SGD step of lr 0.1 already rewrites the layer; healthy nets sit below 1
 RELATIVE_GRAD_WARN, RELATIVE_GRAD_ERROR = 1e1, 1e4
 SPIKE = 1e2  # a step's total gradient norm over the median of the steps before it
@@ -91,7 +93,9 @@ def _trends(view: View) -> dict[int, dict]:
             trends[int(table.index[row])] = {
                 "metric": metric,
                 "layers": list(cols[mask]),
-                "per_layer": float(10 ** (-slope[i])),  # multiplier per layer, going from output to input
+                "per_layer": float(
+                    10 ** (-slope[i])
+                ),  # multiplier per layer, going from output to input
                 "total": float(10 ** (-slope[i] * (n - 1))),
                 "quartile_ratio": float(head[i] / tail[i]),
                 "first": float(kept[0]),
@@ -122,7 +126,12 @@ def _activation_growth(view: View) -> dict[int, dict]:
         total = float(10 ** (slope[i] * (counts[row] - 1)))
         if total > EXPLODE_WARN:  # only growth that can make a finding needs its details
             mask = valid[row]
-            out[int(table.index[row])] = {"per_layer": float(10 ** slope[i]), "total": total, "layers": list(cols[mask]), "last_std": float(values[row, mask][-1])}
+            out[int(table.index[row])] = {
+                "per_layer": float(10 ** slope[i]),
+                "total": total,
+                "layers": list(cols[mask]),
+                "last_std": float(values[row, mask][-1]),
+            }
     return out
 
 
@@ -151,14 +160,19 @@ def detect_depth(view: View) -> list[Finding]:
     for step, trend in trends.items():
         if trend["total"] < VANISH_WARN and trend["quartile_ratio"] < VANISH_WARN * QUARTILE_MARGIN:
             vanish.append((step, trend))
-        if trend["total"] > EXPLODE_WARN and trend["quartile_ratio"] > EXPLODE_WARN / QUARTILE_MARGIN:
+        if (
+            trend["total"] > EXPLODE_WARN
+            and trend["quartile_ratio"] > EXPLODE_WARN / QUARTILE_MARGIN
+        ):
             explode.append((step, {"trend": trend}))
     for step, r in rel.items():
         if r > RELATIVE_GRAD_WARN and step not in growth:
             explode.append((int(step), {"relative_gradient": float(r)}))
     for step, g in growth.items():
         r = rel.get(step)
-        explode.append((step, {"activations": g, "relative_gradient": None if r is None else float(r)}))
+        explode.append(
+            (step, {"activations": g, "relative_gradient": None if r is None else float(r)})
+        )
     explode.sort(key=lambda held: held[0])
     spikes = _spikes(view) + _growth_before_nonfinite(view)
     findings = []
@@ -197,7 +211,15 @@ def _vanishing(view: View, held: list) -> Finding:
         "at_step": step,
     }
     layers = t["layers"][: max(1, len(t["layers"]) // 2)]
-    return Finding("vanishing_gradient", severity, tuple(layers), summary, evidence, vanishing_remedies(view, t), first_step)
+    return Finding(
+        "vanishing_gradient",
+        severity,
+        tuple(layers),
+        summary,
+        evidence,
+        vanishing_remedies(view, t),
+        first_step,
+    )
 
 
 def _exploding(view: View, held: list) -> Finding:
@@ -207,25 +229,41 @@ def _exploding(view: View, held: list) -> Finding:
     layers: list[str] = view.param_layers
     if "trend" in ev:
         t = ev["trend"]
-        parts.append(f"the back-propagated signal grows x{t['per_layer']:.2f} per layer towards the input ({fmt(t['total'])} over {t['n_layers']} layers)")
+        parts.append(
+            f"the back-propagated signal grows x{t['per_layer']:.2f} per layer towards the input ({fmt(t['total'])} over {t['n_layers']} layers)"
+        )
         worst = max(worst, t["total"])
         layers = t["layers"][: max(1, len(t["layers"]) // 2)]
     if ev.get("activations"):
         a = ev["activations"]
-        parts.append(f"activations grow x{a['per_layer']:.2f} per layer ({fmt(a['total'])} from first to last)")
+        parts.append(
+            f"activations grow x{a['per_layer']:.2f} per layer ({fmt(a['total'])} from first to last)"
+        )
         worst = max(worst, a["total"])
     if ev.get("relative_gradient") is not None and ev["relative_gradient"] > RELATIVE_GRAD_WARN:
-        parts.append(f"gradients are {fmt(ev['relative_gradient'])}x the weights they update (median layer)")
+        parts.append(
+            f"gradients are {fmt(ev['relative_gradient'])}x the weights they update (median layer)"
+        )
         worst = max(worst, ev["relative_gradient"] * EXPLODE_ERROR / RELATIVE_GRAD_ERROR)
     if ev.get("spike"):
         s = ev["spike"]
-        parts.append(f"the total gradient norm jumped to {fmt(s['norm'])}, {fmt(s['ratio'])}x its usual size, at step {s['step']}")
+        parts.append(
+            f"the total gradient norm jumped to {fmt(s['norm'])}, {fmt(s['ratio'])}x its usual size, at step {s['step']}"
+        )
         worst = max(worst, s["ratio"] * EXPLODE_ERROR / SPIKE / 100)
     severity = "error" if worst >= EXPLODE_ERROR else "warning"
     summary = "Gradients explode: " + "; ".join(parts) + "."
     evidence = {k: v for k, v in ev.items() if v is not None}
     evidence["at_step"] = step
-    return Finding("exploding_gradient", severity, tuple(layers), summary, evidence, exploding_remedies(view, ev), first_step)
+    return Finding(
+        "exploding_gradient",
+        severity,
+        tuple(layers),
+        summary,
+        evidence,
+        exploding_remedies(view, ev),
+        first_step,
+    )
 
 
 def _growth_before_nonfinite(view: View) -> list:
@@ -244,7 +282,19 @@ def _growth_before_nonfinite(view: View) -> list:
     peak, start = float(before.max()), float(before[0])
     nan_step = int(total.index[first_bad])
     if len(before) >= 2 and start > 0 and peak > SPIKE * start:
-        return [(nan_step, {"spike": {"step": int(total.index[int(np.argmax(before))]), "norm": peak, "ratio": peak / start}, "turned_nonfinite_at": nan_step})]
+        return [
+            (
+                nan_step,
+                {
+                    "spike": {
+                        "step": int(total.index[int(np.argmax(before))]),
+                        "norm": peak,
+                        "ratio": peak / start,
+                    },
+                    "turned_nonfinite_at": nan_step,
+                },
+            )
+        ]
     return []
 
 
@@ -262,6 +312,17 @@ def _spikes(view: View) -> list:
         k = len(before)
         base = before[k // 2] if k % 2 else 0.5 * (before[k // 2 - 1] + before[k // 2])
         if base > 0 and np.isfinite(values[i]) and values[i] > SPIKE * base:
-            found.append((int(total.index[i]), {"spike": {"step": int(total.index[i]), "norm": float(values[i]), "ratio": float(values[i] / base)}}))
+            found.append(
+                (
+                    int(total.index[i]),
+                    {
+                        "spike": {
+                            "step": int(total.index[i]),
+                            "norm": float(values[i]),
+                            "ratio": float(values[i] / base),
+                        }
+                    },
+                )
+            )
         bisect.insort(before, values[i])
     return found[:1] + found[-1:] if len(found) > 1 else found

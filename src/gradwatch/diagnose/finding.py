@@ -33,7 +33,12 @@ class Remedy:
     why: str = ""
 
     def to_dict(self) -> dict:
-        return {"action": self.action, "detail": self.detail, "expected": self.expected, "why": self.why}
+        return {
+            "action": self.action,
+            "detail": self.detail,
+            "expected": self.expected,
+            "why": self.why,
+        }
 
 
 @dataclass(frozen=True)
@@ -97,7 +102,11 @@ class Diagnosis:
         return {f.kind for f in self.findings}
 
     def to_dict(self) -> dict:
-        out = {"ok": self.ok, "findings": [f.to_dict() for f in self.findings], "summary": _jsonable(self.summary)}
+        out = {
+            "ok": self.ok,
+            "findings": [f.to_dict() for f in self.findings],
+            "summary": _jsonable(self.summary),
+        }
         if self.what_if is not None:
             out["what_if"] = _jsonable(self.what_if)
         return out
@@ -108,14 +117,23 @@ class Diagnosis:
     def __str__(self) -> str:
         from .predicted import prediction_lines, what_if_lines
 
-        lines = ["gradwatch: no problem found."] if not self.findings else [f"gradwatch: {len(self.findings)} finding(s)" + ("" if self.ok else ", errors among them")]
+        lines = (
+            ["gradwatch: no problem found."]
+            if not self.findings
+            else [
+                f"gradwatch: {len(self.findings)} finding(s)"
+                + ("" if self.ok else ", errors among them")
+            ]
+        )
         for f in self.findings:
             lines.append(f"  [{f.severity}] {f.kind}: {f.summary}")
             for r in f.remedies[:2]:
                 lines.append(f"      -> {r.detail.splitlines()[0]}")
         lines += [f"  {line}" for line in prediction_lines(self.summary)]
         if self.what_if:
-            lines += ["  what if (each remedy applied to a copy and checked again):"] + [f"    {line}" for line in what_if_lines(self.what_if)]
+            lines += ["  what if (each remedy applied to a copy and checked again):"] + [
+                f"    {line}" for line in what_if_lines(self.what_if)
+            ]
         return "\n".join(lines)
 
     def __rich__(self):

@@ -22,27 +22,49 @@ STALLED = 5e-3  # a layer's update ratio below this fraction of the busiest laye
 STALLED_AT_INIT = 3e-3  # ‖g‖/‖w‖ below this fraction of the largest, before any update
 MIN_UPDATE_STEPS = 5
 UNSTABLE_WARN, UNSTABLE_ERROR = 0.1, 1.0  # update/weight per step, median layer
-EARLY_STEPS, EARLY_REWRITE = 10, 1.0  # the first ten updates together moved the median layer by its own size
+EARLY_STEPS, EARLY_REWRITE = (
+    10,
+    1.0,
+)  # the first ten updates together moved the median layer by its own size
 COLLAPSE, COLLAPSE_AFTER = 1e2, 0.03  # ‖g‖/‖w‖ fell 100x after steps that moved > 3% of the weights
 
 
 def detect_nonfinite(view: View) -> list[Finding]:
     s = view.scalar
     bad_counts = s[(s["metric"] == "nonfinite") & (s["value"] > 0)]
-    bad_values = s[~np.isfinite(s["value"]) & s["metric"].isin(["grad_norm", "backflow_norm", "act_std", "loss"])]
+    bad_values = s[
+        ~np.isfinite(s["value"])
+        & s["metric"].isin(["grad_norm", "backflow_norm", "act_std", "loss"])
+    ]
     bad = bad_counts if not bad_counts.empty else bad_values
     if bad.empty and bad_values.empty:
         return []
-    first = int(min(bad_counts["step"].min() if not bad_counts.empty else np.inf, bad_values["step"].min() if not bad_values.empty else np.inf))
-    at_first = bad[bad["step"] == first] if not bad.empty else bad_values[bad_values["step"] == first]
+    first = int(
+        min(
+            bad_counts["step"].min() if not bad_counts.empty else np.inf,
+            bad_values["step"].min() if not bad_values.empty else np.inf,
+        )
+    )
+    at_first = (
+        bad[bad["step"] == first] if not bad.empty else bad_values[bad_values["step"] == first]
+    )
     layers = [n for n in view.order if n in set(at_first["layer"])]
     counts = {r.layer: r.value for r in bad_counts[bad_counts["step"] == first].itertuples()}
     steps = sorted(set(bad_counts["step"]) | set(bad_values["step"]))
     total = int(sum(counts.values()))
     what = f"{total} NaN/Inf gradient entries" if total else "non-finite values"
     summary = f"{what} at step {first} in {names(layers)}; {len(steps)} of {view.n_steps} recorded steps are affected."
-    evidence = {"first_step": first, "counts_at_first_step": counts, "steps_affected": len(steps), "metrics": sorted(set(at_first["metric"]))}
-    return [Finding("nonfinite", "error", tuple(layers), summary, evidence, nonfinite_remedies(view), first)]
+    evidence = {
+        "first_step": first,
+        "counts_at_first_step": counts,
+        "steps_affected": len(steps),
+        "metrics": sorted(set(at_first["metric"])),
+    }
+    return [
+        Finding(
+            "nonfinite", "error", tuple(layers), summary, evidence, nonfinite_remedies(view), first
+        )
+    ]
 
 
 def _recent(table, k: int = 5):
@@ -66,7 +88,17 @@ def detect_saturation(view: View) -> list[Finding]:
         f"(up to {hot.max():.0%} of inputs where the derivative is below 5% of its peak): {names(layers)}."
     )
     evidence = {"saturated_frac": {n: float(hot[n]) for n in layers}, "threshold": SATURATED_WARN}
-    return [Finding("saturated_activation", "error" if error else "warning", tuple(layers), summary, evidence, saturation_remedies(view, layers), int(held.index[0]))]
+    return [
+        Finding(
+            "saturated_activation",
+            "error" if error else "warning",
+            tuple(layers),
+            summary,
+            evidence,
+            saturation_remedies(view, layers),
+            int(held.index[0]),
+        )
+    ]
 
 
 def detect_dead(view: View) -> list[Finding]:
@@ -82,7 +114,17 @@ def detect_dead(view: View) -> list[Finding]:
     summary = f"{names(layers)}: {dead.max():.0%} of units are dead (zero gradient for every sample of the batch)."
     evidence = {"dead_frac": {n: float(dead[n]) for n in layers}, "threshold": DEAD_WARN}
     severity = "error" if dead.max() > DEAD_ERROR else "warning"
-    return [Finding("dead_units", severity, tuple(layers), summary, evidence, dead_remedies(view, layers), int(held.index[0]))]
+    return [
+        Finding(
+            "dead_units",
+            severity,
+            tuple(layers),
+            summary,
+            evidence,
+            dead_remedies(view, layers),
+            int(held.index[0]),
+        )
+    ]
 
 
 def _update_table(view: View):
@@ -107,7 +149,7 @@ def _late_medians(upd) -> pd.Series:
     out = {}
     for c in upd.columns:
         seen = upd[c].dropna().to_numpy()
-        out[c] = float(np.median(seen[-max(1, len(seen) // 4):]))
+        out[c] = float(np.median(seen[-max(1, len(seen) // 4) :]))
     return pd.Series(out)
 
 
@@ -152,8 +194,22 @@ def detect_stalled(view: View) -> list[Finding]:
         f"{names(layers)} barely change: update/weight {fmt(float(stalled.median()))} per step, "
         f"against {fmt(float(top))} for the busiest layer."
     )
-    evidence = {"update_ratio": {n: float(med[n]) for n in layers}, "busiest_layer_ratio": float(top), "threshold_fraction": STALLED}
-    return [Finding("stalled_layer", "warning", tuple(layers), summary, evidence, stalled_remedies(view, layers), view.steps[0])]
+    evidence = {
+        "update_ratio": {n: float(med[n]) for n in layers},
+        "busiest_layer_ratio": float(top),
+        "threshold_fraction": STALLED,
+    }
+    return [
+        Finding(
+            "stalled_layer",
+            "warning",
+            tuple(layers),
+            summary,
+            evidence,
+            stalled_remedies(view, layers),
+            view.steps[0],
+        )
+    ]
 
 
 def _stalled_at_init(view: View) -> list[Finding]:
@@ -169,8 +225,22 @@ def _stalled_at_init(view: View) -> list[Finding]:
         f"{names(layers)} would barely change under SGD: gradient/weight {fmt(float(stalled.median()))}, "
         f"against {fmt(top)} for the layer with the largest (an SGD step moves each layer in that proportion)."
     )
-    evidence = {"grad_over_weight": {n: float(rel[n]) for n in layers}, "largest": top, "threshold_fraction": STALLED_AT_INIT}
-    return [Finding("stalled_layer", "warning", tuple(layers), summary, evidence, stalled_remedies(view, layers), int(view.steps[0]))]
+    evidence = {
+        "grad_over_weight": {n: float(rel[n]) for n in layers},
+        "largest": top,
+        "threshold_fraction": STALLED_AT_INIT,
+    }
+    return [
+        Finding(
+            "stalled_layer",
+            "warning",
+            tuple(layers),
+            summary,
+            evidence,
+            stalled_remedies(view, layers),
+            int(view.steps[0]),
+        )
+    ]
 
 
 def detect_unstable(view: View) -> list[Finding]:
@@ -201,25 +271,51 @@ def detect_unstable(view: View) -> list[Finding]:
         return []
     med = _update_medians(view)
     worst = float(per_step.max())
-    layers = [n for n in view.order if med is not None and n in med.index and med[n] > UNSTABLE_WARN] or list(upd.columns)
+    layers = [
+        n for n in view.order if med is not None and n in med.index and med[n] > UNSTABLE_WARN
+    ] or list(upd.columns)
     severity = "error" if worst > UNSTABLE_ERROR else "warning"
-    parts = [f"Steps change the weights by up to {fmt(worst)} of their size (median layer), above 0.1 on {len(high)} of {len(per_step)} recorded steps"]
+    parts = [
+        f"Steps change the weights by up to {fmt(worst)} of their size (median layer), above 0.1 on {len(high)} of {len(per_step)} recorded steps"
+    ]
     if rewrote:
-        parts.append(f"the first {EARLY_STEPS} updates add up to {fmt(float(early.sum()))} of the weights")
+        parts.append(
+            f"the first {EARLY_STEPS} updates add up to {fmt(float(early.sum()))} of the weights"
+        )
     if collapse:
-        parts.append(f"after them the gradient relative to the weights fell {fmt(collapse['fall'])}x while the loss did not halve")
+        parts.append(
+            f"after them the gradient relative to the weights fell {fmt(collapse['fall'])}x while the loss did not halve"
+        )
     summary = "; ".join(parts) + "; around 1e-3 is healthy, so training is unstable."
-    evidence = {"max_median_update_ratio": worst, "median_update_ratio": float(per_step.median()), "steps_above": len(high), "steps": len(per_step),
-                "first_updates_sum": float(early.sum())}
+    evidence = {
+        "max_median_update_ratio": worst,
+        "median_update_ratio": float(per_step.median()),
+        "steps_above": len(high),
+        "steps": len(per_step),
+        "first_updates_sum": float(early.sum()),
+    }
     if collapse:
         evidence["collapse"] = collapse
     first = int(high.index[0]) if not high.empty else int(per_step.index[0])
     typical = float(high.median()) if not high.empty else worst
-    return [Finding("unstable_updates", severity, tuple(layers), summary, evidence, unstable_remedies(view, typical), first)]
+    return [
+        Finding(
+            "unstable_updates",
+            severity,
+            tuple(layers),
+            summary,
+            evidence,
+            unstable_remedies(view, typical),
+            first,
+        )
+    ]
 
 
 def _collapse(view: View, per_step) -> dict | None:
-    if len(per_step) < 2 * EARLY_STEPS or float(per_step.iloc[:EARLY_STEPS].max()) <= COLLAPSE_AFTER:
+    if (
+        len(per_step) < 2 * EARLY_STEPS
+        or float(per_step.iloc[:EARLY_STEPS].max()) <= COLLAPSE_AFTER
+    ):
         return None
     g, w = view.metric("grad_norm"), view.metric("weight_norm")
     if g.empty or w.empty:
@@ -235,6 +331,12 @@ def _collapse(view: View, per_step) -> dict | None:
     if not loss.empty:
         values = loss.iloc[:, 0].to_numpy(dtype=float)
         values = values[np.isfinite(values)]
-        if len(values) >= 2 * EARLY_STEPS and np.mean(values[-EARLY_STEPS:]) < 0.5 * np.mean(values[:5]):
+        if len(values) >= 2 * EARLY_STEPS and np.mean(values[-EARLY_STEPS:]) < 0.5 * np.mean(
+            values[:5]
+        ):
             return None  # a net that fits its data may well end with small gradients
-    return {"grad_over_weight_first": before, "grad_over_weight_recent": after, "fall": before / after}
+    return {
+        "grad_over_weight_first": before,
+        "grad_over_weight_recent": after,
+        "fall": before / after,
+    }

@@ -11,10 +11,14 @@ def _x(v: float) -> str:
 
 
 def prediction_lines(summary: dict) -> list[str]:
-    """"theory: predicted x0.76 per layer, measured x0.75 (20 layers)" and the Jacobian's spectrum."""
+    """ "theory: predicted x0.76 per layer, measured x0.75 (20 layers)" and the Jacobian's spectrum."""
     lines = []
     th = summary.get("theory")
-    if th and th.get("per_layer_predicted") is not None and th.get("per_layer_measured") is not None:
+    if (
+        th
+        and th.get("per_layer_predicted") is not None
+        and th.get("per_layer_measured") is not None
+    ):
         lines.append(
             f"theory: back-propagated signal predicted {_x(th['per_layer_predicted'])} per layer, "
             f"measured {_x(th['per_layer_measured'])} (mean field from each layer's weights, biases "
@@ -24,7 +28,9 @@ def prediction_lines(summary: dict) -> list[str]:
     if jac and jac.get("mean_sq") is not None:
         how = "exact" if jac.get("exact") else "estimated"
         spread = "" if jac.get("spread") is None else f", spread {jac['spread']:.3g}"
-        lines.append(f"input-output Jacobian ({how}): mean squared singular value {jac['mean_sq']:.3g}{spread} (1 and 0 at dynamical isometry)")
+        lines.append(
+            f"input-output Jacobian ({how}): mean squared singular value {jac['mean_sq']:.3g}{spread} (1 and 0 at dynamical isometry)"
+        )
     rh = summary.get("rehearsal")
     if rh:
         lr = ", ".join(f"{x:g}" for x in rh.get("lr", []))

@@ -11,7 +11,9 @@ from .remedies import constant_remedies, idle_remedies
 from .view import View, fmt, names
 
 IDLE = 3e-4  # the busiest layer's update/weight per step; healthy runs sit near 1e-3 and above
-SMALL_GRADIENT = 1e-2  # ‖g‖/‖w‖, median layer: below it an idle run is starved of gradient, not of lr
+SMALL_GRADIENT = (
+    1e-2  # ‖g‖/‖w‖, median layer: below it an idle run is starved of gradient, not of lr
+)
 
 
 def detect_constant(view: View) -> list[Finding]:
@@ -28,8 +30,22 @@ def detect_constant(view: View) -> list[Finding]:
         f"All {len(layers)} activation layers output a constant ({names(layers)}): no hidden unit depends on the "
         "input, every hidden gradient is zero, and the loss will stay at the level of a constant prediction."
     )
-    evidence = {"act_std": 0.0, "activation_layers": len(layers), "steps_constant": int(constant.sum())}
-    return [Finding("loss_plateau", "error", tuple(layers), summary, evidence, constant_remedies(view), int(table.index[0]))]
+    evidence = {
+        "act_std": 0.0,
+        "activation_layers": len(layers),
+        "steps_constant": int(constant.sum()),
+    }
+    return [
+        Finding(
+            "loss_plateau",
+            "error",
+            tuple(layers),
+            summary,
+            evidence,
+            constant_remedies(view),
+            int(table.index[0]),
+        )
+    ]
 
 
 def detect_idle(view: View) -> list[Finding]:
@@ -53,16 +69,35 @@ def detect_idle(view: View) -> list[Finding]:
     grad_over_weight = float(rel.median()) if len(rel) else float("nan")
     small = bool(np.isfinite(grad_over_weight) and grad_over_weight < SMALL_GRADIENT)
     layers = [n for n in view.order if n in med.index]
-    evidence = {"busiest_update_ratio": top, "median_update_ratio": float(med.median()), "grad_over_weight": grad_over_weight, "threshold": IDLE}
+    evidence = {
+        "busiest_update_ratio": top,
+        "median_update_ratio": float(med.median()),
+        "grad_over_weight": grad_over_weight,
+        "threshold": IDLE,
+    }
     remedies = idle_remedies(view, top, small)
     if small:
         summary = (
             f"Every layer's gradient is tiny next to its weights ({fmt(grad_over_weight)}, median layer) and even the "
             f"busiest layer moves {fmt(top)} of itself per step: the gradient vanishes at the loss, before depth plays a part."
         )
-        return [Finding("vanishing_gradient", "warning", tuple(layers), summary, evidence, remedies, int(upd.index[0]))]
+        return [
+            Finding(
+                "vanishing_gradient",
+                "warning",
+                tuple(layers),
+                summary,
+                evidence,
+                remedies,
+                int(upd.index[0]),
+            )
+        ]
     summary = (
         f"Even the busiest layer moves only {fmt(top)} of its weights per step (gradients are ordinary: {fmt(grad_over_weight)} "
         "of the weights): the learning rate is too small and the loss will plateau."
     )
-    return [Finding("loss_plateau", "warning", tuple(layers), summary, evidence, remedies, int(upd.index[0]))]
+    return [
+        Finding(
+            "loss_plateau", "warning", tuple(layers), summary, evidence, remedies, int(upd.index[0])
+        )
+    ]

@@ -31,16 +31,33 @@ def _activations(view: View, kinds: set[str]) -> dict[str, list[str]]:
 
 def _module_class(fn: str) -> str:
     return {
-        "sigmoid": "nn.Sigmoid", "tanh": "nn.Tanh", "relu": "nn.ReLU", "leaky_relu": "nn.LeakyReLU",
-        "gelu": "nn.GELU", "silu": "nn.SiLU", "elu": "nn.ELU", "selu": "nn.SELU", "hardtanh": "nn.Hardtanh",
-        "softsign": "nn.Softsign", "relu6": "nn.ReLU6", "prelu": "nn.PReLU", "softplus": "nn.Softplus",
+        "sigmoid": "nn.Sigmoid",
+        "tanh": "nn.Tanh",
+        "relu": "nn.ReLU",
+        "leaky_relu": "nn.LeakyReLU",
+        "gelu": "nn.GELU",
+        "silu": "nn.SiLU",
+        "elu": "nn.ELU",
+        "selu": "nn.SELU",
+        "hardtanh": "nn.Hardtanh",
+        "softsign": "nn.Softsign",
+        "relu6": "nn.ReLU6",
+        "prelu": "nn.PReLU",
+        "softplus": "nn.Softplus",
     }.get(fn, fn)
 
 
 def _swap_activation(view: View, fns: dict[str, list[str]], to: str = "nn.ReLU") -> Remedy | None:
     if not fns:
         return None
-    module_layers = [n for layers in fns.values() for n in layers if view.type_of(n) not in ("", None) and view.type_of(n) not in RECURRENT_TYPES and view.type_of(n).lower() in {_module_class(f)[3:].lower() for f in fns}]
+    module_layers = [
+        n
+        for layers in fns.values()
+        for n in layers
+        if view.type_of(n) not in ("", None)
+        and view.type_of(n) not in RECURRENT_TYPES
+        and view.type_of(n).lower() in {_module_class(f)[3:].lower() for f in fns}
+    ]
     functional = [n for layers in fns.values() for n in layers if n not in module_layers]
     classes = ", ".join(sorted(_module_class(f) for f in fns))
     detail = []
@@ -50,7 +67,9 @@ def _swap_activation(view: View, fns: dict[str, list[str]], to: str = "nn.ReLU")
             f"    gradwatch.remedies.swap_activation(model, {classes.split(', ')[0]}, {to})"
         )
     if functional:
-        detail.append(f"In the forward of {names(functional)}, call {to.replace('nn.', 'torch.nn.functional.').lower()} instead of {', '.join(sorted(fns))}.")
+        detail.append(
+            f"In the forward of {names(functional)}, call {to.replace('nn.', 'torch.nn.functional.').lower()} instead of {', '.join(sorted(fns))}."
+        )
     return Remedy(
         "activation",
         "\n".join(detail),
@@ -64,7 +83,11 @@ def _init_remedy(view: View, nonlinearity: str) -> Remedy | None:
     if not layers:
         return None
     inits = {n: view.init_of(n) for n in layers}
-    wrong = [n for n, i in inits.items() if i not in (None, "he")] if nonlinearity == "relu" else [n for n, i in inits.items() if i not in (None, "xavier", "lecun_or_xavier")]
+    wrong = (
+        [n for n, i in inits.items() if i not in (None, "he")]
+        if nonlinearity == "relu"
+        else [n for n, i in inits.items() if i not in (None, "xavier", "lecun_or_xavier")]
+    )
     if not wrong:
         return None
     kinds = sorted({inits[n] for n in wrong if inits[n]})
@@ -93,7 +116,11 @@ def _normalise(view: View) -> Remedy | None:
     if view.has_norm or len(view.weight_layers) < 4:
         return None
     conv = any(view.type_of(n).startswith("Conv") for n in view.weight_layers)
-    norm = "nn.BatchNorm2d(channels)" if conv else "nn.BatchNorm1d(features) (or nn.LayerNorm(features))"
+    norm = (
+        "nn.BatchNorm2d(channels)"
+        if conv
+        else "nn.BatchNorm1d(features) (or nn.LayerNorm(features))"
+    )
     return Remedy(
         "normalization",
         f"Insert {norm} after each of {names(view.weight_layers[:-1])}, before its activation:\n"
@@ -125,7 +152,11 @@ def vanishing_remedies(view: View, trend: dict) -> tuple[Remedy, ...]:
         _residual(view),
     ]
     return tuple(r for r in out if r is not None) or (
-        Remedy("depth", f"Reduce depth: the signal loses x{trend['per_layer']:.2f} per layer.", why="each layer multiplies the gradient by its own factor"),
+        Remedy(
+            "depth",
+            f"Reduce depth: the signal loses x{trend['per_layer']:.2f} per layer.",
+            why="each layer multiplies the gradient by its own factor",
+        ),
     )
 
 
@@ -156,13 +187,22 @@ def _clip(view: View, why: str) -> Remedy:
 
 def _lr(view: View, factor: float, why: str) -> Remedy:
     lrs = view.optimizer.get("lr") or []
-    now = f" from {fmt(lrs[0])} to {fmt(lrs[0] * factor)}" if lrs else f" by about {fmt(1 / factor)}x"
-    return Remedy("lr", f"Lower the learning rate{now}, with a warm-up over the first few hundred steps.", expected="update/weight ratios near 1e-3", why=why)
+    now = (
+        f" from {fmt(lrs[0])} to {fmt(lrs[0] * factor)}" if lrs else f" by about {fmt(1 / factor)}x"
+    )
+    return Remedy(
+        "lr",
+        f"Lower the learning rate{now}, with a warm-up over the first few hundred steps.",
+        expected="update/weight ratios near 1e-3",
+        why=why,
+    )
 
 
 def exploding_remedies(view: View, evidence: dict) -> tuple[Remedy, ...]:
     out = [_clip(view, "bounds each update even when gradients blow up (Pascanu et al. 2013)")]
-    init = _init_remedy(view, "relu") if _activations(view, RECTIFIERS) else _init_remedy(view, "tanh")
+    init = (
+        _init_remedy(view, "relu") if _activations(view, RECTIFIERS) else _init_remedy(view, "tanh")
+    )
     if init:
         out.insert(0, init)
     out.append(_lr(view, 0.1, "a smaller step keeps a large gradient from compounding"))
@@ -182,19 +222,30 @@ def nonfinite_remedies(view: View) -> tuple[Remedy, ...]:
         ),
         _clip(view, "a finite but huge gradient becomes Inf in the next update"),
         _lr(view, 0.1, "divergence to Inf is often a learning rate too large for the loss surface"),
-        Remedy("precision", "Under torch.autocast with float16, use torch.amp.GradScaler (it skips steps with Inf/NaN gradients) or bfloat16.", why="float16 overflows at 65504"),
+        Remedy(
+            "precision",
+            "Under torch.autocast with float16, use torch.amp.GradScaler (it skips steps with Inf/NaN gradients) or bfloat16.",
+            why="float16 overflows at 65504",
+        ),
     )
 
 
 def saturation_remedies(view: View, layers: list[str]) -> tuple[Remedy, ...]:
     fns = {fn: [n for n in ls if n in layers] for fn, ls in _activations(view, SATURATING).items()}
     fns = {k: v for k, v in fns.items() if v}
-    out = [_swap_activation(view, fns), _init_remedy(view, "tanh" if "tanh" in fns else "sigmoid"), _normalise(view)]
+    out = [
+        _swap_activation(view, fns),
+        _init_remedy(view, "tanh" if "tanh" in fns else "sigmoid"),
+        _normalise(view),
+    ]
     return tuple(r for r in out if r is not None)
 
 
 def dead_remedies(view: View, layers: list[str]) -> tuple[Remedy, ...]:
-    fns = {fn: [n for n in ls if n in layers] for fn, ls in _activations(view, {"relu", "relu6"}).items()}
+    fns = {
+        fn: [n for n in ls if n in layers]
+        for fn, ls in _activations(view, {"relu", "relu6"}).items()
+    }
     fns = {k: v for k, v in fns.items() if v}
     out = [
         _swap_activation(view, fns, to="nn.LeakyReLU(0.1)") if fns else None,
@@ -204,7 +255,11 @@ def dead_remedies(view: View, layers: list[str]) -> tuple[Remedy, ...]:
             expected="about half the units active on any sample",
             why="a ReLU unit with a negative input for every sample has zero gradient",
         ),
-        _lr(view, 0.3, "a too-large step can push a unit's bias so far negative that it never fires again"),
+        _lr(
+            view,
+            0.3,
+            "a too-large step can push a unit's bias so far negative that it never fires again",
+        ),
     ]
     return tuple(r for r in out if r is not None)
 
@@ -228,7 +283,11 @@ def stalled_remedies(view: View, layers: list[str]) -> tuple[Remedy, ...]:
 def unstable_remedies(view: View, ratio: float) -> tuple[Remedy, ...]:
     factor = min(1.0, 1e-3 / ratio) if ratio > 0 else 0.1
     return (
-        _lr(view, factor, f"updates are {fmt(ratio)} of the weights per step; around 1e-3 is the usual healthy size"),
+        _lr(
+            view,
+            factor,
+            f"updates are {fmt(ratio)} of the weights per step; around 1e-3 is the usual healthy size",
+        ),
         _clip(view, "bounds each step's size"),
     )
 
@@ -255,10 +314,28 @@ def through_time_remedies(view: View, layers: list[str], vanishing: bool) -> tup
             )
         )
     if vanishing:
-        out.append(Remedy("init", "Initialise the recurrent weights orthogonally: nn.init.orthogonal_(rnn.weight_hh_l0).", why="singular values of 1 neither shrink nor grow the gradient per step"))
+        out.append(
+            Remedy(
+                "init",
+                "Initialise the recurrent weights orthogonally: nn.init.orthogonal_(rnn.weight_hh_l0).",
+                why="singular values of 1 neither shrink nor grow the gradient per step",
+            )
+        )
     else:
-        out.insert(0, _clip(view, "exploding gradients through time are the textbook case for norm clipping (Pascanu et al. 2013)"))
-        out.append(Remedy("init", "Scale the recurrent weights so their largest singular value is below 1 (e.g. nn.init.orthogonal_(rnn.weight_hh_l0, gain=0.9)).", why="the recurrent Jacobian's norm sets the growth per step"))
+        out.insert(
+            0,
+            _clip(
+                view,
+                "exploding gradients through time are the textbook case for norm clipping (Pascanu et al. 2013)",
+            ),
+        )
+        out.append(
+            Remedy(
+                "init",
+                "Scale the recurrent weights so their largest singular value is below 1 (e.g. nn.init.orthogonal_(rnn.weight_hh_l0, gain=0.9)).",
+                why="the recurrent Jacobian's norm sets the growth per step",
+            )
+        )
     return tuple(out)
 
 

@@ -44,7 +44,12 @@ def detect_through_time(view: View) -> list[Finding]:
         if len(values) < MIN_TIME_STEPS or not np.isfinite(values).all():
             continue
         ratio, per_step = _series_ratio(values)
-        entry = {"ratio": ratio, "per_step_factor": per_step, "length": len(values), "step": int(step)}
+        entry = {
+            "ratio": ratio,
+            "per_step_factor": per_step,
+            "length": len(values),
+            "step": int(step),
+        }
         judged[layer] = judged.get(layer, 0) + 1
         if ratio < TIME_VANISH_WARN:
             vanishing[layer] = entry
@@ -60,7 +65,11 @@ def detect_through_time(view: View) -> list[Finding]:
             # an explosion already happened and its overshooting steps are done, so it stays.
             vanishing.pop(layer, None)
     # Kept when it held on most recorded steps and training has not made up for it since.
-    lapsed = {n: first_step[f"v{n}"] for n in worst_seen if n not in vanishing and 2 * vanished[n] >= judged[n]}
+    lapsed = {
+        n: first_step[f"v{n}"]
+        for n in worst_seen
+        if n not in vanishing and 2 * vanished[n] >= judged[n]
+    }
     for layer in _loss_not_halved(view, lapsed):
         vanishing[layer] = {**worst_seen[layer], "cured": False}
     findings = []
@@ -71,7 +80,11 @@ def detect_through_time(view: View) -> list[Finding]:
         if not found:
             continue
         layers = [n for n in view.order if n in found] or list(found)
-        worst = min(found.values(), key=lambda e: e["ratio"]) if word == "shrinks" else max(found.values(), key=lambda e: e["ratio"])
+        worst = (
+            min(found.values(), key=lambda e: e["ratio"])
+            if word == "shrinks"
+            else max(found.values(), key=lambda e: e["ratio"])
+        )
         summary = (
             f"In {names(layers)} the gradient {word} x{worst['per_step_factor']:.2f} per time step: the first of "
             f"{worst['length']} steps gets {fmt(worst['ratio'])} of what the last gets."
@@ -83,7 +96,17 @@ def detect_through_time(view: View) -> list[Finding]:
             # 1997): a moderate decay at this point is expected, not yet a problem.
             severity = "info"
         step = min(first_step[("v" if word == "shrinks" else "e") + n] for n in found)
-        findings.append(Finding(kind, severity, tuple(layers), summary, {"layers": found}, through_time_remedies(view, layers, word == "shrinks"), step))
+        findings.append(
+            Finding(
+                kind,
+                severity,
+                tuple(layers),
+                summary,
+                {"layers": found},
+                through_time_remedies(view, layers, word == "shrinks"),
+                step,
+            )
+        )
     return findings
 
 
@@ -122,4 +145,8 @@ def detect_plateau(view: View) -> list[Finding]:
         return []
     summary = f"The loss has not moved: {fmt(start)} at the start, {fmt(recent)} over the last {max(5, len(values) // 5)} recorded steps, after {len(values)} steps."
     evidence = {"start_loss": start, "recent_loss": recent, "best_loss": best, "steps": len(values)}
-    return [Finding("loss_plateau", "warning", (), summary, evidence, (), int(loss.index[PLATEAU_STEPS - 1]))]
+    return [
+        Finding(
+            "loss_plateau", "warning", (), summary, evidence, (), int(loss.index[PLATEAU_STEPS - 1])
+        )
+    ]

@@ -11,10 +11,43 @@ import numpy as np
 import pandas as pd
 
 SATURATING = {"sigmoid", "tanh", "hardtanh", "softsign", "hardsigmoid", "logsigmoid"}
-RECTIFIERS = {"relu", "relu6", "leaky_relu", "prelu", "rrelu", "gelu", "silu", "mish", "hardswish", "softplus", "elu", "selu", "celu"}
-NORM_TYPES = {"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "RMSNorm", "SyncBatchNorm"}
+RECTIFIERS = {
+    "relu",
+    "relu6",
+    "leaky_relu",
+    "prelu",
+    "rrelu",
+    "gelu",
+    "silu",
+    "mish",
+    "hardswish",
+    "softplus",
+    "elu",
+    "selu",
+    "celu",
+}
+NORM_TYPES = {
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "LayerNorm",
+    "GroupNorm",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "RMSNorm",
+    "SyncBatchNorm",
+}
 RECURRENT_TYPES = {"RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"}
-WEIGHT_TYPES = {"Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "Bilinear", "LazyLinear"}
+WEIGHT_TYPES = {
+    "Linear",
+    "Conv1d",
+    "Conv2d",
+    "Conv3d",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "Bilinear",
+    "LazyLinear",
+}
 
 
 @dataclass
@@ -56,7 +89,15 @@ class View:
         step_codes, steps = pd.factorize(s["step"].to_numpy(), sort=True)
         layer_codes, layers = pd.factorize(s["layer"].to_numpy(dtype=object))
         metric_of = {str(m): i for i, m in enumerate(metric_names)}
-        return metric_of, metric_codes, step_codes, steps, layer_codes, np.asarray(layers, dtype=object), s["value"].to_numpy(dtype=float)
+        return (
+            metric_of,
+            metric_codes,
+            step_codes,
+            steps,
+            layer_codes,
+            np.asarray(layers, dtype=object),
+            s["value"].to_numpy(dtype=float),
+        )
 
     @cached_property
     def _pivots(self) -> dict[str, pd.DataFrame]:
@@ -86,10 +127,16 @@ class View:
         if len(np.unique(si * len(used_layers) + li)) != len(rows):
             # A (step, layer) recorded twice: keep the last non-missing value, as pivot_table does.
             frame = self.scalar.iloc[rows]
-            return frame.pivot_table(index="step", columns="layer", values="value", aggfunc="last", dropna=False)
+            return frame.pivot_table(
+                index="step", columns="layer", values="value", aggfunc="last", dropna=False
+            )
         table = np.full((len(used_steps), len(used_layers)), np.nan)
         table[si.reshape(-1), li.reshape(-1)] = values[rows]
-        return pd.DataFrame(table, index=pd.Index(steps[used_steps], name="step"), columns=pd.Index(layers[used_layers].tolist(), name="layer"))
+        return pd.DataFrame(
+            table,
+            index=pd.Index(steps[used_steps], name="step"),
+            columns=pd.Index(layers[used_layers].tolist(), name="layer"),
+        )
 
     def series(self, name: str) -> pd.DataFrame:
         """Rows of an indexed metric (index >= 0)."""
@@ -144,7 +191,9 @@ class View:
         1 and move slowly by design), embeddings (sparse rows), and layers that started at zero
         (Fixup's zeroed branches: any step or gradient is huge next to nothing until the weights
         have grown)."""
-        out = {n for n in self.order if self.type_of(n) in NORM_TYPES or self.type_of(n) == "Embedding"}
+        out = {
+            n for n in self.order if self.type_of(n) in NORM_TYPES or self.type_of(n) == "Embedding"
+        }
         w = self.metric("weight_norm")
         for c in w.columns:
             start = w[c].dropna()

@@ -31,7 +31,13 @@ def scalars(rows: pa.Table) -> Iterator[tuple[int, dict[str, float]]]:
     frame = rows.to_pandas()
     frame = frame[frame["index"] == -1]
     for step, group in frame.groupby("step", sort=True):
-        yield int(step), {tag(m, la): float(v) for m, la, v in zip(group["metric"], group["layer"], group["value"], strict=True)}
+        yield (
+            int(step),
+            {
+                tag(m, la): float(v)
+                for m, la, v in zip(group["metric"], group["layer"], group["value"], strict=True)
+            },
+        )
 
 
 def findings_markdown(findings) -> str:
@@ -39,7 +45,9 @@ def findings_markdown(findings) -> str:
         return "gradwatch: no findings."
     lines = []
     for f in findings:
-        lines.append(f"- **{f.severity}** `{f.kind}` ({', '.join(f.layers) or 'model'}): {f.summary}")
+        lines.append(
+            f"- **{f.severity}** `{f.kind}` ({', '.join(f.layers) or 'model'}): {f.summary}"
+        )
         lines += [f"    - remedy: {r.detail}" for r in f.remedies]
     return "\n".join(lines)
 

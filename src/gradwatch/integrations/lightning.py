@@ -31,21 +31,32 @@ class _TrainerLoggers(Listener):
     def close(self, watch) -> None:
         """Findings: a count per severity for every logger, and the text where the logger takes text."""
         findings = watch.diagnose().findings
-        counts = {f"gradwatch/findings_{s}": float(sum(f.severity == s for f in findings)) for s in ("info", "warning", "error")}
+        counts = {
+            f"gradwatch/findings_{s}": float(sum(f.severity == s for f in findings))
+            for s in ("info", "warning", "error")
+        }
         text = findings_markdown(findings)
         for logger in self.trainer.loggers:
             logger.log_metrics(counts, step=watch._step)
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_text"):  # TensorBoard
                 experiment.add_text("gradwatch/findings", text, watch._step)
-            elif hasattr(logger, "log_text"):  # WandbLogger; other loggers' log_text take other arguments
+            elif hasattr(
+                logger, "log_text"
+            ):  # WandbLogger; other loggers' log_text take other arguments
                 with contextlib.suppress(TypeError):
                     logger.log_text(key="gradwatch/findings", columns=["findings"], data=[[text]])
             logger.save()
 
 
 class GradwatchCallback(_pl.Callback):
-    def __init__(self, log_dir: str | os.PathLike | None = None, every: int = 1, log_to_loggers: bool = True, **watch_kwargs):
+    def __init__(
+        self,
+        log_dir: str | os.PathLike | None = None,
+        every: int = 1,
+        log_to_loggers: bool = True,
+        **watch_kwargs,
+    ):
         """`watch_kwargs` go to `gradwatch.watch` (flush_every, activations, raise_on, ...)."""
         self.log_dir = log_dir
         self.every = every
@@ -59,7 +70,9 @@ class GradwatchCallback(_pl.Callback):
         if not trainer.optimizers:
             return
         if len(trainer.optimizers) > 1:
-            warnings.warn("gradwatch watches the first of the trainer's optimizers only.", stacklevel=2)
+            warnings.warn(
+                "gradwatch watches the first of the trainer's optimizers only.", stacklevel=2
+            )
         log_dir, kwargs = self.log_dir, dict(self.watch_kwargs)
         if log_dir is None:
             log_dir = Path(trainer.log_dir or trainer.default_root_dir) / "gradwatch"

@@ -23,7 +23,9 @@ class MlflowExporter(Listener):
             if active is None:
                 from ..errors import IntegrationError
 
-                raise IntegrationError("No MLflow run is active; call mlflow.start_run() first or pass run_id=.")
+                raise IntegrationError(
+                    "No MLflow run is active; call mlflow.start_run() first or pass run_id=."
+                )
             run_id = active.info.run_id
         self.run_id = run_id
         self.client = mlflow.tracking.MlflowClient()

@@ -25,7 +25,9 @@ class TensorBoardExporter(Listener):
                 self.writer.add_scalar(tag, value, step)
 
     def close(self, watch) -> None:
-        self.writer.add_text("gradwatch/findings", findings_markdown(watch.diagnose().findings), watch._step)
+        self.writer.add_text(
+            "gradwatch/findings", findings_markdown(watch.diagnose().findings), watch._step
+        )
         self.writer.flush()
         if self._own:
             self.writer.close()

@@ -27,5 +27,7 @@ NAMES: tuple[str, ...] = tuple(_MODULES)
 def get(name: str) -> Experiment:
     """The experiment called `name`; a one-sentence error listing the names for an unknown one."""
     if name not in _MODULES:
-        raise GradwatchError(f"There is no lab experiment called {name!r}; choose from: {', '.join(NAMES)}.")
+        raise GradwatchError(
+            f"There is no lab experiment called {name!r}; choose from: {', '.join(NAMES)}."
+        )
     return importlib.import_module(f"{__package__}.experiments.{_MODULES[name]}").EXPERIMENT

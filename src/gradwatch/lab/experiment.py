@@ -43,8 +43,13 @@ class Figure:
             "y_label": self.y_label,
             "log_y": self.log_y,
             "kind": self.kind,
-            "lines": {k: {"x": [v if isinstance(v, str) else float(v) for v in x], "y": list(map(float, y))}
-                      for k, (x, y) in self.lines.items()},
+            "lines": {
+                k: {
+                    "x": [v if isinstance(v, str) else float(v) for v in x],
+                    "y": list(map(float, y)),
+                }
+                for k, (x, y) in self.lines.items()
+            },
         }
 
 

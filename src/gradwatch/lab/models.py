@@ -5,7 +5,9 @@ from __future__ import annotations
 from torch import nn
 
 
-def mlp(n_in: int, n_out: int, depth: int, width: int, activation: type[nn.Module]) -> nn.Sequential:
+def mlp(
+    n_in: int, n_out: int, depth: int, width: int, activation: type[nn.Module]
+) -> nn.Sequential:
     """`depth` hidden Linear+activation blocks, then a Linear head; PyTorch's default init."""
     layers: list[nn.Module] = []
     d = n_in

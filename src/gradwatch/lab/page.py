@@ -44,7 +44,11 @@ def flatten(measured: Any, prefix: str = "") -> list[tuple[str, Any]]:
         for k, v in measured.items():
             rows += flatten(v, f"{prefix}.{k}" if prefix else str(k))
         return rows
-    if isinstance(measured, list) and measured and all(not isinstance(v, dict | list) for v in measured):
+    if (
+        isinstance(measured, list)
+        and measured
+        and all(not isinstance(v, dict | list) for v in measured)
+    ):
         return [(prefix, "[" + ", ".join(_fmt(v) for v in measured) + "]")]
     if isinstance(measured, list):
         rows = []
@@ -61,11 +65,15 @@ def _scalar(v: Any) -> bool:
 def _grid(key: str, value: dict[str, Any]) -> str | None:
     """A dict of dicts of scalars as a grid (outer keys rows, inner keys columns); a dict of
     scalars as one row. None for anything else."""
-    if value and all(isinstance(v, dict) and v and all(_scalar(x) for x in v.values()) for v in value.values()):
+    if value and all(
+        isinstance(v, dict) and v and all(_scalar(x) for x in v.values()) for v in value.values()
+    ):
         cols = list(dict.fromkeys(c for v in value.values() for c in v))
         head = "".join(f"<th>{_e(c)}</th>" for c in cols)
         body = "".join(
-            f"<tr><th>{_e(r)}</th>" + "".join(f"<td class='num'>{_e(_fmt(v.get(c, '')))}</td>" for c in cols) + "</tr>"
+            f"<tr><th>{_e(r)}</th>"
+            + "".join(f"<td class='num'>{_e(_fmt(v.get(c, '')))}</td>" for c in cols)
+            + "</tr>"
             for r, v in value.items()
         )
         return f"<table><caption>{_e(key)}</caption><tr><th></th>{head}</tr>{body}</table>"
@@ -92,9 +100,7 @@ def _table(measured: dict[str, Any], header: str = "measured") -> str:
     rows = flatten(measured)
     if not rows:
         return "<p>No measurements.</p>"
-    body = "".join(
-        f"<tr><td>{_e(k)}</td><td class='num'>{_e(_fmt(v))}</td></tr>" for k, v in rows
-    )
+    body = "".join(f"<tr><td>{_e(k)}</td><td class='num'>{_e(_fmt(v))}</td></tr>" for k, v in rows)
     return f"<table><tr><th>{header}</th><th>value</th></tr>{body}</table>"
 
 
@@ -102,12 +108,19 @@ def _figure(fig: dict[str, Any], div_id: str) -> str:
     traces = []
     for label, line in fig.get("lines", {}).items():
         trace = {"x": line["x"], "y": line["y"], "name": label}
-        trace.update({"type": "bar"} if fig.get("kind") == "bar" else {"type": "scatter", "mode": "lines+markers"})
+        trace.update(
+            {"type": "bar"}
+            if fig.get("kind") == "bar"
+            else {"type": "scatter", "mode": "lines+markers"}
+        )
         traces.append(trace)
     layout = {
         "title": {"text": fig.get("title", "")},
         "xaxis": {"title": {"text": fig.get("x_label", "")}},
-        "yaxis": {"title": {"text": fig.get("y_label", "")}, "type": "log" if fig.get("log_y") else "linear"},
+        "yaxis": {
+            "title": {"text": fig.get("y_label", "")},
+            "type": "log" if fig.get("log_y") else "linear",
+        },
         "margin": {"l": 60, "r": 10, "t": 40, "b": 50},
         "legend": {"font": {"size": 10}},
     }
@@ -139,12 +152,24 @@ def _section(i: int, rec: dict[str, Any]) -> str:
         parts.append(f"<p><b>Error.</b></p><pre>{_e(rec.get('traceback') or rec['error'])}</pre>")
     parts.append(_measured(rec.get("measured") or {}))
     if rec.get("setup"):
-        parts.append("<details><summary>setup</summary>" + _table(rec["setup"], header="setting") + "</details>")
+        parts.append(
+            "<details><summary>setup</summary>"
+            + _table(rec["setup"], header="setting")
+            + "</details>"
+        )
     figs = rec.get("figures") or []
     if figs:
-        parts.append("<div class='figs'>" + "".join(_figure(f, f"fig-{i}-{j}") for j, f in enumerate(figs)) + "</div>")
+        parts.append(
+            "<div class='figs'>"
+            + "".join(_figure(f, f"fig-{i}-{j}") for j, f in enumerate(figs))
+            + "</div>"
+        )
     if rec.get("runs"):
-        parts.append("<p class='meta'>Stored runs (read with gw.load): " + ", ".join(f"<code>{_e(r)}</code>" for r in rec["runs"]) + "</p>")
+        parts.append(
+            "<p class='meta'>Stored runs (read with gw.load): "
+            + ", ".join(f"<code>{_e(r)}</code>" for r in rec["runs"])
+            + "</p>"
+        )
     parts.append("</section>")
     return "\n".join(parts)
 
@@ -161,7 +186,11 @@ def render(doc: dict[str, Any]) -> str:
         f"<td class='num'>{_e(r.get('seconds', 0))}</td></tr>"
         for r in records
     )
-    status = " (interrupted: the experiments below are those that finished)" if doc.get("interrupted") else ""
+    status = (
+        " (interrupted: the experiments below are those that finished)"
+        if doc.get("interrupted")
+        else ""
+    )
     head = (
         "<!doctype html><html><head><meta charset='utf-8'><title>gradwatch lab</title>"
         f"<style>{_STYLE}</style><script>{get_plotlyjs()}</script></head><body>"

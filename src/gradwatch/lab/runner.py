@@ -76,9 +76,19 @@ def run_one(exp: Experiment, settings: Settings) -> dict[str, Any]:
     """Run one experiment and judge it; an exception becomes a failed record, never propagates
     (KeyboardInterrupt does: the caller decides what an interruption means)."""
     record: dict[str, Any] = {
-        "name": exp.name, "claim": exp.claim, "source": exp.source, "expected": exp.expected,
-        "measured": {}, "reproduced": False, "seconds": 0.0, "quick": settings.quick,
-        "seed": settings.seed, "setup": {}, "figures": [], "runs": [], "error": None,
+        "name": exp.name,
+        "claim": exp.claim,
+        "source": exp.source,
+        "expected": exp.expected,
+        "measured": {},
+        "reproduced": False,
+        "seconds": 0.0,
+        "quick": settings.quick,
+        "seed": settings.seed,
+        "setup": {},
+        "figures": [],
+        "runs": [],
+        "error": None,
     }
     start = time.perf_counter()
     try:
@@ -108,8 +118,12 @@ def write_results(out: Path, result: LabResult, meta: dict[str, Any]) -> None:
     """Write results.json and index.html, each atomically (a temporary file renamed into place)."""
     from .page import render
 
-    doc = {**meta, "interrupted": result.interrupted, "all_reproduced": result.all_reproduced,
-           "experiments": result.records}
+    doc = {
+        **meta,
+        "interrupted": result.interrupted,
+        "all_reproduced": result.all_reproduced,
+        "experiments": result.records,
+    }
     _atomic_write(out / RESULTS, json.dumps(json_ready(doc), indent=2, allow_nan=False))
     _atomic_write(out / PAGE, render(doc))
 
@@ -141,13 +155,22 @@ def run_lab(
     console = console or Console()
     result = LabResult(out)
     meta = {
-        "gradwatch_version": __version__, "torch_version": torch.__version__, "quick": quick,
-        "seed": seed, "started": _now(), "requested": names,
+        "gradwatch_version": __version__,
+        "torch_version": torch.__version__,
+        "quick": quick,
+        "seed": seed,
+        "started": _now(),
+        "requested": names,
     }
     # The lab's nets are small: one thread is faster than two and steadier on a busy machine.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+    )
     try:
         with Progress(*columns, console=console, transient=True) as progress:
             overall = progress.add_task(f"lab ({'quick' if quick else 'full'})", total=len(names))
@@ -181,9 +204,19 @@ def run_lab(
 
 def _failed(name: str, exc: Exception, settings: Settings) -> dict[str, Any]:
     return {
-        "name": name, "claim": "", "source": "", "expected": "", "measured": {}, "reproduced": False,
-        "seconds": 0.0, "quick": settings.quick, "seed": settings.seed, "setup": {}, "figures": [],
-        "runs": [], "error": f"{type(exc).__name__}: {exc}",
+        "name": name,
+        "claim": "",
+        "source": "",
+        "expected": "",
+        "measured": {},
+        "reproduced": False,
+        "seconds": 0.0,
+        "quick": settings.quick,
+        "seed": settings.seed,
+        "setup": {},
+        "figures": [],
+        "runs": [],
+        "error": f"{type(exc).__name__}: {exc}",
     }
 
 

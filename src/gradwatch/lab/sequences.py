@@ -14,7 +14,9 @@ BASELINE_MSE = 1.0 / 24.0
 TOLERANCE = 0.04
 
 
-def adding(n: int, length: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def adding(
+    n: int, length: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs of shape (n, length, 2), targets of shape (n,)) for the adding problem."""
     if length < 2:
         raise ValueError(f"the adding problem needs length ≥ 2, not {length}.")

@@ -40,7 +40,10 @@ def load() -> SimpleNamespace | None:
             kernels = _compile(numba, cache=False)
         _warm(kernels)
     except Exception as exc:  # noqa: BLE001 - any failure leaves the torch path, which always works
-        warnings.warn(f"gradwatch's numba kernels did not compile ({exc}); using torch operations instead.", stacklevel=2)
+        warnings.warn(
+            f"gradwatch's numba kernels did not compile ({exc}); using torch operations instead.",
+            stacklevel=2,
+        )
         return None
     return kernels
 
@@ -144,5 +147,7 @@ def _compile(numba, cache: bool) -> SimpleNamespace:
         histogram(y, stride, lo, per_bin, counts)
         return moments(y)
 
-    kernels = dict(flat_count=flat_count, dead_units=dead_units, moments=moments, post=post, sum_sq=sum_sq)
+    kernels = dict(
+        flat_count=flat_count, dead_units=dead_units, moments=moments, post=post, sum_sq=sum_sq
+    )
     return SimpleNamespace(**kernels, name=f"numba {numba.__version__}")

@@ -46,8 +46,30 @@ class ActivationSpec:
         return (x < self.lo) | (x > self.hi)
 
 
-_SATURATING = {"sigmoid", "tanh", "hardtanh", "softsign", "hardsigmoid", "elu", "selu", "celu", "logsigmoid", "relu6"}
-_RECTIFIER = {"relu", "relu6", "leaky_relu", "prelu", "rrelu", "gelu", "silu", "mish", "hardswish", "softplus"}
+_SATURATING = {
+    "sigmoid",
+    "tanh",
+    "hardtanh",
+    "softsign",
+    "hardsigmoid",
+    "elu",
+    "selu",
+    "celu",
+    "logsigmoid",
+    "relu6",
+}
+_RECTIFIER = {
+    "relu",
+    "relu6",
+    "leaky_relu",
+    "prelu",
+    "rrelu",
+    "gelu",
+    "silu",
+    "mish",
+    "hardswish",
+    "softplus",
+}
 
 
 def _fn(name: str, p: tuple) -> callable:
@@ -90,7 +112,9 @@ def spec(name: str, params: tuple = ()) -> ActivationSpec:
     if flat[-1]:
         last_steep = int((~flat).nonzero()[-1])
         hi = float(xs[last_steep])
-    return ActivationSpec(name, name in _SATURATING, name in _RECTIFIER, lo, hi, _range(name, params))
+    return ActivationSpec(
+        name, name in _SATURATING, name in _RECTIFIER, lo, hi, _range(name, params)
+    )
 
 
 def _range(name: str, p: tuple) -> tuple[float, float]:
@@ -159,11 +183,23 @@ def _arg(args, kwargs, i: int, name: str, default):
 
 # Functions a forward may call directly, and how to read their parameters from the call.
 _FUNCTIONAL = {
-    "relu": ([F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_, F.relu_], lambda a, k: ()),
+    "relu": (
+        [F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_, F.relu_],
+        lambda a, k: (),
+    ),
     "relu6": ([F.relu6], lambda a, k: ()),
-    "sigmoid": ([torch.sigmoid, torch.Tensor.sigmoid, torch.sigmoid_, torch.Tensor.sigmoid_, F.sigmoid], lambda a, k: ()),
-    "tanh": ([torch.tanh, torch.Tensor.tanh, torch.tanh_, torch.Tensor.tanh_, F.tanh], lambda a, k: ()),
-    "leaky_relu": ([F.leaky_relu, F.leaky_relu_], lambda a, k: (float(_arg(a, k, 1, "negative_slope", 0.01)),)),
+    "sigmoid": (
+        [torch.sigmoid, torch.Tensor.sigmoid, torch.sigmoid_, torch.Tensor.sigmoid_, F.sigmoid],
+        lambda a, k: (),
+    ),
+    "tanh": (
+        [torch.tanh, torch.Tensor.tanh, torch.tanh_, torch.Tensor.tanh_, F.tanh],
+        lambda a, k: (),
+    ),
+    "leaky_relu": (
+        [F.leaky_relu, F.leaky_relu_],
+        lambda a, k: (float(_arg(a, k, 1, "negative_slope", 0.01)),),
+    ),
     "elu": ([F.elu, F.elu_], lambda a, k: (float(_arg(a, k, 1, "alpha", 1.0)),)),
     "celu": ([F.celu, F.celu_], lambda a, k: (float(_arg(a, k, 1, "alpha", 1.0)),)),
     "selu": ([F.selu, torch.selu, torch.selu_, F.selu_], lambda a, k: ()),
@@ -172,9 +208,15 @@ _FUNCTIONAL = {
     "mish": ([F.mish], lambda a, k: ()),
     "hardswish": ([F.hardswish], lambda a, k: ()),
     "hardsigmoid": ([F.hardsigmoid], lambda a, k: ()),
-    "hardtanh": ([F.hardtanh, F.hardtanh_], lambda a, k: (float(_arg(a, k, 1, "min_val", -1.0)), float(_arg(a, k, 2, "max_val", 1.0)))),
+    "hardtanh": (
+        [F.hardtanh, F.hardtanh_],
+        lambda a, k: (float(_arg(a, k, 1, "min_val", -1.0)), float(_arg(a, k, 2, "max_val", 1.0))),
+    ),
     "softsign": ([F.softsign], lambda a, k: ()),
-    "softplus": ([F.softplus], lambda a, k: (float(_arg(a, k, 1, "beta", 1.0)), float(_arg(a, k, 2, "threshold", 20.0)))),
+    "softplus": (
+        [F.softplus],
+        lambda a, k: (float(_arg(a, k, 1, "beta", 1.0)), float(_arg(a, k, 2, "threshold", 20.0))),
+    ),
     "logsigmoid": ([F.logsigmoid], lambda a, k: ()),
 }
 FUNCTIONAL: dict[object, tuple[str, callable]] = {

@@ -91,8 +91,12 @@ class _Plan(NamedTuple):
     has_peak: np.ndarray  # [calls] bool: the calls of rectifiers
     # What the device's kernels need (None where the CPU kernels measured the step):
     peaks_uniform: bool = True  # every peak has one size: one [peaks, units] comparison
-    lo: torch.Tensor | None = None  # [peaks, 1] dead-unit bound, in the peaks' dtype ([peak entries] if not uniform)
-    peak_call: torch.Tensor | None = None  # the call each peak entry belongs to (peaks of mixed sizes)
+    lo: torch.Tensor | None = (
+        None  # [peaks, 1] dead-unit bound, in the peaks' dtype ([peak entries] if not uniform)
+    )
+    peak_call: torch.Tensor | None = (
+        None  # the call each peak entry belongs to (peaks of mixed sizes)
+    )
     hist_lo: torch.Tensor | None = None  # [calls, 1] lower end of each call's histogram range
     per_bin: torch.Tensor | None = None  # [calls, 1] bins per unit of output
     offsets: torch.Tensor | None = None  # [calls, 1] first bin of each call in the shared bincount
@@ -118,7 +122,9 @@ class _Step(NamedTuple):
     plan: _Plan
     scalars: torch.Tensor | np.ndarray  # [3, calls]: mean, ‖y − mean‖, flat-tail count
     dead: torch.Tensor | np.ndarray | None  # [rectifier calls] dead units
-    hist: torch.Tensor | np.ndarray | None  # [calls, bins + 1] sample counts (the last bin is padding)
+    hist: (
+        torch.Tensor | np.ndarray | None
+    )  # [calls, bins + 1] sample counts (the last bin is padding)
 
 
 class _FunctionalMode(TorchFunctionMode):
@@ -129,14 +135,20 @@ class _FunctionalMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         spec = functional_spec(func, args, kwargs) if args else None
-        if spec is None or not self.probe._stack or self.probe._stack[-1] in self.probe._module_rows:
+        if (
+            spec is None
+            or not self.probe._stack
+            or self.probe._stack[-1] in self.probe._module_rows
+        ):
             return func(*args, **kwargs)
         x = args[0]
         pre = self.probe._pre_stats(spec, x.detach()) if isinstance(x, torch.Tensor) else None
         y = func(*args, **kwargs)
         if pre is not None and isinstance(y, torch.Tensor):
             self.probe._found_functional = True
-            self.probe._post_stats(self.probe._row_for(self.probe._stack[-1], spec), pre, y.detach())
+            self.probe._post_stats(
+                self.probe._row_for(self.probe._stack[-1], spec), pre, y.detach()
+            )
         return y
 
 
@@ -159,7 +171,9 @@ class ActivationProbe(Probe):
         self._found_functional = False
         self._discovered = False  # a measured forward has run, so we know if functions are used
         self._pending: dict[int, tuple] = {}  # in-place modules: what their pre-hook read
-        self._inplace: set[int] = set()  # modules seen to overwrite their input without `inplace=True`
+        self._inplace: set[int] = (
+            set()
+        )  # modules seen to overwrite their input without `inplace=True`
         self._strides: dict[tuple, torch.Tensor] = {}
         self._calls: list[_Call] = []  # every activation call of the step
 
@@ -200,7 +214,9 @@ class ActivationProbe(Probe):
                 self._mode_hooks.add(m.register_forward_pre_hook(self._push(name)))
                 self._mode_hooks.add(m.register_forward_hook(self._pop, always_call=True))
             self._mode_hooks.add(self.model.register_forward_pre_hook(self._enter_mode))
-            self._mode_hooks.add(self.model.register_forward_hook(self._exit_mode, always_call=True))
+            self._mode_hooks.add(
+                self.model.register_forward_hook(self._exit_mode, always_call=True)
+            )
 
     def disarm(self) -> None:
         self._hooks.remove()
@@ -299,7 +315,9 @@ class ActivationProbe(Probe):
         # where Σy² − (Σy)²/n in float32 would cancel. `dist` is ‖y − mean‖ in one call.
         dev = torch.dist(y, mean)
         sample = y.take(self._stride(y)) if self.histograms else None  # a copy: y is not kept alive
-        self._calls.append(_Call(row.index, n_elem, n_sat_elem, n_units, mean, dev, sat, peak, lo, sample))
+        self._calls.append(
+            _Call(row.index, n_elem, n_sat_elem, n_units, mean, dev, sat, peak, lo, sample)
+        )
 
     # ------------------------------------------------------------ the numbers on the CPU (numba)
 
@@ -334,7 +352,9 @@ class ActivationProbe(Probe):
             mean, dev = self._kernels.post(a, stride, lo, per_bin, counts)
         else:
             mean, dev = self._kernels.moments(a)
-        self._calls.append(_HostCall((row.index, n, n_sat, units, sample), mean, dev, sat, dead, counts))
+        self._calls.append(
+            _HostCall((row.index, n, n_sat, units, sample), mean, dev, sat, dead, counts)
+        )
 
     def _bounds_for(self, spec: ActivationSpec, dtype: torch.dtype, host: np.dtype) -> tuple:
         """The flat-tail and dead-unit bounds as the torch path compares them, in the dtype the
@@ -343,7 +363,11 @@ class ActivationProbe(Probe):
         if hit is None:
             # A flat tail is found by subtracting the bound in the op's compute dtype (float32 for
             # half inputs); the dead-unit bound is compared in the input's own dtype.
-            rect = spec.lo if math.isinf(spec.lo) else torch.tensor(spec.lo, dtype=torch.float64).to(dtype).item()
+            rect = (
+                spec.lo
+                if math.isinf(spec.lo)
+                else torch.tensor(spec.lo, dtype=torch.float64).to(dtype).item()
+            )
             tails = (spec.lo == -spec.hi, not math.isinf(spec.lo), not math.isinf(spec.hi))
             hit = (host.type(spec.lo), host.type(spec.hi), host.type(rect), tails)
             self._bounds[(spec, dtype)] = hit
@@ -373,15 +397,25 @@ class ActivationProbe(Probe):
             return
         # Each list once per step: the plan's key, the dead units and the histograms all read them.
         peaks = [c.peak.reshape(-1) for c in calls if c.peak is not None]
-        samples = [c.sample if c.sample.dtype == torch.float32 else c.sample.float() for c in calls if c.sample is not None]
+        samples = [
+            c.sample if c.sample.dtype == torch.float32 else c.sample.float()
+            for c in calls
+            if c.sample is not None
+        ]
         plan = self._plan(calls, peaks, samples)
         zero = None
         if not all(plan.has_sat):
             zero = torch.zeros((), dtype=calls[0].mean.dtype, device=calls[0].mean.device)
         scalars = torch.stack(
-            [c.mean for c in calls] + [c.dev for c in calls] + [zero if c.sat is None else c.sat for c in calls]
+            [c.mean for c in calls]
+            + [c.dev for c in calls]
+            + [zero if c.sat is None else c.sat for c in calls]
         ).view(3, len(calls))
-        self._steps.append(_Step(slot, plan, scalars, self._dead_units(peaks, plan), self._histograms(samples, plan)))
+        self._steps.append(
+            _Step(
+                slot, plan, scalars, self._dead_units(peaks, plan), self._histograms(samples, plan)
+            )
+        )
 
     def _host_step(self, slot: int, calls: list[_HostCall]) -> _Step:
         """A step measured by the CPU kernels: its numbers gathered into the arrays `take` pools."""
@@ -392,17 +426,26 @@ class ActivationProbe(Probe):
                 self._plans.clear()
             rows, n, n_sat, units, sample = zip(*key, strict=True)
             sample = [s or 0 for s in sample]
-            has_sat, has_peak = [c.sat is not None for c in calls], [c.dead is not None for c in calls]
+            has_sat, has_peak = (
+                [c.sat is not None for c in calls],
+                [c.dead is not None for c in calls],
+            )
             plan = self._plans[key] = _plan_of(rows, n, n_sat, units, sample, has_sat, has_peak)
         scalars = np.array([(c.mean, c.dev, 0.0 if c.sat is None else c.sat) for c in calls]).T
-        dead = np.array([c.dead for c in calls if c.dead is not None], dtype=np.float64) if plan.has_peak.any() else None
+        dead = (
+            np.array([c.dead for c in calls if c.dead is not None], dtype=np.float64)
+            if plan.has_peak.any()
+            else None
+        )
         counts = np.stack([c.counts for c in calls]) if self.histograms else None
         return _Step(slot, plan, scalars, dead, counts)
 
     def discard(self) -> None:
         self._calls = []
 
-    def _plan(self, calls: list[_Call], peaks: list[torch.Tensor], samples: list[torch.Tensor]) -> _Plan:
+    def _plan(
+        self, calls: list[_Call], peaks: list[torch.Tensor], samples: list[torch.Tensor]
+    ) -> _Plan:
         key = (
             tuple((c.row, c.n, c.n_sat, c.units, c.lo, c.sat is not None) for c in calls),
             tuple(p.numel() for p in peaks),
@@ -416,7 +459,9 @@ class ActivationProbe(Probe):
             plan = self._plans[key] = self._new_plan(calls, peaks, samples)
         return plan
 
-    def _new_plan(self, calls: list[_Call], peaks: list[torch.Tensor], samples: list[torch.Tensor]) -> _Plan:
+    def _new_plan(
+        self, calls: list[_Call], peaks: list[torch.Tensor], samples: list[torch.Tensor]
+    ) -> _Plan:
         dev = calls[0].mean.device
         rows = list(self._rows.values())
         lo = peak_call = hist_lo = per_bin = offsets = pad = None
@@ -424,7 +469,9 @@ class ActivationProbe(Probe):
         if peaks:
             # The bound in the peaks' dtype, as a comparison with a Python float would round it.
             # (Rounded on the host: a device may have no float64.)
-            bounds = torch.tensor([c.lo for c in calls if c.peak is not None], dtype=torch.float64).to(peaks[0].dtype)
+            bounds = torch.tensor(
+                [c.lo for c in calls if c.peak is not None], dtype=torch.float64
+            ).to(peaks[0].dtype)
             if uniform:
                 lo = bounds.to(dev)[:, None]
             else:
@@ -472,14 +519,26 @@ class ActivationProbe(Probe):
         offset by call, one bincount. Padding goes to an extra bin per call, dropped at flush."""
         if not samples:
             return None
-        values = torch.stack(samples) if plan.pad is None else torch.nn.utils.rnn.pad_sequence(samples, batch_first=True)
+        values = (
+            torch.stack(samples)
+            if plan.pad is None
+            else torch.nn.utils.rnn.pad_sequence(samples, batch_first=True)
+        )
         # Values beyond the range count in the edge bins; NaN in the lowest (`nonfinite` reports it).
         # Clamped to [0, bins - 1] first, so that truncation to an integer is the floor.
-        bins = (values - plan.hist_lo).mul_(plan.per_bin).clamp_(0, HIST_BINS - 1).nan_to_num_(0.0).long()
+        bins = (
+            (values - plan.hist_lo)
+            .mul_(plan.per_bin)
+            .clamp_(0, HIST_BINS - 1)
+            .nan_to_num_(0.0)
+            .long()
+        )
         if plan.pad is not None:
             bins.masked_fill_(plan.pad, HIST_BINS)
         bins += plan.offsets
-        return torch.bincount(bins.view(-1), minlength=(HIST_BINS + 1) * len(samples)).view(len(samples), HIST_BINS + 1)
+        return torch.bincount(bins.view(-1), minlength=(HIST_BINS + 1) * len(samples)).view(
+            len(samples), HIST_BINS + 1
+        )
 
     def take(self, n: int) -> dict:
         steps = [s for s in self._steps if s.slot < n]
@@ -563,7 +622,9 @@ def _pool(
 
     def per_row(weights: np.ndarray) -> np.ndarray:
         weights = np.broadcast_to(weights, (steps, len(rows)))
-        return np.bincount(index, weights=weights.ravel(), minlength=steps * width).reshape(steps, width)
+        return np.bincount(index, weights=weights.ravel(), minlength=steps * width).reshape(
+            steps, width
+        )
 
     mean, dev, sat = scalars[:, 0], scalars[:, 1], scalars[:, 2]
     total_n = per_row(n)
@@ -574,7 +635,9 @@ def _pool(
     m2 = per_row(dev * dev) + per_row(n * mean * mean) - total * total / safe_n
     std = np.sqrt(np.maximum(m2, 0) / safe_n)  # NaN stays NaN
     n_sat = per_row(plan.n_sat)
-    sat_frac = np.where(n_sat > 0, per_row(np.where(plan.has_sat, sat, 0.0)) / np.maximum(n_sat, 1), ABSENT)
+    sat_frac = np.where(
+        n_sat > 0, per_row(np.where(plan.has_sat, sat, 0.0)) / np.maximum(n_sat, 1), ABSENT
+    )
     dead_frac = np.full((steps, width), ABSENT)
     if dead is not None:
         units = per_row(plan.units)

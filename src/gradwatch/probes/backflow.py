@@ -30,7 +30,9 @@ class BackflowProbe(Probe):
         self.cadence = cadence
         self._hooks = Hooks()
         self._calls = [0] * len(modules)
-        self._norms: list[tuple[int, torch.Tensor, float]] = []  # (row, ‖g‖, 1/batch) per backward call
+        self._norms: list[
+            tuple[int, torch.Tensor, float]
+        ] = []  # (row, ‖g‖, 1/batch) per backward call
         # Recorded steps, pooled at flush: (slot, rows, scales, calls per row, stacked norms).
         self._steps: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, torch.Tensor | None]] = []
         self._inv_sq: dict[int, torch.Tensor] = {}  # slot → 1/scale² of a GradScaler
@@ -78,11 +80,22 @@ class BackflowProbe(Probe):
             return
         if grad.requires_grad:  # create_graph=True: no graph for our norm
             grad = grad.detach()
-        if self._kernels is not None and grad.dtype in WIDE_FLOATS and type(grad) is torch.Tensor and grad.is_contiguous():
-            self._norms.append((i, math.sqrt(self._kernels.sum_sq(grad.numpy().reshape(-1))), scale))
+        if (
+            self._kernels is not None
+            and grad.dtype in WIDE_FLOATS
+            and type(grad) is torch.Tensor
+            and grad.is_contiguous()
+        ):
+            self._norms.append(
+                (i, math.sqrt(self._kernels.sum_sq(grad.numpy().reshape(-1))), scale)
+            )
             return
         # Half-precision signals are summed in float32; float64 ones keep their own precision.
-        norm = torch.linalg.vector_norm(grad) if grad.dtype in WIDE_FLOATS else torch.linalg.vector_norm(grad, dtype=torch.float32)
+        norm = (
+            torch.linalg.vector_norm(grad)
+            if grad.dtype in WIDE_FLOATS
+            else torch.linalg.vector_norm(grad, dtype=torch.float32)
+        )
         self._norms.append((i, norm, scale))
 
     @torch.no_grad()
@@ -95,7 +108,9 @@ class BackflowProbe(Probe):
         rows = np.array([r for r, _, _ in norms], dtype=np.int64)
         scales = np.array([s for _, _, s in norms], dtype=np.float64)
         if self._kernels is not None:  # on the CPU: numbers, or tensors that need no sync to read
-            stacked = np.array([n if type(n) is float else n.item() for _, n, _ in norms], dtype=np.float64)
+            stacked = np.array(
+                [n if type(n) is float else n.item() for _, n, _ in norms], dtype=np.float64
+            )
         else:
             stacked = torch.stack([n for _, n, _ in norms]) if norms else None
         self._steps.append((slot, rows, scales, calls, stacked))
@@ -115,7 +130,11 @@ class BackflowProbe(Probe):
         out = np.full((n, len(self.table.rows)), ABSENT)
         # Every step's norms reach the host in one copy (in their own dtype: MPS has no float64).
         norms = [s[4].reshape(-1) for s in steps if s[4] is not None]
-        host = np.concatenate(norms) if self._kernels is not None and norms else to_host(norms, join=torch.cat)
+        host = (
+            np.concatenate(norms)
+            if self._kernels is not None and norms
+            else to_host(norms, join=torch.cat)
+        )
         at, width = 0, len(self.modules)
         for slot, rows, scales, calls, stacked in steps:
             acc = np.zeros(width)

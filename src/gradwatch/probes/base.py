@@ -85,7 +85,9 @@ class NormLog:
     one that copies.
     """
 
-    def __init__(self, table: StepTable, width: int, counts: bool = False, dtype: torch.dtype | None = None):
+    def __init__(
+        self, table: StepTable, width: int, counts: bool = False, dtype: torch.dtype | None = None
+    ):
         self.table = table
         self.counts = counts  # summed as they are, not squared
         dtype = table.dtype if dtype is None or dtype.itemsize > table.dtype.itemsize else dtype
@@ -93,7 +95,9 @@ class NormLog:
         self._used = np.full(table.capacity, -1)  # the plan each slot's row was written with
         self._plans: list[_NormPlan] = []
 
-    def plan(self, column: int, rows: torch.Tensor, tensors: list[torch.Tensor], zero: int | None = None) -> int:
+    def plan(
+        self, column: int, rows: torch.Tensor, tensors: list[torch.Tensor], zero: int | None = None
+    ) -> int:
         """A fixed way of writing: tensor k's squared norm (its count, in a log of counts) is summed
         into (`column`, `rows[k]`); column `zero`, if given, is set to 0 in the same cells.
 
@@ -108,7 +112,10 @@ class NormLog:
         cleared = np.unique(rows)
         clear = (np.full(len(cleared), column), cleared)
         if zero is not None:
-            clear = (np.concatenate([clear[0], np.full(len(cleared), zero)]), np.concatenate([cleared, cleared]))
+            clear = (
+                np.concatenate([clear[0], np.full(len(cleared), zero)]),
+                np.concatenate([cleared, cleared]),
+            )
         self._plans.append(
             _NormPlan(
                 width=len(order),
@@ -130,7 +137,9 @@ class NormLog:
             norms = []
             for dev, dtype, idx in plan.groups:
                 part = foreach_norms([tensors[k] for k in idx], dtype)
-                norms += part if dev == self.table.device else [x.to(self.table.device) for x in part]
+                norms += (
+                    part if dev == self.table.device else [x.to(self.table.device) for x in part]
+                )
         row = self._buf[slot, : plan.width]
         torch.stack(norms, out=row)
         self._used[slot] = plan_id
@@ -161,7 +170,10 @@ class NormLog:
         data = self.table.data
 
         def cells(*parts):
-            return tuple(torch.as_tensor(np.concatenate(a) if isinstance(a, list) else a, device=data.device) for a in parts)
+            return tuple(
+                torch.as_tensor(np.concatenate(a) if isinstance(a, list) else a, device=data.device)
+                for a in parts
+            )
 
         data.index_put_(
             cells(clear_slot, [p.clear[0] for p in plans], [p.clear[1] for p in plans]),
@@ -170,16 +182,24 @@ class NormLog:
         values = self._buf[cells(at_slot, at_pos)].to(data.dtype)
         if not self.counts:
             values = values * values
-        data.index_put_(cells(at_slot, [p.sums[0] for p in plans], [p.sums[1] for p in plans]), values, accumulate=True)
+        data.index_put_(
+            cells(at_slot, [p.sums[0] for p in plans], [p.sums[1] for p in plans]),
+            values,
+            accumulate=True,
+        )
         self._used[:n] = -1
 
 
 @dataclass
 class _NormPlan:
     width: int
-    groups: list[tuple[torch.device, torch.dtype, list[int]]]  # the tensors' device and dtype, their positions
+    groups: list[
+        tuple[torch.device, torch.dtype, list[int]]
+    ]  # the tensors' device and dtype, their positions
     whole: bool  # one group, in the order given: no reordering at write
-    sums: tuple[np.ndarray, np.ndarray]  # the table cell each norm's square adds into: (columns, rows)
+    sums: tuple[
+        np.ndarray, np.ndarray
+    ]  # the table cell each norm's square adds into: (columns, rows)
     clear: tuple[np.ndarray, np.ndarray]  # the cells set to 0 first: (columns, rows)
 
 
@@ -203,7 +223,11 @@ def foreach_norms(tensors: list[torch.Tensor], dtype: torch.dtype) -> list[torch
     """L2 norms of `tensors` (all of `dtype`), accumulated in `accumulator(dtype)`. Asking for the
     dtype the tensors already have takes a slower path through `_foreach_norm`, with the same result."""
     acc = accumulator(dtype)
-    return torch._foreach_norm(tensors, 2) if acc == dtype else torch._foreach_norm(tensors, 2, dtype=acc)
+    return (
+        torch._foreach_norm(tensors, 2)
+        if acc == dtype
+        else torch._foreach_norm(tensors, 2, dtype=acc)
+    )
 
 
 def to_host(tensors: list[torch.Tensor], join=torch.stack) -> np.ndarray:
@@ -234,7 +258,9 @@ class Probe:
 
     columns: tuple[str, ...] = ()
     cadence: int = 1  # measure on one recorded step in `cadence`
-    settled: int | None = None  # the cadence once the run is past its first flush window (None: `cadence`)
+    settled: int | None = (
+        None  # the cadence once the run is past its first flush window (None: `cadence`)
+    )
 
     def rows(self) -> list[str]:
         return []

@@ -32,7 +32,9 @@ def time_major(module: nn.Module) -> bool:
     return getattr(module, "batch_first", True) is False
 
 
-def batch_size(module: nn.Module, output, tensor: torch.Tensor, time_first: bool | None = None) -> int:
+def batch_size(
+    module: nn.Module, output, tensor: torch.Tensor, time_first: bool | None = None
+) -> int:
     """Samples in `tensor`: its leading dimension, or dimension 1 for `batch_first=False` modules
     (`time_first`, when the caller knows it already: the attribute lookup is slow on a module)."""
     if isinstance(output, tuple) and output and isinstance(output[0], PackedSequence):

@@ -21,7 +21,9 @@ from .base import (
 )
 
 
-def sq_norms(tensors: list[torch.Tensor], device: torch.device, homogeneous: bool = False) -> torch.Tensor:
+def sq_norms(
+    tensors: list[torch.Tensor], device: torch.device, homogeneous: bool = False
+) -> torch.Tensor:
     """Squared L2 norms of `tensors` as one vector on `device`, in its statistics dtype (float64).
 
     `homogeneous=True` promises dense tensors of one device and dtype (skips the grouping).
@@ -88,7 +90,9 @@ class ParamProbe(Probe):
         self._owner: list[int] = [i for i, layer in enumerate(layers) for _ in layer.params]
         self._cache: dict[tuple[int, ...], tuple] = {}
         self._weights_due = True  # all weight norms once per flush, at its first recorded step
-        self._sharded = is_sharded(self._params)  # FSDP2: measure the local shards, reduced at flush
+        self._sharded = is_sharded(
+            self._params
+        )  # FSDP2: measure the local shards, reduced at flush
         first = self._params[0]
         self._homogeneous = all(
             p.device == first.device and p.dtype == first.dtype and p.layout == torch.strided
@@ -103,18 +107,24 @@ class ParamProbe(Probe):
         self._rows = table.row_index(self.rows())
         self._c_first = table.column("grad_sq")
         assert table.columns[self._c_first : self._c_first + 3] == list(self.columns)
-        self._param_rows = self._rows[torch.tensor(self._owner, dtype=torch.long, device=self._rows.device)]
+        self._param_rows = self._rows[
+            torch.tensor(self._owner, dtype=torch.long, device=self._rows.device)
+        ]
         # The usual step (see record) keeps its norms aside and sums them into the table at flush.
         self._fast = self._homogeneous and not self._sharded
         if self._fast:
             self._log = NormLog(table, len(self._params), dtype=widest_accumulator(self._params))
             self._free_reads = table.device.type in FREE_READS
             if self._free_reads:  # a non-finite norm is seen at once; the general path counts it
-                self._plan = self._log.plan(self._c_first, self._param_rows, self._params, zero=self._c_first + 2)
+                self._plan = self._log.plan(
+                    self._c_first, self._param_rows, self._params, zero=self._c_first + 2
+                )
             else:  # no look without a sync: every step counts the finite entries on the device
                 self._plan = self._log.plan(self._c_first, self._param_rows, self._params)
                 self._counts = NormLog(table, len(self._params), counts=True)
-                self._count_plan = self._counts.plan(self._c_first + 2, self._param_rows, self._params)
+                self._count_plan = self._counts.plan(
+                    self._c_first + 2, self._param_rows, self._params
+                )
 
     def _index_for(self, with_grad: tuple[int, ...], weights: bool):
         """Index tensors for the parameters that have gradients now (cached: usually always the same).
@@ -162,7 +172,9 @@ class ParamProbe(Probe):
         homogeneous = (
             self._homogeneous
             and len(grads) == len(self._params)
-            and all(g.dtype == p.dtype and not g.is_sparse for g, p in zip(grads, params, strict=True))
+            and all(
+                g.dtype == p.dtype and not g.is_sparse for g, p in zip(grads, params, strict=True)
+            )
         )
         sq = sq_norms(grads + params if weights else grads, table.device, homogeneous)
         bad = nonfinite_counts(grads, sq[: len(grads)])
@@ -183,12 +195,19 @@ class ParamProbe(Probe):
         accelerator the non-finite entries of every gradient are counted here, two kernels each:
         g·0 is 0 where g is finite and NaN where it is not, and its L0 norm counts the NaNs."""
         grads = [p.grad for p in self._params]
-        if not all(g is not None and g.dtype == p.dtype and g.layout == torch.strided for g, p in zip(grads, self._params, strict=True)):
+        if not all(
+            g is not None and g.dtype == p.dtype and g.layout == torch.strided
+            for g, p in zip(grads, self._params, strict=True)
+        ):
             return False
         row = self._log.write(slot, self._plan, grads)
         if not self._free_reads:
             dtype = self.table.dtype
-            self._counts.put(slot, self._count_plan, [torch.linalg.vector_norm(g * 0, 0, dtype=dtype) for g in grads])
+            self._counts.put(
+                slot,
+                self._count_plan,
+                [torch.linalg.vector_norm(g * 0, 0, dtype=dtype) for g in grads],
+            )
             return True
         # The CPU row read in place, no kernel: a float64 sum of float32 norms cannot overflow.
         return math.isfinite(sum(row.tolist()))

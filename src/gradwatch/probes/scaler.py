@@ -41,7 +41,13 @@ class SkippedProbe(Probe):
 class ScalerHandle:
     """Wraps `scaler.step` so that `on_skip()` runs when a call did not step `optimizer`."""
 
-    def __init__(self, scaler, optimizer: torch.optim.Optimizer, stepped: Callable[[], int], on_skip: Callable[[], None]):
+    def __init__(
+        self,
+        scaler,
+        optimizer: torch.optim.Optimizer,
+        stepped: Callable[[], int],
+        on_skip: Callable[[], None],
+    ):
         self.scaler = scaler
         self._had_own = "step" in vars(scaler)
         self._previous = scaler.step

@@ -36,7 +36,9 @@ class ThroughTimeProbe(Probe):
             (n or "(root)"): m for n, m in model.named_modules() if isinstance(m, RECURRENT + CELLS)
         }
         self._hooks = Hooks()
-        self._series: dict[str, list[list[torch.Tensor]]] = {}  # row -> forward passes -> [T] pieces
+        self._series: dict[
+            str, list[list[torch.Tensor]]
+        ] = {}  # row -> forward passes -> [T] pieces
         self._records: list[tuple[int, str, torch.Tensor]] = []
 
     def rows(self) -> list[str]:
@@ -71,7 +73,9 @@ class ThroughTimeProbe(Probe):
             passes = self._passes(name)
             if isinstance(x, PackedSequence):
                 data = _alias(x.data)
-                steps = torch.repeat_interleave(torch.arange(len(x.batch_sizes)), x.batch_sizes).to(data.device)
+                steps = torch.repeat_interleave(torch.arange(len(x.batch_sizes)), x.batch_sizes).to(
+                    data.device
+                )
                 n_t, b = len(x.batch_sizes), int(x.batch_sizes[0])
                 piece, slot = passes[-1], len(passes[-1])
                 piece.append(None)
@@ -82,7 +86,11 @@ class ThroughTimeProbe(Probe):
                 return None
             alias = _alias(x)
             time_dim = 1 if (module.batch_first and x.dim() == 3) else 0
-            batch = x.shape[0] if x.dim() == 3 and module.batch_first else (x.shape[1] if x.dim() == 3 else 1)
+            batch = (
+                x.shape[0]
+                if x.dim() == 3 and module.batch_first
+                else (x.shape[1] if x.dim() == 3 else 1)
+            )
             piece, slot = passes[-1], len(passes[-1])
             piece.append(None)
             dims = [d for d in range(x.dim()) if d != time_dim]
@@ -101,7 +109,9 @@ class ThroughTimeProbe(Probe):
             piece = self._passes(name)[-1]
             slot = len(piece)
             piece.append(None)
-            alias.register_hook(lambda g: self._dense(piece, slot, g, list(range(g.dim())), batch, scalar=True))
+            alias.register_hook(
+                lambda g: self._dense(piece, slot, g, list(range(g.dim())), batch, scalar=True)
+            )
             return (alias, *args[1:])
 
         return hook
@@ -114,12 +124,19 @@ class ThroughTimeProbe(Probe):
     @torch.no_grad()
     def _packed(self, piece, slot, g, steps, n_t, batch):
         per_row = g.float().square().sum(tuple(range(1, g.dim()))).to(stat_dtype(g.device))
-        piece[slot] = torch.zeros(n_t, dtype=per_row.dtype, device=g.device).index_add_(0, steps, per_row) / batch
+        piece[slot] = (
+            torch.zeros(n_t, dtype=per_row.dtype, device=g.device).index_add_(0, steps, per_row)
+            / batch
+        )
 
     @torch.no_grad()
     def record(self, slot: int) -> None:
         for name, passes in self._series.items():
-            series = [torch.cat([t for t in p if t is not None]) for p in passes if any(t is not None for t in p)]
+            series = [
+                torch.cat([t for t in p if t is not None])
+                for p in passes
+                if any(t is not None for t in p)
+            ]
             if not series:
                 continue
             length = min(len(s) for s in series)
@@ -132,11 +149,16 @@ class ThroughTimeProbe(Probe):
 
     def unscale(self, slot: int, inv_sq: torch.Tensor) -> None:
         inv = inv_sq.sqrt()
-        self._records = [(s, n, t * inv.to(t.device) if s == slot else t) for s, n, t in self._records]
+        self._records = [
+            (s, n, t * inv.to(t.device) if s == slot else t) for s, n, t in self._records
+        ]
 
     def take(self, n: int) -> dict:
         recs, self._records = self._records, []
-        return {"time": [(slot, name, t.cpu().numpy()) for slot, name, t in recs if slot < n], "n": n}
+        return {
+            "time": [(slot, name, t.cpu().numpy()) for slot, name, t in recs if slot < n],
+            "n": n,
+        }
 
     def finalize(self, raw: dict) -> list:
         recs = raw["time"]

@@ -44,7 +44,9 @@ class UpdateProbe(Probe):
         """`only`: ids of the parameters the hooked optimizer updates; the others (a GAN's other
         network, stepped by another optimizer) do not change in this step and get no ratio."""
         if memory <= 0:
-            raise ValueError("update_memory must be > 0 (a fraction of the model's parameter bytes)")
+            raise ValueError(
+                "update_memory must be > 0 (a fraction of the model's parameter bytes)"
+            )
         self.layers = [
             (i, [p for p in layer.params if p.requires_grad and (only is None or id(p) in only)])
             for i, layer in enumerate(layers)
@@ -52,7 +54,9 @@ class UpdateProbe(Probe):
         self.layers = [(i, ps) for i, ps in self.layers if ps]
         self._names = [layers[i].name for i, _ in self.layers]
         # Parameters of a layer the optimizer does not step (a frozen bias) still count in its norm.
-        self._unstepped = [[p for p in layers[i].params if not any(p is q for q in ps)] for i, ps in self.layers]
+        self._unstepped = [
+            [p for p in layers[i].params if not any(p is q for q in ps)] for i, ps in self.layers
+        ]
         self.covered = {i for i, _ in self.layers}
         # FSDP2: each rank snapshots its own shards (sizes and views are those of the local tensors).
         sizes = [sum(local(p).numel() * p.element_size() for p in ps) for _, ps in self.layers]
@@ -80,8 +84,13 @@ class UpdateProbe(Probe):
             for key, n in used.items():
                 need[key] = max(need.get(key, 0), n)
         self._flat = {k: torch.empty(n, device=k[0], dtype=k[1]) for k, n in need.items()}
-        width = max((sum(len(self.layers[j][1]) + len(self._unstepped[j]) for j in g) for g in self.groups), default=0)
-        dtype = widest_accumulator([p for _, ps in self.layers for p in ps] + [p for ps in self._unstepped for p in ps])
+        width = max(
+            (sum(len(self.layers[j][1]) + len(self._unstepped[j]) for j in g) for g in self.groups),
+            default=0,
+        )
+        dtype = widest_accumulator(
+            [p for _, ps in self.layers for p in ps] + [p for ps in self._unstepped for p in ps]
+        )
         self._weights = NormLog(table, width, dtype=dtype)
         self._updates = NormLog(table, width, dtype=dtype)
         self._plans = [self._plan(group) for group in self.groups]
@@ -101,7 +110,9 @@ class UpdateProbe(Probe):
             extra_owners += [pos] * len(self._unstepped[j])
         rows = self.table.row_index([self._names[j] for j in group])
         # Update norms: one per snapshot; weight norms: the snapshots, then the unstepped parameters.
-        weights = self._weights.plan(self._col_w, rows[owners + extra_owners], views + [local(p) for p in extra])
+        weights = self._weights.plan(
+            self._col_w, rows[owners + extra_owners], views + [local(p) for p in extra]
+        )
         updates = self._updates.plan(self._col, rows[owners], views)
         return params, views, extra, weights, updates
 
@@ -113,7 +124,9 @@ class UpdateProbe(Probe):
         g = self._turn % len(self.groups)
         params, views, extra, weights, _ = self._plans[g]
         torch._foreach_copy_(views, [local(p.detach()) for p in params])
-        self._weights.write(slot, weights, views + [local(p.detach()) for p in extra] if extra else views)
+        self._weights.write(
+            slot, weights, views + [local(p.detach()) for p in extra] if extra else views
+        )
         self._updates.forget(slot)
         self._pending = (slot, g)
 
@@ -125,7 +138,9 @@ class UpdateProbe(Probe):
         self._pending = None
         self._turn += 1
         params, views, _, _, updates = self._plans[g]
-        torch._foreach_sub_(views, [local(p.detach()) for p in params])  # views now hold w_before - w_after
+        torch._foreach_sub_(
+            views, [local(p.detach()) for p in params]
+        )  # views now hold w_before - w_after
         self._updates.write(slot, updates, views)
 
     def settle(self, n: int) -> None:

@@ -48,17 +48,25 @@ class ReportRun:
             if rows.empty:
                 table = pd.DataFrame()
             else:
-                table = rows.pivot_table(index="step", columns="layer", values="value", aggfunc="last", dropna=False)
+                table = rows.pivot_table(
+                    index="step", columns="layer", values="value", aggfunc="last", dropna=False
+                )
                 table = table[[c for c in self.layers if c in table.columns]].sort_index()
             self._pivots[name] = table
         return self._pivots[name]
 
     def series(self, name: str, layer: str) -> pd.DataFrame:
         """`[index x step]` of an indexed metric (histogram bin, time step) for one layer."""
-        rows = self.stats[(self.stats["metric"] == name) & (self.stats["layer"] == layer) & (self.stats["index"] >= 0)]
+        rows = self.stats[
+            (self.stats["metric"] == name)
+            & (self.stats["layer"] == layer)
+            & (self.stats["index"] >= 0)
+        ]
         if rows.empty:
             return pd.DataFrame()
-        return rows.pivot_table(index="index", columns="step", values="value", aggfunc="last", dropna=False).sort_index()
+        return rows.pivot_table(
+            index="index", columns="step", values="value", aggfunc="last", dropna=False
+        ).sort_index()
 
     def layers_with(self, name: str) -> list[str]:
         present = set(self.stats.loc[self.stats["metric"] == name, "layer"].unique())
@@ -77,14 +85,28 @@ def from_stats(
     """Build a ReportRun from a long stats table; diagnosis runs on the full table, not the display one."""
     meta = meta or {}
     if diagnosis is None:
-        diagnosis = diagnose(stats, meta) if findings is None else Diagnosis([_finding(f) for f in findings])
+        diagnosis = (
+            diagnose(stats, meta)
+            if findings is None
+            else Diagnosis([_finding(f) for f in findings])
+        )
     order = list(meta.get("layer_order") or [])
     seen = set(order)
     order += [n for n in stats["layer"].unique() if n not in seen and n != LOSS_LAYER]
     types = {d["name"]: d.get("type", "") for d in meta.get("model", {}).get("layers", [])}
     n_steps = len(pd.unique(stats["step"].to_numpy())) if len(stats) else 0
     shown = downsample(stats, max_steps)
-    return ReportRun(name, shown, meta, order, diagnosis, n_steps, int(shown["step"].nunique()) if len(shown) else 0, path, types)
+    return ReportRun(
+        name,
+        shown,
+        meta,
+        order,
+        diagnosis,
+        n_steps,
+        int(shown["step"].nunique()) if len(shown) else 0,
+        path,
+        types,
+    )
 
 
 def from_watch(w, name: str = "run") -> ReportRun:
@@ -103,7 +125,9 @@ def load_runs(paths: list[str | os.PathLike]) -> list[ReportRun]:
         try:
             run = load(p)
         except RunNotFoundError:
-            raise ReportError(f"'{p}' is not a gradwatch run directory; pass the log_dir given to gw.watch().") from None
+            raise ReportError(
+                f"'{p}' is not a gradwatch run directory; pass the log_dir given to gw.watch()."
+            ) from None
         name = run.path.name or str(run.path)
         while name in names:  # runs/a/seed0 and runs/b/seed0 must stay apart
             name = f"{run.path.parent.name}/{name}"
@@ -140,9 +164,16 @@ def downsample(stats: pd.DataFrame, max_steps: int = MAX_STEPS) -> pd.DataFrame:
     metric_codes, metric_names = pd.factorize(stats["metric"])
     index = stats["index"].to_numpy()
     n_idx = int(index.max()) + 2
-    key = ((bucket.astype(np.int64) * len(layer_names) + layer_codes) * len(metric_names) + metric_codes) * n_idx + (index + 1)
+    key = (
+        (bucket.astype(np.int64) * len(layer_names) + layer_codes) * len(metric_names)
+        + metric_codes
+    ) * n_idx + (index + 1)
     value = pd.Series(stats["value"].to_numpy())
-    is_max = np.isin(metric_names[metric_codes], list(_MAX_METRICS)) if _MAX_METRICS & set(metric_names) else np.zeros(len(key), bool)
+    is_max = (
+        np.isin(metric_names[metric_codes], list(_MAX_METRICS))
+        if _MAX_METRICS & set(metric_names)
+        else np.zeros(len(key), bool)
+    )
     parts = []
     for mask, how in ((~is_max, "median"), (is_max, "max")):
         if mask.any():

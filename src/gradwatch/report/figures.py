@@ -101,7 +101,12 @@ def layer_heatmap(runs: list[ReportRun], metric: str, title: str) -> go.Figure |
         **_LAYOUT,
         title=title,
         height=_height(n_rows),
-        coloraxis=dict(colorscale="Viridis", cmin=span[0], cmax=span[1], colorbar=dict(title=metric, **_log_axis(*span))),
+        coloraxis=dict(
+            colorscale="Viridis",
+            cmin=span[0],
+            cmax=span[1],
+            colorbar=dict(title=metric, **_log_axis(*span)),
+        ),
     )
     fig.update_yaxes(type="category", automargin=True)
     return fig
@@ -121,9 +126,15 @@ def _nonfinite_marks(fig: go.Figure, run: ReportRun, table, raw: np.ndarray, col
     labels = [layer_label(run, c) for c in table.columns]
     fig.add_trace(
         go.Scatter(
-            x=table.index.to_numpy()[cols], y=[labels[r] for r in rows], mode="markers", showlegend=False,
-            marker=dict(symbol="x", color="red", size=7), name="non-finite",
-            hovertemplate="<b>%{y}</b><br>step %{x}<br>NaN/Inf in this layer's gradients<extra>" + esc(run.name) + "</extra>",
+            x=table.index.to_numpy()[cols],
+            y=[labels[r] for r in rows],
+            mode="markers",
+            showlegend=False,
+            marker=dict(symbol="x", color="red", size=7),
+            name="non-finite",
+            hovertemplate="<b>%{y}</b><br>step %{x}<br>NaN/Inf in this layer's gradients<extra>"
+            + esc(run.name)
+            + "</extra>",
         ),
         row=1,
         col=col,
@@ -132,7 +143,9 @@ def _nonfinite_marks(fig: go.Figure, run: ReportRun, table, raw: np.ndarray, col
 
 def _profile_metric(runs: list[ReportRun]) -> str:
     # The back-propagated signal shows vanishing even where weight gradients look level (ReLU + Xavier).
-    return "backflow_norm" if any(not r.metric("backflow_norm").empty for r in runs) else "grad_norm"
+    return (
+        "backflow_norm" if any(not r.metric("backflow_norm").empty for r in runs) else "grad_norm"
+    )
 
 
 def _profile_table(run: ReportRun, metric: str):
@@ -162,17 +175,31 @@ def depth_profile(runs: list[ReportRun]) -> go.Figure | None:
                 continue
             step = int(table.index[round(q * (len(table.index) - 1))])
             per_run.append(step)
-            _profile_traces(fig, run, table, step, visible=(k == n_choices - 1), colour=COLOURS[i % len(COLOURS)])
+            _profile_traces(
+                fig,
+                run,
+                table,
+                step,
+                visible=(k == n_choices - 1),
+                colour=COLOURS[i % len(COLOURS)],
+            )
         choice_steps.append(per_run)
     traces_per_choice = len(fig.data) // n_choices if n_choices else 0
     sliders = []
     if n_choices > 1:
         steps = []
         for k, per_run in enumerate(choice_steps):
-            visible = [k * traces_per_choice <= j < (k + 1) * traces_per_choice for j in range(len(fig.data))]
+            visible = [
+                k * traces_per_choice <= j < (k + 1) * traces_per_choice
+                for j in range(len(fig.data))
+            ]
             label = next((str(s) for s in per_run if s is not None), str(k))
             steps.append(dict(method="restyle", args=[{"visible": visible}], label=label))
-        sliders = [dict(active=n_choices - 1, steps=steps, currentvalue=dict(prefix="step "), pad=dict(t=50))]
+        sliders = [
+            dict(
+                active=n_choices - 1, steps=steps, currentvalue=dict(prefix="step "), pad=dict(t=50)
+            )
+        ]
     fig.update_layout(
         **_LAYOUT,
         title=f"{metric} per layer at one step (first layer on the left); dashed: fitted factor per layer",
@@ -185,7 +212,9 @@ def depth_profile(runs: list[ReportRun]) -> go.Figure | None:
     return fig
 
 
-def _profile_traces(fig: go.Figure, run: ReportRun, table, step: int, visible: bool, colour: str) -> None:
+def _profile_traces(
+    fig: go.Figure, run: ReportRun, table, step: int, visible: bool, colour: str
+) -> None:
     row = table.loc[step]
     layers = [c for c in table.columns if np.isfinite(row[c]) and row[c] > 0]
     values = np.array([row[c] for c in layers], dtype=float)
@@ -193,8 +222,13 @@ def _profile_traces(fig: go.Figure, run: ReportRun, table, step: int, visible: b
     hover = [layer_label(run, c) for c in layers]
     fig.add_trace(
         go.Scatter(
-            x=labels, y=values, mode="lines+markers", name=f"{esc(run.name)} (step {step})", visible=visible,
-            line=dict(color=colour), customdata=hover,
+            x=labels,
+            y=values,
+            mode="lines+markers",
+            name=f"{esc(run.name)} (step {step})",
+            visible=visible,
+            line=dict(color=colour),
+            customdata=hover,
             hovertemplate="<b>%{customdata}</b><br>%{y:.3g}<extra>" + esc(run.name) + "</extra>",
         )
     )
@@ -208,7 +242,15 @@ def _profile_traces(fig: go.Figure, run: ReportRun, table, step: int, visible: b
     else:
         fit, name = values, f"{esc(run.name)}: too few layers to fit"
     fig.add_trace(
-        go.Scatter(x=labels, y=fit, mode="lines", name=name, visible=visible, line=dict(color=colour, dash="dash"), hoverinfo="skip")
+        go.Scatter(
+            x=labels,
+            y=fit,
+            mode="lines",
+            name=name,
+            visible=visible,
+            line=dict(color=colour, dash="dash"),
+            hoverinfo="skip",
+        )
     )
 
 
@@ -221,11 +263,19 @@ def loss_curve(runs: list[ReportRun]) -> go.Figure | None:
             continue
         positive &= bool((rows["value"] > 0).all())
         fig.add_trace(
-            go.Scatter(x=rows["step"].to_numpy(), y=rows["value"].to_numpy(dtype=np.float32), mode="lines", name=esc(run.name), line=dict(color=COLOURS[i % len(COLOURS)]))
+            go.Scatter(
+                x=rows["step"].to_numpy(),
+                y=rows["value"].to_numpy(dtype=np.float32),
+                mode="lines",
+                name=esc(run.name),
+                line=dict(color=COLOURS[i % len(COLOURS)]),
+            )
         )
     if not fig.data:
         return None
-    fig.update_layout(**_LAYOUT, title="loss", height=320, legend=dict(orientation="h", y=1.02, yanchor="bottom"))
+    fig.update_layout(
+        **_LAYOUT, title="loss", height=320, legend=dict(orientation="h", y=1.02, yanchor="bottom")
+    )
     fig.update_xaxes(title_text="step")
     fig.update_yaxes(type="log" if positive else "linear")
     return fig
@@ -238,7 +288,9 @@ def _bin_centres(run: ReportRun, layer: str, n: int) -> np.ndarray:
     return (edges[:-1] + edges[1:]) / 2
 
 
-def _series_figure(runs: list[ReportRun], metric: str, title: str, ylabel: str, log: bool, hover: str) -> go.Figure | None:
+def _series_figure(
+    runs: list[ReportRun], metric: str, title: str, ylabel: str, log: bool, hover: str
+) -> go.Figure | None:
     """One heatmap per run for an indexed metric, a dropdown choosing the layer."""
     layers: list[str] = []
     for run in runs:
@@ -259,13 +311,23 @@ def _series_figure(runs: list[ReportRun], metric: str, title: str, ylabel: str, 
                 z = _log10(v)
             else:
                 with np.errstate(invalid="ignore", divide="ignore"):
-                    z = v / np.nansum(v, axis=0, keepdims=True)  # share of the step's outputs per bin
+                    z = v / np.nansum(
+                        v, axis=0, keepdims=True
+                    )  # share of the step's outputs per bin
             values.append(z)
-            y = _bin_centres(run, layer, len(table.index)) if metric == "act_hist" else table.index.to_numpy()
+            y = (
+                _bin_centres(run, layer, len(table.index))
+                if metric == "act_hist"
+                else table.index.to_numpy()
+            )
             blocks[-1].append(len(fig.data))
             fig.add_trace(
                 go.Heatmap(
-                    x=table.columns.to_numpy(), y=y, z=z.astype(np.float32), coloraxis="coloraxis", visible=(li == 0),
+                    x=table.columns.to_numpy(),
+                    y=y,
+                    z=z.astype(np.float32),
+                    coloraxis="coloraxis",
+                    visible=(li == 0),
                     name=esc(layer),
                     hovertemplate=f"<b>{layer_label(run, layer)}</b><br>step %{{x}}<br>{ylabel} %{{y:.3g}}<br>{hover}<extra>{esc(run.name)}</extra>",
                 ),
@@ -279,22 +341,49 @@ def _series_figure(runs: list[ReportRun], metric: str, title: str, ylabel: str, 
         return None
     colorbar = dict(title="‖∂L/∂h_t‖" if log else "share", **(_log_axis(*span) if log else {}))
     buttons = [
-        dict(label=esc(layer), method="update", args=[{"visible": [j in block for j in range(len(fig.data))]}, {"title.text": f"{title}: {esc(layer)}"}])
+        dict(
+            label=esc(layer),
+            method="update",
+            args=[
+                {"visible": [j in block for j in range(len(fig.data))]},
+                {"title.text": f"{title}: {esc(layer)}"},
+            ],
+        )
         for layer, block in zip(layers, blocks, strict=True)
     ]
     fig.update_layout(
         **_LAYOUT,
         title=f"{title}: {esc(layers[0])}",
         height=420,
-        coloraxis=dict(colorscale="Viridis" if log else "Blues", cmin=span[0], cmax=span[1], colorbar=colorbar),
-        updatemenus=[dict(buttons=buttons, direction="down", x=1.0, xanchor="right", y=1.18, yanchor="top")] if len(layers) > 1 else [],
+        coloraxis=dict(
+            colorscale="Viridis" if log else "Blues", cmin=span[0], cmax=span[1], colorbar=colorbar
+        ),
+        updatemenus=[
+            dict(buttons=buttons, direction="down", x=1.0, xanchor="right", y=1.18, yanchor="top")
+        ]
+        if len(layers) > 1
+        else [],
     )
     return fig
 
 
 def activation_histograms(runs: list[ReportRun]) -> go.Figure | None:
-    return _series_figure(runs, "act_hist", "Activation histogram over time", "output", log=False, hover="share %{z:.3f}")
+    return _series_figure(
+        runs,
+        "act_hist",
+        "Activation histogram over time",
+        "output",
+        log=False,
+        hover="share %{z:.3f}",
+    )
 
 
 def through_time(runs: list[ReportRun]) -> go.Figure | None:
-    return _series_figure(runs, "time_grad_norm", "Gradient through time", "time step t", log=True, hover="log10 ‖∂L/∂h_t‖ %{z:.2f}")
+    return _series_figure(
+        runs,
+        "time_grad_norm",
+        "Gradient through time",
+        "time step t",
+        log=True,
+        hover="log10 ‖∂L/∂h_t‖ %{z:.2f}",
+    )

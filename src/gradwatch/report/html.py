@@ -17,7 +17,11 @@ from . import figures
 from ._data import ReportRun, load_runs
 from .figures import esc
 
-_CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"format": "png", "scale": 2}}
+_CONFIG = {
+    "displaylogo": False,
+    "responsive": True,
+    "toImageButtonOptions": {"format": "png", "scale": 2},
+}
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#222;background:#fafafa}
 header{background:#1b2a41;color:#fff;padding:14px 24px}header h1{margin:0;font-size:20px}
@@ -41,9 +45,27 @@ def render(runs: list[ReportRun]) -> str:
     """The report page for one or more runs, as one string."""
     sections: list[tuple[str, str, str]] = [("findings", "Findings", _findings(runs))]
     plots = [
-        ("flow", "Gradient flow", figures.layer_heatmap(runs, "grad_norm", "Gradient norm per layer (‖∂L/∂W‖), first layer at the bottom")),
-        ("backflow", "Back-propagated signal", figures.layer_heatmap(runs, "backflow_norm", "Back-propagated signal per layer (‖∂L/∂h‖ per sample)")),
-        ("update", "Update ratio", figures.layer_heatmap(runs, "update_ratio", "Update / weight ratio per layer (‖ΔW‖/‖W‖)")),
+        (
+            "flow",
+            "Gradient flow",
+            figures.layer_heatmap(
+                runs, "grad_norm", "Gradient norm per layer (‖∂L/∂W‖), first layer at the bottom"
+            ),
+        ),
+        (
+            "backflow",
+            "Back-propagated signal",
+            figures.layer_heatmap(
+                runs, "backflow_norm", "Back-propagated signal per layer (‖∂L/∂h‖ per sample)"
+            ),
+        ),
+        (
+            "update",
+            "Update ratio",
+            figures.layer_heatmap(
+                runs, "update_ratio", "Update / weight ratio per layer (‖ΔW‖/‖W‖)"
+            ),
+        ),
         ("profile", "Depth profile", figures.depth_profile(runs)),
         ("loss", "Loss", figures.loss_curve(runs)),
         ("activations", "Activations", figures.activation_histograms(runs)),
@@ -53,12 +75,21 @@ def render(runs: list[ReportRun]) -> str:
     for key, name, fig in plots:
         if fig is None:
             continue
-        div = pio.to_html(fig, full_html=False, include_plotlyjs=first, config=_CONFIG, div_id=f"fig-{key}", validate=False)
+        div = pio.to_html(
+            fig,
+            full_html=False,
+            include_plotlyjs=first,
+            config=_CONFIG,
+            div_id=f"fig-{key}",
+            validate=False,
+        )
         first = False
         sections.append((key, name, f'<div class="fig">{div}</div>'))
     sections.append(("meta", "Runs", _metadata(runs)))
     nav = "".join(f'<a href="#{k}">{esc(n)}</a>' for k, n, _ in sections)
-    body = "".join(f'<section id="{k}"><h2>{esc(n)}</h2>{content}</section>' for k, n, content in sections)
+    body = "".join(
+        f'<section id="{k}"><h2>{esc(n)}</h2>{content}</section>' for k, n, content in sections
+    )
     names = ", ".join(r.name for r in runs)
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
@@ -88,7 +119,9 @@ def _headline(runs: list[ReportRun]) -> str:
         if r.n_shown < r.n_steps:
             shown += f", shown as {r.n_shown:,} (median of each run of consecutive steps)"
         state = "" if r.diagnosis.ok else " — <b>errors found</b>"
-        parts.append(f"<b>{esc(r.name)}</b>: {esc(r.meta.get('model', {}).get('class', 'model'))}, {shown}{state}")
+        parts.append(
+            f"<b>{esc(r.name)}</b>: {esc(r.meta.get('model', {}).get('class', 'model'))}, {shown}{state}"
+        )
     return "<br>".join(parts)
 
 
@@ -117,7 +150,8 @@ def findings_html(run_i: int, run: ReportRun, link: bool = True) -> str:
     for k, f in enumerate(d.findings):
         first = k == 0  # the worst finding's remedies open; the rest one click away
         layers = ", ".join(
-            f'<a href="#{_anchor(run_i, run, n)}">{esc(n)}</a>' if link else esc(n) for n in f.layers[:12]
+            f'<a href="#{_anchor(run_i, run, n)}">{esc(n)}</a>' if link else esc(n)
+            for n in f.layers[:12]
         ) + (f" and {len(f.layers) - 12} more" if len(f.layers) > 12 else "")
         evidence = "".join(f"<dt>{esc(k)}</dt><dd>{_value(v)}</dd>" for k, v in f.evidence.items())
         remedies = "".join(
@@ -132,15 +166,26 @@ def findings_html(run_i: int, run: ReportRun, link: bool = True) -> str:
             f"<div class='finding {esc(f.severity)}'><span class='sev'>{esc(f.severity)}</span><b>{esc(f.kind)}</b>{step}"
             f"<div>{esc(f.summary)}</div>"
             + (f"<div class='note'>layers: {layers}</div>" if layers else "")
-            + (f"<details><summary>evidence</summary><dl>{evidence}</dl></details>" if evidence else "")
-            + (f"<details{' open' if first else ''}><summary>remedies</summary><ol>{remedies}</ol></details>" if remedies else "")
+            + (
+                f"<details><summary>evidence</summary><dl>{evidence}</dl></details>"
+                if evidence
+                else ""
+            )
+            + (
+                f"<details{' open' if first else ''}><summary>remedies</summary><ol>{remedies}</ol></details>"
+                if remedies
+                else ""
+            )
             + "</div>"
         )
     return "".join(out)
 
 
 def _findings(runs: list[ReportRun]) -> str:
-    cols = "".join(f"<div class='run'><h3>{esc(r.name)}</h3>{findings_html(i, r)}</div>" for i, r in enumerate(runs))
+    cols = "".join(
+        f"<div class='run'><h3>{esc(r.name)}</h3>{findings_html(i, r)}</div>"
+        for i, r in enumerate(runs)
+    )
     return f"<div class='runs'>{cols}</div>"
 
 
@@ -154,13 +199,27 @@ def _metadata(runs: list[ReportRun]) -> str:
         by_name = {d.get("name"): d for d in model.get("layers", [])}
         for j, name in enumerate(r.layers):
             d = by_name.get(name, {})
-            cells = [name, d.get("type", ""), d.get("n_params", ""), d.get("fan_in", ""), d.get("fan_out", ""),
-                     f"{d['weight_std']:.4g}" if "weight_std" in d else "", acts.get(name, {}).get("function", "")]
-            rows.append(f"<tr id='layer-{i}-{j}'>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
-        head = "".join(f"<th>{h}</th>" for h in ("layer", "type", "params", "fan in", "fan out", "weight std", "activation"))
+            cells = [
+                name,
+                d.get("type", ""),
+                d.get("n_params", ""),
+                d.get("fan_in", ""),
+                d.get("fan_out", ""),
+                f"{d['weight_std']:.4g}" if "weight_std" in d else "",
+                acts.get(name, {}).get("function", ""),
+            ]
+            rows.append(
+                f"<tr id='layer-{i}-{j}'>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>"
+            )
+        head = "".join(
+            f"<th>{h}</th>"
+            for h in ("layer", "type", "params", "fan in", "fan out", "weight std", "activation")
+        )
         info = {
             "model": model.get("class", ""),
-            "parameters": f"{model.get('n_params', 0):,}" if isinstance(model.get("n_params"), int) else "",
+            "parameters": f"{model.get('n_params', 0):,}"
+            if isinstance(model.get("n_params"), int)
+            else "",
             "optimizer": json.dumps(meta.get("optimizer", {}), default=str),
             "settings": json.dumps(meta.get("settings", {}), default=str),
             "device": meta.get("device", ""),

@@ -21,7 +21,9 @@ _STYLE = (
 )
 
 
-def layer_bars_html(stats: pd.DataFrame, meta: dict | None, metric: str = "grad_norm", width: int = 160) -> str:
+def layer_bars_html(
+    stats: pd.DataFrame, meta: dict | None, metric: str = "grad_norm", width: int = 160
+) -> str:
     """Median `metric` per layer in forward order, with a bar on a log scale shared by all layers."""
     med = layer_medians(stats, metric)
     if med.empty:
@@ -41,7 +43,9 @@ def layer_bars_html(stats: pd.DataFrame, meta: dict | None, metric: str = "grad_
             bar, text = f"<span class='bar' style='width:{px}px'></span>", f"{v:.2e}"
         else:
             bar, text = "", "non-finite" if not math.isfinite(v) else "0"
-        rows.append(f"<tr><td>{esc(layer)}</td><td>{esc(types.get(layer, ''))}</td><td>{text}</td><td>{bar}</td></tr>")
+        rows.append(
+            f"<tr><td>{esc(layer)}</td><td>{esc(types.get(layer, ''))}</td><td>{text}</td><td>{bar}</td></tr>"
+        )
     return (
         f"<table><thead><tr><th>layer</th><th>type</th><th>median {esc(metric)}</th><th>log scale {lo:.0e} … {hi:.0e}</th></tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table>"
@@ -54,13 +58,23 @@ def findings_list_html(diagnosis) -> str:
     items = []
     for f in diagnosis.findings:
         fix = f"<br><i>fix</i>: {esc(f.remedies[0].detail.splitlines()[0])}" if f.remedies else ""
-        where = f" <small>({esc(', '.join(f.layers[:6]))}{' …' if len(f.layers) > 6 else ''})</small>" if f.layers else ""
-        items.append(f"<div class='f {esc(f.severity)}'><b>{esc(f.severity)} · {esc(f.kind)}</b>{where}<br>{esc(f.summary)}{fix}</div>")
+        where = (
+            f" <small>({esc(', '.join(f.layers[:6]))}{' …' if len(f.layers) > 6 else ''})</small>"
+            if f.layers
+            else ""
+        )
+        items.append(
+            f"<div class='f {esc(f.severity)}'><b>{esc(f.severity)} · {esc(f.kind)}</b>{where}<br>{esc(f.summary)}{fix}</div>"
+        )
     return "".join(items)
 
 
 def diagnosis_html(diagnosis) -> str:
-    bars = layer_bars_html(diagnosis.stats, diagnosis.meta) if diagnosis.stats is not None and len(diagnosis.stats) else ""
+    bars = (
+        layer_bars_html(diagnosis.stats, diagnosis.meta)
+        if diagnosis.stats is not None and len(diagnosis.stats)
+        else ""
+    )
     return f"<div class='gw'>{_STYLE}{bars}{findings_list_html(diagnosis)}</div>"
 
 

@@ -40,9 +40,7 @@ def compare_table(
 ) -> Table:
     """One row per layer (first to last), one value-and-bar column pair per run, on one log scale."""
     medians = {name: layer_medians(df, metric) for name, df in runs.items()}
-    positive = [
-        v for m in medians.values() for v in m.to_numpy() if np.isfinite(v) and v > 0
-    ]
+    positive = [v for m in medians.values() for v in m.to_numpy() if np.isfinite(v) and v > 0]
     lo, hi = (min(positive), max(positive)) if positive else (1e-12, 1.0)
     table = Table(
         title=title,
@@ -81,7 +79,9 @@ def findings_view(diagnosis, title: str | None = None, remedies: int = 2):
 
     extras = _predicted(diagnosis)
     if not diagnosis.findings:
-        return Group(Text(f"{title + ': ' if title else ''}no problem found.", style="bold green"), *extras)
+        return Group(
+            Text(f"{title + ': ' if title else ''}no problem found.", style="bold green"), *extras
+        )
     table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False, expand=False)
     table.add_column("", no_wrap=True)
     table.add_column("finding", no_wrap=True, style="bold")
@@ -89,12 +89,17 @@ def findings_view(diagnosis, title: str | None = None, remedies: int = 2):
     table.add_column("what", ratio=1)
     for f in diagnosis.findings:
         where = ", ".join(f.layers[:3]) + (f" +{len(f.layers) - 3}" if len(f.layers) > 3 else "")
-        table.add_row(Text(f.severity, style=_SEVERITY_STYLE[f.severity]), f.kind, where or "-", f.summary)
+        table.add_row(
+            Text(f.severity, style=_SEVERITY_STYLE[f.severity]), f.kind, where or "-", f.summary
+        )
     parts: list = [table]
     fixes = []
     for f in diagnosis.findings:
         for i, r in enumerate(f.remedies[:remedies]):
-            head = Text.assemble((f"{f.kind} " if i == 0 else " " * (len(f.kind) + 1), "dim"), (f"{i + 1}. {r.action}: ", "bold"))
+            head = Text.assemble(
+                (f"{f.kind} " if i == 0 else " " * (len(f.kind) + 1), "dim"),
+                (f"{i + 1}. {r.action}: ", "bold"),
+            )
             fixes.append(Text.assemble(head, r.detail))
     if fixes:
         parts.append(Text("What to change:", style="bold"))
@@ -112,7 +117,7 @@ def _order(stats: pd.DataFrame, meta: dict | None) -> list[str]:
 
 
 def trend_line(summary: dict, name: str = "") -> Text | None:
-    """"x0.71 per layer": the fitted depth factor the diagnosis computed, as one line."""
+    """ "x0.71 per layer": the fitted depth factor the diagnosis computed, as one line."""
     trend = summary.get("depth_trend")
     if not trend:
         return None
@@ -135,7 +140,12 @@ def diagnosis_view(diagnosis, title: str | None = None, remedies: int = 2):
     stats = diagnosis.stats
     if stats is not None and len(stats) and (stats["metric"] == "grad_norm").any():
         parts.append(
-            compare_table({"gradient norm": stats}, _order(stats, diagnosis.meta), _types(diagnosis.meta), title=title)
+            compare_table(
+                {"gradient norm": stats},
+                _order(stats, diagnosis.meta),
+                _types(diagnosis.meta),
+                title=title,
+            )
         )
         title = None
     line = trend_line(diagnosis.summary)
@@ -156,7 +166,10 @@ def runs_view(runs):
         types.update(r.types)
     parts: list = [
         compare_table(
-            {r.name: r.stats for r in runs}, layers, types, title="Median gradient norm per layer, first layer at the top"
+            {r.name: r.stats for r in runs},
+            layers,
+            types,
+            title="Median gradient norm per layer, first layer at the top",
         )
     ]
     for r in runs:
@@ -175,6 +188,13 @@ def _predicted(diagnosis) -> list:
     out: list = [Text(line, style="dim") for line in prediction_lines(diagnosis.summary)]
     ranked = what_if_lines(getattr(diagnosis, "what_if", None))
     if ranked:
-        out.append(Text("What if (each remedy applied to a copy of the model and checked again):", style="bold"))
-        out += [Text("  " + line, style="green" if line.startswith("fixes") else "") for line in ranked]
+        out.append(
+            Text(
+                "What if (each remedy applied to a copy of the model and checked again):",
+                style="bold",
+            )
+        )
+        out += [
+            Text("  " + line, style="green" if line.startswith("fixes") else "") for line in ranked
+        ]
     return out

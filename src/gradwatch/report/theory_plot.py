@@ -66,8 +66,13 @@ def phase_diagram(
         ax.legend(loc="upper left", fontsize=8)
     mid_b = 0.5 * (sigma_b2_range[0] + sigma_b2_range[1])
     w_crit = float(np.interp(mid_b, crit_b, crit_w)) if crit_b else math.inf
-    label_style = {"ha": "center", "va": "center", "color": "white", "fontsize": 11,
-                   "fontweight": "bold"}
+    label_style = {
+        "ha": "center",
+        "va": "center",
+        "color": "white",
+        "fontsize": 11,
+        "fontweight": "bold",
+    }
     if w_crit > sigma_w2_range[0]:
         x = 0.5 * (sigma_w2_range[0] + min(w_crit, sigma_w2_range[1]))
         ax.text(x, mid_b, "ordered\n(gradients vanish)", **label_style)

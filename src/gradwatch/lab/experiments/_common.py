@@ -53,7 +53,9 @@ def metric(stats: pd.DataFrame, name: str, step: int | None = None) -> dict[str,
 
 def series(stats: pd.DataFrame, name: str, layer: str) -> tuple[list[int], list[float]]:
     """(steps, values) of one per-layer metric over the run."""
-    rows = stats[(stats["metric"] == name) & (stats["layer"] == layer) & (stats["index"] == -1)].sort_values("step")
+    rows = stats[
+        (stats["metric"] == name) & (stats["layer"] == layer) & (stats["index"] == -1)
+    ].sort_values("step")
     return rows["step"].astype(int).tolist(), rows["value"].astype(float).tolist()
 
 
@@ -69,15 +71,25 @@ def time_series(stats: pd.DataFrame, layer: str, step: int | None = None) -> lis
 
 def group_norm(per_layer: dict[str, float], prefix: str) -> float:
     """√(Σ v²) over the layers whose name starts with `prefix`: one norm for a block of modules."""
-    return math.sqrt(sum(v * v for k, v in per_layer.items() if k == prefix or k.startswith(prefix + ".")))
+    return math.sqrt(
+        sum(v * v for k, v in per_layer.items() if k == prefix or k.startswith(prefix + "."))
+    )
 
 
-def one_backward(model: nn.Module, loss_of: Callable[[nn.Module], torch.Tensor], **watch_kw) -> pd.DataFrame:
+def one_backward(
+    model: nn.Module, loss_of: Callable[[nn.Module], torch.Tensor], **watch_kw
+) -> pd.DataFrame:
     """gradwatch's statistics of one forward and backward of `loss_of(model)`; no update is taken.
 
     Gradients are left on the parameters (zeroed before), so callers can read them afterwards too.
     """
-    kw = {"activations": False, "backflow": False, "through_time": False, "update_memory": 1e-9, "flush_every": 1}
+    kw = {
+        "activations": False,
+        "backflow": False,
+        "through_time": False,
+        "update_memory": 1e-9,
+        "flush_every": 1,
+    }
     kw.update(watch_kw)
     model.zero_grad(set_to_none=True)
     w = watch(model, **kw)

@@ -116,15 +116,21 @@ def sub_progress(progress: Callable[[float], None], i: int, n: int) -> Callable[
     return lambda f: progress((i + min(max(f, 0.0), 1.0)) / n)
 
 
-def at_init(model: nn.Module, x: torch.Tensor, y: torch.Tensor, log_dir: Path | None,
-            loss_fn: Callable | None = None) -> tuple[pd.DataFrame, list[str]]:
+def at_init(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    log_dir: Path | None,
+    loss_fn: Callable | None = None,
+) -> tuple[pd.DataFrame, list[str]]:
     """One forward and backward at initialisation under `gw.watch` (no update): (stats, layer order).
 
     Step 0 of the stats holds every probe's numbers (grad_norm, backflow_norm, act_std, ...).
     """
     loss_fn = loss_fn or nn.functional.cross_entropy
-    with watch(model, log_dir=log_dir, overwrite=True, activations=True, backflow=True,
-               histograms=False) as w:
+    with watch(
+        model, log_dir=log_dir, overwrite=True, activations=True, backflow=True, histograms=False
+    ) as w:
         loss = loss_fn(model(x), y)
         loss.backward()
         w.log_loss(loss)

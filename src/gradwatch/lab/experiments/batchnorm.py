@@ -39,7 +39,11 @@ def run(s: Settings, **override: Any) -> Outcome:
     cfg = {**_settings(s.quick), **override}
     split = data(s.seed)
     x, y = split.x_train[: cfg["probe_batch"]], split.y_train[: cfg["probe_batch"]]
-    measured: dict[str, dict[str, float]] = {"first_last_grad_ratio": {}, "test_accuracy": {}, "final_train_loss": {}}
+    measured: dict[str, dict[str, float]] = {
+        "first_last_grad_ratio": {},
+        "test_accuracy": {},
+        "final_train_loss": {},
+    }
     lines: dict[str, tuple[list[float], list[float]]] = {}
     curves: dict[str, tuple[list[float], list[float]]] = {}
     runs: list[str] = []
@@ -52,19 +56,38 @@ def run(s: Settings, **override: Any) -> Outcome:
         g = profile(stats, linear_layers(model, order), "grad_norm")
         measured["first_last_grad_ratio"][variant] = first_last_ratio(g)
         lines[variant] = (list(range(len(g))), [v / g[-1] for v in g])
-        t = train(model, split, epochs=cfg["epochs"], lr=cfg["lr"], batch=cfg["batch"], seed=s.seed,
-                  log_dir=s.out / f"train-{variant}", progress=sub_progress(s.progress, i, 2))
+        t = train(
+            model,
+            split,
+            epochs=cfg["epochs"],
+            lr=cfg["lr"],
+            batch=cfg["batch"],
+            seed=s.seed,
+            log_dir=s.out / f"train-{variant}",
+            progress=sub_progress(s.progress, i, 2),
+        )
         measured["test_accuracy"][variant] = t.accuracy
         measured["final_train_loss"][variant] = t.final_loss
         curves[variant] = (list(range(1, len(t.losses) + 1)), t.losses)
         runs += [str(s.out / f"init-{variant}"), t.path]
     figures = [
-        Figure(f"Sigmoid, {cfg['depth']} layers: grad_norm per layer at init (÷ last)",
-               "layer", "grad_norm / last", lines, log_y=True),
+        Figure(
+            f"Sigmoid, {cfg['depth']} layers: grad_norm per layer at init (÷ last)",
+            "layer",
+            "grad_norm / last",
+            lines,
+            log_y=True,
+        ),
         Figure("Training loss per epoch", "epoch", "cross-entropy", curves),
     ]
-    setup = {**cfg, "activation": "sigmoid", "init": "PyTorch default", "data": "sklearn digits",
-             "optimizer": "SGD momentum 0.9", "norm": "BatchNorm1d after every hidden Linear (remedies.insert_norm)"}
+    setup = {
+        **cfg,
+        "activation": "sigmoid",
+        "init": "PyTorch default",
+        "data": "sklearn digits",
+        "optimizer": "SGD momentum 0.9",
+        "norm": "BatchNorm1d after every hidden Linear (remedies.insert_norm)",
+    }
     return Outcome(setup, measured, figures, runs)
 
 

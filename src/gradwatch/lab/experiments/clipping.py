@@ -73,7 +73,16 @@ def _train(mode: str, cfg: Config, seed: int, log_dir: Path | None = None) -> di
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
     baseline = 1.0 / (3 * cfg.length)
     losses, norms = [], []
-    with watch(model, opt, activations=False, backflow=False, through_time=False, flush_every=100, log_dir=log_dir, overwrite=True) as w:
+    with watch(
+        model,
+        opt,
+        activations=False,
+        backflow=False,
+        through_time=False,
+        flush_every=100,
+        log_dir=log_dir,
+        overwrite=True,
+    ) as w:
         for _ in range(cfg.steps):
             x, y = _batch(cfg, gen)
             loss = nn.functional.mse_loss(model(x), y)
@@ -107,9 +116,18 @@ def _train(mode: str, cfg: Config, seed: int, log_dir: Path | None = None) -> di
         "first_nonfinite_step": next((i for i, v in enumerate(loss_ratio) if not finite(v)), None),
         "steps_run": len(loss_ratio),
         "gradwatch_findings": findings,  # kinds of warning/error findings gradwatch's diagnosis made
-        "max_grad_norm_before_clipping": num(max((g for g in total if finite(g)), default=float("nan"))),
-        "max_rnn_grad_norm_applied": num(max((g for g in rnn_grad if finite(g)), default=float("nan"))),
-        "curve": {"loss": nums(loss_ratio), "grad_norm": nums(total), "grad_steps": steps, "rnn_grad_norm": nums(rnn_grad)},
+        "max_grad_norm_before_clipping": num(
+            max((g for g in total if finite(g)), default=float("nan"))
+        ),
+        "max_rnn_grad_norm_applied": num(
+            max((g for g in rnn_grad if finite(g)), default=float("nan"))
+        ),
+        "curve": {
+            "loss": nums(loss_ratio),
+            "grad_norm": nums(total),
+            "grad_steps": steps,
+            "rnn_grad_norm": nums(rnn_grad),
+        },
     }
 
 
@@ -131,37 +149,74 @@ def run(settings: Settings, cfg: Config | None = None) -> Outcome:
     for i, mode in enumerate(MODES):
         results[mode] = _train(mode, cfg, settings.seed, settings.out / f"run-{mode}")
         settings.progress((i + 1) / len(MODES))
-    measured = {mode: {k: v for k, v in r.items() if k != "curve" and not k.startswith("_")} for mode, r in results.items()}
-    measured["init_time_grad_first_over_last"] = ratio(through_time[0], through_time[-1]) if through_time else None
-    labels = {"none": "no clipping", "norm": f"clip_by_norm(c={cfg.max_norm})", "agc": f"adaptive_clip(λ={cfg.agc_clipping})"}
+    measured = {
+        mode: {k: v for k, v in r.items() if k != "curve" and not k.startswith("_")}
+        for mode, r in results.items()
+    }
+    measured["init_time_grad_first_over_last"] = (
+        ratio(through_time[0], through_time[-1]) if through_time else None
+    )
+    labels = {
+        "none": "no clipping",
+        "norm": f"clip_by_norm(c={cfg.max_norm})",
+        "agc": f"adaptive_clip(λ={cfg.agc_clipping})",
+    }
 
     def clean(ys):
-        return [y if y is not None else 0.0 for y in ys]  # a log plot cannot show NaN; the table says which
+        return [
+            y if y is not None else 0.0 for y in ys
+        ]  # a log plot cannot show NaN; the table says which
 
     figures = [
         Figure(
             title="Training loss / baseline (1/(3T)); no clipping diverges",
-            x_label="step", y_label="loss / baseline",
-            lines={labels[m]: ([float(i) for i, y in enumerate(results[m]["curve"]["loss"]) if y is not None],
-                               [y for y in results[m]["curve"]["loss"] if y is not None]) for m in MODES},
+            x_label="step",
+            y_label="loss / baseline",
+            lines={
+                labels[m]: (
+                    [float(i) for i, y in enumerate(results[m]["curve"]["loss"]) if y is not None],
+                    [y for y in results[m]["curve"]["loss"] if y is not None],
+                )
+                for m in MODES
+            },
             log_y=True,
         ),
         Figure(
             title="Total gradient norm before clipping",
-            x_label="step", y_label="‖g‖",
-            lines={labels[m]: ([float(i) for i in range(len(results[m]["curve"]["grad_norm"]))], clean(results[m]["curve"]["grad_norm"])) for m in MODES},
+            x_label="step",
+            y_label="‖g‖",
+            lines={
+                labels[m]: (
+                    [float(i) for i in range(len(results[m]["curve"]["grad_norm"]))],
+                    clean(results[m]["curve"]["grad_norm"]),
+                )
+                for m in MODES
+            },
             log_y=True,
         ),
         Figure(
             title="Gradient norm of the recurrent layer as applied, after clipping (gradwatch grad_norm)",
-            x_label="step", y_label="‖∂L/∂θ_rnn‖",
-            lines={labels[m]: ([float(s) for s in results[m]["curve"]["grad_steps"]], clean(results[m]["curve"]["rnn_grad_norm"])) for m in MODES},
+            x_label="step",
+            y_label="‖∂L/∂θ_rnn‖",
+            lines={
+                labels[m]: (
+                    [float(s) for s in results[m]["curve"]["grad_steps"]],
+                    clean(results[m]["curve"]["rnn_grad_norm"]),
+                )
+                for m in MODES
+            },
             log_y=True,
         ),
         Figure(
             title="At initialisation: ‖∂L/∂x_t‖ through time (gradwatch time_grad_norm)",
-            x_label="time step t", y_label="‖∂L/∂x_t‖",
-            lines={"tanh RNN, gain " + str(cfg.gain): ([float(t) for t in range(len(through_time))], clean(nums(through_time)))},
+            x_label="time step t",
+            y_label="‖∂L/∂x_t‖",
+            lines={
+                "tanh RNN, gain " + str(cfg.gain): (
+                    [float(t) for t in range(len(through_time))],
+                    clean(nums(through_time)),
+                )
+            },
             log_y=True,
         ),
     ]
@@ -172,7 +227,12 @@ def run(settings: Settings, cfg: Config | None = None) -> Outcome:
         "clipping": f"norm: clip_by_norm(max_norm={cfg.max_norm}); agc: adaptive_clip(clipping={cfg.agc_clipping}, eps=1e-3) on every parameter",
         "seed": settings.seed,
     }
-    return Outcome(setup=setup, measured=measured, figures=figures, runs=[r["_run"] for r in results.values() if r["_run"]])
+    return Outcome(
+        setup=setup,
+        measured=measured,
+        figures=figures,
+        runs=[r["_run"] for r in results.values() if r["_run"]],
+    )
 
 
 def _diverged(r: dict) -> bool:
@@ -202,10 +262,10 @@ def judge(measured: dict) -> bool:
 EXPERIMENT = Experiment(
     name="clipping",
     claim="Gradient-norm clipping (g ← c·g/‖g‖ when ‖g‖ > c) keeps an exploding recurrent net from "
-          "diverging; unit-wise adaptive clipping (AGC) does too.",
+    "diverging; unit-wise adaptive clipping (AGC) does too.",
     source="Pascanu, Mikolov & Bengio 2013 (On the difficulty of training RNNs); Brock et al. 2021 (AGC)",
     expected="Without clipping the loss blows up (non-finite, or ≥ 1000× the baseline); with norm clipping "
-             "and with AGC it stays finite and below 10× the baseline, and norm clipping ends below the baseline.",
+    "and with AGC it stays finite and below 10× the baseline, and norm clipping ends below the baseline.",
     run=run,
     judge=judge,
 )

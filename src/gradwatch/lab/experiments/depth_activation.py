@@ -25,8 +25,15 @@ from ._feedforward import (
 )
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU,
-    "prelu": nn.PReLU, "elu": nn.ELU, "selu": nn.SELU, "silu": nn.SiLU, "gelu": nn.GELU,
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "prelu": nn.PReLU,
+    "elu": nn.ELU,
+    "selu": nn.SELU,
+    "silu": nn.SiLU,
+    "gelu": nn.GELU,
 }
 REMEDIES = ("relu", "leaky_relu", "prelu", "elu", "selu", "silu", "gelu")
 VANISHED = 1e-6  # first/last gradient norm below this: the first layer cannot learn
@@ -51,10 +58,24 @@ def _init(name: str, model: nn.Module) -> nn.Module:
 
 def _settings(quick: bool) -> dict[str, Any]:
     if quick:
-        return {"depths": [5, 10, 20], "width": 64, "epochs": 3, "lr": 0.02, "batch": 64, "probe_batch": 256}
+        return {
+            "depths": [5, 10, 20],
+            "width": 64,
+            "epochs": 3,
+            "lr": 0.02,
+            "batch": 64,
+            "probe_batch": 256,
+        }
     # At depth 30, lr 0.02 over 20 epochs diverged (ELU and SELU reached NaN on seed 0); the full
     # form trains with the 30-layer settings of the init experiment instead.
-    return {"depths": [5, 10, 20, 30], "width": 64, "epochs": 20, "lr": 0.002, "batch": 32, "probe_batch": 512}
+    return {
+        "depths": [5, 10, 20, 30],
+        "width": 64,
+        "epochs": 20,
+        "lr": 0.002,
+        "batch": 32,
+        "probe_batch": 512,
+    }
 
 
 def run(s: Settings, **override: Any) -> Outcome:
@@ -84,8 +105,16 @@ def run(s: Settings, **override: Any) -> Outcome:
             s.progress(part / n_parts)
         torch.manual_seed(s.seed)
         model = _init(act, mlp(split.n_features, split.n_classes, deepest, cfg["width"], cls))
-        t = train(model, split, epochs=cfg["epochs"], lr=cfg["lr"], batch=cfg["batch"], seed=s.seed,
-                  log_dir=s.out / f"train-{act}-{deepest}", progress=sub_progress(s.progress, part, n_parts))
+        t = train(
+            model,
+            split,
+            epochs=cfg["epochs"],
+            lr=cfg["lr"],
+            batch=cfg["batch"],
+            seed=s.seed,
+            log_dir=s.out / f"train-{act}-{deepest}",
+            progress=sub_progress(s.progress, part, n_parts),
+        )
         accuracy[act], losses[act] = t.accuracy, t.final_loss
         runs.append(t.path)
         part += 1
@@ -96,16 +125,35 @@ def run(s: Settings, **override: Any) -> Outcome:
         "final_train_loss_deepest": losses,
     }
     figures = [
-        Figure(f"grad_norm per layer at init, depth {deepest} (÷ last)", "layer",
-               "grad_norm / last layer's",
-               {a: (list(range(len(p))), [v / p[-1] for v in p]) for a, p in profiles.items()}, log_y=True),
-        Figure("First/last layer gradient ratio vs depth", "hidden layers", "first / last grad_norm",
-               {a: (depths, [r[str(d)] for d in depths]) for a, r in ratios.items()}, log_y=True),
-        Figure(f"Test accuracy after training, depth {deepest}", "activation", "accuracy",
-               {"accuracy": (list(accuracy), list(accuracy.values()))}, kind="bar"),
+        Figure(
+            f"grad_norm per layer at init, depth {deepest} (÷ last)",
+            "layer",
+            "grad_norm / last layer's",
+            {a: (list(range(len(p))), [v / p[-1] for v in p]) for a, p in profiles.items()},
+            log_y=True,
+        ),
+        Figure(
+            "First/last layer gradient ratio vs depth",
+            "hidden layers",
+            "first / last grad_norm",
+            {a: (depths, [r[str(d)] for d in depths]) for a, r in ratios.items()},
+            log_y=True,
+        ),
+        Figure(
+            f"Test accuracy after training, depth {deepest}",
+            "activation",
+            "accuracy",
+            {"accuracy": (list(accuracy), list(accuracy.values()))},
+            kind="bar",
+        ),
     ]
-    setup = {**cfg, "activations": list(ACTIVATIONS), "init": "Xavier for sigmoid/tanh, LeCun for SELU, He otherwise",
-             "data": "sklearn digits", "optimizer": "SGD momentum 0.9"}
+    setup = {
+        **cfg,
+        "activations": list(ACTIVATIONS),
+        "init": "Xavier for sigmoid/tanh, LeCun for SELU, He otherwise",
+        "data": "sklearn digits",
+        "optimizer": "SGD momentum 0.9",
+    }
     return Outcome(setup, measured, figures, runs)
 
 

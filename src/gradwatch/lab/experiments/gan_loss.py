@@ -28,7 +28,9 @@ CONFIDENT = 0.05  # mean D(G(z)) at or below this: the discriminator is confiden
 
 @dataclass(frozen=True)
 class Config:
-    checkpoints: tuple[int, ...]  # discriminator steps at which the generator's gradients are measured
+    checkpoints: tuple[
+        int, ...
+    ]  # discriminator steps at which the generator's gradients are measured
     batch: int = 256
     hidden: int = 128
     lr: float = 1e-3
@@ -49,7 +51,13 @@ def mixture(n: int, cfg: Config, gen: torch.Generator) -> torch.Tensor:
 
 
 def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, n_out))
+    return nn.Sequential(
+        nn.Linear(n_in, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, n_out),
+    )
 
 
 def saturating(logits: torch.Tensor) -> torch.Tensor:
@@ -101,31 +109,43 @@ def run(settings: Settings, cfg: Config | None = None) -> Outcome:
         sat, non_sat = generator_grads(saturating), generator_grads(non_saturating)
         sat_total = math.sqrt(sum(v * v for v in sat.values()))
         non_sat_total = math.sqrt(sum(v * v for v in non_sat.values()))
-        points.append({
-            "d_steps": checkpoint,
-            "mean_d_fake": num(d_fake),
-            "mean_d_real": num(d_real),
-            "grad_norm_saturating": num(sat_total),
-            "grad_norm_non_saturating": num(non_sat_total),
-            "ratio": ratio(sat_total, non_sat_total),
-            "first_layer_ratio": ratio(group_norm(sat, layers[0]), group_norm(non_sat, layers[0])),
-        })
+        points.append(
+            {
+                "d_steps": checkpoint,
+                "mean_d_fake": num(d_fake),
+                "mean_d_real": num(d_real),
+                "grad_norm_saturating": num(sat_total),
+                "grad_norm_non_saturating": num(non_sat_total),
+                "ratio": ratio(sat_total, non_sat_total),
+                "first_layer_ratio": ratio(
+                    group_norm(sat, layers[0]), group_norm(non_sat, layers[0])
+                ),
+            }
+        )
         settings.progress((i + 1) / len(cfg.checkpoints))
 
     xs = [float(p["d_steps"]) for p in points]
     figures = [
         Figure(
             title="Generator gradient norm (gradwatch grad_norm, all layers) as the discriminator trains",
-            x_label="discriminator steps", y_label="‖∂L_G/∂θ_G‖",
+            x_label="discriminator steps",
+            y_label="‖∂L_G/∂θ_G‖",
             lines={
-                "saturating log(1 - D(G(z)))": (xs, [p["grad_norm_saturating"] or 0.0 for p in points]),
-                "non-saturating -log D(G(z))": (xs, [p["grad_norm_non_saturating"] or 0.0 for p in points]),
+                "saturating log(1 - D(G(z)))": (
+                    xs,
+                    [p["grad_norm_saturating"] or 0.0 for p in points],
+                ),
+                "non-saturating -log D(G(z))": (
+                    xs,
+                    [p["grad_norm_non_saturating"] or 0.0 for p in points],
+                ),
             },
             log_y=True,
         ),
         Figure(
             title="Saturating / non-saturating gradient ratio and the discriminator's mean D(G(z))",
-            x_label="discriminator steps", y_label="ratio, probability",
+            x_label="discriminator steps",
+            y_label="ratio, probability",
             lines={
                 "gradient ratio": (xs, [p["ratio"] or 0.0 for p in points]),
                 "mean D(G(z))": (xs, [p["mean_d_fake"] or 0.0 for p in points]),
@@ -151,17 +171,21 @@ def judge(measured: dict) -> bool:
     first, final = measured["checkpoints"][0], measured["final"]
     if final["ratio"] is None or final["mean_d_fake"] is None or first["ratio"] is None:
         return False
-    return final["mean_d_fake"] <= CONFIDENT and final["ratio"] <= VANISHED and 1 / 3 <= first["ratio"] <= 3
+    return (
+        final["mean_d_fake"] <= CONFIDENT
+        and final["ratio"] <= VANISHED
+        and 1 / 3 <= first["ratio"] <= 3
+    )
 
 
 EXPERIMENT = Experiment(
     name="gan-loss",
     claim="A confident discriminator gives the generator almost no gradient under the saturating minimax "
-          "loss log(1 - D(G(z))); the non-saturating loss -log D(G(z)) keeps it.",
+    "loss log(1 - D(G(z))); the non-saturating loss -log D(G(z)) keeps it.",
     source="Goodfellow et al. 2014 (Generative Adversarial Nets, section 3)",
     expected="Once mean D(G(z)) ≤ 0.05, the generator's gradient norm under the saturating loss is ≤ 5% of "
-             "that under the non-saturating loss (it falls roughly like D(G(z))); with the untrained "
-             "discriminator (D ≈ 0.5) the two are within a factor of 3.",
+    "that under the non-saturating loss (it falls roughly like D(G(z))); with the untrained "
+    "discriminator (D ≈ 0.5) the two are within a factor of 3.",
     run=run,
     judge=judge,
 )

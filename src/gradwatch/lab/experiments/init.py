@@ -67,28 +67,55 @@ def run(s: Settings, **override: Any) -> Outcome:
     for act, cls in ACTIVATIONS.items():
         for scheme in SCHEMES:
             torch.manual_seed(s.seed)
-            model = _apply(scheme, mlp(split.n_features, split.n_classes, cfg["depth"], cfg["width"], cls), x)
+            model = _apply(
+                scheme, mlp(split.n_features, split.n_classes, cfg["depth"], cfg["width"], cls), x
+            )
             stats, order = at_init(model, x, y, s.out / f"init-{act}-{scheme}")
             b = profile(stats, linear_layers(model, order), "backflow_norm")
             ratio[act][scheme] = first_last_ratio(b)
             profiles[f"{act} {scheme}"] = [v / b[-1] for v in b]
-            t = train(model, split, epochs=cfg["epochs"], lr=cfg["lr"], batch=cfg["batch"], seed=s.seed,
-                      log_dir=s.out / f"train-{act}-{scheme}", progress=sub_progress(s.progress, part, n))
+            t = train(
+                model,
+                split,
+                epochs=cfg["epochs"],
+                lr=cfg["lr"],
+                batch=cfg["batch"],
+                seed=s.seed,
+                log_dir=s.out / f"train-{act}-{scheme}",
+                progress=sub_progress(s.progress, part, n),
+            )
             acc[act][scheme], loss[act][scheme] = t.accuracy, t.final_loss
             runs += [str(s.out / f"init-{act}-{scheme}"), t.path]
             part += 1
     measured = {"first_last_backflow_ratio": ratio, "test_accuracy": acc, "final_train_loss": loss}
     figures = [
-        Figure(f"{act}: ‖∂L/∂h‖ per layer at init (÷ last)", "layer",
-               "backflow_norm / last", {k.split(" ", 1)[1]: (list(range(len(v))), v) for k, v in profiles.items()
-                                         if k.startswith(act)}, log_y=True)
+        Figure(
+            f"{act}: ‖∂L/∂h‖ per layer at init (÷ last)",
+            "layer",
+            "backflow_norm / last",
+            {
+                k.split(" ", 1)[1]: (list(range(len(v))), v)
+                for k, v in profiles.items()
+                if k.startswith(act)
+            },
+            log_y=True,
+        )
         for act in ACTIVATIONS
     ] + [
-        Figure(f"Final training loss after {cfg['epochs']} epochs", "scheme",
-               "cross-entropy", {act: (list(SCHEMES), [loss[act][sch] for sch in SCHEMES]) for act in ACTIVATIONS},
-               kind="bar"),
+        Figure(
+            f"Final training loss after {cfg['epochs']} epochs",
+            "scheme",
+            "cross-entropy",
+            {act: (list(SCHEMES), [loss[act][sch] for sch in SCHEMES]) for act in ACTIVATIONS},
+            kind="bar",
+        ),
     ]
-    setup = {**cfg, "schemes": list(SCHEMES), "data": "sklearn digits", "optimizer": "SGD momentum 0.9"}
+    setup = {
+        **cfg,
+        "schemes": list(SCHEMES),
+        "data": "sklearn digits",
+        "optimizer": "SGD momentum 0.9",
+    }
     return Outcome(setup, measured, figures, runs)
 
 
@@ -102,7 +129,9 @@ def judge(m: dict[str, Any]) -> bool:
     orthogonal train."""
     r, loss, acc = m["first_last_backflow_ratio"], m["final_train_loss"], m["test_accuracy"]
     relu_ok = all(_level(r["relu"][s]) and loss["relu"][s] < LEARNING for s in ("he", "lsuv"))
-    relu_bad = all(r["relu"][s] < VANISHED and loss["relu"][s] > STALLED for s in ("xavier", "default"))
+    relu_bad = all(
+        r["relu"][s] < VANISHED and loss["relu"][s] > STALLED for s in ("xavier", "default")
+    )
     tanh_bad = r["tanh"]["default"] < VANISHED and loss["tanh"]["default"] > STALLED
     tanh_ok = all(acc["tanh"][s] >= TRAINED_ACC for s in ("xavier", "orthogonal"))
     return bool(relu_ok and relu_bad and tanh_bad and tanh_ok)

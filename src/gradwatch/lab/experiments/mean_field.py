@@ -25,7 +25,9 @@ TRAINED_ACC = 0.5  # 10 classes, chance 0.1
 SKIP = 4  # layers left out at each end of the χ₁ fit: the input's transient and the head
 
 
-def init_mean_field(model: nn.Module, sigma_w2: float, sigma_b2: float, gen: torch.Generator) -> nn.Module:
+def init_mean_field(
+    model: nn.Module, sigma_w2: float, sigma_b2: float, gen: torch.Generator
+) -> nn.Module:
     """Weights N(0, σ_w²/fan_in), biases N(0, σ_b²): the ensemble mean-field theory describes."""
     with torch.no_grad():
         for m in model.modules():
@@ -37,15 +39,35 @@ def init_mean_field(model: nn.Module, sigma_w2: float, sigma_b2: float, gen: tor
 
 def _settings(quick: bool) -> dict[str, Any]:
     if quick:
-        return {"chi_sigma_w2": [0.5, 1.0, 1.76, 2.5], "chi_width": 512, "chi_depth": 16, "chi_batch": 128,
-                "train_sigma_w2": [0.5, 0.8, 1.0], "depths": [4, 8, 16, 32], "width": 64, "epochs": 3,
-                "lr": 0.02, "batch": 64}
-    return {"chi_sigma_w2": [0.5, 0.8, 1.0, 1.4, 1.76, 2.5, 4.0], "chi_width": 1024, "chi_depth": 32,
-            "chi_batch": 256, "train_sigma_w2": [0.5, 0.8, 1.0, 1.2], "depths": [4, 8, 16, 32, 64],
-            "width": 64, "epochs": 10, "lr": 0.02, "batch": 64}
+        return {
+            "chi_sigma_w2": [0.5, 1.0, 1.76, 2.5],
+            "chi_width": 512,
+            "chi_depth": 16,
+            "chi_batch": 128,
+            "train_sigma_w2": [0.5, 0.8, 1.0],
+            "depths": [4, 8, 16, 32],
+            "width": 64,
+            "epochs": 3,
+            "lr": 0.02,
+            "batch": 64,
+        }
+    return {
+        "chi_sigma_w2": [0.5, 0.8, 1.0, 1.4, 1.76, 2.5, 4.0],
+        "chi_width": 1024,
+        "chi_depth": 32,
+        "chi_batch": 256,
+        "train_sigma_w2": [0.5, 0.8, 1.0, 1.2],
+        "depths": [4, 8, 16, 32, 64],
+        "width": 64,
+        "epochs": 10,
+        "lr": 0.02,
+        "batch": 64,
+    }
 
 
-def measure_chi1(s: Settings, sigma_w2: float, cfg: dict[str, Any]) -> tuple[float, list[float], str]:
+def measure_chi1(
+    s: Settings, sigma_w2: float, cfg: dict[str, Any]
+) -> tuple[float, list[float], str]:
     """Geometric mean over the middle layers of ‖∂L/∂h^l‖² / ‖∂L/∂h^{l+1}‖², from `backflow_norm`."""
     gen = torch.Generator().manual_seed(s.seed)
     width, depth = cfg["chi_width"], cfg["chi_depth"]
@@ -81,11 +103,23 @@ def run(s: Settings, **override: Any) -> Outcome:
         for k, depth in enumerate(cfg["depths"]):
             torch.manual_seed(s.seed)
             gen = torch.Generator().manual_seed(s.seed)
-            model = init_mean_field(mlp(split.n_features, split.n_classes, depth, cfg["width"], nn.Tanh), sw, SIGMA_B2, gen)
+            model = init_mean_field(
+                mlp(split.n_features, split.n_classes, depth, cfg["width"], nn.Tanh),
+                sw,
+                SIGMA_B2,
+                gen,
+            )
             part = len(cfg["chi_sigma_w2"]) + j + k / len(cfg["depths"])
-            t = train(model, split, epochs=cfg["epochs"], lr=cfg["lr"], batch=cfg["batch"], seed=s.seed,
-                      log_dir=s.out / f"train-{key}-{depth}",
-                      progress=lambda f, p=part: s.progress((p + f / len(cfg["depths"])) / n))
+            t = train(
+                model,
+                split,
+                epochs=cfg["epochs"],
+                lr=cfg["lr"],
+                batch=cfg["batch"],
+                seed=s.seed,
+                log_dir=s.out / f"train-{key}-{depth}",
+                progress=lambda f, p=part: s.progress((p + f / len(cfg["depths"])) / n),
+            )
             accuracy[key][str(depth)] = t.accuracy
             runs.append(t.path)
             if t.accuracy < TRAINED_ACC:
@@ -96,7 +130,9 @@ def run(s: Settings, **override: Any) -> Outcome:
         "sigma_b2": SIGMA_B2,
         "chi1_measured": chi_measured,
         "chi1_predicted": chi_predicted,
-        "chi1_relative_error": {k: abs(chi_measured[k] / chi_predicted[k] - 1) for k in chi_measured},
+        "chi1_relative_error": {
+            k: abs(chi_measured[k] / chi_predicted[k] - 1) for k in chi_measured
+        },
         "depth_grid": cfg["depths"],
         "trainable_depth_measured": trainable,
         "trainable_depth_predicted": predicted,
@@ -104,17 +140,40 @@ def run(s: Settings, **override: Any) -> Outcome:
     }
     sws = [float(k) for k in chi_measured]
     figures = [
-        Figure("χ₁: per-layer factor of gradient variance", "σ_w²", "χ₁",
-               {"measured (backflow_norm)": (sws, list(chi_measured.values())),
-                "predicted (theory.mean_field)": (sws, list(chi_predicted.values()))}),
-        Figure(f"‖∂L/∂h‖ per layer, width {cfg['chi_width']} (÷ last)", "layer",
-               "backflow_norm / last", profiles, log_y=True),
-        Figure("Trainable depth: measured vs 6ξ_c", "σ_w²", "layers",
-               {"measured": ([float(k) for k in trainable], list(trainable.values())),
-                "6ξ_c": ([float(k) for k in predicted], list(predicted.values()))}, log_y=True),
+        Figure(
+            "χ₁: per-layer factor of gradient variance",
+            "σ_w²",
+            "χ₁",
+            {
+                "measured (backflow_norm)": (sws, list(chi_measured.values())),
+                "predicted (theory.mean_field)": (sws, list(chi_predicted.values())),
+            },
+        ),
+        Figure(
+            f"‖∂L/∂h‖ per layer, width {cfg['chi_width']} (÷ last)",
+            "layer",
+            "backflow_norm / last",
+            profiles,
+            log_y=True,
+        ),
+        Figure(
+            "Trainable depth: measured vs 6ξ_c",
+            "σ_w²",
+            "layers",
+            {
+                "measured": ([float(k) for k in trainable], list(trainable.values())),
+                "6ξ_c": ([float(k) for k in predicted], list(predicted.values())),
+            },
+            log_y=True,
+        ),
     ]
-    setup = {**cfg, "activation": "tanh", "sigma_b2": SIGMA_B2, "data": "sklearn digits (training); Gaussian inputs and a random cotangent (χ₁)",
-             "optimizer": "SGD momentum 0.9"}
+    setup = {
+        **cfg,
+        "activation": "tanh",
+        "sigma_b2": SIGMA_B2,
+        "data": "sklearn digits (training); Gaussian inputs and a random cotangent (χ₁)",
+        "optimizer": "SGD momentum 0.9",
+    }
     return Outcome(setup, measured, figures, runs)
 
 
@@ -133,7 +192,9 @@ def judge(m: dict[str, Any]) -> bool:
             depth_ok &= pred >= top / DEPTH_FACTOR
         else:
             depth_ok &= pred / DEPTH_FACTOR <= measured <= pred * DEPTH_FACTOR
-    order = [m["trainable_depth_measured"][k] for k in sorted(m["trainable_depth_measured"], key=float)]
+    order = [
+        m["trainable_depth_measured"][k] for k in sorted(m["trainable_depth_measured"], key=float)
+    ]
     grows = all(a <= b for a, b in zip(order, order[1:], strict=False))
     return bool(chi_ok and depth_ok and grows)
 

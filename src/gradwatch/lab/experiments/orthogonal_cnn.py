@@ -27,7 +27,9 @@ from ..experiment import Experiment, Figure, Outcome, Settings
 from ._common import generator, metric, num, one_backward, ratio
 
 ISOMETRIC = 1.0  # std of log singular values (natural log) below this: the spectrum stays near 1
-SPREAD_FACTOR = 5.0  # Gaussian std of log singular values at least this many times delta-orthogonal's
+SPREAD_FACTOR = (
+    5.0  # Gaussian std of log singular values at least this many times delta-orthogonal's
+)
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,10 @@ FULL = Config(depth=1000, channels=16)
 def deep_cnn(cfg: Config) -> nn.Sequential:
     layers: list[nn.Module] = []
     for _ in range(cfg.depth):
-        layers += [nn.Conv2d(cfg.channels, cfg.channels, 3, padding=1, padding_mode="circular"), nn.Tanh()]
+        layers += [
+            nn.Conv2d(cfg.channels, cfg.channels, 3, padding=1, padding_mode="circular"),
+            nn.Tanh(),
+        ]
     return nn.Sequential(*layers)
 
 
@@ -80,7 +85,11 @@ def jacobian_singular_values(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def _measure(model: nn.Module, x: torch.Tensor, batch: torch.Tensor) -> dict:
     sv = jacobian_singular_values(model, x)
     log_sv = sv.clamp_min(1e-300).log()
-    stats = one_backward(model, lambda m: (m(batch) * torch.randn_like(batch)).sum() / math.sqrt(len(batch)), backflow=True)
+    stats = one_backward(
+        model,
+        lambda m: (m(batch) * torch.randn_like(batch)).sum() / math.sqrt(len(batch)),
+        backflow=True,
+    )
     backflow = metric(stats, "backflow_norm")
     convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     return {
@@ -113,20 +122,32 @@ def run(settings: Settings, cfg: Config | None = None) -> Outcome:
         torch.manual_seed(settings.seed)  # the same random cotangent for both
         results[init] = _measure(model, x, batch)
         settings.progress((i + 1) / 2)
-    measured = {init: {k: v for k, v in r.items() if not k.startswith("_")} for init, r in results.items()}
-    measured["spread_ratio"] = ratio(measured["gaussian"]["log_sv_std"], measured["delta_orthogonal"]["log_sv_std"])
+    measured = {
+        init: {k: v for k, v in r.items() if not k.startswith("_")} for init, r in results.items()
+    }
+    measured["spread_ratio"] = ratio(
+        measured["gaussian"]["log_sv_std"], measured["delta_orthogonal"]["log_sv_std"]
+    )
     labels = {"gaussian": "Gaussian, σ_w² = 1", "delta_orthogonal": "delta-orthogonal"}
     figures = [
         Figure(
             title=f"Singular values of the input-output Jacobian, {cfg.depth}-layer tanh CNN (sorted)",
-            x_label="rank", y_label="singular value",
-            lines={labels[k]: ([float(i) for i in range(len(r["_sv"]))], r["_sv"]) for k, r in results.items()},
+            x_label="rank",
+            y_label="singular value",
+            lines={
+                labels[k]: ([float(i) for i in range(len(r["_sv"]))], r["_sv"])
+                for k, r in results.items()
+            },
             log_y=True,
         ),
         Figure(
             title="Back-propagated gradient norm per conv layer at init (gradwatch backflow_norm)",
-            x_label="layer (0 = input side)", y_label="‖∂L/∂h‖",
-            lines={labels[k]: ([float(i) for i in range(len(r["_backflow"]))], r["_backflow"]) for k, r in results.items()},
+            x_label="layer (0 = input side)",
+            y_label="‖∂L/∂h‖",
+            lines={
+                labels[k]: ([float(i) for i in range(len(r["_backflow"]))], r["_backflow"])
+                for k, r in results.items()
+            },
             log_y=True,
         ),
     ]
@@ -134,10 +155,10 @@ def run(settings: Settings, cfg: Config | None = None) -> Outcome:
         "model": f"{cfg.depth} × (Conv2d {cfg.channels}→{cfg.channels}, 3×3, circular padding, tanh), no head",
         "input": f"{cfg.channels}×{cfg.size}×{cfg.size} image, entries N(0, {cfg.input_std}²)",
         "inits": f"Gaussian N(0, σ_w²/fan_in) with σ_w² = {cfg.sigma_w2} (critical for tanh, σ_b² = 0), biases 0; "
-                 "gradwatch.remedies.delta_orthogonal_init with gain √σ_w²",
+        "gradwatch.remedies.delta_orthogonal_init with gain √σ_w²",
         "jacobian": "exact, in float64 (one backward per output coordinate, batched); log = natural log; "
-                    "singular values below 1e-15 × the largest are at float64's floor (counted), so a Gaussian "
-                    "spread is a lower bound",
+        "singular values below 1e-15 × the largest are at float64's floor (counted), so a Gaussian "
+        "spread is a lower bound",
         "seed": settings.seed,
     }
     return Outcome(setup=setup, measured=measured, figures=figures)
@@ -147,17 +168,19 @@ def judge(measured: dict) -> bool:
     """Reproduced when the delta-orthogonal net's log singular values have std < 1 (near isometry) and
     the Gaussian net's are at least 5× as spread."""
     delta, spread = measured["delta_orthogonal"]["log_sv_std"], measured["spread_ratio"]
-    return delta is not None and spread is not None and delta < ISOMETRIC and spread >= SPREAD_FACTOR
+    return (
+        delta is not None and spread is not None and delta < ISOMETRIC and spread >= SPREAD_FACTOR
+    )
 
 
 EXPERIMENT = Experiment(
     name="orthogonal-cnn",
     claim="Delta-orthogonal initialisation gives a very deep vanilla tanh CNN dynamical isometry: its "
-          "input-output Jacobian's singular values stay near 1, where Gaussian init at the same critical "
-          "variance spreads them over orders of magnitude.",
+    "input-output Jacobian's singular values stay near 1, where Gaussian init at the same critical "
+    "variance spreads them over orders of magnitude.",
     source="Xiao et al. 2018 (Dynamical isometry and a mean field theory of CNNs); Pennington et al. 2017",
     expected="The standard deviation of the log singular values is below 1 with delta-orthogonal init and at "
-             "least 5× larger with Gaussian init.",
+    "least 5× larger with Gaussian init.",
     run=run,
     judge=judge,
 )

@@ -45,7 +45,9 @@ def _linears(model: nn.Sequential) -> list[nn.Linear]:
     return [m for m in model if isinstance(m, nn.Linear)]
 
 
-def pretrain(model: nn.Sequential, x: torch.Tensor, cfg: Config, gen: torch.Generator) -> list[float]:
+def pretrain(
+    model: nn.Sequential, x: torch.Tensor, cfg: Config, gen: torch.Generator
+) -> list[float]:
     """Greedy layer-wise: hidden layer k (Linear + sigmoid) is trained as the encoder of an autoencoder
     of the frozen representation below it, with a linear decoder and squared error. Returns each
     layer's final reconstruction error relative to its input's variance."""
@@ -64,14 +66,18 @@ def pretrain(model: nn.Sequential, x: torch.Tensor, cfg: Config, gen: torch.Gene
             loss.backward()
             opt.step()
         with torch.no_grad():
-            errors.append(float((decoder(torch.sigmoid(layer(h))) - h).square().sum(1).mean() / variance))
+            errors.append(
+                float((decoder(torch.sigmoid(layer(h))) - h).square().sum(1).mean() / variance)
+            )
             h = torch.sigmoid(layer(h))
     return errors
 
 
 def _train(model: nn.Sequential, split, cfg: Config, gen: torch.Generator) -> dict:
     hidden = [str(i) for i, m in enumerate(model) if isinstance(m, nn.Linear)][:-1]
-    stats = one_backward(model, lambda m: nn.functional.cross_entropy(m(split.x_train[:256]), split.y_train[:256]))
+    stats = one_backward(
+        model, lambda m: nn.functional.cross_entropy(m(split.x_train[:256]), split.y_train[:256])
+    )
     grads = metric(stats, "grad_norm")
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     curve_steps, curve_acc = [], []
@@ -110,20 +116,38 @@ def run(settings: Settings, cfg: Config | None = None) -> Outcome:
     settings.progress(0.6)
     results["pretrained"] = _train(pretrained, split, cfg, gen)
     settings.progress(1.0)
-    measured = {k: {key: v for key, v in r.items() if not key.startswith("_")} for k, r in results.items()}
+    measured = {
+        k: {key: v for key, v in r.items() if not key.startswith("_")} for k, r in results.items()
+    }
     measured["pretrained"]["reconstruction_error"] = [num(e) for e in errors]
-    measured["accuracy_gap"] = num(measured["pretrained"]["test_accuracy"] - measured["end_to_end"]["test_accuracy"])
-    labels = {"end_to_end": "end-to-end from default init", "pretrained": "greedy layer-wise pre-trained, then fine-tuned"}
+    measured["accuracy_gap"] = num(
+        measured["pretrained"]["test_accuracy"] - measured["end_to_end"]["test_accuracy"]
+    )
+    labels = {
+        "end_to_end": "end-to-end from default init",
+        "pretrained": "greedy layer-wise pre-trained, then fine-tuned",
+    }
     figures = [
         Figure(
             title="Test accuracy during supervised training (digits)",
-            x_label="SGD step", y_label="test accuracy",
-            lines={labels[k]: ([float(s) for s in r["_curve"][0]], r["_curve"][1]) for k, r in results.items()},
+            x_label="SGD step",
+            y_label="test accuracy",
+            lines={
+                labels[k]: ([float(s) for s in r["_curve"][0]], r["_curve"][1])
+                for k, r in results.items()
+            },
         ),
         Figure(
             title="Gradient norm per hidden layer at the first supervised step (gradwatch grad_norm)",
-            x_label="hidden layer (0 = input side)", y_label="‖∂L/∂θ‖",
-            lines={labels[k]: ([float(i) for i in range(cfg.depth)], [v or 0.0 for v in r["init_grad_norm"]]) for k, r in results.items()},
+            x_label="hidden layer (0 = input side)",
+            y_label="‖∂L/∂θ‖",
+            lines={
+                labels[k]: (
+                    [float(i) for i in range(cfg.depth)],
+                    [v or 0.0 for v in r["init_grad_norm"]],
+                )
+                for k, r in results.items()
+            },
             log_y=True,
         ),
     ]
@@ -132,7 +156,7 @@ def run(settings: Settings, cfg: Config | None = None) -> Outcome:
         "model": f"{cfg.depth} hidden Linear({cfg.width}) + sigmoid, Linear head, PyTorch default init (same weights for both)",
         "supervised": f"SGD lr={cfg.lr} momentum={cfg.momentum}, batch {cfg.batch}, {cfg.steps} steps, cross-entropy",
         "pretraining": f"per hidden layer, bottom up: autoencoder (the layer + a linear decoder, squared error) of the frozen "
-                       f"representation below, Adam lr={cfg.pretrain_lr}, {cfg.pretrain_steps} steps",
+        f"representation below, Adam lr={cfg.pretrain_lr}, {cfg.pretrain_steps} steps",
         "seed": settings.seed,
     }
     return Outcome(setup=setup, measured=measured, figures=figures)
@@ -150,10 +174,10 @@ def judge(measured: dict) -> bool:
 EXPERIMENT = Experiment(
     name="pretraining",
     claim="Greedy layer-wise (unsupervised, autoencoder) pre-training lets a deep sigmoid net learn where "
-          "end-to-end back-propagation from a standard init stalls.",
+    "end-to-end back-propagation from a standard init stalls.",
     source="Schmidhuber 1992 (multi-level hierarchy); Hinton et al. 2006; Bengio et al. 2007 (Greedy layer-wise training of deep networks)",
     expected="With the same supervised budget, the pre-trained net's test accuracy is ≥ 0.15 above the "
-             "end-to-end net's, which stays within 0.15 of chance (0.1).",
+    "end-to-end net's, which stays within 0.15 of chance (0.1).",
     run=run,
     judge=judge,
 )

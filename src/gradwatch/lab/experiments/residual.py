@@ -44,16 +44,34 @@ class Block(nn.Module):
 
 def net(n_in: int, n_out: int, depth: int, width: int, skip: bool) -> nn.Sequential:
     """Input Linear, `depth` blocks, ReLU and a Linear head: depth + 2 Linear layers either way."""
-    return nn.Sequential(nn.Linear(n_in, width), *(Block(width, skip) for _ in range(depth)),
-                         nn.ReLU(), nn.Linear(width, n_out))
+    return nn.Sequential(
+        nn.Linear(n_in, width),
+        *(Block(width, skip) for _ in range(depth)),
+        nn.ReLU(),
+        nn.Linear(width, n_out),
+    )
 
 
 def _settings(quick: bool) -> dict[str, Any]:
     if quick:
-        return {"depths": [4, 32], "width": 64, "epochs": 5, "lr": 0.02, "batch": 64, "probe_batch": 256}
+        return {
+            "depths": [4, 32],
+            "width": 64,
+            "epochs": 5,
+            "lr": 0.02,
+            "batch": 64,
+            "probe_batch": 256,
+        }
     # At 64 blocks without normalisation the residual net diverges at this learning rate (seed 0,
     # loss NaN): Fixup's scalar multipliers or a norm layer would be needed, which is another claim.
-    return {"depths": [4, 8, 16, 32], "width": 64, "epochs": 20, "lr": 0.02, "batch": 64, "probe_batch": 512}
+    return {
+        "depths": [4, 8, 16, 32],
+        "width": 64,
+        "epochs": 20,
+        "lr": 0.02,
+        "batch": 64,
+        "probe_batch": 512,
+    }
 
 
 def run(s: Settings, **override: Any) -> Outcome:
@@ -70,28 +88,66 @@ def run(s: Settings, **override: Any) -> Outcome:
     for variant in ("plain", "residual"):
         for depth in depths:
             torch.manual_seed(s.seed)
-            model = remedies.he_init(net(split.n_features, split.n_classes, depth, cfg["width"], skip=variant == "residual"))
+            model = remedies.he_init(
+                net(
+                    split.n_features,
+                    split.n_classes,
+                    depth,
+                    cfg["width"],
+                    skip=variant == "residual",
+                )
+            )
             if variant == "residual":
                 remedies.zero_init_last([b for b in model if isinstance(b, Block)])
             name = f"{variant}-{depth}"
             stats, order = at_init(model, x, y, s.out / f"init-{name}")
-            ratio[variant][str(depth)] = first_last_ratio(profile(stats, linear_layers(model, order), "backflow_norm"))
-            t = train(model, split, epochs=cfg["epochs"], lr=cfg["lr"], batch=cfg["batch"], seed=s.seed,
-                      log_dir=s.out / f"train-{name}", progress=sub_progress(s.progress, part, n))
+            ratio[variant][str(depth)] = first_last_ratio(
+                profile(stats, linear_layers(model, order), "backflow_norm")
+            )
+            t = train(
+                model,
+                split,
+                epochs=cfg["epochs"],
+                lr=cfg["lr"],
+                batch=cfg["batch"],
+                seed=s.seed,
+                log_dir=s.out / f"train-{name}",
+                progress=sub_progress(s.progress, part, n),
+            )
             loss[variant][str(depth)], acc[variant][str(depth)] = t.final_loss, t.accuracy
             curves[name] = (list(range(1, len(t.losses) + 1)), t.losses)
             runs += [str(s.out / f"init-{name}"), t.path]
             part += 1
-    measured = {"depths": depths, "final_train_loss": loss, "test_accuracy": acc, "first_last_backflow_ratio": ratio}
+    measured = {
+        "depths": depths,
+        "final_train_loss": loss,
+        "test_accuracy": acc,
+        "first_last_backflow_ratio": ratio,
+    }
     figures = [
-        Figure("Final training loss vs depth", "hidden layers", "cross-entropy",
-               {v: (depths, [loss[v][str(d)] for d in depths]) for v in loss}),
+        Figure(
+            "Final training loss vs depth",
+            "hidden layers",
+            "cross-entropy",
+            {v: (depths, [loss[v][str(d)] for d in depths]) for v in loss},
+        ),
         Figure("Training loss per epoch", "epoch", "cross-entropy", curves),
-        Figure("First/last back-propagated norm at init vs depth", "hidden layers", "backflow first / last",
-               {v: (depths, [ratio[v][str(d)] for d in depths]) for v in ratio}, log_y=True),
+        Figure(
+            "First/last back-propagated norm at init vs depth",
+            "hidden layers",
+            "backflow first / last",
+            {v: (depths, [ratio[v][str(d)] for d in depths]) for v in ratio},
+            log_y=True,
+        ),
     ]
-    setup = {**cfg, "activation": "relu", "init": "He; residual branches' Linear zeroed (zero_init_last)", "block": "h ← h + Linear(ReLU(h)) (residual) or Linear(ReLU(h)) (plain)",
-             "data": "sklearn digits", "optimizer": "SGD momentum 0.9"}
+    setup = {
+        **cfg,
+        "activation": "relu",
+        "init": "He; residual branches' Linear zeroed (zero_init_last)",
+        "block": "h ← h + Linear(ReLU(h)) (residual) or Linear(ReLU(h)) (plain)",
+        "data": "sklearn digits",
+        "optimizer": "SGD momentum 0.9",
+    }
     return Outcome(setup, measured, figures, runs)
 
 
@@ -101,7 +157,10 @@ def judge(m: dict[str, Any]) -> bool:
     d = [str(x) for x in m["depths"]]
     loss, r = m["final_train_loss"], m["first_last_backflow_ratio"]
     plain = loss["plain"][d[-1]] - loss["plain"][d[0]] > DEGRADED
-    residual = loss["residual"][d[-1]] - loss["residual"][d[0]] < KEPT and LEVEL[0] < r["residual"][d[-1]] < LEVEL[1]
+    residual = (
+        loss["residual"][d[-1]] - loss["residual"][d[0]] < KEPT
+        and LEVEL[0] < r["residual"][d[-1]] < LEVEL[1]
+    )
     return bool(plain and residual)
 
 

@@ -46,7 +46,9 @@ FULL = Config(lengths=(10, 50, 100, 200), steps=5000, hidden=64)
 class SequenceModel(nn.Module):
     def __init__(self, kind: str, hidden: int):
         super().__init__()
-        self.rnn = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[kind](2, hidden, batch_first=True)
+        self.rnn = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[kind](
+            2, hidden, batch_first=True
+        )
         self.head = nn.Linear(hidden, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -61,7 +63,9 @@ def _train(kind: str, length: int, cfg: Config, seed: int) -> dict:
         lstm_forget_bias(model, cfg.forget_bias)
     x_test, y_test = adding(cfg.n_test, length, torch.Generator().manual_seed(10_000 + seed))
 
-    stats = one_backward(model, lambda m: nn.functional.mse_loss(m(x_test[:128]), y_test[:128]), through_time=True)
+    stats = one_backward(
+        model, lambda m: nn.functional.mse_loss(m(x_test[:128]), y_test[:128]), through_time=True
+    )
     through_time = time_series(stats, "rnn")
 
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -91,7 +95,9 @@ def _train(kind: str, length: int, cfg: Config, seed: int) -> dict:
         "solved_at": solved_at,
         "final_mse_over_baseline": num(curve_mse[-1]),
         "final_accuracy": num(curve_acc[-1]),
-        "init_time_grad_first_over_last": ratio(through_time[0], through_time[-1]) if through_time else None,
+        "init_time_grad_first_over_last": ratio(through_time[0], through_time[-1])
+        if through_time
+        else None,
         "curve": {"step": curve_steps, "mse_over_baseline": curve_mse, "accuracy": curve_acc},
     }
 
@@ -111,14 +117,23 @@ def run(settings: Settings, cfg: Config | None = None) -> Outcome:
         "lengths": list(cfg.lengths),
         "longest": int(longest),
         "solved_accuracy": SOLVED_ACCURACY,
-        "results": {k: {t: {key: v for key, v in r.items() if key != "curve"} for t, r in per.items()} for k, per in results.items()},
+        "results": {
+            k: {t: {key: v for key, v in r.items() if key != "curve"} for t, r in per.items()}
+            for k, per in results.items()
+        },
     }
     figures = [
         Figure(
             title=f"Adding problem, T={longest}: test MSE over the predict-0.5 baseline",
             x_label="training step",
             y_label="test MSE / (1/24)",
-            lines={k: (results[k][longest]["curve"]["step"], results[k][longest]["curve"]["mse_over_baseline"]) for k in KINDS},
+            lines={
+                k: (
+                    results[k][longest]["curve"]["step"],
+                    results[k][longest]["curve"]["mse_over_baseline"],
+                )
+                for k in KINDS
+            },
             log_y=True,
         ),
         Figure(
@@ -126,8 +141,14 @@ def run(settings: Settings, cfg: Config | None = None) -> Outcome:
             x_label="sequence length T",
             y_label="training steps",
             lines={
-                k: ([float(t) for t in cfg.lengths if results[k][str(t)]["solved_at"]],
-                    [float(results[k][str(t)]["solved_at"]) for t in cfg.lengths if results[k][str(t)]["solved_at"]])
+                k: (
+                    [float(t) for t in cfg.lengths if results[k][str(t)]["solved_at"]],
+                    [
+                        float(results[k][str(t)]["solved_at"])
+                        for t in cfg.lengths
+                        if results[k][str(t)]["solved_at"]
+                    ],
+                )
                 for k in KINDS
             },
         ),
@@ -135,15 +156,29 @@ def run(settings: Settings, cfg: Config | None = None) -> Outcome:
             title="At initialisation: ‖∂L/∂x_first‖ / ‖∂L/∂x_last‖ (gradwatch time_grad_norm)",
             x_label="sequence length T",
             y_label="first / last",
-            lines={k: ([float(t) for t in cfg.lengths], [results[k][str(t)]["init_time_grad_first_over_last"] or 0.0 for t in cfg.lengths]) for k in KINDS},
+            lines={
+                k: (
+                    [float(t) for t in cfg.lengths],
+                    [
+                        results[k][str(t)]["init_time_grad_first_over_last"] or 0.0
+                        for t in cfg.lengths
+                    ],
+                )
+                for k in KINDS
+            },
             log_y=True,
         ),
     ]
     setup = {
         "task": "adding problem (Hochreiter & Schmidhuber 1997), fresh batches each step, fixed test set",
-        "lengths": list(cfg.lengths), "steps": cfg.steps, "hidden": cfg.hidden, "batch": cfg.batch,
+        "lengths": list(cfg.lengths),
+        "steps": cfg.steps,
+        "hidden": cfg.hidden,
+        "batch": cfg.batch,
         "optimizer": f"Adam lr={cfg.lr}, gradient norm clipped at {cfg.clip} (all models alike)",
-        "lstm_forget_bias": cfg.forget_bias, "eval_every": cfg.eval_every, "n_test": cfg.n_test,
+        "lstm_forget_bias": cfg.forget_bias,
+        "eval_every": cfg.eval_every,
+        "n_test": cfg.n_test,
         "seed": settings.seed,
     }
     return Outcome(setup=setup, measured=measured, figures=figures)
@@ -155,7 +190,10 @@ def judge(measured: dict) -> bool:
     at = measured["results"]
     longest = str(measured["longest"])
     rnn = at["rnn"][longest]
-    rnn_stuck = rnn["solved_at"] is None and (rnn["final_mse_over_baseline"] is None or rnn["final_mse_over_baseline"] >= STAYS_AT_BASELINE)
+    rnn_stuck = rnn["solved_at"] is None and (
+        rnn["final_mse_over_baseline"] is None
+        or rnn["final_mse_over_baseline"] >= STAYS_AT_BASELINE
+    )
     gated_solve = all(at[k][longest]["solved_at"] is not None for k in ("lstm", "gru"))
     return rnn_stuck and gated_solve
 
@@ -163,10 +201,10 @@ def judge(measured: dict) -> bool:
 EXPERIMENT = Experiment(
     name="rnn-gates",
     claim="On the adding problem a vanilla RNN stays at the baseline at long lags, while LSTM and GRU "
-          "(gated units) solve it: the gradient through time vanishes in the RNN, not through the gates.",
+    "(gated units) solve it: the gradient through time vanishes in the RNN, not through the gates.",
     source="Hochreiter & Schmidhuber 1997 (LSTM, adding problem); Bengio et al. 1994; Cho et al. 2014 (GRU)",
     expected="At the longest length, the RNN's test MSE stays ≥ 0.5× the 1/24 baseline and it never gets "
-             "80% of test sequences within 0.04; LSTM and GRU reach that within the step budget.",
+    "80% of test sequences within 0.04; LSTM and GRU reach that within the step budget.",
     run=run,
     judge=judge,
 )

@@ -49,7 +49,11 @@ def run(s: Settings, **override: Any) -> Outcome:
         model = remedies.lecun_init(mlp(width, 10, depth, width, nn.SELU))
         selus = [n for n, m in model.named_modules() if isinstance(m, nn.SELU)]
         seen: dict[str, float] = {}
-        hooks = [m.register_forward_hook(_record_mean(seen, n)) for n, m in model.named_modules() if isinstance(m, nn.SELU)]
+        hooks = [
+            m.register_forward_hook(_record_mean(seen, n))
+            for n, m in model.named_modules()
+            if isinstance(m, nn.SELU)
+        ]
         x = mu + var**0.5 * torch.randn(cfg["batch"], width, generator=gen)
         y = torch.randint(0, 10, (cfg["batch"],), generator=gen)
         try:
@@ -71,11 +75,25 @@ def run(s: Settings, **override: Any) -> Outcome:
     }
     layers = list(range(1, depth + 1))
     figures = [
-        Figure("Variance of each SELU layer's output (act_std²)", "layer", "variance",
-               {k: (layers, v) for k, v in variances.items()}, log_y=True),
-        Figure("Mean of each SELU layer's output", "layer", "mean", {k: (layers, v) for k, v in means.items()}),
+        Figure(
+            "Variance of each SELU layer's output (act_std²)",
+            "layer",
+            "variance",
+            {k: (layers, v) for k, v in variances.items()},
+            log_y=True,
+        ),
+        Figure(
+            "Mean of each SELU layer's output",
+            "layer",
+            "mean",
+            {k: (layers, v) for k, v in means.items()},
+        ),
     ]
-    setup = {**cfg, "init": "LeCun normal (variance 1/fan_in), zero biases", "input": "Gaussian with the given mean and variance"}
+    setup = {
+        **cfg,
+        "init": "LeCun normal (variance 1/fan_in), zero biases",
+        "input": "Gaussian with the given mean and variance",
+    }
     return Outcome(setup, measured, figures, runs)
 
 

@@ -58,12 +58,21 @@ class Encoder(nn.Module):
         self.embed = nn.Embedding(cfg.vocab, cfg.d_model)
         self.pos = nn.Parameter(0.02 * torch.randn(cfg.length, cfg.d_model))
         self.layers = nn.ModuleList(
-            nn.TransformerEncoderLayer(cfg.d_model, cfg.n_head, cfg.d_ff, dropout=0.0, batch_first=True, norm_first=norm_first)
+            nn.TransformerEncoderLayer(
+                cfg.d_model,
+                cfg.n_head,
+                cfg.d_ff,
+                dropout=0.0,
+                batch_first=True,
+                norm_first=norm_first,
+            )
             for _ in range(cfg.n_layer)
         )
         self.norm = nn.LayerNorm(cfg.d_model) if norm_first else nn.Identity()
         self.head = nn.Linear(cfg.d_model, cfg.vocab)
-        xavier_init(self, distribution="uniform")  # the paper's (and the original transformer's) init
+        xavier_init(
+            self, distribution="uniform"
+        )  # the paper's (and the original transformer's) init
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         h = self.embed(tokens) + self.pos
@@ -83,17 +92,35 @@ def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def _ffn_norms(per_layer: dict[str, float], n_layer: int) -> list[float]:
-    return [(group_norm(per_layer, f"layers.{i}.linear1") ** 2 + group_norm(per_layer, f"layers.{i}.linear2") ** 2) ** 0.5 for i in range(n_layer)]
+    return [
+        (
+            group_norm(per_layer, f"layers.{i}.linear1") ** 2
+            + group_norm(per_layer, f"layers.{i}.linear2") ** 2
+        )
+        ** 0.5
+        for i in range(n_layer)
+    ]
 
 
 def _variant(norm_first: bool, cfg: Config, seed: int, log_dir: Path | None = None) -> dict:
     gen = generator(seed)
     model = Encoder(cfg, norm_first)
     x0, y0 = _batch(cfg, torch.Generator().manual_seed(10_000 + seed))
-    init = _ffn_norms(metric(one_backward(model, lambda m: _loss(m, x0, y0)), "grad_norm"), cfg.n_layer)
+    init = _ffn_norms(
+        metric(one_backward(model, lambda m: _loss(m, x0, y0)), "grad_norm"), cfg.n_layer
+    )
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     losses = []
-    with watch(model, opt, activations=False, backflow=False, through_time=False, flush_every=max(cfg.steps, 1), log_dir=log_dir, overwrite=True) as w:
+    with watch(
+        model,
+        opt,
+        activations=False,
+        backflow=False,
+        through_time=False,
+        flush_every=max(cfg.steps, 1),
+        log_dir=log_dir,
+        overwrite=True,
+    ) as w:
         for _ in range(cfg.steps):
             x, y = _batch(cfg, gen)
             loss = _loss(model, x, y)
@@ -105,7 +132,9 @@ def _variant(norm_first: bool, cfg: Config, seed: int, log_dir: Path | None = No
     stats = w.stats()
     per_step = [_ffn_norms(metric(stats, "grad_norm", s), cfg.n_layer) for s in range(cfg.steps)]
     ratios = [ratio(n[-1], n[0]) for n in per_step]
-    window = [r for r in ratios[cfg.steps // 2 :] if r is not None]  # the second half of the early steps
+    window = [
+        r for r in ratios[cfg.steps // 2 :] if r is not None
+    ]  # the second half of the early steps
     return {
         "init_ffn_grad_norm": [num(v) for v in init],
         "init_last_over_first": ratio(init[-1], init[0]),
@@ -122,36 +151,55 @@ def run(settings: Settings, cfg: Config | None = None) -> Outcome:
     cfg = cfg or (QUICK if settings.quick else FULL)
     results = {}
     for i, variant in enumerate(VARIANTS):
-        results[variant] = _variant(variant == "pre_ln", cfg, settings.seed, settings.out / f"run-{variant}")
+        results[variant] = _variant(
+            variant == "pre_ln", cfg, settings.seed, settings.out / f"run-{variant}"
+        )
         settings.progress((i + 1) / len(VARIANTS))
-    measured = {v: {k: x for k, x in r.items() if not k.startswith("_")} for v, r in results.items()}
-    measured["init_last_layer_post_over_pre"] = ratio(results["post_ln"]["init_ffn_grad_norm"][-1], results["pre_ln"]["init_ffn_grad_norm"][-1])
+    measured = {
+        v: {k: x for k, x in r.items() if not k.startswith("_")} for v, r in results.items()
+    }
+    measured["init_last_layer_post_over_pre"] = ratio(
+        results["post_ln"]["init_ffn_grad_norm"][-1], results["pre_ln"]["init_ffn_grad_norm"][-1]
+    )
     labels = {"post_ln": "Post-LN (norm_first=False)", "pre_ln": "Pre-LN (norm_first=True)"}
     layers_x = [float(i) for i in range(cfg.n_layer)]
     figures = [
         Figure(
             title="At initialisation: FFN gradient norm per layer (gradwatch grad_norm of linear1, linear2)",
-            x_label="layer", y_label="‖∂L/∂W_FFN‖",
-            lines={labels[v]: (layers_x, [x or 0.0 for x in r["init_ffn_grad_norm"]]) for v, r in results.items()},
+            x_label="layer",
+            y_label="‖∂L/∂W_FFN‖",
+            lines={
+                labels[v]: (layers_x, [x or 0.0 for x in r["init_ffn_grad_norm"]])
+                for v, r in results.items()
+            },
             log_y=True,
         ),
         Figure(
             title=f"Early training (Adam lr={cfg.lr}, no warm-up): last / first layer FFN gradient norm",
-            x_label="step", y_label="last / first",
-            lines={labels[v]: ([float(s) for s in range(cfg.steps)], r["_ratios"]) for v, r in results.items()},
+            x_label="step",
+            y_label="last / first",
+            lines={
+                labels[v]: ([float(s) for s in range(cfg.steps)], r["_ratios"])
+                for v, r in results.items()
+            },
             log_y=True,
         ),
     ]
     setup = {
         "model": f"{cfg.n_layer} nn.TransformerEncoderLayer(d_model={cfg.d_model}, nhead={cfg.n_head}, dim_feedforward={cfg.d_ff}, "
-                 "dropout=0), token + learned position embeddings, Linear head; Pre-LN adds the final LayerNorm; "
-                 "every Linear Xavier-uniform, biases 0 (as in the paper)",
+        "dropout=0), token + learned position embeddings, Linear head; Pre-LN adds the final LayerNorm; "
+        "every Linear Xavier-uniform, biases 0 (as in the paper)",
         "task": f"reverse a sequence of {cfg.length} random tokens from a vocabulary of {cfg.vocab}; cross-entropy",
         "optimizer": f"Adam lr={cfg.lr}, no warm-up, batch {cfg.batch}, {cfg.steps} steps",
         "measure": "per layer √(‖∇W¹‖² + ‖∇W²‖²) of the feed-forward sublayer; 'early' = median over the second half of the steps",
         "seed": settings.seed,
     }
-    return Outcome(setup=setup, measured=measured, figures=figures, runs=[r["_run"] for r in results.values() if r["_run"]])
+    return Outcome(
+        setup=setup,
+        measured=measured,
+        figures=figures,
+        runs=[r["_run"] for r in results.values() if r["_run"]],
+    )
 
 
 def judge(measured: dict) -> bool:
@@ -159,22 +207,32 @@ def judge(measured: dict) -> bool:
     weights), Pre-LN's last/first ratio is level (within [1/2, 2]) and below Post-LN's, and in early
     training without warm-up Post-LN's last/first ratio stays above Pre-LN's."""
     post, pre = measured["post_ln"], measured["pre_ln"]
-    values = [measured["init_last_layer_post_over_pre"], post["init_last_over_first"], pre["init_last_over_first"],
-              post["early_last_over_first"], pre["early_last_over_first"]]
+    values = [
+        measured["init_last_layer_post_over_pre"],
+        post["init_last_over_first"],
+        pre["init_last_over_first"],
+        post["early_last_over_first"],
+        pre["early_last_over_first"],
+    ]
     if any(v is None for v in values):
         return False
     last, post_init, pre_init, post_early, pre_early = values
-    return last >= LARGER and 1 / LEVEL <= pre_init <= LEVEL and post_init > pre_init and post_early > pre_early
+    return (
+        last >= LARGER
+        and 1 / LEVEL <= pre_init <= LEVEL
+        and post_init > pre_init
+        and post_early > pre_early
+    )
 
 
 EXPERIMENT = Experiment(
     name="transformer-ln",
     claim="At initialisation a Post-LN transformer's last layers get large gradients (hence the need for "
-          "warm-up); a Pre-LN transformer's are smaller there and level across layers.",
+    "warm-up); a Pre-LN transformer's are smaller there and level across layers.",
     source="Xiong et al. 2020 (On Layer Normalization in the Transformer Architecture)",
     expected="At init, with the same weights, the last layer's FFN gradient norm is ≥ 1.2× larger in Post-LN "
-             "(theory: about √L larger); the last/first layer ratio is within [1/2, 2] for Pre-LN and larger for "
-             "Post-LN, at init and in early training without warm-up.",
+    "(theory: about √L larger); the last/first layer ratio is within [1/2, 2] for Pre-LN and larger for "
+    "Post-LN, at init and in early training without warm-up.",
     run=run,
     judge=judge,
 )
