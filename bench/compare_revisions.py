@@ -21,6 +21,7 @@ import copy
 import importlib
 import io
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -57,6 +58,12 @@ def import_revision(rev: str, into: Path):
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(into, filter="data")
     (into / "src" / "gradwatch").rename(into / name)
+    # Revisions since the house moves import themselves absolutely (`from gradwatch.x import y`):
+    # point those imports at the revision's own copy, not at the working tree's package.
+    absolute = re.compile(r"^(\s*(?:from|import) )gradwatch(?=[.\s])", re.M)
+    for path in (into / name).rglob("*.py"):
+        text = path.read_text()
+        path.write_text(absolute.sub(rf"\g<1>{name}", text))
     sys.path.insert(0, str(into))
     return importlib.import_module(name)
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import gradwatch as gw
-import gradwatch.monitor as monitor
+import gradwatch.monitor.watcher as monitor
 
 
 def main(argv: list[str] | None = None) -> list[float]:

@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gradwatch  # noqa: E402
 import overhead  # noqa: E402  (the models and batches of bench/overhead.py)
 from compare_revisions import CONFIGS, Run  # noqa: E402
-from gradwatch.probes import _cpu_kernels, params  # noqa: E402
+from gradwatch.probes import kernels as _cpu_kernels  # noqa: E402
+from gradwatch.probes import params  # noqa: E402
 
 
 class _Count(TorchDispatchMode):

@@ -735,8 +735,7 @@ def environment() -> dict[str, str]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    from gradwatch.probes import _cpu_kernels
-
+    from gradwatch.probes import kernels as _cpu_kernels
     kernels = _cpu_kernels.name(_cpu_kernels.load())
     kernels = "torch operations" if kernels == "torch" else f"{kernels} kernels"
     return {

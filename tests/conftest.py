@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from gradwatch.probes import _cpu_kernels
+from gradwatch.probes import kernels as _cpu_kernels
 
 
 @pytest.fixture(params=["numba", "torch"])

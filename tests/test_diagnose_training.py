@@ -76,7 +76,7 @@ def test_raise_on_a_detected_kind_stops_at_the_flush():
     w = gw.watch(model, opt, flush_every=10, raise_on=("vanishing_gradient",))
     with pytest.raises(TrainingStoppedError, match="vanishing_gradient"):
         _train(model, opt, w, 50, x, y)
-    assert w._step == 10
+    assert w.steps_seen == 10
     w.close()
 
 

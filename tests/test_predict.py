@@ -12,9 +12,9 @@ from torch import nn
 
 import gradwatch as gw
 from gradwatch import theory
-from gradwatch._theory_model import predict_chain, shifted_mean
-from gradwatch._trace import trace
 from gradwatch.theory import JacobianError, jacobian_spectrum
+from gradwatch.theory.model import predict_chain, shifted_mean
+from gradwatch.theory.trace import trace
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -245,7 +245,7 @@ def test_identity_modules_are_transparent_to_the_trace():
 
 
 def test_zero_padding_share_of_kernel_taps_is_counted_per_output():
-    from gradwatch._trace import _valid_taps
+    from gradwatch.theory.trace import _valid_taps
 
     # 3x3 kernel, padding 1, 4x4 image: 2, 3, 3, 2 taps valid along each axis.
     assert _valid_taps(nn.Conv2d(1, 1, 3, padding=1), torch.zeros(1, 1, 4, 4)) == pytest.approx(

@@ -10,7 +10,7 @@ from torch import nn
 
 import gradwatch as gw
 from conftest import as_dict, family
-from gradwatch.probes import _cpu_kernels
+from gradwatch.probes import kernels as _cpu_kernels
 from gradwatch.probes.activation_specs import HIST_BINS, spec
 from gradwatch.probes.activations import HIST_SAMPLE
 

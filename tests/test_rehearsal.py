@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import gradwatch as gw
-from gradwatch._rehearsal import copy_optimizer
+from gradwatch.checks.rehearsal import copy_optimizer
 from gradwatch.errors import CheckError
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from gradwatch.report._data import from_watch, load_runs
+from gradwatch.report.data import from_watch, load_runs
 from gradwatch.report.html import write
 from test_report_html import EVIL, SeqNet, train
 

@@ -16,8 +16,9 @@ from rich.console import Console
 from torch import nn
 
 import gradwatch as gw
+from gradwatch.display.terminal import runs_view
 from gradwatch.report import figures
-from gradwatch.report._data import (
+from gradwatch.report.data import (
     MAX_STEPS,
     downsample,
     from_run,
@@ -26,7 +27,6 @@ from gradwatch.report._data import (
     load_runs,
 )
 from gradwatch.report.html import render, write
-from gradwatch.report.terminal import runs_view
 
 EVIL = "<script>alert(1)</script>"
 

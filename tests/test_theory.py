@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gradwatch import _activations_math as am
 from gradwatch import theory
 from gradwatch.errors import GradwatchError
+from gradwatch.theory import gaussian as am
 
 SMOOTH = ("tanh", "sigmoid", "gelu", "silu", "softplus", "erf")
 KINKED = ("elu", "selu")  # φ' jumps (SELU) or φ'' jumps (ELU) at 0

@@ -80,7 +80,7 @@ def test_closing_twice_is_harmless_and_a_closed_watch_refuses_steps():
 
 
 def test_a_closed_watch_runs_the_detectors_once_for_every_listener(monkeypatch):
-    import gradwatch.monitor as monitor
+    import gradwatch.monitor.watcher as monitor
 
     calls = []
     real = monitor.diagnose
@@ -97,8 +97,8 @@ def test_a_closed_watch_runs_the_detectors_once_for_every_listener(monkeypatch):
     model, x, loss_fn = family("mlp", 5, seed=3)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     w = gw.watch(model, opt)
-    w._listen(Listener())
-    w._listen(Listener())
+    w.add_listener(Listener())
+    w.add_listener(Listener())
     for _ in range(3):
         opt.zero_grad()
         loss_fn(model(x)).backward()

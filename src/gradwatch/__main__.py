@@ -1,5 +1,5 @@
 """`python -m gradwatch` runs the command line."""
 
-from .cli import main
+from gradwatch.cli import main
 
 main()

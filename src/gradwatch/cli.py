@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from . import __version__
-from .errors import GradwatchError
+from gradwatch._version import __version__
+from gradwatch.errors import GradwatchError
 
 app = typer.Typer(
     name="gradwatch",
@@ -42,7 +42,7 @@ def demo(
     seed: int = typer.Option(0, "--seed", help="Random seed."),
 ) -> None:
     """The main job on built-in data: break a deep net, watch its gradients vanish, fix it."""
-    from .demo import run_demo
+    from gradwatch.demo import run_demo
 
     run_demo(out, seed=seed, console=console)
 
@@ -61,9 +61,9 @@ def check(
     (model, inputs, target, loss_fn), or a dict with the keys model, inputs and any of target,
     loss_fn, optimizer. With an optimizer the check also rehearses its first steps on a copy.
     """
-    from ._factory import load_factory
-    from .check import check as run_check
-    from .report.terminal import diagnosis_view
+    from gradwatch.checks import check as run_check
+    from gradwatch.checks.factory import load_factory
+    from gradwatch.display.terminal import diagnosis_view
 
     model, inputs, tgt, loss_fn, optimizer = load_factory(target)
     diagnosis = run_check(model, inputs, tgt, loss_fn, what_if=what_if, optimizer=optimizer)
@@ -90,7 +90,7 @@ def lab(
     Exit 0 when every experiment reproduced its claim, 1 when any did not, 2 for an unknown
     name, 130 when interrupted (the finished experiments are kept).
     """
-    from .lab.runner import PAGE, RESULTS, run_lab
+    from gradwatch.lab.runner import PAGE, RESULTS, run_lab
 
     result = run_lab(names or (), quick=quick, out=out, seed=seed, console=console)
     done = sum(r["reproduced"] for r in result.records)
@@ -122,13 +122,13 @@ def theory(
     """Mean-field signal propagation: fixed point, χ₁, depth scales, phase, trainable depth."""
     import json
 
-    from . import theory as th
+    from gradwatch import theory as th
 
     result = th.mean_field(activation, sigma_w2=sigma_w2, sigma_b2=sigma_b2).to_dict()
     if critical:
         result["critical_sigma_w2"] = th.critical_sigma_w2(activation, sigma_b2=sigma_b2)
     if plot is not None:
-        from .report.theory_plot import phase_diagram
+        from gradwatch.report.theory_plot import phase_diagram
 
         result["plot"] = str(phase_diagram(plot, activation=activation))
     if json_out:
@@ -164,15 +164,15 @@ def report(
     ),
 ) -> None:
     """One self-contained HTML report (opens offline) of one run, or of several side by side."""
-    from .report._data import load_runs
+    from gradwatch.report.data import load_runs
 
     runs = load_runs(run_dirs)
     if text:
-        from .report.terminal import runs_view
+        from gradwatch.display.terminal import runs_view
 
         console.print(runs_view(runs))
         return
-    from .report.html import write
+    from gradwatch.report.html import write
 
     path = write(
         runs, out or (run_dirs[0] / "report.html" if len(run_dirs) == 1 else Path("report.html"))
@@ -202,7 +202,7 @@ def run(
 
     The script's output and exit code are its own; gradwatch's report goes to stderr.
     """
-    from .run_script import run_script
+    from gradwatch.run_script import run_script
 
     raise SystemExit(run_script(script, args or [], log_dir=log_dir, every=every, console=err))
 

@@ -16,13 +16,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
-from .diagnose import Diagnosis
-from .lab.models import he_init, mlp
-from .lab.tasks import digits
-from .monitor import watch
-from .report._data import from_stats
-from .report.html import write
-from .report.terminal import runs_view
+from gradwatch._nn import ROOT_NAME
+from gradwatch.diagnose import Diagnosis
+from gradwatch.display.terminal import runs_view
+from gradwatch.lab.models import he_init, mlp
+from gradwatch.lab.tasks import digits
+from gradwatch.monitor import watch
+from gradwatch.report.data import from_stats
+from gradwatch.report.html import write
 
 DEPTH, WIDTH, EPOCHS, BATCH, LR = 12, 64, 20, 64, 0.02
 
@@ -61,7 +62,7 @@ def _train(name, description, model, data, out: Path, progress: Progress, seed: 
                 progress.advance(task)
     with torch.no_grad():
         acc = (model(data.x_test).argmax(1) == data.y_test).float().mean().item()
-    types = {name or "(root)": type(m).__name__ for name, m in model.named_modules()}
+    types = {name or ROOT_NAME: type(m).__name__ for name, m in model.named_modules()}
     return DemoRun(
         name,
         description,

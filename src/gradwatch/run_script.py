@@ -21,7 +21,7 @@ import torch
 import torch.optim.optimizer as _optim
 from torch import nn
 
-from .errors import GradwatchError
+from gradwatch.errors import GradwatchError
 
 
 def find_model(optimizer: torch.optim.Optimizer) -> nn.Module | None:
@@ -148,7 +148,7 @@ def _print_script_traceback(exc: BaseException, path: Path) -> None:
 def _report(watch, console) -> None:
     from rich.console import Console
 
-    from .report.terminal import diagnosis_view
+    from gradwatch.display.terminal import diagnosis_view
 
     console = console or Console(stderr=True)
     if watch is None:
@@ -157,7 +157,7 @@ def _report(watch, console) -> None:
     console.print(
         diagnosis_view(
             watch.diagnose(),
-            title=f"gradwatch: {type(watch.model).__name__}, {watch._step} optimizer steps",
+            title=f"gradwatch: {type(watch.model).__name__}, {watch.steps_seen} optimizer steps",
         )
     )
     if watch.log_dir is not None:

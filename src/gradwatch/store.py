@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import CorruptRunError, RunExistsError, RunNotFoundError
+from gradwatch.errors import CorruptRunError, RunExistsError, RunNotFoundError
 
 STATS_DIR = "stats.parquet"
 META = "meta.json"

@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .depth import depth_trend, detect_depth
-from .finding import KINDS, Diagnosis, Finding, Remedy
-from .layerwise import (
+from gradwatch.diagnose.depth import depth_trend, detect_depth
+from gradwatch.diagnose.finding import KINDS, Diagnosis, Finding, Remedy
+from gradwatch.diagnose.layerwise import (
     detect_dead,
     detect_nonfinite,
     detect_saturation,
     detect_stalled,
     detect_unstable,
 )
-from .progress import detect_constant, detect_idle
-from .temporal import detect_plateau, detect_through_time
-from .view import View
+from gradwatch.diagnose.progress import detect_constant, detect_idle
+from gradwatch.diagnose.temporal import detect_plateau, detect_through_time
+from gradwatch.diagnose.view import View
 
 DETECTORS = (
     detect_nonfinite,

@@ -15,9 +15,10 @@ import bisect
 import numpy as np
 import pandas as pd
 
-from .finding import Finding
-from .remedies import exploding_remedies, vanishing_remedies
-from .view import View, fmt
+from gradwatch.diagnose.advice import exploding_remedies, vanishing_remedies
+from gradwatch.diagnose.finding import Finding
+from gradwatch.diagnose.view import View
+from gradwatch.display.format import fmt
 
 MIN_LAYERS = 4  # a depth trend needs at least this many layers
 VANISH_WARN, VANISH_ERROR = 1e-3, 1e-6  # total multiplier from the last layer back to the first

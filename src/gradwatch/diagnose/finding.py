@@ -115,7 +115,7 @@ class Diagnosis:
         return json.dumps(self.to_dict(), **kw)
 
     def __str__(self) -> str:
-        from .predicted import prediction_lines, what_if_lines
+        from gradwatch.display.predicted import prediction_lines, what_if_lines
 
         lines = (
             ["gradwatch: no problem found."]
@@ -137,12 +137,12 @@ class Diagnosis:
         return "\n".join(lines)
 
     def __rich__(self):
-        from ..report.terminal import diagnosis_view
+        from gradwatch.display.terminal import diagnosis_view
 
         return diagnosis_view(self)
 
     def _repr_html_(self) -> str:
-        from ..report.notebook import diagnosis_html
+        from gradwatch.display.notebook import diagnosis_html
 
         return diagnosis_html(self)
 

@@ -6,15 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .finding import Finding
-from .remedies import (
+from gradwatch.diagnose.advice import (
     dead_remedies,
     nonfinite_remedies,
     saturation_remedies,
     stalled_remedies,
     unstable_remedies,
 )
-from .view import View, fmt, names
+from gradwatch.diagnose.finding import Finding
+from gradwatch.diagnose.view import View
+from gradwatch.display.format import fmt, names
 
 SATURATED_WARN, SATURATED_ERROR = 0.5, 0.9
 DEAD_WARN, DEAD_ERROR = 0.5, 0.9

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .finding import Finding
-from .layerwise import MIN_UPDATE_STEPS
-from .remedies import constant_remedies, idle_remedies
-from .view import View, fmt, names
+from gradwatch.diagnose.advice import constant_remedies, idle_remedies
+from gradwatch.diagnose.finding import Finding
+from gradwatch.diagnose.layerwise import MIN_UPDATE_STEPS
+from gradwatch.diagnose.view import View
+from gradwatch.display.format import fmt, names
 
 IDLE = 3e-4  # the busiest layer's update/weight per step; healthy runs sit near 1e-3 and above
 SMALL_GRADIENT = (

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .finding import Finding
-from .remedies import through_time_remedies
-from .view import View, fit_log_slope, fmt, names
+from gradwatch.diagnose.advice import through_time_remedies
+from gradwatch.diagnose.finding import Finding
+from gradwatch.diagnose.view import View, fit_log_slope
+from gradwatch.display.format import fmt, names
 
 TIME_VANISH_WARN, TIME_VANISH_ERROR = 1e-4, 1e-8  # ‖∂L/∂x_0‖ / ‖∂L/∂x_T‖
 # Growth is judged more strictly than decay: x100 over the sequence already makes gradient steps

@@ -10,22 +10,8 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-SATURATING = {"sigmoid", "tanh", "hardtanh", "softsign", "hardsigmoid", "logsigmoid"}
-RECTIFIERS = {
-    "relu",
-    "relu6",
-    "leaky_relu",
-    "prelu",
-    "rrelu",
-    "gelu",
-    "silu",
-    "mish",
-    "hardswish",
-    "softplus",
-    "elu",
-    "selu",
-    "celu",
-}
+from gradwatch.activations import RECTIFIERS, SATURATING  # noqa: F401 - read by the detectors
+
 NORM_TYPES = {
     "BatchNorm1d",
     "BatchNorm2d",
@@ -218,25 +204,3 @@ def fit_log_slope(values: np.ndarray) -> tuple[float, float]:
         return 0.0, float(y[0]) if len(y) else 0.0
     slope, intercept = np.polyfit(x, y, 1)
     return float(slope), float(intercept)
-
-
-def fmt(x: float) -> str:
-    """A number the way a person reads it in a sentence."""
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return str(x)
-    if x == 0:
-        return "0"
-    if 1e-2 <= abs(x) < 1e4:
-        return f"{x:.3g}"
-    return f"{x:.1e}"
-
-
-def names(layers: list[str], limit: int = 4) -> str:
-    """`'0', '2', '4' and 9 more` style list of layer names."""
-    quoted = [f"'{n}'" for n in layers[:limit]]
-    more = len(layers) - limit
-    if more > 0:
-        return ", ".join(quoted) + f" and {more} more"
-    if len(quoted) > 1:
-        return ", ".join(quoted[:-1]) + " and " + quoted[-1]
-    return quoted[0] if quoted else ""

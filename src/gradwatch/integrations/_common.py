@@ -8,7 +8,7 @@ from types import ModuleType
 
 import pyarrow as pa
 
-from ..errors import IntegrationError
+from gradwatch.errors import IntegrationError
 
 
 def require(module: str, extra: str) -> ModuleType:
@@ -53,7 +53,7 @@ def findings_markdown(findings) -> str:
 
 
 class Listener:
-    """Receives each flush's rows and the closed watch (see `Watch._listen`)."""
+    """Receives each flush's rows and the closed watch (see `Watch.add_listener`)."""
 
     def rows(self, rows: pa.Table) -> None:
         pass

@@ -14,7 +14,7 @@ import os
 import warnings
 from pathlib import Path
 
-from ._common import Listener, findings_markdown, require, scalars
+from gradwatch.integrations._common import Listener, findings_markdown, require, scalars
 
 _pl = require("lightning.pytorch", "lightning")
 
@@ -37,10 +37,10 @@ class _TrainerLoggers(Listener):
         }
         text = findings_markdown(findings)
         for logger in self.trainer.loggers:
-            logger.log_metrics(counts, step=watch._step)
+            logger.log_metrics(counts, step=watch.steps_seen)
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_text"):  # TensorBoard
-                experiment.add_text("gradwatch/findings", text, watch._step)
+                experiment.add_text("gradwatch/findings", text, watch.steps_seen)
             elif hasattr(
                 logger, "log_text"
             ):  # WandbLogger; other loggers' log_text take other arguments
@@ -86,7 +86,7 @@ class GradwatchCallback(_pl.Callback):
             **kwargs,
         )
         if self.log_to_loggers and trainer.loggers and trainer.is_global_zero:
-            self.watch._listen(_TrainerLoggers(trainer))
+            self.watch.add_listener(_TrainerLoggers(trainer))
 
     def on_before_backward(self, trainer, pl_module, loss) -> None:
         if self.watch is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 
-from ._common import Listener, require, scalars
+from gradwatch.integrations._common import Listener, require, scalars
 
 _BATCH = 1000  # MLflow's limit of metrics per log_batch call
 
@@ -21,7 +21,7 @@ class MlflowExporter(Listener):
         if run_id is None:
             active = mlflow.active_run()
             if active is None:
-                from ..errors import IntegrationError
+                from gradwatch.errors import IntegrationError
 
                 raise IntegrationError(
                     "No MLflow run is active; call mlflow.start_run() first or pass run_id=."
@@ -48,5 +48,5 @@ class MlflowExporter(Listener):
 def attach(watch, run_id: str | None = None) -> MlflowExporter:
     """Log `watch`'s statistics to an MLflow run (the active one unless `run_id`) at every flush."""
     exporter = MlflowExporter(run_id)
-    watch._listen(exporter)
+    watch.add_listener(exporter)
     return exporter

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from ._common import Listener, findings_markdown, require, scalars
+from gradwatch.integrations._common import Listener, findings_markdown, require, scalars
 
 
 class TensorBoardExporter(Listener):
@@ -26,7 +26,7 @@ class TensorBoardExporter(Listener):
 
     def close(self, watch) -> None:
         self.writer.add_text(
-            "gradwatch/findings", findings_markdown(watch.diagnose().findings), watch._step
+            "gradwatch/findings", findings_markdown(watch.diagnose().findings), watch.steps_seen
         )
         self.writer.flush()
         if self._own:
@@ -37,5 +37,5 @@ def attach(watch, log_dir: str | os.PathLike | None = None, writer=None) -> Tens
     """Send `watch`'s statistics to TensorBoard at every flush (a SummaryWriter of yours, or one
     made for `log_dir`); the diagnosis is written as text when the watch closes."""
     exporter = TensorBoardExporter(log_dir, writer)
-    watch._listen(exporter)
+    watch.add_listener(exporter)
     return exporter

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ._common import require
+from gradwatch.integrations._common import require
 
 _tf = require("transformers", "transformers")
 

@@ -3,7 +3,7 @@ table and in the run summary. NaN/Inf are logged as they are, never dropped."""
 
 from __future__ import annotations
 
-from ._common import Listener, require, scalars
+from gradwatch.integrations._common import Listener, require, scalars
 
 
 class WandbExporter(Listener):
@@ -11,7 +11,7 @@ class WandbExporter(Listener):
         wandb = require("wandb", "wandb")
         run = run if run is not None else wandb.run
         if run is None:
-            from ..errors import IntegrationError
+            from gradwatch.errors import IntegrationError
 
             raise IntegrationError("No W&B run is active; call wandb.init() first or pass run=.")
         self.run = run
@@ -36,5 +36,5 @@ class WandbExporter(Listener):
 def attach(watch, run=None) -> WandbExporter:
     """Log `watch`'s statistics to a W&B run (the active one unless `run` is given) at every flush."""
     exporter = WandbExporter(run)
-    watch._listen(exporter)
+    watch.add_listener(exporter)
     return exporter

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib
 
-from ..errors import GradwatchError
-from .experiment import Experiment
+from gradwatch.errors import GradwatchError
+from gradwatch.lab.experiment import Experiment
 
 _MODULES = {
     "depth-activation": "depth_activation",

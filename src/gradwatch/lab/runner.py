@@ -24,9 +24,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-from .. import __version__
-from . import catalogue
-from .experiment import Experiment, Settings
+from gradwatch._version import __version__
+from gradwatch.lab import catalogue
+from gradwatch.lab.experiment import Experiment, Settings
 
 RESULTS = "results.json"
 PAGE = "index.html"
@@ -116,7 +116,7 @@ def _relative(path: str | os.PathLike, root: Path) -> str:
 
 def write_results(out: Path, result: LabResult, meta: dict[str, Any]) -> None:
     """Write results.json and index.html, each atomically (a temporary file renamed into place)."""
-    from .page import render
+    from gradwatch.lab.page import render
 
     doc = {
         **meta,

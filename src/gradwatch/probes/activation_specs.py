@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gradwatch.activations import BY_NAME
+
 FLAT = 0.05
 HIST_BINS = 32
 
@@ -44,32 +46,6 @@ class ActivationSpec:
         if self.lo == -self.hi:
             return x.abs() > self.hi
         return (x < self.lo) | (x > self.hi)
-
-
-_SATURATING = {
-    "sigmoid",
-    "tanh",
-    "hardtanh",
-    "softsign",
-    "hardsigmoid",
-    "elu",
-    "selu",
-    "celu",
-    "logsigmoid",
-    "relu6",
-}
-_RECTIFIER = {
-    "relu",
-    "relu6",
-    "leaky_relu",
-    "prelu",
-    "rrelu",
-    "gelu",
-    "silu",
-    "mish",
-    "hardswish",
-    "softplus",
-}
 
 
 def _fn(name: str, p: tuple) -> callable:
@@ -112,23 +88,14 @@ def spec(name: str, params: tuple = ()) -> ActivationSpec:
     if flat[-1]:
         last_steep = int((~flat).nonzero()[-1])
         hi = float(xs[last_steep])
-    return ActivationSpec(
-        name, name in _SATURATING, name in _RECTIFIER, lo, hi, _range(name, params)
-    )
+    act = BY_NAME[name]
+    return ActivationSpec(name, act.saturates, act.dies, lo, hi, _range(name, params))
 
 
 def _range(name: str, p: tuple) -> tuple[float, float]:
-    if name in ("sigmoid", "hardsigmoid"):
-        return (0.0, 1.0)
-    if name in ("tanh", "softsign"):
-        return (-1.0, 1.0)
     if name == "hardtanh":
         return (float(p[0]), float(p[1]))
-    if name == "relu6":
-        return (0.0, 6.0)
-    if name == "logsigmoid":
-        return (-6.0, 0.0)
-    return (-4.0, 4.0)
+    return BY_NAME[name].hist_range
 
 
 def module_spec(module: nn.Module) -> ActivationSpec | None:

@@ -32,10 +32,17 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from . import _cpu_kernels
-from .activation_specs import HIST_BINS, ActivationSpec, functional_spec, module_spec
-from .base import ABSENT, WIDE_FLOATS, Probe, to_host
-from .forward import Hooks, recording_forward
+from gradwatch._nn import ROOT_NAME
+from gradwatch._tensor import WIDE_FLOATS, to_host
+from gradwatch.probes import kernels as _cpu_kernels
+from gradwatch.probes.activation_specs import (
+    HIST_BINS,
+    ActivationSpec,
+    functional_spec,
+    module_spec,
+)
+from gradwatch.probes.base import ABSENT, Probe
+from gradwatch.probes.forward import Hooks, recording_forward
 
 HIST_SAMPLE = 1024
 
@@ -161,7 +168,7 @@ class ActivationProbe(Probe):
         for name, m in model.named_modules():
             spec = module_spec(m)
             if spec is not None:
-                self._module_rows[name or "(root)"] = (m, spec)
+                self._module_rows[name or ROOT_NAME] = (m, spec)
         self._rows: dict[str, _Row] = {}
         self._hooks = Hooks()
         self._mode_hooks = Hooks()
@@ -179,6 +186,10 @@ class ActivationProbe(Probe):
 
     def rows(self) -> list[str]:
         return list(self._module_rows)
+
+    def measured_layers(self) -> list[str]:
+        """Every layer an activation was measured in so far (functional calls included)."""
+        return list(self._rows)
 
     def bind(self, table) -> None:
         super().bind(table)
@@ -210,7 +221,7 @@ class ActivationProbe(Probe):
                 self._hooks.add(m.register_forward_hook(self._module_post(name), always_call=True))
         if (self._found_functional or not self._discovered) and not self._mode_hooks:
             for name, m in self.model.named_modules():
-                name = name or "(root)"
+                name = name or ROOT_NAME
                 self._mode_hooks.add(m.register_forward_pre_hook(self._push(name)))
                 self._mode_hooks.add(m.register_forward_hook(self._pop, always_call=True))
             self._mode_hooks.add(self.model.register_forward_pre_hook(self._enter_mode))

@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import _cpu_kernels
-from .base import ABSENT, WIDE_FLOATS, Probe, StepTable, to_host
-from .forward import Hooks, batch_size, first_tensor, recording_forward, time_major
+from gradwatch._tensor import WIDE_FLOATS, to_host
+from gradwatch.probes import kernels as _cpu_kernels
+from gradwatch.probes.base import ABSENT, Probe, StepTable
+from gradwatch.probes.forward import Hooks, batch_size, first_tensor, recording_forward, time_major
 
 
 class BackflowProbe(Probe):

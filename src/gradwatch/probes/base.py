@@ -11,19 +11,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from gradwatch._tensor import stat_dtype
+
 ABSENT = -1.0
 """Raw columns hold non-negative numbers (squares, counts, fractions), NaN or +inf; a negative
 entry means "not measured at this step", so a NaN that was measured is never mistaken for a gap."""
 
 
-NO_FLOAT64 = {"mps"}
-"""Device types without float64 (Apple's MPS): statistics are kept in float32 there."""
-
-
-def stat_dtype(device: torch.device) -> torch.dtype:
-    """The dtype statistics are computed and kept in on `device`: float64, as squared norms of
-    exploding gradients overflow float32 long before the norm does, where the device has it."""
-    return torch.float32 if device.type in NO_FLOAT64 else torch.float64
 
 
 class StepTable:
@@ -211,7 +205,6 @@ def by_kind(tensors: list[torch.Tensor]) -> dict[tuple[torch.device, torch.dtype
     return groups
 
 
-WIDE_FLOATS = (torch.float32, torch.float64)  # reduced in their own dtype; narrower ones in float32
 
 
 def accumulator(dtype: torch.dtype) -> torch.dtype:
@@ -228,17 +221,6 @@ def foreach_norms(tensors: list[torch.Tensor], dtype: torch.dtype) -> list[torch
         if acc == dtype
         else torch._foreach_norm(tensors, 2, dtype=acc)
     )
-
-
-def to_host(tensors: list[torch.Tensor], join=torch.stack) -> np.ndarray:
-    """Device tensors joined (`torch.stack`, or `torch.cat`) and brought to the host in one copy,
-    then widened to float64 there (a device may have no float64; numpy has no bfloat16)."""
-    if not tensors:
-        return np.zeros(0)
-    host = join(tensors).cpu()
-    if host.is_floating_point() and host.dtype not in WIDE_FLOATS:
-        host = host.float()
-    return host.numpy().astype(np.float64)
 
 
 def widest_accumulator(tensors: list[torch.Tensor]) -> torch.dtype:

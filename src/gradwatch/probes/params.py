@@ -7,16 +7,15 @@ import math
 import numpy as np
 import torch
 
-from .._distributed import is_sharded, local
-from .._layers import ParamLayer
-from .base import (
+from gradwatch._nn import ParamLayer
+from gradwatch._tensor import is_sharded, local, stat_dtype
+from gradwatch.probes.base import (
     ABSENT,
     NormLog,
     Probe,
     StepTable,
     by_kind,
     foreach_norms,
-    stat_dtype,
     widest_accumulator,
 )
 

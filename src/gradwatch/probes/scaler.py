@@ -14,7 +14,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .base import ABSENT, Probe, stat_dtype
+from gradwatch._tensor import stat_dtype
+from gradwatch.probes.base import ABSENT, Probe
 
 
 class SkippedProbe(Probe):

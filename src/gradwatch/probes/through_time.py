@@ -17,8 +17,10 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from .base import ABSENT, Probe, stat_dtype
-from .forward import Hooks, recording_forward
+from gradwatch._nn import ROOT_NAME
+from gradwatch._tensor import stat_dtype
+from gradwatch.probes.base import ABSENT, Probe
+from gradwatch.probes.forward import Hooks, recording_forward
 
 RECURRENT = (nn.RNNBase,)
 CELLS = (nn.RNNCellBase,)
@@ -33,7 +35,7 @@ class ThroughTimeProbe(Probe):
         self.cadence = cadence
         self.model = model
         self.modules = {
-            (n or "(root)"): m for n, m in model.named_modules() if isinstance(m, RECURRENT + CELLS)
+            (n or ROOT_NAME): m for n, m in model.named_modules() if isinstance(m, RECURRENT + CELLS)
         }
         self._hooks = Hooks()
         self._series: dict[

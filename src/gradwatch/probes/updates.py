@@ -16,9 +16,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .._distributed import local
-from .._layers import ParamLayer
-from .base import ABSENT, NormLog, Probe, StepTable, widest_accumulator
+from gradwatch._nn import ParamLayer
+from gradwatch._tensor import local
+from gradwatch.probes.base import ABSENT, NormLog, Probe, StepTable, widest_accumulator
 
 
 def pack_groups(sizes: list[int], budget: float) -> list[list[int]]:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 def html_report(sources, path: str | os.PathLike = "report.html") -> Path:
     """One self-contained HTML page over one or more runs, side by side on shared colour scales."""
-    from ..store import Run
-    from ._data import from_run, from_watch, load_runs
-    from .html import write
+    from gradwatch.report.data import from_run, from_watch, load_runs
+    from gradwatch.report.html import write
+    from gradwatch.store import Run
 
     runs = []
     for s in sources if isinstance(sources, (list, tuple)) else [sources]:

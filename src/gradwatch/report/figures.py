@@ -7,24 +7,19 @@ plotly serialises them as base64 typed arrays, a third of the bytes of JSON numb
 
 from __future__ import annotations
 
-import html
 import math
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..diagnose.view import fit_log_slope
-from ._data import LOSS_LAYER, ReportRun
+from gradwatch.diagnose.view import fit_log_slope
+from gradwatch.display.format import esc
+from gradwatch.report.data import LOSS_LAYER, ReportRun
 
 PROFILE_CHOICES = 8  # steps offered by the profile's slider
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 _LAYOUT = dict(template="plotly_white", margin=dict(l=10, r=10, t=60, b=40), font=dict(size=12))
-
-
-def esc(text: object) -> str:
-    # "%" too: plotly would read "%{...}" inside a layer name as a hover-template field.
-    return html.escape(str(text), quote=True).replace("%", "&#37;")
 
 
 def layer_label(run: ReportRun, layer: str) -> str:

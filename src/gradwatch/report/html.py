@@ -12,10 +12,10 @@ from pathlib import Path
 
 import plotly.io as pio
 
-from .. import __version__
-from . import figures
-from ._data import ReportRun, load_runs
-from .figures import esc
+from gradwatch._version import __version__
+from gradwatch.display.format import esc
+from gradwatch.report import figures
+from gradwatch.report.data import ReportRun, load_runs
 
 _CONFIG = {
     "displaylogo": False,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import theory
+from gradwatch import theory
 
 _FORMATS = {".png", ".svg", ".pdf"}
 

@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ...monitor import watch
+from gradwatch.monitor import watch
 
 
 def generator(seed: int) -> torch.Generator:
@@ -98,7 +98,7 @@ def one_backward(
         loss.backward()
         w.log_loss(loss.detach())
         w.step()
-        w._forget_update()
+        w.forget_update()
     finally:
         w.close()
     return w.stats()

@@ -17,9 +17,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ...monitor import watch
-from ..tasks import Split, digits
-from ._common import metric as _metric
+from gradwatch.lab.experiments._common import metric as _metric
+from gradwatch.lab.tasks import Split, digits
+from gradwatch.monitor import watch
 
 
 @functools.lru_cache(maxsize=4)
@@ -135,6 +135,6 @@ def at_init(
         loss.backward()
         w.log_loss(loss)
         w.step()
-        w._forget_update()
+        w.forget_update()
     model.zero_grad(set_to_none=True)
     return w.stats(), w.layers()

@@ -10,10 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ... import remedies
-from ..experiment import Experiment, Figure, Outcome, Settings
-from ..models import mlp
-from ._feedforward import (
+from gradwatch import remedies
+from gradwatch.lab.experiment import Experiment, Figure, Outcome, Settings
+from gradwatch.lab.experiments._feedforward import (
     at_init,
     data,
     first_last_ratio,
@@ -22,6 +21,7 @@ from ._feedforward import (
     sub_progress,
     train,
 )
+from gradwatch.lab.models import mlp
 
 VANISHED = 1e-6
 KEPT = 1e-2

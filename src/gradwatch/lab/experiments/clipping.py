@@ -19,10 +19,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ...monitor import watch
-from ...remedies import adaptive_clip, clip_by_norm
-from ..experiment import Experiment, Figure, Outcome, Settings
-from ._common import finite, generator, num, nums, one_backward, ratio, series, time_series
+from gradwatch.lab.experiment import Experiment, Figure, Outcome, Settings
+from gradwatch.lab.experiments._common import (
+    finite,
+    generator,
+    num,
+    nums,
+    one_backward,
+    ratio,
+    series,
+    time_series,
+)
+from gradwatch.monitor import watch
+from gradwatch.remedies import adaptive_clip, clip_by_norm
 
 MODES = ("none", "norm", "agc")
 DIVERGED = 1e3  # peak loss / baseline at or above this (or a non-finite loss): training diverged

@@ -11,10 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ... import remedies
-from ..experiment import Experiment, Figure, Outcome, Settings
-from ..models import mlp
-from ._feedforward import (
+from gradwatch import remedies
+from gradwatch.lab.experiment import Experiment, Figure, Outcome, Settings
+from gradwatch.lab.experiments._feedforward import (
     at_init,
     data,
     first_last_ratio,
@@ -23,6 +22,7 @@ from ._feedforward import (
     sub_progress,
     train,
 )
+from gradwatch.lab.models import mlp
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "sigmoid": nn.Sigmoid,

@@ -19,8 +19,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..experiment import Experiment, Figure, Outcome, Settings
-from ._common import generator, group_norm, metric, num, one_backward, ratio
+from gradwatch.lab.experiment import Experiment, Figure, Outcome, Settings
+from gradwatch.lab.experiments._common import (
+    generator,
+    group_norm,
+    metric,
+    num,
+    one_backward,
+    ratio,
+)
 
 VANISHED = 0.05  # saturating / non-saturating generator gradient norm at or below this: vanished
 CONFIDENT = 0.05  # mean D(G(z)) at or below this: the discriminator is confident

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ... import theory
-from ..experiment import Experiment, Figure, Outcome, Settings
-from ..models import mlp
-from ._feedforward import at_init, data, linear_layers, profile, train
+from gradwatch import theory
+from gradwatch.lab.experiment import Experiment, Figure, Outcome, Settings
+from gradwatch.lab.experiments._feedforward import at_init, data, linear_layers, profile, train
+from gradwatch.lab.models import mlp
 
 SIGMA_B2 = 0.05
 CHI_TOL = 0.05  # relative error of the measured χ₁

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ...remedies import delta_orthogonal_init
-from ..experiment import Experiment, Figure, Outcome, Settings
-from ._common import generator, metric, num, one_backward, ratio
+from gradwatch.lab.experiment import Experiment, Figure, Outcome, Settings
+from gradwatch.lab.experiments._common import generator, metric, num, one_backward, ratio
+from gradwatch.remedies import delta_orthogonal_init
 
 ISOMETRIC = 1.0  # std of log singular values (natural log) below this: the spectrum stays near 1
 SPREAD_FACTOR = (
@@ -155,7 +155,7 @@ def run(settings: Settings, cfg: Config | None = None) -> Outcome:
         "model": f"{cfg.depth} × (Conv2d {cfg.channels}→{cfg.channels}, 3×3, circular padding, tanh), no head",
         "input": f"{cfg.channels}×{cfg.size}×{cfg.size} image, entries N(0, {cfg.input_std}²)",
         "inits": f"Gaussian N(0, σ_w²/fan_in) with σ_w² = {cfg.sigma_w2} (critical for tanh, σ_b² = 0), biases 0; "
-        "gradwatch.remedies.delta_orthogonal_init with gain √σ_w²",
+        "gradwatch.remedies.registry.delta_orthogonal_init with gain √σ_w²",
         "jacobian": "exact, in float64 (one backward per output coordinate, batched); log = natural log; "
         "singular values below 1e-15 × the largest are at float64's floor (counted), so a Gaussian "
         "spread is a lower bound",

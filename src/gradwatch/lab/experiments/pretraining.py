@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..experiment import Experiment, Figure, Outcome, Settings
-from ..models import mlp
-from ..tasks import digits
-from ._common import generator, metric, num, one_backward, ratio
+from gradwatch.lab.experiment import Experiment, Figure, Outcome, Settings
+from gradwatch.lab.experiments._common import generator, metric, num, one_backward, ratio
+from gradwatch.lab.models import mlp
+from gradwatch.lab.tasks import digits
 
 GAP = 0.15  # pre-trained test accuracy at least this much above end-to-end's
 CHANCE = 0.1

@@ -11,9 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ... import remedies
-from ..experiment import Experiment, Figure, Outcome, Settings
-from ._feedforward import (
+from gradwatch import remedies
+from gradwatch.lab.experiment import Experiment, Figure, Outcome, Settings
+from gradwatch.lab.experiments._feedforward import (
     at_init,
     data,
     first_last_ratio,

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ...remedies import clip_by_norm, lstm_forget_bias
-from ..experiment import Experiment, Figure, Outcome, Settings
-from ..sequences import BASELINE_MSE, accuracy, adding
-from ._common import generator, num, one_backward, ratio, time_series
+from gradwatch.lab.experiment import Experiment, Figure, Outcome, Settings
+from gradwatch.lab.experiments._common import generator, num, one_backward, ratio, time_series
+from gradwatch.lab.sequences import BASELINE_MSE, accuracy, adding
+from gradwatch.remedies import clip_by_norm, lstm_forget_bias
 
 KINDS = ("rnn", "lstm", "gru")
 SOLVED_ACCURACY = 0.8  # fraction of test sequences within the 0.04 tolerance

@@ -10,10 +10,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ... import remedies
-from ..experiment import Experiment, Figure, Outcome, Settings
-from ..models import mlp
-from ._feedforward import at_init, profile
+from gradwatch import remedies
+from gradwatch.lab.experiment import Experiment, Figure, Outcome, Settings
+from gradwatch.lab.experiments._feedforward import at_init, profile
+from gradwatch.lab.models import mlp
 
 # (mean, variance) of the network's input; (0, 1) is the fixed point, the rest start off it.
 STARTS = ((0.0, 1.0), (1.0, 3.0), (-2.0, 0.25), (0.0, 8.0), (0.5, 0.1))

@@ -23,10 +23,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ...monitor import watch
-from ...remedies import xavier_init
-from ..experiment import Experiment, Figure, Outcome, Settings
-from ._common import generator, group_norm, metric, num, one_backward, ratio
+from gradwatch.lab.experiment import Experiment, Figure, Outcome, Settings
+from gradwatch.lab.experiments._common import (
+    generator,
+    group_norm,
+    metric,
+    num,
+    one_backward,
+    ratio,
+)
+from gradwatch.monitor import watch
+from gradwatch.remedies import xavier_init
 
 VARIANTS = ("post_ln", "pre_ln")
 LEVEL = 2.0  # Pre-LN: last/first FFN gradient norm within [1/2, 2] counts as level

@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import _activations_math as _am
-from ._remedies_init import fans
-from ._trace import Call, Trace
-from .probes.base import stat_dtype, to_host
+from gradwatch._nn import fans
+from gradwatch._tensor import stat_dtype, to_host
+from gradwatch.theory import gaussian as _am
+from gradwatch.theory.trace import Call, Trace
 
 _CUTOFF = 10.0
 _UNITS = 64  # biases summarised by this many quantiles: the mean over units of a smooth function

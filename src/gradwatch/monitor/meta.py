@@ -8,8 +8,8 @@ import math
 import torch
 from torch import nn
 
-from ._distributed import local
-from ._layers import ParamLayer
+from gradwatch._nn import ROOT_NAME, ParamLayer
+from gradwatch._tensor import local
 
 
 @torch.no_grad()
@@ -21,7 +21,7 @@ def init_stats(model: nn.Module, layers: list[ParamLayer]) -> dict[str, dict]:
     """
     out = {}
     for layer in layers:
-        module = model if layer.name == "(root)" else model.get_submodule(layer.name)
+        module = model if layer.name == ROOT_NAME else model.get_submodule(layer.name)
         w = getattr(module, "weight", None)
         if not isinstance(w, torch.Tensor) or w.dim() < 2 or w.numel() < 2 or w.is_meta:
             continue
@@ -50,7 +50,7 @@ def optimizer_summary(optimizer: torch.optim.Optimizer | None) -> dict | None:
 def model_summary(
     model: nn.Module, layers: list[ParamLayer], order: list[str], init: dict[str, dict]
 ) -> dict:
-    types = {name or "(root)": type(m).__name__ for name, m in model.named_modules()}
+    types = {name or ROOT_NAME: type(m).__name__ for name, m in model.named_modules()}
     by_name = {layer.name: layer for layer in layers}
     rows = []
     for name in order:

@@ -2,44 +2,24 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
-from ._remedies_init import RemedyError, orthogonal_init, weight_layers
-from .probes.base import stat_dtype
+from gradwatch._nn import call, untouched
+from gradwatch._tensor import stat_dtype
+from gradwatch.errors import RemedyError
+from gradwatch.remedies.init import orthogonal_init, weight_layers
 
 
 class _Stop(Exception):
     """Raised by a hook once the layer of interest has produced its output: the rest is not needed."""
 
 
-def call(model: nn.Module, inputs: Any) -> Any:
-    """model(inputs), model(*inputs) for a tuple/list, model(**inputs) for a dict."""
-    if isinstance(inputs, dict):
-        return model(**inputs)
-    if isinstance(inputs, tuple | list):
-        return model(*inputs)
-    return model(inputs)
 
 
-@contextlib.contextmanager
-def _untouched(model: nn.Module) -> Iterator[None]:
-    """No gradients inside; afterwards buffers (BN running stats) and train/eval modes are as they were."""
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    modes = [(m, m.training) for m in model.modules()]
-    with torch.no_grad():
-        try:
-            yield
-        finally:
-            for b, saved in buffers:
-                b.copy_(saved)
-            for m, training in modes:
-                m.training = training
 
 
 def _forward(model: nn.Module, inputs: Any) -> None:
@@ -116,7 +96,7 @@ def lsuv_init(
             "lsuv_init found no nn.Linear, nn.Conv* or nn.ConvTranspose* layer to initialise."
         )
     orthogonal_init(model, generator=generator)
-    with _untouched(model):
+    with torch.no_grad(), untouched(model):
         for layer in _forward_order(model, layers, inputs):
             for _ in range(max_iter):
                 var = _output_var(model, layer, inputs)

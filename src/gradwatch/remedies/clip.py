@@ -11,7 +11,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ._remedies_init import RemedyError
+from gradwatch.errors import RemedyError
 
 Params = torch.Tensor | Iterable[torch.Tensor] | nn.Module
 

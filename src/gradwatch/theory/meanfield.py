@@ -12,13 +12,13 @@ change of initialisation judged before it is made.
 
 Units: q is a per-unit second moment (mean square of pre-activations); χ is a per-layer factor of
 gradient *variance* (the norm changes by √χ); depth scales ξ and trainable depth count layers.
-Expectations are computed as described in `_activations_math` (closed forms for the ReLU family,
+Expectations are computed as described in `theory.gaussian` (closed forms for the ReLU family,
 split Gauss-Legendre quadrature otherwise, accurate to ~1e-13).
 
 `jacobian_spectrum(model, inputs)` measures the other side of the theory on a real model: the
 singular values of its input-output Jacobian, whose mean and spread say how far it is from
 dynamical isometry (Pennington et al. 2017). `gw.check` applies these recursions layer by layer
-to the model's own weights (see `_theory_model`).
+to the model's own weights (see `theory.model`).
 """
 
 from __future__ import annotations
@@ -29,9 +29,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from . import _activations_math as _am
-from ._jacobian import JacobianError, JacobianSpectrum, jacobian_spectrum  # noqa: F401 - public here
-from .errors import GradwatchError
+from gradwatch.errors import TheoryError
+from gradwatch.theory import gaussian as _am
 
 ACTIVATIONS: tuple[str, ...] = _am.NAMES
 PHASE_TOL = (
@@ -40,9 +39,6 @@ PHASE_TOL = (
 _UNIT_TOL = 1e-9  # |log χ| below this is exactly marginal: depth scale reported as inf
 _SIGMA_W2_RANGE = (1e-2, 1e3)  # where critical_sigma_w2 looks for χ₁ = 1
 
-
-class TheoryError(GradwatchError, ValueError):
-    """A mean-field question with no answer (unknown activation, no critical point, bad σ²)."""
 
 
 @dataclass(frozen=True)

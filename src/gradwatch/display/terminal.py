@@ -183,7 +183,7 @@ def runs_view(runs):
 
 def _predicted(diagnosis) -> list:
     """Theory and Jacobian lines, then the what-if ranking, if the check computed them."""
-    from ..diagnose.predicted import prediction_lines, what_if_lines
+    from gradwatch.display.predicted import prediction_lines, what_if_lines
 
     out: list = [Text(line, style="dim") for line in prediction_lines(diagnosis.summary)]
     ranked = what_if_lines(getattr(diagnosis, "what_if", None))

@@ -17,15 +17,11 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
-from .errors import GradwatchError
-
-WEIGHT_LAYERS = (nn.Linear, _ConvNd)  # _ConvNd covers Conv1/2/3d and ConvTranspose1/2/3d
+from gradwatch._nn import WEIGHT_LAYERS, fans
+from gradwatch.errors import RemedyError
 
 T = TypeVar("T", nn.Module, Iterable[nn.Module])
 
-
-class RemedyError(GradwatchError, ValueError):
-    """A remedy cannot be applied to the model (or arguments) it was given."""
 
 
 def weight_layers(target: nn.Module | Iterable[nn.Module]) -> list[nn.Module]:
@@ -54,12 +50,6 @@ def _require_layers(target, scheme: str) -> list[nn.Module]:
     return layers
 
 
-def fans(layer: nn.Module) -> tuple[int, int]:
-    """(fan_in, fan_out) of a Linear or convolution: inputs per output unit, outputs per input unit."""
-    if isinstance(layer, nn.Linear):
-        return layer.in_features, layer.out_features
-    k = math.prod(layer.kernel_size)
-    return layer.in_channels // layer.groups * k, layer.out_channels // layer.groups * k
 
 
 def _fill(

@@ -11,12 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import GradwatchError
-
-
-class FactoryError(GradwatchError):
-    """The TARGET of `gradwatch check` could not be loaded or did not return what it should."""
-
+from gradwatch.errors import FactoryError
 
 KEYS = ("model", "inputs", "target", "loss_fn", "optimizer")
 

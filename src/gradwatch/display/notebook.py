@@ -10,8 +10,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from .figures import esc
-from .terminal import _order, _types, layer_medians
+from gradwatch.display.format import esc
+from gradwatch.display.terminal import _order, _types, layer_medians
 
 _STYLE = (
     "<style>.gw table{border-collapse:collapse;font-size:12px}.gw td,.gw th{padding:1px 8px;text-align:left}"

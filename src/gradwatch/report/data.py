@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..diagnose import Diagnosis, Finding, diagnose
-from ..errors import ReportError, RunNotFoundError
-from ..store import Run, load
+from gradwatch.diagnose import Diagnosis, Finding, diagnose
+from gradwatch.errors import ReportError, RunNotFoundError
+from gradwatch.store import Run, load
 
 MAX_STEPS = 400  # display columns per heatmap: a screen is ~1000 px wide, more is noise and bytes
 LOSS_LAYER = "(model)"

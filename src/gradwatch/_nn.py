@@ -1,12 +1,22 @@
-"""Which modules are layers, which parameters each owns, and the order the forward pass visits them."""
+"""Model helpers several packages share: which modules are layers, which parameters each owns, the
+order the forward pass visits them, running a model on inputs of any shape, and leaving it untouched."""
 
 from __future__ import annotations
 
+import contextlib
+import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 from torch.utils.hooks import RemovableHandle
+
+ROOT_NAME = "(root)"
+"""The layer name of the model itself (named_modules() names it "")."""
+WEIGHT_LAYERS = (nn.Linear, _ConvNd)  # _ConvNd covers Conv1/2/3d and ConvTranspose1/2/3d
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -58,12 +68,12 @@ def param_layers(model: nn.Module) -> list[ParamLayer]:
                 seen.add(id(p))
                 own.append(p)
         if own:
-            layers.append(ParamLayer(name or "(root)", type(module).__name__, tuple(own)))
+            layers.append(ParamLayer(name or ROOT_NAME, type(module).__name__, tuple(own)))
     return layers
 
 
 def display_name(name: str) -> str:
-    return name or "(root)"
+    return name or ROOT_NAME
 
 
 class ForwardOrder:
@@ -135,3 +145,51 @@ def model_device(model: nn.Module) -> torch.device:
     for b in model.buffers():
         return b.device
     return torch.device("cpu")
+
+
+def call(model: nn.Module, inputs: Any) -> Any:
+    """`model(inputs)`, spreading a mapping as keywords and a tuple/list as positional arguments."""
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+@contextlib.contextmanager
+def untouched(model: nn.Module) -> Iterator[None]:
+    """Restore everything a forward/backward in train mode can change: gradients, buffers
+    (BatchNorm running statistics), train/eval flags and the global RNG state."""
+    grads = {p: p.grad for p in model.parameters()}
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    modes = {m: m.training for m in model.modules()}
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = (
+        torch.cuda.get_rng_state_all()
+        if torch.cuda.is_available() and torch.cuda.is_initialized()
+        else None
+    )
+    for p in grads:
+        p.grad = None
+    try:
+        yield
+    finally:
+        for p, g in grads.items():
+            p.grad = g
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                if name in buffers:
+                    b.copy_(buffers[name])
+        for m, mode in modes.items():
+            m.training = mode
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+
+
+def fans(layer: nn.Module) -> tuple[int, int]:
+    """(fan_in, fan_out) of a Linear or convolution: inputs per output unit, outputs per input unit."""
+    if isinstance(layer, nn.Linear):
+        return layer.in_features, layer.out_features
+    k = math.prod(layer.kernel_size)
+    return layer.in_channels // layer.groups * k, layer.out_channels // layer.groups * k

@@ -10,13 +10,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._jacobian import call as _call
-from ._jacobian import jacobian_spectrum
-from ._theory_model import compare
-from ._trace import trace
-from .diagnose import Diagnosis, diagnose
-from .errors import CheckError
-from .monitor import Watch
+from gradwatch._nn import call as _call
+from gradwatch._nn import untouched
+from gradwatch.diagnose import Diagnosis, diagnose
+from gradwatch.errors import CheckError
+from gradwatch.monitor import Watch
+from gradwatch.theory.jacobian import jacobian_spectrum
+from gradwatch.theory.model import compare
+from gradwatch.theory.trace import trace
 
 COTANGENT_SEED = 0
 # The spectrum's moments average over samples already, so a few samples and probes suffice.
@@ -56,35 +57,6 @@ def _default_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     )
 
 
-@contextlib.contextmanager
-def _untouched(model: nn.Module):
-    """Restore everything a forward/backward in train mode can change: gradients, buffers
-    (BatchNorm running statistics), train/eval flags and the global RNG state."""
-    grads = {p: p.grad for p in model.parameters()}
-    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
-    modes = {m: m.training for m in model.modules()}
-    cpu_rng = torch.get_rng_state()
-    cuda_rng = (
-        torch.cuda.get_rng_state_all()
-        if torch.cuda.is_available() and torch.cuda.is_initialized()
-        else None
-    )
-    for p in grads:
-        p.grad = None
-    try:
-        yield
-    finally:
-        for p, g in grads.items():
-            p.grad = g
-        with torch.no_grad():
-            for name, b in model.named_buffers():
-                if name in buffers:
-                    b.copy_(buffers[name])
-        for m, mode in modes.items():
-            m.training = mode
-        torch.set_rng_state(cpu_rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
 
 
 def check(
@@ -127,9 +99,9 @@ def check(
         raise CheckError(f"rehearsal_steps must be a positive integer, got {rehearsal_steps!r}.")
     diagnosis, stats = _run(model, inputs, target, loss_fn, predict)
     if optimizer is not None:
-        from ._rehearsal import merged, rehearse
+        from gradwatch.checks.rehearsal import merged, rehearse
 
-        with _untouched(model):  # the copy's dropout draws from the global RNG
+        with untouched(model):  # the copy's dropout draws from the global RNG
             rehearsed, summary = rehearse(
                 model,
                 optimizer,
@@ -139,7 +111,7 @@ def check(
             )
         diagnosis = merged(diagnosis, rehearsed, summary)
     if what_if:
-        from ._what_if import what_if as run_what_if
+        from gradwatch.checks.what_if import what_if as run_what_if
 
         diagnosis.what_if = run_what_if(model, inputs, target, loss_fn, diagnosis, stats)
     return diagnosis
@@ -149,7 +121,7 @@ def _run(model: nn.Module, inputs: Any, target: Any, loss_fn: Callable | None, p
     """(Diagnosis, stats table) of one check."""
     if not isinstance(model, nn.Module):
         raise CheckError(f"gw.check() needs a torch.nn.Module, got {type(model).__name__}.")
-    with _untouched(model):
+    with untouched(model):
         model.train()
         w = Watch(
             model,
@@ -182,7 +154,7 @@ def _run(model: nn.Module, inputs: Any, target: Any, loss_fn: Callable | None, p
             w.log_loss(loss.detach())
             w.step()
         finally:
-            w._forget_update()
+            w.forget_update()
             w.close()
         stats = w.stats()
         meta = w.meta()

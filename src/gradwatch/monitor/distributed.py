@@ -16,24 +16,10 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from .probes.base import ABSENT
-
-try:
-    from torch.distributed.tensor import DTensor
-except ImportError:  # torch builds without distributed support
-    DTensor = ()  # type: ignore[assignment,misc]
+from gradwatch.probes.base import ABSENT
 
 SUMMED = ("grad_sq", "weight_sq", "nonfinite", "update_sq")
 """Raw step-table columns that are additive over shards."""
-
-
-def local(t: torch.Tensor) -> torch.Tensor:
-    """The part of `t` this rank holds (the tensor itself unless it is a sharded DTensor)."""
-    return t._local_tensor if isinstance(t, DTensor) else t
-
-
-def is_sharded(params) -> bool:
-    return any(isinstance(p, DTensor) for p in params)
 
 
 def active() -> bool:

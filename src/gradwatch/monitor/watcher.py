@@ -17,21 +17,30 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from . import __version__
-from . import _distributed as _dist
-from ._layers import ForwardOrder, ParamLayer, model_device, param_bytes, param_layers, unwrap
-from ._summary import init_stats, model_summary, optimizer_summary
-from .diagnose import KINDS, Diagnosis, Finding, diagnose
-from .errors import NonFiniteGradientError, TrainingStoppedError, WatchError
-from .probes.activation_specs import module_spec
-from .probes.activations import ActivationProbe
-from .probes.backflow import BackflowProbe
-from .probes.base import ABSENT, Probe, StepTable, to_host
-from .probes.params import ParamProbe
-from .probes.scaler import ScalerHandle, SkippedProbe, inner_optimizer, inverse_scale_sq
-from .probes.through_time import ThroughTimeProbe
-from .probes.updates import UpdateProbe
-from .store import RunWriter, empty_stats, long_table, normalize, to_frame
+from gradwatch._nn import (
+    ROOT_NAME,
+    ForwardOrder,
+    ParamLayer,
+    model_device,
+    param_bytes,
+    param_layers,
+    unwrap,
+)
+from gradwatch._tensor import to_host
+from gradwatch._version import __version__
+from gradwatch.diagnose import KINDS, Diagnosis, Finding, diagnose
+from gradwatch.errors import NonFiniteGradientError, TrainingStoppedError, WatchError
+from gradwatch.monitor import distributed as _dist
+from gradwatch.monitor.meta import init_stats, model_summary, optimizer_summary
+from gradwatch.probes.activation_specs import module_spec
+from gradwatch.probes.activations import ActivationProbe
+from gradwatch.probes.backflow import BackflowProbe
+from gradwatch.probes.base import ABSENT, Probe, StepTable
+from gradwatch.probes.params import ParamProbe
+from gradwatch.probes.scaler import ScalerHandle, SkippedProbe, inner_optimizer, inverse_scale_sq
+from gradwatch.probes.through_time import ThroughTimeProbe
+from gradwatch.probes.updates import UpdateProbe
+from gradwatch.store import RunWriter, empty_stats, long_table, normalize, to_frame
 
 # The forward probes' default ("auto"): one recorded step in 10 during the first flush window, one
 # in 50 after. With the update probe's turn on every other recorded step once settled, this keeps
@@ -141,7 +150,7 @@ class Watch:
             watched = {layer.name: _module(self.model, layer.name) for layer in self._player}
             for name, m in self.model.named_modules():
                 if module_spec(m) is not None:
-                    watched.setdefault(name or "(root)", m)
+                    watched.setdefault(name or ROOT_NAME, m)
             forward["backflow"] = BackflowProbe(watched, cadences["backflow"])
         if cadences["activations"]:
             forward["activations"] = ActivationProbe(
@@ -358,7 +367,7 @@ class Watch:
             self._pending = slot
         self._advance()
 
-    def _forget_update(self) -> None:
+    def forget_update(self) -> None:
         """No optimizer step follows the last `step()` (a check at init, one measured backward):
         there is no update ratio to measure, so the pending snapshot is dropped."""
         self._pending = None
@@ -484,15 +493,15 @@ class Watch:
 
     def report(self, path: str | os.PathLike = "report.html", name: str | None = None) -> Path:
         """Write the self-contained HTML report of everything recorded so far; returns its path."""
-        from .report._data import from_watch
-        from .report.html import write
+        from gradwatch.report.data import from_watch
+        from gradwatch.report.html import write
 
         return write(
             [from_watch(self, name or (self.log_dir.name if self.log_dir else "run"))], path
         )
 
     def _repr_html_(self) -> str:
-        from .report.notebook import watch_html
+        from gradwatch.display.notebook import watch_html
 
         return watch_html(self)
 
@@ -527,8 +536,13 @@ class Watch:
         names = list(self._table.rows)
         for probe in self._probes:
             if isinstance(probe, ActivationProbe):
-                names += [n for n in probe._rows if n not in names]
+                names += [n for n in probe.measured_layers() if n not in names]
         return self._order.order(names)
+
+    @property
+    def steps_seen(self) -> int:
+        """Optimizer steps seen so far (recorded or not; `every` decides which are recorded)."""
+        return self._step
 
     @property
     def log_dir(self):
@@ -566,7 +580,7 @@ class Watch:
         for listener in self._listeners:
             listener.close(self)
 
-    def _listen(self, listener) -> None:
+    def add_listener(self, listener) -> None:
         """Integrations (TensorBoard, W&B, MLflow, Lightning) get each flush's rows
         (`listener.rows(table)`) and the closed watch (`listener.close(watch)`)."""
         self._listeners.append(listener)
@@ -636,7 +650,7 @@ def _is_compiled(model: nn.Module) -> bool:
 
 
 def _module(model: nn.Module, name: str) -> nn.Module:
-    return model if name == "(root)" else model.get_submodule(name)
+    return model if name == ROOT_NAME else model.get_submodule(name)
 
 
 def _now() -> str:

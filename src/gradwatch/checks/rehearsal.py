@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._jacobian import call
-from .diagnose import Diagnosis, Finding
-from .diagnose.finding import SEVERITIES
-from .errors import CheckError
-from .monitor import Watch
+from gradwatch._nn import call
+from gradwatch.diagnose import Diagnosis, Finding
+from gradwatch.diagnose.finding import SEVERITIES
+from gradwatch.errors import CheckError
+from gradwatch.monitor import Watch
 
 
 def copy_optimizer(

@@ -11,7 +11,7 @@ double-backward trick (J v is the gradient of ⟨Jᵀu, v⟩ with respect to u),
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,15 +19,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import GradwatchError
-from .probes.base import stat_dtype
+from gradwatch._nn import call
+from gradwatch._tensor import stat_dtype
+from gradwatch.errors import JacobianError
 
 EXACT_MAX = 512  # build J exactly when its smaller side is at most this
 PROBES = 32
 
-
-class JacobianError(GradwatchError, ValueError):
-    """The input-output Jacobian cannot be taken (no floating-point input, an output without grad)."""
 
 
 @dataclass(frozen=True)
@@ -83,13 +81,6 @@ def _input_tensor(inputs: Any) -> tuple[torch.Tensor, Callable[[torch.Tensor], A
     )
 
 
-def call(model: nn.Module, inputs: Any) -> Any:
-    """`model(inputs)`, spreading a mapping as keywords and a tuple/list as positional arguments."""
-    if isinstance(inputs, Mapping):
-        return model(**inputs)
-    if isinstance(inputs, (tuple, list)):
-        return model(*inputs)
-    return model(inputs)
 
 
 def _first_output(out: Any) -> torch.Tensor | None:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .finding import Remedy
-from .view import RECTIFIERS, RECURRENT_TYPES, SATURATING, View, fmt, names
+from gradwatch.diagnose.finding import Remedy
+from gradwatch.diagnose.view import RECTIFIERS, RECURRENT_TYPES, SATURATING, View
+from gradwatch.display.format import fmt, names
 
 _INIT_WORDS = {
     "pytorch_default": "PyTorch's default init (kaiming_uniform_ with a=√5: variance 1/(3·fan_in)), which is not He init (variance 2/fan_in)",
@@ -64,7 +65,7 @@ def _swap_activation(view: View, fns: dict[str, list[str]], to: str = "nn.ReLU")
     if module_layers:
         detail.append(
             f"Replace the {len(module_layers)} {classes} module(s) {names(module_layers)} with {to}:\n"
-            f"    gradwatch.remedies.swap_activation(model, {classes.split(', ')[0]}, {to})"
+            f"    gradwatch.remedies.registry.swap_activation(model, {classes.split(', ')[0]}, {to})"
         )
     if functional:
         detail.append(
@@ -124,7 +125,7 @@ def _normalise(view: View) -> Remedy | None:
     return Remedy(
         "normalization",
         f"Insert {norm} after each of {names(view.weight_layers[:-1])}, before its activation:\n"
-        f"    gradwatch.remedies.insert_norm(model)   # for nn.Sequential models",
+        f"    gradwatch.remedies.registry.insert_norm(model)   # for nn.Sequential models",
         expected="each layer's input re-centred and re-scaled, so activations stay in the non-saturated range and the signal level",
         why="normalisation resets the scale at every layer instead of letting it compound (Ioffe & Szegedy 2015)",
     )
@@ -308,7 +309,7 @@ def through_time_remedies(view: View, layers: list[str], vanishing: bool) -> tup
         out.append(
             Remedy(
                 "forget_bias",
-                "Set the LSTM forget-gate bias to 1: gradwatch.remedies.lstm_forget_bias(model, 1.0)",
+                "Set the LSTM forget-gate bias to 1: gradwatch.remedies.registry.lstm_forget_bias(model, 1.0)",
                 expected="the cell state is kept by default, so the gradient decays far more slowly",
                 why="with bias 0 the forget gate starts half-closed, halving the memory at every step",
             )

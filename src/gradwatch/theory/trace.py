@@ -19,22 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
-from ._layers import display_name
-from ._remedies_init import WEIGHT_LAYERS
-from .probes.base import stat_dtype
+from gradwatch._nn import WEIGHT_LAYERS, display_name
+from gradwatch._tensor import stat_dtype
+from gradwatch.activations import REGISTRY
 
 # Activation modules the theory knows, with the name and parameters `theory` uses for them.
-_ACTIVATIONS: dict[type, str] = {
-    nn.Tanh: "tanh",
-    nn.ReLU: "relu",
-    nn.LeakyReLU: "leaky_relu",
-    nn.Sigmoid: "sigmoid",
-    nn.GELU: "gelu",
-    nn.SiLU: "silu",
-    nn.ELU: "elu",
-    nn.SELU: "selu",
-    nn.Softplus: "softplus",
-}
+_ACTIVATIONS: dict[type, str] = {m: a.theory for a in REGISTRY if a.theory for m in a.modules}
 
 
 def activation_of(module: nn.Module) -> tuple[str, dict[str, float]] | None:

@@ -15,9 +15,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import remedies as R
-from .diagnose import Diagnosis
-from .errors import GradwatchError
+from gradwatch import remedies as R
+from gradwatch.diagnose import Diagnosis
+from gradwatch.errors import GradwatchError
 
 SEED = 0  # every random init in a what-if draws from this seed, so the ranking is reproducible
 _PROBLEMS = ("warning", "error")
@@ -78,7 +78,7 @@ def what_if(
     signal ratio closest to 1 (|log10|). Entries: remedy, summary, fixed, findings_before/after,
     signal_before/after ({"where", "ratio"}), line (one sentence), error (why it could not run).
     """
-    from .check import _run
+    from gradwatch.checks.at_init import _run
 
     before, sig_before = _problems(diagnosis), signal(diagnosis, stats)
     entries = []

@@ -1,8 +1,4 @@
-"""Things that change a model: init schemes, activation swap, normalisation, clipping (norm/value/AGC).
-
-Each function follows its paper's definition (see its docstring) and returns the model (or the
-object it was given) so calls chain. Random inits draw from an optional `generator` (on the
-parameters' device); without one they use the global RNG, as `torch.nn.init` does.
+"""The named remedies: what each does, when it fits a model, and how to apply it to a copy.
 
 `applicable(model)` names the remedies that fit a model and `apply(name, model)` tries one on a
 deep copy, leaving the user's model untouched; `REMEDIES` describes each name.
@@ -11,8 +7,7 @@ deep copy, leaving the user's model untouched; `REMEDIES` describes each name.
 from __future__ import annotations
 
 import copy
-from collections import OrderedDict
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,77 +15,26 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
-from ._remedies_clip import adaptive_clip, clip_by_norm, clip_by_value, unitwise_norm
-from ._remedies_init import (
-    WEIGHT_LAYERS,
-    RemedyError,
+from gradwatch._nn import WEIGHT_LAYERS
+from gradwatch.activations import HE_INIT_MODULES as RECTIFIERS
+from gradwatch.activations import SATURATING_MODULES as SATURATING
+from gradwatch.activations import TANH_LIKE_MODULES as TANH_LIKE
+from gradwatch.errors import RemedyError
+from gradwatch.remedies.init import (
     delta_orthogonal_init,
-    fixup_init,
     he_init,
     lecun_init,
     lstm_forget_bias,
     orthogonal_init,
     weight_layers,
     xavier_init,
-    zero_init_last,
 )
-from ._remedies_lsuv import lsuv_init
-from ._remedies_recurrent import (
-    fixup_residual,
-    recurrent_orthogonal_init,
-    residual_branches,
-    swap_recurrent,
-    zero_init_residual,
-)
+from gradwatch.remedies.lsuv import lsuv_init
+from gradwatch.remedies.normalization import _insertion_points, insert_norm
+from gradwatch.remedies.recurrent import recurrent_orthogonal_init, swap_recurrent
+from gradwatch.remedies.residual import fixup_residual, residual_branches, zero_init_residual
+from gradwatch.remedies.swap import _swap
 
-__all__ = [
-    "RemedyError",
-    "xavier_init",
-    "he_init",
-    "lecun_init",
-    "orthogonal_init",
-    "delta_orthogonal_init",
-    "lsuv_init",
-    "fixup_init",
-    "zero_init_last",
-    "lstm_forget_bias",
-    "recurrent_orthogonal_init",
-    "swap_recurrent",
-    "residual_branches",
-    "zero_init_residual",
-    "fixup_residual",
-    "swap_activation",
-    "insert_norm",
-    "clip_by_norm",
-    "clip_by_value",
-    "adaptive_clip",
-    "unitwise_norm",
-    "RemedySpec",
-    "REMEDIES",
-    "applicable",
-    "apply",
-]
-
-RECTIFIERS = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.PReLU,
-    nn.RReLU,
-    nn.ELU,
-    nn.CELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Mish,
-    nn.Hardswish,
-)
-SATURATING = (nn.Sigmoid, nn.Tanh, nn.Hardsigmoid, nn.Softsign)
-TANH_LIKE = (nn.Tanh, nn.Softsign)
-ACTIVATIONS = (
-    RECTIFIERS
-    + SATURATING
-    + (nn.SELU, nn.Hardtanh, nn.Softplus, nn.LogSigmoid, nn.Tanhshrink, nn.Threshold, nn.GLU)
-)
 NORMS = (
     nn.modules.batchnorm._BatchNorm,
     nn.LayerNorm,
@@ -98,134 +42,6 @@ NORMS = (
     nn.modules.instancenorm._InstanceNorm,
     nn.LocalResponseNorm,
 )
-
-
-# ---------------------------------------------------------------- activation swap
-
-
-def _swap(model: nn.Module, old, new, skip: Collection[int] = ()) -> tuple[nn.Module, int]:
-    """(model or its replacement, number of modules replaced). One new module per old instance."""
-    sites = [
-        (parent, name, child)
-        for parent in model.modules()
-        for name, child in parent._modules.items()
-        if isinstance(child, old) and id(child) not in skip
-    ]
-    root_matches = isinstance(model, old) and id(model) not in skip
-    made: dict[int, nn.Module] = {}
-
-    def replacement(mod: nn.Module) -> nn.Module:
-        if id(mod) not in made:
-            fresh = new()
-            if not isinstance(fresh, nn.Module):
-                raise RemedyError(
-                    f"new must be an nn.Module class or a factory returning one, and it returned {type(fresh).__name__}."
-                )
-            ref = next((p for p in model.parameters() if p.is_floating_point()), None)
-            if ref is not None:
-                fresh.to(device=ref.device, dtype=ref.dtype)
-            made[id(mod)] = fresh.train(mod.training)
-        return made[id(mod)]
-
-    for parent, name, child in sites:
-        parent._modules[name] = replacement(child)  # keeps the name and the position in containers
-    if root_matches:
-        model = replacement(model)
-    return model, len(made)
-
-
-def swap_activation(
-    model: nn.Module,
-    old: type[nn.Module] | tuple[type[nn.Module], ...] = nn.Sigmoid,
-    new: type[nn.Module] | Callable[[], nn.Module] = nn.ReLU,
-) -> nn.Module:
-    """Replace every submodule that is an instance of `old` by a fresh `new()`, in place.
-
-    Works at any depth (Sequential, ModuleList, ModuleDict, plain attributes); names, order, other
-    modules and all parameters are untouched, and a module registered twice is replaced by one
-    shared new module. `new` is a class or a zero-argument factory (`lambda: nn.LeakyReLU(0.1)`);
-    the new module takes the old one's train/eval mode and the model's device/dtype. Activations
-    inside nn.RNN/LSTM/GRU and functional calls (`torch.sigmoid` in a forward) are not modules and
-    are not swapped. Returns `model` (or the new module, if `model` itself is an `old`); raises
-    RemedyError (a ValueError) if nothing matched. Usual use: sigmoid/tanh → ReLU, then `he_init`.
-    """
-    result, count = _swap(model, old, new)
-    if count == 0:
-        names = old.__name__ if isinstance(old, type) else ", ".join(c.__name__ for c in old)
-        raise RemedyError(
-            f"swap_activation found no {names} module in the model, so nothing was replaced."
-        )
-    return result
-
-
-# ---------------------------------------------------------------- normalisation
-
-
-def _norm_after(layer: nn.Module, kind: str) -> nn.Module:
-    dev = {"device": layer.weight.device, "dtype": layer.weight.dtype}
-    if isinstance(layer, nn.Linear):
-        n = layer.out_features
-        return nn.BatchNorm1d(n, **dev) if kind == "batch" else nn.LayerNorm(n, **dev)
-    n = layer.out_channels
-    if kind == "layer":
-        return nn.GroupNorm(1, n, **dev)  # LayerNorm over (C, *spatial) per sample
-    return {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[len(layer.kernel_size)](
-        n, **dev
-    )
-
-
-def _insertion_points(seq: nn.Sequential) -> list[int]:
-    mods = list(seq._modules.values())
-    return [
-        i
-        for i in range(len(mods) - 1)
-        if isinstance(mods[i], WEIGHT_LAYERS) and isinstance(mods[i + 1], ACTIVATIONS)
-    ]
-
-
-def _with_norms(seq: nn.Sequential, kind: str) -> tuple[nn.Sequential, int]:
-    points = set(_insertion_points(seq))
-    items: list[tuple[str, nn.Module]] = []
-    count = 0
-    for i, (name, mod) in enumerate(seq._modules.items()):
-        if type(mod) is nn.Sequential:
-            mod, inner = _with_norms(mod, kind)
-            count += inner
-        items.append((name, mod))
-        if i in points:
-            items.append((f"{name}_norm", _norm_after(mod, kind).train(seq.training)))
-            count += 1
-    if all(name == str(i) for i, (name, _) in enumerate(seq._modules.items())):
-        items = [(str(i), mod) for i, (_, mod) in enumerate(items)]  # keep a plain Sequential plain
-    return nn.Sequential(OrderedDict(items)).train(seq.training), count
-
-
-def insert_norm(model: nn.Sequential, kind: str = "batch") -> nn.Sequential:
-    """A new nn.Sequential with a normalisation layer after every Linear/Conv directly followed by an
-    activation (Ioffe & Szegedy 2015: normalise the pre-activation), nested Sequentials included.
-
-    kind="batch": BatchNorm1d/2d/3d matching the layer (num_features = its out_features or
-    out_channels); kind="layer": LayerNorm(out_features) after a Linear, GroupNorm(1, channels)
-    (LayerNorm over channels and space) after a conv. The input is not changed, but the new
-    Sequential holds the *same* layer objects, so parameters are shared with it: deep-copy first
-    (as `apply` does) for an independent model. Numbered Sequentials are renumbered; named ones keep
-    their names and the norm after `x` is named `x_norm`. Layer biases are kept (redundant before
-    BatchNorm, harmless). Raises RemedyError (a ValueError) for a model that is not exactly
-    nn.Sequential or has nowhere to insert a norm.
-    """
-    if type(model) is not nn.Sequential:
-        raise RemedyError(
-            f"insert_norm rebuilds an nn.Sequential, and the model is a {type(model).__name__}; "
-            "add the normalisation layers in its __init__ and forward instead."
-        )
-    if kind not in ("batch", "layer"):
-        raise RemedyError(f"kind must be 'batch' or 'layer', not {kind!r}.")
-    result, count = _with_norms(model, kind)
-    if count == 0:
-        raise RemedyError(
-            "insert_norm found no Linear or Conv layer directly followed by an activation module."
-        )
-    return result
 
 
 # ---------------------------------------------------------------- what applies to a model

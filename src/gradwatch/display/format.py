@@ -1,0 +1,33 @@
+"""Numbers, lists of layer names and HTML text, written the same way everywhere gradwatch shows them."""
+
+from __future__ import annotations
+
+import html
+import math
+
+
+def fmt(x: float) -> str:
+    """A number the way a person reads it in a sentence."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return str(x)
+    if x == 0:
+        return "0"
+    if 1e-2 <= abs(x) < 1e4:
+        return f"{x:.3g}"
+    return f"{x:.1e}"
+
+
+def names(layers: list[str], limit: int = 4) -> str:
+    """`'0', '2', '4' and 9 more` style list of layer names."""
+    quoted = [f"'{n}'" for n in layers[:limit]]
+    more = len(layers) - limit
+    if more > 0:
+        return ", ".join(quoted) + f" and {more} more"
+    if len(quoted) > 1:
+        return ", ".join(quoted[:-1]) + " and " + quoted[-1]
+    return quoted[0] if quoted else ""
+
+
+def esc(text: object) -> str:
+    # "%" too: plotly would read "%{...}" inside a layer name as a hover-template field.
+    return html.escape(str(text), quote=True).replace("%", "&#37;")
