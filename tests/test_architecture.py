@@ -218,3 +218,46 @@ def test_public_names_resolve_lazily():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "11"
+
+
+# Every optional dependency (the extras in pyproject.toml) made unimportable, as in a fresh
+# `pip install gradwatch`: the package, a watch, a check and the theory must still work.
+_WITHOUT_EXTRAS = """
+import importlib.abc, sys
+
+OPTIONAL = ("numba", "matplotlib", "lightning", "pytorch_lightning", "transformers",
+            "accelerate", "tensorboard", "wandb", "mlflow", "playwright")
+
+class Absent(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in OPTIONAL:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, Absent())
+import torch
+import gradwatch as gw
+
+model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+with gw.watch(model, opt) as w:
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(16, 4)).pow(2).mean().backward()
+        opt.step()
+assert len(w.stats()) > 0
+gw.check(model, torch.randn(16, 4))
+gw.theory.mean_field("tanh", sigma_w2=1.0, sigma_b2=0.05)
+assert not any(m.split(".")[0] in OPTIONAL for m in sys.modules)
+print("ok")
+"""
+
+
+def test_gradwatch_works_with_every_optional_dependency_absent():
+    out = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_EXTRAS],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("ok")

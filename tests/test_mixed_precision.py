@@ -189,7 +189,7 @@ def test_on_a_device_without_float64_every_statistic_stays_in_float32(monkeypatc
     # Apple's MPS has no float64. Pretend the CPU is such a device: a watch with every probe and
     # a GradScaler, check(), the Jacobian spectrum and LSUV must then make no float64 tensor from
     # the model's float32 ones, and give the float64 run's numbers to float32 precision.
-    from gradwatch.probes import base
+    from gradwatch import _tensor as base
 
     def run():
         torch.manual_seed(0)
