@@ -736,6 +736,7 @@ def environment() -> dict[str, str]:
                 cpu = line.split(":", 1)[1].strip()
                 break
     from gradwatch.probes import kernels as _cpu_kernels
+
     kernels = _cpu_kernels.name(_cpu_kernels.load())
     kernels = "torch operations" if kernels == "torch" else f"{kernels} kernels"
     return {

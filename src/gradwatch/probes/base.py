@@ -18,8 +18,6 @@ ABSENT = -1.0
 entry means "not measured at this step", so a NaN that was measured is never mistaken for a gap."""
 
 
-
-
 class StepTable:
     """A device tensor `[capacity, columns, rows]` of raw per-layer numbers, one slot per step."""
 
@@ -203,8 +201,6 @@ def by_kind(tensors: list[torch.Tensor]) -> dict[tuple[torch.device, torch.dtype
     for k, t in enumerate(tensors):
         groups.setdefault((t.device, t.dtype), []).append(k)
     return groups
-
-
 
 
 def accumulator(dtype: torch.dtype) -> torch.dtype:

@@ -35,7 +35,9 @@ class ThroughTimeProbe(Probe):
         self.cadence = cadence
         self.model = model
         self.modules = {
-            (n or ROOT_NAME): m for n, m in model.named_modules() if isinstance(m, RECURRENT + CELLS)
+            (n or ROOT_NAME): m
+            for n, m in model.named_modules()
+            if isinstance(m, RECURRENT + CELLS)
         }
         self._hooks = Hooks()
         self._series: dict[

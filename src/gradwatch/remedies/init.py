@@ -23,7 +23,6 @@ from gradwatch.errors import RemedyError
 T = TypeVar("T", nn.Module, Iterable[nn.Module])
 
 
-
 def weight_layers(target: nn.Module | Iterable[nn.Module]) -> list[nn.Module]:
     """Every Linear/Conv/ConvTranspose in `target` (a module or modules), registration order, once each."""
     roots = [target] if isinstance(target, nn.Module) else list(target)
@@ -48,8 +47,6 @@ def _require_layers(target, scheme: str) -> list[nn.Module]:
             f"{scheme} found no nn.Linear, nn.Conv* or nn.ConvTranspose* layer to initialise; pass the model (or list of modules) that holds them."
         )
     return layers
-
-
 
 
 def _fill(

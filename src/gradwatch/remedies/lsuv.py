@@ -18,10 +18,6 @@ class _Stop(Exception):
     """Raised by a hook once the layer of interest has produced its output: the rest is not needed."""
 
 
-
-
-
-
 def _forward(model: nn.Module, inputs: Any) -> None:
     """One forward that starts from, and leaves, the global RNG state as it is.
 

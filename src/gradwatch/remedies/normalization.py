@@ -76,5 +76,3 @@ def insert_norm(model: nn.Sequential, kind: str = "batch") -> nn.Sequential:
             "insert_norm found no Linear or Conv layer directly followed by an activation module."
         )
     return result
-
-

@@ -62,5 +62,3 @@ def swap_activation(
             f"swap_activation found no {names} module in the model, so nothing was replaced."
         )
     return result
-
-

@@ -27,7 +27,6 @@ EXACT_MAX = 512  # build J exactly when its smaller side is at most this
 PROBES = 32
 
 
-
 @dataclass(frozen=True)
 class JacobianSpectrum:
     """Singular values σ of J and the moments of σ² (the spectrum of JJᵀ).
@@ -79,8 +78,6 @@ def _input_tensor(inputs: Any) -> tuple[torch.Tensor, Callable[[torch.Tensor], A
     raise JacobianError(
         "The Jacobian needs a floating-point input tensor, and the inputs hold none (token ids have no Jacobian)."
     )
-
-
 
 
 def _first_output(out: Any) -> torch.Tensor | None:

@@ -40,7 +40,6 @@ _UNIT_TOL = 1e-9  # |log χ| below this is exactly marginal: depth scale reporte
 _SIGMA_W2_RANGE = (1e-2, 1e3)  # where critical_sigma_w2 looks for χ₁ = 1
 
 
-
 @dataclass(frozen=True)
 class MeanField:
     """Mean-field prediction for one (activation, σ_w², σ_b²).
