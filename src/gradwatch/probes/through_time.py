@@ -1,4 +1,5 @@
-"""Through-time probe: `time_grad_norm`, ‖∂L/∂x_t‖ per sample at every time step t of a recurrent layer.
+"""Through-time probe: `time_grad_norm`, ‖∂L/∂x_t‖ per sample at every time step t of a recurrent
+layer.
 
 ∂L/∂x_t is the total effect of step t's input on the loss, through every later step, so its decay
 towards early t is the vanishing gradient through time (Bengio et al. 1994). For `nn.RNN`,
