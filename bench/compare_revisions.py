@@ -52,7 +52,8 @@ def import_revision(rev: str, into: Path):
         ).stdout
     except subprocess.CalledProcessError as exc:
         sys.exit(
-            f"git archive {rev} failed ({exc.stderr.decode().strip()}); name a commit of this repository."
+            f"git archive {rev} failed ({exc.stderr.decode().strip()}); name a commit of this "
+            "repository."
         )
     name = "gradwatch_" + "".join(c if c.isalnum() else "_" for c in rev)
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
@@ -136,7 +137,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 means.setdefault(run.label, []).append(statistics.mean(run.times[args.warmup :]))
             plain = statistics.mean(means["plain"])
             print(
-                f"\n{name}: plain {plain * 1e3:.2f} ms/step, mean of {args.rounds - args.warmup} interleaved steps, {args.copies} copies each"
+                f"\n{name}: plain {plain * 1e3:.2f} ms/step, mean of {args.rounds - args.warmup} "
+                f"interleaved steps, {args.copies} copies each"
             )
             print("| configuration | ratio to plain | ms/step | each copy |\n|---|---:|---:|---|")
             for label, each in means.items():

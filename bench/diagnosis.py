@@ -41,7 +41,8 @@ def autotrainer(stats: pd.DataFrame, layers: list[str]) -> set[str]:
     """AUTOTRAINER's rules on gradwatch's stats (per window of 10 steps, their 'epoch'):
     vanishing: first/last gradient ratio < 1e-3 and first < 1e-4; exploding: ratio > 70;
     dying ReLU: >= 70% dead units; saturation: > 50% saturated; NaN loss or gradient: nonfinite.
-    (Our saturated/dead fractions stand in for their |pre-activation| >= 5 and zero-gradient counts.)"""
+    (Our saturated/dead fractions stand in for their |pre-activation| >= 5 and zero-gradient
+    counts.)"""
     found: set[str] = set()
     g = stats[(stats.metric == "grad_norm")].pivot_table(
         index="step", columns="layer", values="value", aggfunc="last"
@@ -209,7 +210,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         r = run_case(case, None if args.whole else args.steps, args.seed)
         results.append(r)
         print(
-            f"{r['name']:42s} labels={r['labels']} init={r['init']} init+opt={r['init_opt']} train={r['train']} autotrainer={r['baseline_train']}",
+            f"{r['name']:42s} labels={r['labels']} init={r['init']} init+opt={r['init_opt']} "
+            f"train={r['train']} autotrainer={r['baseline_train']}",
             flush=True,
         )
     print(f"{len(results)} cases in {time.perf_counter() - t0:.0f} s")
@@ -218,7 +220,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     kinds = sorted({k for r in results for k in r["labels"]})
     print()
     print(
-        "| kind | gradwatch init | gradwatch init + optimizer | gradwatch training | AUTOTRAINER rules init | AUTOTRAINER rules training |"
+        "| kind | gradwatch init | gradwatch init + optimizer | gradwatch training | AUTOTRAINER "
+        "rules init | AUTOTRAINER rules training |"
     )
     print("|---|---|---|---|---|---|")
     for k in kinds:
@@ -235,7 +238,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"{score(kept, key)['overall_recall']:.0%}" for key in ("init", "init_opt", "baseline_init")
     ]
     print(
-        f"| **overall recall at init, {len(twins)} init twins excluded** | {cells[0]} | {cells[1]} | | {cells[2]} | |"
+        f"| **overall recall at init, {len(twins)} init twins excluded** | {cells[0]} | {cells[1]} "
+        f"| | {cells[2]} | |"
     )
     n_healthy = sum(r["healthy"] for r in results)
     print(

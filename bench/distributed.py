@@ -104,8 +104,9 @@ def _worker(args) -> None:
             watched = statistics.median(times["gradwatch"])
             load = os.getloadavg()
             print(
-                f"{mode:5s} 2 ranks  plain {plain * 1e3:7.2f} ms/step  gradwatch {watched * 1e3:7.2f} ms/step  "
-                f"ratio {watched / plain:.2f}x  (load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f})",
+                f"{mode:5s} 2 ranks  plain {plain * 1e3:7.2f} ms/step  gradwatch "
+                f"{watched * 1e3:7.2f} ms/step  ratio {watched / plain:.2f}x  (load average "
+                f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f})",
                 flush=True,
             )
     dist.destroy_process_group()

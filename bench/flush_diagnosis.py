@@ -60,8 +60,9 @@ def main(argv: list[str] | None = None) -> list[float]:
     streamed = times[: args.steps // args.flush_every]  # the last call is close()'s own flush
     ms = [t * 1e3 for t in streamed]
     print(
-        f"{len(ms)} flushes: diagnosis per flush first {ms[0]:.0f} ms, median {statistics.median(ms):.0f} ms, "
-        f"last {ms[-1]:.0f} ms, max {max(ms):.0f} ms; {sum(streamed) / wall:.0%} of the loop's {wall:.1f} s"
+        f"{len(ms)} flushes: diagnosis per flush first {ms[0]:.0f} ms, median "
+        f"{statistics.median(ms):.0f} ms, last {ms[-1]:.0f} ms, max {max(ms):.0f} ms; "
+        f"{sum(streamed) / wall:.0%} of the loop's {wall:.1f} s"
     )
     return ms
 

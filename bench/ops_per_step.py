@@ -68,12 +68,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
         "--warmup",
         type=int,
         default=50,
-        help="steps first, uncounted: 50 takes the default watch past its first flush window (denser)",
+        help="steps first, uncounted: 50 takes the default watch past its first flush window "
+        "(denser)",
     )
     p.add_argument(
         "--as-accelerator",
         action="store_true",
-        help="the probes' paths on CUDA/MPS, and Adam's multi-tensor (foreach) step, its default there",
+        help="the probes' paths on CUDA/MPS, and Adam's multi-tensor (foreach) step, its default "
+        "there",
     )
     args = p.parse_args(argv)
     free_reads, kernels = params.FREE_READS, _cpu_kernels.load
@@ -108,7 +110,8 @@ def _count_models(args: argparse.Namespace) -> dict[str, dict[str, float]]:
             f"parameter probe on its {path} path; mean of {args.steps} steps"
         )
         print(
-            "| configuration | ops/step | not views | extra not views | ratio (not views) |\n|---|---:|---:|---:|---:|"
+            "| configuration | ops/step | not views | extra not views | ratio (not views) "
+            "|\n|---|---:|---:|---:|---:|"
         )
         for label, (o, k) in means.items():
             print(f"| {label} | {o:.1f} | {k:.1f} | {k - kernels:+.1f} | {k / kernels:.3f}x |")

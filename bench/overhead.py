@@ -83,7 +83,8 @@ class ConvNet(nn.Module):
 
 
 class TokenTransformer(nn.Module):
-    """Embedding (vocab 1000) → 4 TransformerEncoderLayers (d=128, 4 heads, ff 256) → token logits."""
+    """Embedding (vocab 1000) → 4 TransformerEncoderLayers (d=128, 4 heads, ff 256) → token
+    logits."""
 
     def __init__(self, vocab: int = 1000, d: int = 128, layers: int = 4):
         super().__init__()
@@ -367,7 +368,8 @@ class Gradwatch(Config):
 
 
 def gradwatch_config(key: str, name: str, **watch_kwargs) -> Callable[[], Config]:
-    """A gradwatch configuration; new probe settings are one line: `gradwatch_config(..., probes=...)`."""
+    """A gradwatch configuration; new probe settings are one line: `gradwatch_config(...,
+    probes=...)`."""
     return lambda: Gradwatch(key, name, **watch_kwargs)
 
 
@@ -704,7 +706,10 @@ def _title(res: ModelResult) -> str:
     plain = f"{res.plain_ms:.2f} ms/step" if res.plain_ms is not None else "n/a"
     if res.rounds:
         return f"{res.model}: plain {plain} on {res.device}, mean of {res.rounds} interleaved steps"
-    return f"{res.model}: plain {plain} on {res.device}, median of {res.reps} blocks of {res.steps} steps"
+    return (
+        f"{res.model}: plain {plain} on {res.device}, median of {res.reps} blocks of {res.steps} "
+        "steps"
+    )
 
 
 def print_rich(results: list[ModelResult]) -> None:
@@ -736,6 +741,7 @@ def environment() -> dict[str, str]:
                 cpu = line.split(":", 1)[1].strip()
                 break
     from gradwatch.probes import kernels as _cpu_kernels
+
     kernels = _cpu_kernels.name(_cpu_kernels.load())
     kernels = "torch operations" if kernels == "torch" else f"{kernels} kernels"
     return {
@@ -835,7 +841,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--interleave",
         action="store_true",
-        help="time one step per configuration per round, shuffled each round (mean per step); steadier on a noisy machine",
+        help="time one step per configuration per round, shuffled each round (mean per step); "
+        "steadier on a noisy machine",
     )
     args = p.parse_args(argv)
     if args.quick:

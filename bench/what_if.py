@@ -51,7 +51,8 @@ def main() -> None:
             gaps.append(abs(pred / meas - 1))
         if not found:
             print(
-                f"{case.name:38s} not broken at init ({', '.join(sorted(case.kinds))} show while training); {theory}; {seconds:.1f}s"
+                f"{case.name:38s} not broken at init ({', '.join(sorted(case.kinds))} show while "
+                f"training); {theory}; {seconds:.1f}s"
             )
             continue
         broken += 1
@@ -59,14 +60,16 @@ def main() -> None:
         fixed += bool(best and best["fixed"])
         print(f"{case.name:38s} {', '.join(found)}")
         print(
-            f"{'':38s} {'FIXED' if best and best['fixed'] else 'not fixed'} by {best['line'] if best else '-'}"
+            f"{'':38s} {'FIXED' if best and best['fixed'] else 'not fixed'} by "
+            f"{best['line'] if best else '-'}"
         )
         print(f"{'':38s} {theory}; {seconds:.1f}s")
     print(f"\nbroken at init: {broken}, fixed by the best remedy: {fixed}")
     if gaps:
         gaps.sort()
         print(
-            f"theory vs measurement, |predicted/measured - 1| over {len(gaps)} cases: median {gaps[len(gaps) // 2]:.1%}, max {gaps[-1]:.1%}"
+            f"theory vs measurement, |predicted/measured - 1| over {len(gaps)} cases: median "
+            f"{gaps[len(gaps) // 2]:.1%}, max {gaps[-1]:.1%}"
         )
 
 

@@ -1,4 +1,5 @@
-"""Lab experiments, part B: each quick form runs and reproduces on seed 0, each judge says yes and no."""
+"""Lab experiments, part B: each quick form runs and reproduces on seed 0, each judge says yes and
+no."""
 
 from __future__ import annotations
 

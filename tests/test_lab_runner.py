@@ -1,4 +1,5 @@
-"""The lab runner and `gradwatch lab`: results.json, the page, exit codes, interruptions, failures."""
+"""The lab runner and `gradwatch lab`: results.json, the page, exit codes, interruptions,
+failures."""
 
 from __future__ import annotations
 

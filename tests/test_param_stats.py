@@ -264,7 +264,8 @@ def test_layers_another_optimizer_steps_get_no_update_ratio():
 
 
 def test_weight_norms_taken_in_turns_are_exact_and_cover_every_layer(reads):
-    """Under a small update_memory the layers' weight norms are read in turns; each one read is exact."""
+    """Under a small update_memory the layers' weight norms are read in turns; each one read is
+    exact."""
     model, x, loss_fn = family("mlp", 6, seed=3)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     weights = {}

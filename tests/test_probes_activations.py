@@ -399,7 +399,8 @@ def _activation_stats(build, batches, dtype=torch.float32, **kw):
 
 
 class _Mixed(nn.Module):
-    """Module and functional activations, in place and not, 2-D and 4-D, saturating and rectifying."""
+    """Module and functional activations, in place and not, 2-D and 4-D, saturating and
+    rectifying."""
 
     def __init__(self):
         super().__init__()

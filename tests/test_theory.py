@@ -87,8 +87,8 @@ def test_quadrature_reproduces_relu_closed_forms(q):
 
 @pytest.mark.parametrize("q", [0.01, 0.5, 2.0, 20.0])
 def test_quadrature_reproduces_erf_closed_forms(q):
-    # For Gaussian u with covariance Σ: E[erf(u1) erf(u2)] = (2/π) arcsin(2Σ12 / √((1+2Σ11)(1+2Σ22)))
-    # and E[e^{-u1²-u2²}] = det(I + 2Σ)^{-1/2}, with erf'(x) = (2/√π) e^{-x²}.
+    # For Gaussian u with covariance Σ: E[erf(u1) erf(u2)] = (2/π) arcsin(2Σ12 /
+    # √((1+2Σ11)(1+2Σ22))) and E[e^{-u1²-u2²}] = det(I + 2Σ)^{-1/2}, with erf'(x) = (2/√π) e^{-x²}.
     assert theory.variance_map("erf", q, 1.0, 0.0) == pytest.approx(
         2 / np.pi * np.arcsin(2 * q / (1 + 2 * q)), rel=1e-12
     )

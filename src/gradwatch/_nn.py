@@ -1,5 +1,6 @@
 """Model helpers several packages share: which modules are layers, which parameters each owns, the
-order the forward pass visits them, running a model on inputs of any shape, and leaving it untouched."""
+order the forward pass visits them, running a model on inputs of any shape, and leaving it
+untouched."""
 
 from __future__ import annotations
 
@@ -188,7 +189,8 @@ def untouched(model: nn.Module) -> Iterator[None]:
 
 
 def fans(layer: nn.Module) -> tuple[int, int]:
-    """(fan_in, fan_out) of a Linear or convolution: inputs per output unit, outputs per input unit."""
+    """(fan_in, fan_out) of a Linear or convolution: inputs per output unit, outputs per input
+    unit."""
     if isinstance(layer, nn.Linear):
         return layer.in_features, layer.out_features
     k = math.prod(layer.kernel_size)

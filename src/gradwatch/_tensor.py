@@ -1,4 +1,5 @@
-"""Tensor helpers several packages share: which dtype statistics are kept in, one copy to the host."""
+"""Tensor helpers several packages share: which dtype statistics are kept in, one copy to the
+host."""
 
 from __future__ import annotations
 

@@ -71,7 +71,8 @@ class TheoryError(GradwatchError, ValueError):
 
 
 class JacobianError(GradwatchError, ValueError):
-    """The input-output Jacobian cannot be taken (no floating-point input, an output without grad)."""
+    """The input-output Jacobian cannot be taken (no floating-point input, an output without
+    grad)."""
 
 
 class RemedyError(GradwatchError, ValueError):

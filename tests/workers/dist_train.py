@@ -64,7 +64,8 @@ def wrap(mode: str) -> nn.Module:
 
 
 def main() -> None:
-    """`dist_train.py MODE[,MODE...] OUT_DIR`: one run directory OUT_DIR/MODE per mode, one launch."""
+    """`dist_train.py MODE[,MODE...] OUT_DIR`: one run directory OUT_DIR/MODE per mode, one
+    launch."""
     modes, out = sys.argv[1].split(","), sys.argv[2]
     torch.set_num_threads(1)
     dist.init_process_group("gloo")

@@ -13,11 +13,14 @@ from gradwatch.diagnose.view import RECTIFIERS, RECURRENT_TYPES, SATURATING, Vie
 from gradwatch.display.format import fmt, names
 
 _INIT_WORDS = {
-    "pytorch_default": "PyTorch's default init (kaiming_uniform_ with a=√5: variance 1/(3·fan_in)), which is not He init (variance 2/fan_in)",
+    "pytorch_default": "PyTorch's default init (kaiming_uniform_ with a=√5: variance "
+    "1/(3·fan_in)), which is not He init (variance 2/fan_in)",
     "small": "weights smaller than any standard init",
     "large": "weights larger than He init",
-    "xavier": "Xavier/Glorot init (variance 2/(fan_in+fan_out)), which halves the signal's variance at every ReLU",
-    "lecun_or_xavier": "LeCun/Xavier-scale init (variance 1/fan_in), which halves the signal's variance at every ReLU",
+    "xavier": "Xavier/Glorot init (variance 2/(fan_in+fan_out)), which halves the signal's "
+    "variance at every ReLU",
+    "lecun_or_xavier": "LeCun/Xavier-scale init (variance 1/fan_in), which halves the signal's "
+    "variance at every ReLU",
 }
 
 
@@ -64,18 +67,24 @@ def _swap_activation(view: View, fns: dict[str, list[str]], to: str = "nn.ReLU")
     detail = []
     if module_layers:
         detail.append(
-            f"Replace the {len(module_layers)} {classes} module(s) {names(module_layers)} with {to}:\n"
-            f"    gradwatch.remedies.registry.swap_activation(model, {classes.split(', ')[0]}, {to})"
+            f"Replace the {len(module_layers)} {classes} module(s) {names(module_layers)} with "
+            f"{to}:\n"
+            "    gradwatch.remedies.registry.swap_activation("
+            f"model, {classes.split(', ')[0]}, {to})"
         )
     if functional:
         detail.append(
-            f"In the forward of {names(functional)}, call {to.replace('nn.', 'torch.nn.functional.').lower()} instead of {', '.join(sorted(fns))}."
+            f"In the forward of {names(functional)}, call "
+            f"{to.replace('nn.', 'torch.nn.functional.').lower()} instead of "
+            f"{', '.join(sorted(fns))}."
         )
     return Remedy(
         "activation",
         "\n".join(detail),
-        expected="derivative 1 on the active side instead of at most 0.25 (sigmoid) or 1 only near 0 (tanh): the signal no longer shrinks at every layer",
-        why=f"{classes} saturate: their derivative is tiny for large inputs, and the gradient is a product of one such factor per layer",
+        expected="derivative 1 on the active side instead of at most 0.25 (sigmoid) or 1 only near "
+        "0 (tanh): the signal no longer shrinks at every layer",
+        why=f"{classes} saturate: their derivative is tiny for large inputs, and the gradient is a "
+        "product of one such factor per layer",
     )
 
 
@@ -96,11 +105,17 @@ def _init_remedy(view: View, nonlinearity: str) -> Remedy | None:
     if nonlinearity == "relu":
         call = "nn.init.kaiming_normal_(m.weight, nonlinearity='relu')"
         name = "He (Kaiming) init"
-        expected = "the back-propagated variance stays level through ReLU layers instead of shrinking at every layer"
+        expected = (
+            "the back-propagated variance stays level through ReLU layers instead of shrinking at "
+            "every layer"
+        )
     else:
         call = f"nn.init.xavier_normal_(m.weight, gain=nn.init.calculate_gain('{nonlinearity}'))"
         name = "Xavier/Glorot init"
-        expected = "activations stay out of the flat region and gradient variance roughly level across depth"
+        expected = (
+            "activations stay out of the flat region and gradient variance roughly level across "
+            "depth"
+        )
     return Remedy(
         "init",
         f"Re-initialise {names(wrong)} with {name}; they use {said}:\n"
@@ -109,7 +124,8 @@ def _init_remedy(view: View, nonlinearity: str) -> Remedy | None:
         f"            {call}\n"
         f"            nn.init.zeros_(m.bias)",
         expected=expected,
-        why="the init sets each layer's gain; a gain below 1 per layer compounds into an exponential decay with depth",
+        why="the init sets each layer's gain; a gain below 1 per layer compounds into an "
+        "exponential decay with depth",
     )
 
 
@@ -126,8 +142,10 @@ def _normalise(view: View) -> Remedy | None:
         "normalization",
         f"Insert {norm} after each of {names(view.weight_layers[:-1])}, before its activation:\n"
         f"    gradwatch.remedies.registry.insert_norm(model)   # for nn.Sequential models",
-        expected="each layer's input re-centred and re-scaled, so activations stay in the non-saturated range and the signal level",
-        why="normalisation resets the scale at every layer instead of letting it compound (Ioffe & Szegedy 2015)",
+        expected="each layer's input re-centred and re-scaled, so activations stay in the "
+        "non-saturated range and the signal level",
+        why="normalisation resets the scale at every layer instead of letting it compound "
+        "(Ioffe & Szegedy 2015)",
     )
 
 
@@ -137,10 +155,11 @@ def _residual(view: View) -> Remedy | None:
         return None
     return Remedy(
         "residual",
-        f"Add skip connections around pairs of layers ({n} weight layers in one chain): out = x + block(x), "
-        "and zero-initialise the last layer of each block.",
+        f"Add skip connections around pairs of layers ({n} weight layers in one chain): out = x + "
+        "block(x), and zero-initialise the last layer of each block.",
         expected="the gradient reaches early layers through the identity paths, undiminished",
-        why="deep plain nets train worse than shallower ones; residual ones do not (He et al. 2016)",
+        why="deep plain nets train worse than shallower ones; residual ones do not "
+        "(He et al. 2016)",
     )
 
 
@@ -216,8 +235,9 @@ def nonfinite_remedies(view: View) -> tuple[Remedy, ...]:
     return (
         Remedy(
             "loss",
-            "Find the operation that produced the first NaN/Inf: run one step under torch.autograd.detect_anomaly(); "
-            "replace log(softmax(x)) by log_softmax, add eps inside log/sqrt/division.",
+            "Find the operation that produced the first NaN/Inf: run one step under "
+            "torch.autograd.detect_anomaly(); replace log(softmax(x)) by log_softmax, add eps "
+            "inside log/sqrt/division.",
             expected="finite losses and gradients",
             why="a single NaN spreads to every weight it touches in one update",
         ),
@@ -225,7 +245,8 @@ def nonfinite_remedies(view: View) -> tuple[Remedy, ...]:
         _lr(view, 0.1, "divergence to Inf is often a learning rate too large for the loss surface"),
         Remedy(
             "precision",
-            "Under torch.autocast with float16, use torch.amp.GradScaler (it skips steps with Inf/NaN gradients) or bfloat16.",
+            "Under torch.autocast with float16, use torch.amp.GradScaler (it skips steps with "
+            "Inf/NaN gradients) or bfloat16.",
             why="float16 overflows at 65504",
         ),
     )
@@ -252,7 +273,8 @@ def dead_remedies(view: View, layers: list[str]) -> tuple[Remedy, ...]:
         _swap_activation(view, fns, to="nn.LeakyReLU(0.1)") if fns else None,
         Remedy(
             "init",
-            "Initialise biases to zero (nn.init.zeros_(m.bias)) and weights with He init: units whose input is negative for every sample get no gradient and never recover.",
+            "Initialise biases to zero (nn.init.zeros_(m.bias)) and weights with He init: units "
+            "whose input is negative for every sample get no gradient and never recover.",
             expected="about half the units active on any sample",
             why="a ReLU unit with a negative input for every sample has zero gradient",
         ),
@@ -271,9 +293,11 @@ def stalled_remedies(view: View, layers: list[str]) -> tuple[Remedy, ...]:
         _init_remedy(view, "relu"),
         Remedy(
             "lr",
-            f"Give {names(layers)} a parameter group with a larger learning rate, or use Adam, whose per-parameter scaling does not depend on the gradient's size.",
+            f"Give {names(layers)} a parameter group with a larger learning rate, or use Adam, "
+            "whose per-parameter scaling does not depend on the gradient's size.",
             expected="update/weight ratios of every layer within 10x of each other",
-            why="with SGD a layer's update is proportional to its gradient: a vanishing gradient freezes it",
+            why="with SGD a layer's update is proportional to its gradient: a vanishing gradient "
+            "freezes it",
         ),
         _normalise(view),
         _residual(view),
@@ -287,7 +311,8 @@ def unstable_remedies(view: View, ratio: float) -> tuple[Remedy, ...]:
         _lr(
             view,
             factor,
-            f"updates are {fmt(ratio)} of the weights per step; around 1e-3 is the usual healthy size",
+            f"updates are {fmt(ratio)} of the weights per step; around 1e-3 is the usual healthy "
+            "size",
         ),
         _clip(view, "bounds each step's size"),
     )
@@ -300,25 +325,33 @@ def through_time_remedies(view: View, layers: list[str], vanishing: bool) -> tup
         out.append(
             Remedy(
                 "gating",
-                f"Replace the vanilla {'/'.join(sorted(types & {'RNN', 'RNNCell'}))} {names(layers)} with nn.LSTM (or nn.GRU): the same arguments, and the output is (out, (h, c)).",
-                expected="gradients that survive hundreds of steps through the cell state's additive path",
-                why="a vanilla RNN multiplies the gradient by the recurrent Jacobian at every step (Hochreiter & Schmidhuber 1997)",
+                f"Replace the vanilla {'/'.join(sorted(types & {'RNN', 'RNNCell'}))} "
+                f"{names(layers)} with nn.LSTM (or nn.GRU): the same arguments, and the output is "
+                "(out, (h, c)).",
+                expected="gradients that survive hundreds of steps through the cell state's "
+                "additive path",
+                why="a vanilla RNN multiplies the gradient by the recurrent Jacobian at every step "
+                "(Hochreiter & Schmidhuber 1997)",
             )
         )
     if vanishing and types & {"LSTM", "LSTMCell"}:
         out.append(
             Remedy(
                 "forget_bias",
-                "Set the LSTM forget-gate bias to 1: gradwatch.remedies.registry.lstm_forget_bias(model, 1.0)",
-                expected="the cell state is kept by default, so the gradient decays far more slowly",
-                why="with bias 0 the forget gate starts half-closed, halving the memory at every step",
+                "Set the LSTM forget-gate bias to 1: "
+                "gradwatch.remedies.registry.lstm_forget_bias(model, 1.0)",
+                expected="the cell state is kept by default, so the gradient decays far more "
+                "slowly",
+                why="with bias 0 the forget gate starts half-closed, halving the memory at every "
+                "step",
             )
         )
     if vanishing:
         out.append(
             Remedy(
                 "init",
-                "Initialise the recurrent weights orthogonally: nn.init.orthogonal_(rnn.weight_hh_l0).",
+                "Initialise the recurrent weights orthogonally: "
+                "nn.init.orthogonal_(rnn.weight_hh_l0).",
                 why="singular values of 1 neither shrink nor grow the gradient per step",
             )
         )
@@ -327,13 +360,15 @@ def through_time_remedies(view: View, layers: list[str], vanishing: bool) -> tup
             0,
             _clip(
                 view,
-                "exploding gradients through time are the textbook case for norm clipping (Pascanu et al. 2013)",
+                "exploding gradients through time are the textbook case for norm clipping "
+                "(Pascanu et al. 2013)",
             ),
         )
         out.append(
             Remedy(
                 "init",
-                "Scale the recurrent weights so their largest singular value is below 1 (e.g. nn.init.orthogonal_(rnn.weight_hh_l0, gain=0.9)).",
+                "Scale the recurrent weights so their largest singular value is below 1 "
+                "(e.g. nn.init.orthogonal_(rnn.weight_hh_l0, gain=0.9)).",
                 why="the recurrent Jacobian's norm sets the growth per step",
             )
         )
@@ -344,22 +379,27 @@ def idle_remedies(view: View, ratio: float, gradients_small: bool) -> tuple[Reme
     """Every layer moves far less than 1e-3 of itself per step."""
     factor = 1e-3 / ratio if ratio > 0 else 100.0
     lrs = view.optimizer.get("lr") or []
+    change = (
+        f" from {fmt(lrs[0])} to about {fmt(lrs[0] * factor)}" if lrs else f" about {fmt(factor)}x"
+    )
     raise_lr = Remedy(
         "lr",
-        f"Raise the learning rate{f' from {fmt(lrs[0])} to about {fmt(lrs[0] * factor)}' if lrs else f' about {fmt(factor)}x'}, or use Adam, "
+        f"Raise the learning rate{change}, or use Adam, "
         "whose step does not shrink with the gradient.",
         expected="update/weight ratios near 1e-3 and a loss that starts to fall",
-        why=f"the busiest layer changes by {fmt(ratio)} of itself per step; ~1e-3 is the usual healthy size",
+        why=f"the busiest layer changes by {fmt(ratio)} of itself per step; ~1e-3 is the usual "
+        "healthy size",
     )
     if not gradients_small:
         return (raise_lr,)
     loss = Remedy(
         "loss",
-        "Check the loss for a saturating form: log(1 - D(G(z))) for a GAN generator, log(σ(z)) or a "
-        "softmax fed huge logits. Use the non-saturating form (-log D(G(z)); F.logsigmoid; "
+        "Check the loss for a saturating form: log(1 - D(G(z))) for a GAN generator, log(σ(z)) or "
+        "a softmax fed huge logits. Use the non-saturating form (-log D(G(z)); F.logsigmoid; "
         "F.cross_entropy on logits) so a confident wrong answer still gives a gradient.",
         expected="gradient/weight ratios of 1e-3 or more in every layer",
-        why="every layer's gradient is tiny at once, so the signal is lost at the loss, not across depth (Goodfellow et al. 2014)",
+        why="every layer's gradient is tiny at once, so the signal is lost at the loss, not across "
+        "depth (Goodfellow et al. 2014)",
     )
     return (loss, raise_lr)
 
@@ -368,10 +408,11 @@ def constant_remedies(view: View) -> tuple[Remedy, ...]:
     return (
         Remedy(
             "init",
-            "Initialise the weights randomly (torch.nn.init.kaiming_normal_ for ReLU layers, xavier_normal_ for "
-            "tanh/sigmoid); weights that are all zero, or biases so negative that every unit is off, make every "
-            "hidden unit output the same constant.",
+            "Initialise the weights randomly (torch.nn.init.kaiming_normal_ for ReLU layers, "
+            "xavier_normal_ for tanh/sigmoid); weights that are all zero, or biases so negative "
+            "that every unit is off, make every hidden unit output the same constant.",
             expected="activations that vary with the input and non-zero gradients in every layer",
-            why="a layer whose output is constant passes back no gradient, so nothing before it can learn",
+            why="a layer whose output is constant passes back no gradient, so nothing before it "
+            "can learn",
         ),
     )

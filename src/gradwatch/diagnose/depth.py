@@ -26,7 +26,8 @@ EXPLODE_WARN, EXPLODE_ERROR = 1e3, 1e6
 QUARTILE_MARGIN = (
     10.0  # the first quarter vs the last quarter must agree with the fit, 10x less strict
 )
-# ‖g‖/‖w‖, median over layers: at 10 an SGD step of lr 0.1 already rewrites the layer; healthy nets sit below 1
+# ‖g‖/‖w‖, median over layers: at 10 an SGD step of lr 0.1 already rewrites the layer; healthy nets
+# sit below 1
 RELATIVE_GRAD_WARN, RELATIVE_GRAD_ERROR = 1e1, 1e4
 SPIKE = 1e2  # a step's total gradient norm over the median of the steps before it
 
@@ -198,8 +199,9 @@ def _vanishing(view: View, held: list) -> Finding:
     severity = "error" if t["total"] < VANISH_ERROR else "warning"
     signal = "back-propagated signal" if t["metric"] == "backflow_norm" else "weight gradient"
     summary = (
-        f"The {signal} shrinks x{t['per_layer']:.2f} per layer towards the input: the first layer gets "
-        f"{fmt(t['total'])} of what the last gets over {t['n_layers']} layers, so early layers barely learn."
+        f"The {signal} shrinks x{t['per_layer']:.2f} per layer towards the input: the first layer "
+        f"gets {fmt(t['total'])} of what the last gets over {t['n_layers']} layers, so early "
+        "layers barely learn."
     )
     evidence = {
         "metric": t["metric"],
@@ -231,14 +233,16 @@ def _exploding(view: View, held: list) -> Finding:
     if "trend" in ev:
         t = ev["trend"]
         parts.append(
-            f"the back-propagated signal grows x{t['per_layer']:.2f} per layer towards the input ({fmt(t['total'])} over {t['n_layers']} layers)"
+            f"the back-propagated signal grows x{t['per_layer']:.2f} per layer towards the input "
+            f"({fmt(t['total'])} over {t['n_layers']} layers)"
         )
         worst = max(worst, t["total"])
         layers = t["layers"][: max(1, len(t["layers"]) // 2)]
     if ev.get("activations"):
         a = ev["activations"]
         parts.append(
-            f"activations grow x{a['per_layer']:.2f} per layer ({fmt(a['total'])} from first to last)"
+            f"activations grow x{a['per_layer']:.2f} per layer ({fmt(a['total'])} from first to "
+            "last)"
         )
         worst = max(worst, a["total"])
     if ev.get("relative_gradient") is not None and ev["relative_gradient"] > RELATIVE_GRAD_WARN:
@@ -249,7 +253,8 @@ def _exploding(view: View, held: list) -> Finding:
     if ev.get("spike"):
         s = ev["spike"]
         parts.append(
-            f"the total gradient norm jumped to {fmt(s['norm'])}, {fmt(s['ratio'])}x its usual size, at step {s['step']}"
+            f"the total gradient norm jumped to {fmt(s['norm'])}, {fmt(s['ratio'])}x its usual "
+            f"size, at step {s['step']}"
         )
         worst = max(worst, s["ratio"] * EXPLODE_ERROR / SPIKE / 100)
     severity = "error" if worst >= EXPLODE_ERROR else "warning"

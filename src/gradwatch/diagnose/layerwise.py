@@ -54,7 +54,10 @@ def detect_nonfinite(view: View) -> list[Finding]:
     steps = sorted(set(bad_counts["step"]) | set(bad_values["step"]))
     total = int(sum(counts.values()))
     what = f"{total} NaN/Inf gradient entries" if total else "non-finite values"
-    summary = f"{what} at step {first} in {names(layers)}; {len(steps)} of {view.n_steps} recorded steps are affected."
+    summary = (
+        f"{what} at step {first} in {names(layers)}; {len(steps)} of {view.n_steps} recorded steps "
+        "are affected."
+    )
     evidence = {
         "first_step": first,
         "counts_at_first_step": counts,
@@ -85,8 +88,9 @@ def detect_saturation(view: View) -> list[Finding]:
     error = hot.max() > SATURATED_ERROR or len(hot) > len(recent) / 2
     held = table[(table[layers] > SATURATED_WARN).any(axis=1)]
     summary = (
-        f"{len(layers)} of {len(recent)} saturating activations spend most of their time in the flat region "
-        f"(up to {hot.max():.0%} of inputs where the derivative is below 5% of its peak): {names(layers)}."
+        f"{len(layers)} of {len(recent)} saturating activations spend most of their time in the "
+        f"flat region (up to {hot.max():.0%} of inputs where the derivative is below 5% of its "
+        f"peak): {names(layers)}."
     )
     evidence = {"saturated_frac": {n: float(hot[n]) for n in layers}, "threshold": SATURATED_WARN}
     return [
@@ -112,7 +116,10 @@ def detect_dead(view: View) -> list[Finding]:
         return []
     layers = [n for n in view.order if n in dead.index]
     held = table[(table[layers] > DEAD_WARN).any(axis=1)]
-    summary = f"{names(layers)}: {dead.max():.0%} of units are dead (zero gradient for every sample of the batch)."
+    summary = (
+        f"{names(layers)}: {dead.max():.0%} of units are dead (zero gradient for every sample of "
+        "the batch)."
+    )
     evidence = {"dead_frac": {n: float(dead[n]) for n in layers}, "threshold": DEAD_WARN}
     severity = "error" if dead.max() > DEAD_ERROR else "warning"
     return [
@@ -184,7 +191,8 @@ def detect_stalled(view: View) -> list[Finding]:
     if stalled.empty:
         return []
     # A layer behind a zero-initialised one (Fixup's first branch convolutions) gets no gradient
-    # until that layer has moved: its ratio climbs by orders of magnitude and is not stalled at the end.
+    # until that layer has moved: its ratio climbs by orders of magnitude and is not stalled at the
+    # end.
     late = _late_medians(upd)
     late_top = late.max()
     stalled = stalled[[not (late[n] >= STALLED * late_top) for n in stalled.index]]
@@ -223,8 +231,9 @@ def _stalled_at_init(view: View) -> list[Finding]:
         return []
     layers = [n for n in view.order if n in stalled.index]
     summary = (
-        f"{names(layers)} would barely change under SGD: gradient/weight {fmt(float(stalled.median()))}, "
-        f"against {fmt(top)} for the layer with the largest (an SGD step moves each layer in that proportion)."
+        f"{names(layers)} would barely change under SGD: gradient/weight "
+        f"{fmt(float(stalled.median()))}, against {fmt(top)} for the layer with the largest (an "
+        "SGD step moves each layer in that proportion)."
     )
     evidence = {
         "grad_over_weight": {n: float(rel[n]) for n in layers},
@@ -277,7 +286,8 @@ def detect_unstable(view: View) -> list[Finding]:
     ] or list(upd.columns)
     severity = "error" if worst > UNSTABLE_ERROR else "warning"
     parts = [
-        f"Steps change the weights by up to {fmt(worst)} of their size (median layer), above 0.1 on {len(high)} of {len(per_step)} recorded steps"
+        f"Steps change the weights by up to {fmt(worst)} of their size (median layer), above 0.1 "
+        f"on {len(high)} of {len(per_step)} recorded steps"
     ]
     if rewrote:
         parts.append(
@@ -285,7 +295,8 @@ def detect_unstable(view: View) -> list[Finding]:
         )
     if collapse:
         parts.append(
-            f"after them the gradient relative to the weights fell {fmt(collapse['fall'])}x while the loss did not halve"
+            f"after them the gradient relative to the weights fell {fmt(collapse['fall'])}x while "
+            "the loss did not halve"
         )
     summary = "; ".join(parts) + "; around 1e-3 is healthy, so training is unstable."
     evidence = {

@@ -28,8 +28,9 @@ def detect_constant(view: View) -> list[Finding]:
         return []
     layers = list(table.columns)
     summary = (
-        f"All {len(layers)} activation layers output a constant ({names(layers)}): no hidden unit depends on the "
-        "input, every hidden gradient is zero, and the loss will stay at the level of a constant prediction."
+        f"All {len(layers)} activation layers output a constant ({names(layers)}): no hidden unit "
+        "depends on the input, every hidden gradient is zero, and the loss will stay at the level "
+        "of a constant prediction."
     )
     evidence = {
         "act_std": 0.0,
@@ -79,8 +80,9 @@ def detect_idle(view: View) -> list[Finding]:
     remedies = idle_remedies(view, top, small)
     if small:
         summary = (
-            f"Every layer's gradient is tiny next to its weights ({fmt(grad_over_weight)}, median layer) and even the "
-            f"busiest layer moves {fmt(top)} of itself per step: the gradient vanishes at the loss, before depth plays a part."
+            f"Every layer's gradient is tiny next to its weights ({fmt(grad_over_weight)}, median "
+            f"layer) and even the busiest layer moves {fmt(top)} of itself per step: the gradient "
+            "vanishes at the loss, before depth plays a part."
         )
         return [
             Finding(
@@ -94,8 +96,9 @@ def detect_idle(view: View) -> list[Finding]:
             )
         ]
     summary = (
-        f"Even the busiest layer moves only {fmt(top)} of its weights per step (gradients are ordinary: {fmt(grad_over_weight)} "
-        "of the weights): the learning rate is too small and the loss will plateau."
+        f"Even the busiest layer moves only {fmt(top)} of its weights per step (gradients are "
+        f"ordinary: {fmt(grad_over_weight)} of the weights): the learning rate is too small and "
+        "the loss will plateau."
     )
     return [
         Finding(

@@ -87,8 +87,9 @@ def detect_through_time(view: View) -> list[Finding]:
             else max(found.values(), key=lambda e: e["ratio"])
         )
         summary = (
-            f"In {names(layers)} the gradient {word} x{worst['per_step_factor']:.2f} per time step: the first of "
-            f"{worst['length']} steps gets {fmt(worst['ratio'])} of what the last gets."
+            f"In {names(layers)} the gradient {word} x{worst['per_step_factor']:.2f} per time "
+            f"step: the first of {worst['length']} steps gets {fmt(worst['ratio'])} of what the "
+            "last gets."
         )
         severity = "error" if any(error_at(e["ratio"]) for e in found.values()) else "warning"
         gated = all(view.type_of(n) in GATED for n in layers)
@@ -144,7 +145,10 @@ def detect_plateau(view: View) -> list[Finding]:
     best = float(np.min(values))
     if start <= 0 or recent < (1 - PLATEAU_GAIN) * start or best < (1 - 2 * PLATEAU_GAIN) * start:
         return []
-    summary = f"The loss has not moved: {fmt(start)} at the start, {fmt(recent)} over the last {max(5, len(values) // 5)} recorded steps, after {len(values)} steps."
+    summary = (
+        f"The loss has not moved: {fmt(start)} at the start, {fmt(recent)} over the last "
+        f"{max(5, len(values) // 5)} recorded steps, after {len(values)} steps."
+    )
     evidence = {"start_loss": start, "recent_loss": recent, "best_loss": best, "steps": len(values)}
     return [
         Finding(

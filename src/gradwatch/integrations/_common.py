@@ -17,7 +17,8 @@ def require(module: str, extra: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError:
         raise IntegrationError(
-            f"This integration needs the {module.split('.')[0]} package; install it with pip install 'gradwatch[{extra}]'."
+            f"This integration needs the {module.split('.')[0]} package; install it with pip "
+            f"install 'gradwatch[{extra}]'."
         ) from None
 
 

@@ -29,7 +29,8 @@ class _TrainerLoggers(Listener):
                 logger.log_metrics(values, step=step)
 
     def close(self, watch) -> None:
-        """Findings: a count per severity for every logger, and the text where the logger takes text."""
+        """Findings: a count per severity for every logger, and the text where the logger takes
+        text."""
         findings = watch.diagnose().findings
         counts = {
             f"gradwatch/findings_{s}": float(sum(f.severity == s for f in findings))

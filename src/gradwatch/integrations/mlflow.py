@@ -1,4 +1,5 @@
-"""MLflow: per-layer metrics with the optimizer step as MLflow's step, findings as a JSON artifact."""
+"""MLflow: per-layer metrics with the optimizer step as MLflow's step, findings as a JSON
+artifact."""
 
 from __future__ import annotations
 

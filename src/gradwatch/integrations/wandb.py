@@ -34,7 +34,8 @@ class WandbExporter(Listener):
 
 
 def attach(watch, run=None) -> WandbExporter:
-    """Log `watch`'s statistics to a W&B run (the active one unless `run` is given) at every flush."""
+    """Log `watch`'s statistics to a W&B run (the active one unless `run` is given) at every
+    flush."""
     exporter = WandbExporter(run)
     watch.add_listener(exporter)
     return exporter

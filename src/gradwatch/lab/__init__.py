@@ -1,1 +1,2 @@
-"""Canonical experiments: data made in code or bundled, models, and the runs that show each claim."""
+"""Canonical experiments: data made in code or bundled, models, and the runs that show each
+claim."""

@@ -1,4 +1,5 @@
-"""The catalogue: every experiment by its public name, each in its own module under `experiments/`."""
+"""The catalogue: every experiment by its public name, each in its own module under
+`experiments/`."""
 
 from __future__ import annotations
 

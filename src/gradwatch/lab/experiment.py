@@ -14,7 +14,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Settings:
-    """How to run: `quick` is the honestly scaled-down form; `out` is this experiment's own folder."""
+    """How to run: `quick` is the honestly scaled-down form; `out` is this experiment's own
+    folder."""
 
     quick: bool
     seed: int
@@ -55,7 +56,8 @@ class Figure:
 
 @dataclass
 class Outcome:
-    """What a run returns: its settings, its numbers (JSON-ready), figures and stored run folders."""
+    """What a run returns: its settings, its numbers (JSON-ready), figures and stored run
+    folders."""
 
     setup: dict[str, Any]
     measured: dict[str, Any]

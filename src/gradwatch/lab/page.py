@@ -11,7 +11,8 @@ import json
 from typing import Any
 
 _STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;color:#222}
 h1{margin-bottom:.2em} .meta{color:#666;font-size:.9em}
 section{border-top:1px solid #ddd;margin-top:2em;padding-top:1em}
 .verdict{display:inline-block;padding:.15em .6em;border-radius:.3em;font-weight:600;color:#fff}
@@ -132,6 +133,12 @@ def _figure(fig: dict[str, Any], div_id: str) -> str:
     )
 
 
+def _verdict_word(rec: dict[str, Any]) -> str:
+    if rec.get("error"):
+        return "failed"
+    return "reproduced" if rec.get("reproduced") else "not reproduced"
+
+
 def _section(i: int, rec: dict[str, Any]) -> str:
     if rec.get("error"):
         verdict = "<span class='verdict err'>failed</span>"
@@ -182,7 +189,7 @@ def render(doc: dict[str, Any]) -> str:
     done = sum(1 for r in records if r.get("reproduced"))
     rows = "".join(
         f"<tr><td><a href='#{_e(r.get('name', ''))}'>{_e(r.get('name', ''))}</a></td>"
-        f"<td>{'failed' if r.get('error') else 'reproduced' if r.get('reproduced') else 'not reproduced'}</td>"
+        f"<td>{_verdict_word(r)}</td>"
         f"<td class='num'>{_e(r.get('seconds', 0))}</td></tr>"
         for r in records
     )
@@ -198,8 +205,8 @@ def render(doc: dict[str, Any]) -> str:
     summary = (
         f"<h1>gradwatch lab</h1><p class='meta'>{done} of {len(records)} reproduced{_e(status)}; "
         f"seed {_e(doc.get('seed', ''))}, {'quick' if doc.get('quick') else 'full'} settings, "
-        f"gradwatch {_e(doc.get('gradwatch_version', ''))}, torch {_e(doc.get('torch_version', ''))}, "
-        f"started {_e(doc.get('started', ''))}</p>"
+        f"gradwatch {_e(doc.get('gradwatch_version', ''))}, "
+        f"torch {_e(doc.get('torch_version', ''))}, started {_e(doc.get('started', ''))}</p>"
         f"<table><tr><th>experiment</th><th>verdict</th><th>seconds</th></tr>{rows}</table>"
     )
     sections = "\n".join(_section(i, r) for i, r in enumerate(records))

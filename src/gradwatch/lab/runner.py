@@ -34,7 +34,8 @@ PAGE = "index.html"
 
 @dataclass
 class LabResult:
-    """What `run_lab` did: one record per experiment that ended (in order), and whether it was cut short."""
+    """What `run_lab` did: one record per experiment that ended (in order), and whether it was cut
+    short."""
 
     out: Path
     records: list[dict[str, Any]] = field(default_factory=list)
@@ -46,7 +47,8 @@ class LabResult:
 
 
 def resolve(names: Sequence[str]) -> list[str]:
-    """The names to run, in the order given (all, in catalogue order, when none); raises on an unknown one."""
+    """The names to run, in the order given (all, in catalogue order, when none); raises on an
+    unknown one."""
     if not names:
         return list(catalogue.NAMES)
     for name in names:
@@ -145,8 +147,9 @@ def run_lab(
 ) -> LabResult:
     """Run the named experiments (all when none) and write `out`/results.json and `out`/index.html.
 
-    `load` turns a name into its Experiment (the catalogue's, by default). Returns a LabResult; on Ctrl-C the experiment under way is dropped, the finished ones are
-    written, and the result comes back with `interrupted=True`.
+    `load` turns a name into its Experiment (the catalogue's, by default). Returns a LabResult; on
+    Ctrl-C the experiment under way is dropped, the finished ones are written, and the result comes
+    back with `interrupted=True`.
     """
     names = resolve(names)
     load = load or catalogue.get

@@ -1,4 +1,5 @@
-"""Data that needs no network: scikit-learn's bundled digits, standardised and split reproducibly."""
+"""Data that needs no network: scikit-learn's bundled digits, standardised and split
+reproducibly."""
 
 from __future__ import annotations
 

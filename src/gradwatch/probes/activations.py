@@ -74,7 +74,8 @@ class _HostCall(NamedTuple):
 
 
 class _Row:
-    """One row of the probe: an activation module, or every activation call in one module's forward."""
+    """One row of the probe: an activation module, or every activation call in one module's
+    forward."""
 
     __slots__ = ("name", "spec", "index", "hist_bins")
 
@@ -215,7 +216,8 @@ class ActivationProbe(Probe):
         if not self._hooks:
             for name, (m, _) in self._module_rows.items():
                 # One forward hook reads the input and the output of a module that leaves its input
-                # intact; an in-place one needs its input read by a pre-hook before it is overwritten.
+                # intact; an in-place one needs its input read by a pre-hook before it is
+                # overwritten.
                 if getattr(m, "inplace", False) or id(m) in self._inplace:
                     self._hooks.add(m.register_forward_pre_hook(self._module_pre(name)))
                 self._hooks.add(m.register_forward_hook(self._module_post(name), always_call=True))
@@ -535,8 +537,8 @@ class ActivationProbe(Probe):
             if plan.pad is None
             else torch.nn.utils.rnn.pad_sequence(samples, batch_first=True)
         )
-        # Values beyond the range count in the edge bins; NaN in the lowest (`nonfinite` reports it).
-        # Clamped to [0, bins - 1] first, so that truncation to an integer is the floor.
+        # Values beyond the range count in the edge bins; NaN in the lowest (`nonfinite` reports
+        # it). Clamped to [0, bins - 1] first, so that truncation to an integer is the floor.
         bins = (
             (values - plan.hist_lo)
             .mul_(plan.per_bin)

@@ -101,7 +101,8 @@ class BackflowProbe(Probe):
 
     @torch.no_grad()
     def record(self, slot: int) -> None:
-        """One kernel per step (the norms stacked); squaring, scaling and pooling wait for the flush."""
+        """One kernel per step (the norms stacked); squaring, scaling and pooling wait for the
+        flush."""
         norms, self._norms = self._norms, []
         calls, self._calls = np.array(self._calls, dtype=np.float64), [0] * len(self.modules)
         if not calls.any():

@@ -18,8 +18,6 @@ ABSENT = -1.0
 entry means "not measured at this step", so a NaN that was measured is never mistaken for a gap."""
 
 
-
-
 class StepTable:
     """A device tensor `[capacity, columns, rows]` of raw per-layer numbers, one slot per step."""
 
@@ -64,7 +62,8 @@ class StepTable:
 
 
 class NormLog:
-    """Vectors of norms written as they come, one `stack` per step, and summed into the table at flush.
+    """Vectors of norms written as they come, one `stack` per step, and summed into the table at
+    flush.
 
     A step's statistics over many tensors (a layer's weight and bias, every layer at once) would
     take a dozen small kernels to square, sum per layer and write into the table's cells; on a
@@ -205,8 +204,6 @@ def by_kind(tensors: list[torch.Tensor]) -> dict[tuple[torch.device, torch.dtype
     return groups
 
 
-
-
 def accumulator(dtype: torch.dtype) -> torch.dtype:
     """Norms accumulate in float32 at least (a bf16 norm would keep three digits)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -214,7 +211,8 @@ def accumulator(dtype: torch.dtype) -> torch.dtype:
 
 def foreach_norms(tensors: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
     """L2 norms of `tensors` (all of `dtype`), accumulated in `accumulator(dtype)`. Asking for the
-    dtype the tensors already have takes a slower path through `_foreach_norm`, with the same result."""
+    dtype the tensors already have takes a slower path through `_foreach_norm`, with the same
+    result."""
     acc = accumulator(dtype)
     return (
         torch._foreach_norm(tensors, 2)
@@ -263,13 +261,16 @@ class Probe:
         pass
 
     def settle(self, n: int) -> None:
-        """At flush, before the table is read: write into it what was kept aside for the first `n` slots."""
+        """At flush, before the table is read: write into it what was kept aside for the first `n`
+        slots."""
 
     def discard(self) -> None:
-        """Forget what was gathered for a step that will not be recorded (a skipped or failed step)."""
+        """Forget what was gathered for a step that will not be recorded (a skipped or failed
+        step)."""
 
     def unscale(self, slot: int, inv_sq: torch.Tensor) -> None:
-        """Undo a GradScaler's loss scale on what this probe read during backward (1/scale² given)."""
+        """Undo a GradScaler's loss scale on what this probe read during backward (1/scale²
+        given)."""
 
     def take(self, n: int) -> dict:
         return {}

@@ -69,5 +69,6 @@ class Hooks:
 
 
 def recording_forward() -> bool:
-    """Only forward passes that will be back-propagated are measured (not validation, not no_grad)."""
+    """Only forward passes that will be back-propagated are measured (not validation, not
+    no_grad)."""
     return torch.is_grad_enabled()

@@ -1,4 +1,5 @@
-"""Parameter probe: per-layer gradient norm, weight norm and count of non-finite gradient entries."""
+"""Parameter probe: per-layer gradient norm, weight norm and count of non-finite gradient
+entries."""
 
 from __future__ import annotations
 
@@ -126,7 +127,8 @@ class ParamProbe(Probe):
                 )
 
     def _index_for(self, with_grad: tuple[int, ...], weights: bool):
-        """Index tensors for the parameters that have gradients now (cached: usually always the same).
+        """Index tensors for the parameters that have gradients now (cached: usually always the
+        same).
 
         `into`: where each squared norm (gradients, then weights when measured, then non-finite
         counts) lands in a `[3, layers]` block; `has`: which layers have any gradient.

@@ -19,7 +19,8 @@ from gradwatch.probes.base import ABSENT, Probe
 
 
 class SkippedProbe(Probe):
-    """`skipped`: 1 at a step the scaler skipped (inf/NaN in the scaled gradients), 0 at a recorded step."""
+    """`skipped`: 1 at a step the scaler skipped (inf/NaN in the scaled gradients), 0 at a recorded
+    step."""
 
     def __init__(self, capacity: int):
         self._flags = np.full(capacity, ABSENT)

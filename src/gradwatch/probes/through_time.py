@@ -1,4 +1,5 @@
-"""Through-time probe: `time_grad_norm`, ‖∂L/∂x_t‖ per sample at every time step t of a recurrent layer.
+"""Through-time probe: `time_grad_norm`, ‖∂L/∂x_t‖ per sample at every time step t of a recurrent
+layer.
 
 ∂L/∂x_t is the total effect of step t's input on the loss, through every later step, so its decay
 towards early t is the vanishing gradient through time (Bengio et al. 1994). For `nn.RNN`,
@@ -35,7 +36,9 @@ class ThroughTimeProbe(Probe):
         self.cadence = cadence
         self.model = model
         self.modules = {
-            (n or ROOT_NAME): m for n, m in model.named_modules() if isinstance(m, RECURRENT + CELLS)
+            (n or ROOT_NAME): m
+            for n, m in model.named_modules()
+            if isinstance(m, RECURRENT + CELLS)
         }
         self._hooks = Hooks()
         self._series: dict[

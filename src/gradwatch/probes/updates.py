@@ -58,7 +58,8 @@ class UpdateProbe(Probe):
             [p for p in layers[i].params if not any(p is q for q in ps)] for i, ps in self.layers
         ]
         self.covered = {i for i, _ in self.layers}
-        # FSDP2: each rank snapshots its own shards (sizes and views are those of the local tensors).
+        # FSDP2: each rank snapshots its own shards (sizes and views are those of the local
+        # tensors).
         sizes = [sum(local(p).numel() * p.element_size() for p in ps) for _, ps in self.layers]
         total = sum(local(p).numel() * p.element_size() for layer in layers for p in layer.params)
         self.groups = pack_groups(sizes, memory * total)
@@ -109,7 +110,8 @@ class UpdateProbe(Probe):
             extra += self._unstepped[j]
             extra_owners += [pos] * len(self._unstepped[j])
         rows = self.table.row_index([self._names[j] for j in group])
-        # Update norms: one per snapshot; weight norms: the snapshots, then the unstepped parameters.
+        # Update norms: one per snapshot; weight norms: the snapshots, then the unstepped
+        # parameters.
         weights = self._weights.plan(
             self._col_w, rows[owners + extra_owners], views + [local(p) for p in extra]
         )

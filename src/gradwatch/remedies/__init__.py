@@ -1,4 +1,5 @@
-"""Things that change a model: init schemes, activation swap, normalisation, clipping (norm/value/AGC).
+"""Things that change a model: init schemes, activation swap, normalisation, clipping
+(norm/value/AGC).
 
 Each function follows its paper's definition (see its docstring) and returns the model (or the
 object it was given) so calls chain. Random inits draw from an optional `generator` (on the

@@ -71,7 +71,8 @@ def clip_by_value(parameters: Params, clip_value: float) -> torch.Tensor:
 
 
 def unitwise_norm(x: torch.Tensor) -> torch.Tensor:
-    """L2 norm per output unit: over all dims but 0 (kept, broadcastable) for ndim > 1, whole tensor otherwise."""
+    """L2 norm per output unit: over all dims but 0 (kept, broadcastable) for ndim > 1, whole tensor
+    otherwise."""
     if x.ndim <= 1:
         return torch.linalg.vector_norm(x)
     return torch.linalg.vector_norm(x, dim=tuple(range(1, x.ndim)), keepdim=True)
@@ -85,7 +86,8 @@ def adaptive_clip(parameters: Params, clipping: float = 0.01, eps: float = 1e-3)
     G_i ← λ·max(‖W_i‖, ε)·G_i/‖G_i‖, with λ = `clipping`, ε = `eps`; other units are untouched
     (zero gradients too). As in the reference implementation, ‖G_i‖ is floored at 1e-6 in the
     divisor. The paper leaves the final classifier layer unclipped: pass the other parameters.
-    Vectorised per tensor. Returns the total L2 norm of the gradients before clipping (0-d, no sync).
+    Vectorised per tensor. Returns the total L2 norm of the gradients before clipping (0-d, no
+    sync).
     """
     if clipping <= 0 or eps <= 0:
         raise RemedyError(

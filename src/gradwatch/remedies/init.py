@@ -23,9 +23,9 @@ from gradwatch.errors import RemedyError
 T = TypeVar("T", nn.Module, Iterable[nn.Module])
 
 
-
 def weight_layers(target: nn.Module | Iterable[nn.Module]) -> list[nn.Module]:
-    """Every Linear/Conv/ConvTranspose in `target` (a module or modules), registration order, once each."""
+    """Every Linear/Conv/ConvTranspose in `target` (a module or modules), registration order, once
+    each."""
     roots = [target] if isinstance(target, nn.Module) else list(target)
     seen: set[int] = set()
     out = []
@@ -34,7 +34,8 @@ def weight_layers(target: nn.Module | Iterable[nn.Module]) -> list[nn.Module]:
             if isinstance(m, WEIGHT_LAYERS) and id(m) not in seen:
                 if isinstance(m.weight, nn.parameter.UninitializedParameter):
                     raise RemedyError(
-                        f"{type(m).__name__} is a lazy layer whose weight does not exist yet; run one forward pass first."
+                        f"{type(m).__name__} is a lazy layer whose weight does not exist yet; run "
+                        "one forward pass first."
                     )
                 seen.add(id(m))
                 out.append(m)
@@ -45,11 +46,10 @@ def _require_layers(target, scheme: str) -> list[nn.Module]:
     layers = weight_layers(target)
     if not layers:
         raise RemedyError(
-            f"{scheme} found no nn.Linear, nn.Conv* or nn.ConvTranspose* layer to initialise; pass the model (or list of modules) that holds them."
+            f"{scheme} found no nn.Linear, nn.Conv* or nn.ConvTranspose* layer to initialise; pass "
+            "the model (or list of modules) that holds them."
         )
     return layers
-
-
 
 
 def _fill(
@@ -115,7 +115,8 @@ def he_init(
             gain2 = nn.init.calculate_gain(nonlinearity) ** 2
         except ValueError as e:
             raise RemedyError(
-                f"unknown nonlinearity {nonlinearity!r}; use one nn.init.calculate_gain knows, such as 'relu'."
+                f"unknown nonlinearity {nonlinearity!r}; use one nn.init.calculate_gain knows, "
+                "such as 'relu'."
             ) from e
     for layer in _require_layers(model, "he_init"):
         fan = fans(layer)[0 if mode == "fan_in" else 1]
@@ -146,11 +147,12 @@ def _orthogonal(layer: nn.Module, gain: float, generator: torch.Generator | None
 
 
 def orthogonal_init(model: T, gain: float = 1.0, generator: torch.Generator | None = None) -> T:
-    """Saxe et al. (2014): each weight, flattened to (dim 0, rest), is a gain-scaled (semi-)orthogonal
-    matrix (orthonormal rows if wide, columns if tall); biases zero.
+    """Saxe et al. (2014): each weight, flattened to (dim 0, rest), is a gain-scaled
+    (semi-)orthogonal matrix (orthonormal rows if wide, columns if tall); biases zero.
 
-    A deep linear (or near-linear tanh) net then has all Jacobian singular values equal to gain^depth:
-    no direction of the signal shrinks. Draws from `generator` or the global RNG. Returns `model`.
+    A deep linear (or near-linear tanh) net then has all Jacobian singular values equal to
+    gain^depth: no direction of the signal shrinks. Draws from `generator` or the global RNG.
+    Returns `model`.
     """
     for layer in _require_layers(model, "orthogonal_init"):
         _orthogonal(layer, gain, generator)
@@ -173,13 +175,15 @@ def delta_orthogonal_init(
     convs = [m for m in layers if isinstance(m, _ConvNd)]
     if not convs:
         raise RemedyError(
-            "delta_orthogonal_init is for convolutions and found none; use orthogonal_init for a model of Linear layers."
+            "delta_orthogonal_init is for convolutions and found none; use orthogonal_init for a "
+            "model of Linear layers."
         )
     for m in convs:
         if m.out_channels < m.in_channels:
             raise RemedyError(
-                f"delta_orthogonal_init needs out_channels ≥ in_channels, and a {type(m).__name__} has "
-                f"{m.in_channels} → {m.out_channels}; a map to fewer channels cannot preserve norms, so use orthogonal_init."
+                f"delta_orthogonal_init needs out_channels ≥ in_channels, and a {type(m).__name__} "
+                f"has {m.in_channels} → {m.out_channels}; a map to fewer channels cannot preserve "
+                "norms, so use orthogonal_init."
             )
     for layer in layers:
         if isinstance(layer, _ConvNd):
@@ -219,7 +223,8 @@ def _zero_last(block: nn.Module) -> nn.Module:
     ]
     if not candidates:
         raise RemedyError(
-            f"a residual branch ({type(block).__name__}) holds no Linear, Conv or BatchNorm layer to zero."
+            f"a residual branch ({type(block).__name__}) holds no Linear, Conv or BatchNorm layer "
+            "to zero."
         )
     last = candidates[-1]
     with torch.no_grad():
@@ -287,7 +292,8 @@ def fixup_init(
 
 
 def lstm_forget_bias(model: nn.Module, value: float = 1.0) -> nn.Module:
-    """Set the forget-gate bias of every nn.LSTM / nn.LSTMCell (all layers, both directions) to `value`.
+    """Set the forget-gate bias of every nn.LSTM / nn.LSTMCell (all layers, both directions) to
+    `value`.
 
     PyTorch orders the gates (input, forget, cell, output), so the forget slice is [H:2H]; it is
     set to `value` in bias_ih and to 0 in bias_hh, so their sum is `value`. A positive forget bias

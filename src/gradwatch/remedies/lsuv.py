@@ -15,11 +15,8 @@ from gradwatch.remedies.init import orthogonal_init, weight_layers
 
 
 class _Stop(Exception):
-    """Raised by a hook once the layer of interest has produced its output: the rest is not needed."""
-
-
-
-
+    """Raised by a hook once the layer of interest has produced its output: the rest is not
+    needed."""
 
 
 def _forward(model: nn.Module, inputs: Any) -> None:
@@ -49,7 +46,8 @@ def _forward_order(model: nn.Module, layers: list[nn.Module], inputs: Any) -> li
 
 
 def _output_var(model: nn.Module, layer: nn.Module, inputs: Any) -> float:
-    """Variance (over every element, population) of `layer`'s first output in one forward of `model`."""
+    """Variance (over every element, population) of `layer`'s first output in one forward of
+    `model`."""
     got: list[float] = []
 
     def grab(module, args, output):

@@ -51,8 +51,8 @@ def _with_norms(seq: nn.Sequential, kind: str) -> tuple[nn.Sequential, int]:
 
 
 def insert_norm(model: nn.Sequential, kind: str = "batch") -> nn.Sequential:
-    """A new nn.Sequential with a normalisation layer after every Linear/Conv directly followed by an
-    activation (Ioffe & Szegedy 2015: normalise the pre-activation), nested Sequentials included.
+    """A new nn.Sequential with a normalisation layer after every Linear/Conv directly followed by
+    an activation (Ioffe & Szegedy 2015: normalise the pre-activation), nested Sequentials included.
 
     kind="batch": BatchNorm1d/2d/3d matching the layer (num_features = its out_features or
     out_channels); kind="layer": LayerNorm(out_features) after a Linear, GroupNorm(1, channels)
@@ -76,5 +76,3 @@ def insert_norm(model: nn.Sequential, kind: str = "batch") -> nn.Sequential:
             "insert_norm found no Linear or Conv layer directly followed by an activation module."
         )
     return result
-
-

@@ -50,7 +50,8 @@ def swap_recurrent(model: nn.Module, new: type[nn.Module] = nn.GRU) -> nn.Module
     """
     if new not in (nn.GRU, nn.LSTM):
         raise RemedyError(
-            f"swap_recurrent replaces nn.RNN by nn.GRU or nn.LSTM, not {getattr(new, '__name__', new)}."
+            "swap_recurrent replaces nn.RNN by nn.GRU or nn.LSTM, not "
+            f"{getattr(new, '__name__', new)}."
         )
     sites = [
         (parent, name, child)

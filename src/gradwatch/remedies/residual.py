@@ -31,8 +31,9 @@ def _require_branches(model: nn.Module, scheme: str) -> list[list[nn.Module]]:
     branches = residual_branches(model)
     if not branches:
         raise RemedyError(
-            f"{scheme} found no residual block (a module with a child named {', '.join(SHORTCUT_NAMES)}); "
-            "pass the branches to fixup_init or zero_init_last yourself."
+            f"{scheme} found no residual block (a module with a child named "
+            f"{', '.join(SHORTCUT_NAMES)}); pass the branches to fixup_init or zero_init_last "
+            "yourself."
         )
     return branches
 
@@ -44,8 +45,8 @@ def _zero(layer: nn.Module) -> None:
 
 
 def zero_init_residual(model: nn.Module) -> nn.Module:
-    """Zero the last Linear/Conv of every residual branch found by `residual_branches`, so each block
-    starts as its shortcut (Goyal et al. 2017; Zhang et al. 2019). Returns `model`."""
+    """Zero the last Linear/Conv of every residual branch found by `residual_branches`, so each
+    block starts as its shortcut (Goyal et al. 2017; Zhang et al. 2019). Returns `model`."""
     with torch.no_grad():
         for layers in _require_branches(model, "zero_init_residual"):
             _zero(layers[-1])

@@ -25,7 +25,8 @@ def _swap(model: nn.Module, old, new, skip: Collection[int] = ()) -> tuple[nn.Mo
             fresh = new()
             if not isinstance(fresh, nn.Module):
                 raise RemedyError(
-                    f"new must be an nn.Module class or a factory returning one, and it returned {type(fresh).__name__}."
+                    "new must be an nn.Module class or a factory returning one, and it returned "
+                    f"{type(fresh).__name__}."
                 )
             ref = next((p for p in model.parameters() if p.is_floating_point()), None)
             if ref is not None:
@@ -62,5 +63,3 @@ def swap_activation(
             f"swap_activation found no {names} module in the model, so nothing was replaced."
         )
     return result
-
-

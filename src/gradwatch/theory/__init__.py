@@ -1,4 +1,5 @@
-"""Signal-propagation theory: how fast gradients vanish or explode in a deep network, before training.
+"""Signal-propagation theory: how fast gradients vanish or explode in a deep network, before
+training.
 
 - `meanfield`: the mean-field recursions (q*, χ₁, depth scales, phase, critical σ_w²);
 - `gaussian`: each activation's φ, φ' and the Gaussian expectations the recursions need;

@@ -1,4 +1,5 @@
-"""Activations, their derivatives, and the Gaussian expectations mean-field theory needs (numpy only).
+"""Activations, their derivatives, and the Gaussian expectations mean-field theory needs (numpy
+only).
 
 Mean-field theory asks for E_z[f(√q z)] with z ~ N(0, 1), and E[f(u1) g(u2)] for two Gaussians of
 second moment q and correlation c. Every kink of the activations here (ReLU family, ELU, SELU) sits
@@ -91,7 +92,8 @@ def _elu(name: str, scale: float, alpha: float, params: tuple = ()) -> Activatio
 
 
 def resolve(activation: str, **params: float) -> Activation:
-    """Look an activation up by name (case-insensitive, aliases allowed); raise ValueError if unknown."""
+    """Look an activation up by name (case-insensitive, aliases allowed); raise ValueError if
+    unknown."""
     key = str(activation).strip().lower().replace("-", "_").replace(" ", "_")
     key = _ALIASES.get(key, key)
     if key not in NAMES:

@@ -5,7 +5,8 @@ input for one batch. For a model that treats samples independently it is block d
 singular values are those of all per-sample Jacobians together; with BatchNorm in train mode the
 coupling between samples is part of it, as it is of training. All products with J come from one
 forward pass: vector-Jacobian products by backward, Jacobian-vector products by the
-double-backward trick (J v is the gradient of ⟨Jᵀu, v⟩ with respect to u), so a model with dropout is measured with one fixed mask.
+double-backward trick (J v is the gradient of ⟨Jᵀu, v⟩ with respect to u), so a model with dropout
+is measured with one fixed mask.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from gradwatch.errors import JacobianError
 
 EXACT_MAX = 512  # build J exactly when its smaller side is at most this
 PROBES = 32
-
 
 
 @dataclass(frozen=True)
@@ -77,10 +77,9 @@ def _input_tensor(inputs: Any) -> tuple[torch.Tensor, Callable[[torch.Tensor], A
             if isinstance(v, torch.Tensor) and v.is_floating_point():
                 return v, lambda x, k=k: {**inputs, k: x}
     raise JacobianError(
-        "The Jacobian needs a floating-point input tensor, and the inputs hold none (token ids have no Jacobian)."
+        "The Jacobian needs a floating-point input tensor, and the inputs hold none (token ids "
+        "have no Jacobian)."
     )
-
-
 
 
 def _first_output(out: Any) -> torch.Tensor | None:
@@ -106,9 +105,10 @@ def jacobian_spectrum(
     exact=None builds J exactly when min(output size, input size) ≤ 512 (one batched backward or
     double-backward per row or column), else estimates: mean and variance of σ² from `k`
     Rademacher probes (Hutchinson: E‖Jv‖² = tr JᵀJ, E‖JᵀJv‖² = tr (JᵀJ)²) and the top-`k` singular
-    values by a randomized range finder with one power iteration (Halko et al. 2011). `inputs` is a tensor, a tuple of
-    positional arguments or a dict of keyword arguments; the first floating tensor is the input.
-    Weights are not changed; gradients of parameters are not touched (only the input's are taken).
+    values by a randomized range finder with one power iteration (Halko et al. 2011). `inputs` is a
+    tensor, a tuple of positional arguments or a dict of keyword arguments; the first floating
+    tensor is the input. Weights are not changed; gradients of parameters are not touched (only the
+    input's are taken).
     """
     x0, rebuild = _input_tensor(inputs)
     x = x0.detach().clone().requires_grad_(True)
@@ -116,7 +116,8 @@ def jacobian_spectrum(
         y = _first_output(call(model, rebuild(x)))
         if y is None or not y.requires_grad:
             raise JacobianError(
-                "The model's output does not depend differentiably on its input, so it has no Jacobian to measure."
+                "The model's output does not depend differentiably on its input, so it has no "
+                "Jacobian to measure."
             )
         m, n = y.numel(), x.numel()
         use_exact = min(m, n) <= EXACT_MAX if exact is None else exact

@@ -40,7 +40,6 @@ _UNIT_TOL = 1e-9  # |log χ| below this is exactly marginal: depth scale reporte
 _SIGMA_W2_RANGE = (1e-2, 1e3)  # where critical_sigma_w2 looks for χ₁ = 1
 
 
-
 @dataclass(frozen=True)
 class MeanField:
     """Mean-field prediction for one (activation, σ_w², σ_b²).
@@ -97,7 +96,8 @@ def _resolve(activation: str, params: dict) -> _am.Activation:
 def variance_map(
     activation: str, q: float | np.ndarray, sigma_w2: float, sigma_b2: float, **params: float
 ) -> float | np.ndarray:
-    """One layer of the variance map: σ_w² E_z[φ(√q z)²] + σ_b² (second moment in, second moment out)."""
+    """One layer of the variance map: σ_w² E_z[φ(√q z)²] + σ_b² (second moment in, second moment
+    out)."""
     act = _resolve(activation, params)
     return _out(sigma_w2 * _am.phi_sq(act, q) + sigma_b2)
 
@@ -105,7 +105,8 @@ def variance_map(
 def chi1(
     activation: str, q: float | np.ndarray, sigma_w2: float, **params: float
 ) -> float | np.ndarray:
-    """σ_w² E_z[φ'(√q z)²]: per-layer factor of gradient variance at pre-activation second moment q."""
+    """σ_w² E_z[φ'(√q z)²]: per-layer factor of gradient variance at pre-activation second moment
+    q."""
     act = _resolve(activation, params)
     return _out(sigma_w2 * _am.dphi_sq(act, q))
 
@@ -164,7 +165,8 @@ def _q_star(act: _am.Activation, sw: float, sb: float) -> float:
     if act.slope is not None:  # the map is linear: q' = m q + σ_b²
         m = sw * (1 + act.slope**2) / 2
         if abs(m - 1) <= 1e-12:
-            # Every q is a fixed point without bias: the net keeps the input's q, which we take as 1.
+            # Every q is a fixed point without bias: the net keeps the input's q, which we take
+            # as 1.
             return 1.0 if sb == 0 else math.inf
         return sb / (1 - m) if m < 1 else math.inf
 

@@ -42,7 +42,8 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 
 def metric(stats: pd.DataFrame, name: str, step: int | None = None) -> dict[str, float]:
-    """layer -> value of one per-layer metric (index -1) at `step` (the first recorded when None)."""
+    """layer -> value of one per-layer metric (index -1) at `step` (the first recorded when
+    None)."""
     rows = stats[(stats["metric"] == name) & (stats["index"] == -1)]
     if rows.empty:
         return {}

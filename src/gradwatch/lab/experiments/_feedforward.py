@@ -29,7 +29,8 @@ def data(seed: int) -> Split:
 
 @dataclass
 class Trained:
-    """One training run: test accuracy (fraction), mean training loss per epoch, stats, layer order."""
+    """One training run: test accuracy (fraction), mean training loss per epoch, stats, layer
+    order."""
 
     accuracy: float
     losses: list[float]
@@ -49,7 +50,8 @@ def linear_layers(model: nn.Module, order: Sequence[str]) -> list[str]:
 
 
 def profile(stats: pd.DataFrame, layers: Sequence[str], metric: str, step: int = 0) -> list[float]:
-    """`metric` of each of `layers` at `step` (NaN where it was not recorded), in the given order."""
+    """`metric` of each of `layers` at `step` (NaN where it was not recorded), in the given
+    order."""
     values = _metric(stats, metric, step)
     return [values.get(n, math.nan) for n in layers]
 
@@ -68,7 +70,8 @@ def train(
     every: int = 5,
     progress: Callable[[float], None] = lambda f: None,
 ) -> Trained:
-    """Minibatch SGD with momentum (or Adam) on cross-entropy, watched; accuracy on the held-out split.
+    """Minibatch SGD with momentum (or Adam) on cross-entropy, watched; accuracy on the held-out
+    split.
 
     Every `every`-th step is recorded (step 0, the gradient at init, always is): the lab trains
     many small nets, and recording one step in five keeps the stored runs and their diagnosis cheap.
@@ -123,7 +126,8 @@ def at_init(
     log_dir: Path | None,
     loss_fn: Callable | None = None,
 ) -> tuple[pd.DataFrame, list[str]]:
-    """One forward and backward at initialisation under `gw.watch` (no update): (stats, layer order).
+    """One forward and backward at initialisation under `gw.watch` (no update): (stats, layer
+    order).
 
     Step 0 of the stats holds every probe's numbers (grad_norm, backflow_norm, act_std, ...).
     """

@@ -92,7 +92,8 @@ def run(s: Settings, **override: Any) -> Outcome:
 
 
 def judge(m: dict[str, Any]) -> bool:
-    """Plain: gradient vanished and the net did not learn; with BatchNorm: level gradient, trained."""
+    """Plain: gradient vanished and the net did not learn; with BatchNorm: level gradient,
+    trained."""
     r, acc = m["first_last_grad_ratio"], m["test_accuracy"]
     plain = r["plain"] < VANISHED and acc["plain"] < CHANCE_ACC
     bn = r["batchnorm"] > KEPT and acc["batchnorm"] >= TRAINED_ACC
@@ -101,12 +102,13 @@ def judge(m: dict[str, Any]) -> bool:
 
 EXPERIMENT = Experiment(
     name="batchnorm",
-    claim="A deep sigmoid MLP whose plain form stalls trains when every pre-activation is batch-normalised.",
+    claim="A deep sigmoid MLP whose plain form stalls trains when every pre-activation is "
+    "batch-normalised.",
     source="Ioffe & Szegedy 2015 (Batch Normalization, §4.1: sigmoid nets train with BN)",
     expected=(
         f"20-layer sigmoid MLP, PyTorch default init. Plain: first/last gradient-norm ratio below "
-        f"{VANISHED:g} and test accuracy below {CHANCE_ACC:.0%}. With BatchNorm: ratio above {KEPT:g} "
-        f"and accuracy ≥ {TRAINED_ACC:.0%}."
+        f"{VANISHED:g} and test accuracy below {CHANCE_ACC:.0%}. With BatchNorm: ratio above "
+        f"{KEPT:g} and accuracy ≥ {TRAINED_ACC:.0%}."
     ),
     run=run,
     judge=judge,

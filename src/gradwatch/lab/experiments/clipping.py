@@ -124,7 +124,8 @@ def _train(mode: str, cfg: Config, seed: int, log_dir: Path | None = None) -> di
         "nonfinite_loss_steps": n_nonfinite,
         "first_nonfinite_step": next((i for i, v in enumerate(loss_ratio) if not finite(v)), None),
         "steps_run": len(loss_ratio),
-        "gradwatch_findings": findings,  # kinds of warning/error findings gradwatch's diagnosis made
+        # kinds of warning/error findings gradwatch's diagnosis made
+        "gradwatch_findings": findings,
         "max_grad_norm_before_clipping": num(
             max((g for g in total if finite(g)), default=float("nan"))
         ),
@@ -204,7 +205,8 @@ def run(settings: Settings, cfg: Config | None = None) -> Outcome:
             log_y=True,
         ),
         Figure(
-            title="Gradient norm of the recurrent layer as applied, after clipping (gradwatch grad_norm)",
+            title="Gradient norm of the recurrent layer as applied, after clipping (gradwatch "
+            "grad_norm)",
             x_label="step",
             y_label="‖∂L/∂θ_rnn‖",
             lines={
@@ -230,10 +232,14 @@ def run(settings: Settings, cfg: Config | None = None) -> Outcome:
         ),
     ]
     setup = {
-        "task": f"predict the mean of T={cfg.length} inputs in U[-1, 1]; baseline (predict 0) MSE = 1/(3T)",
-        "model": f"tanh RNN, hidden {cfg.hidden}, recurrent weights orthogonal × {cfg.gain}, zero-initialised Linear head",
-        "optimizer": f"SGD lr={cfg.lr}, batch {cfg.batch}, {cfg.steps} steps, fresh batches; a run stops at its first non-finite loss",
-        "clipping": f"norm: clip_by_norm(max_norm={cfg.max_norm}); agc: adaptive_clip(clipping={cfg.agc_clipping}, eps=1e-3) on every parameter",
+        "task": f"predict the mean of T={cfg.length} inputs in U[-1, 1]; baseline (predict 0) MSE "
+        "= 1/(3T)",
+        "model": f"tanh RNN, hidden {cfg.hidden}, recurrent weights orthogonal × {cfg.gain}, "
+        "zero-initialised Linear head",
+        "optimizer": f"SGD lr={cfg.lr}, batch {cfg.batch}, {cfg.steps} steps, fresh batches; a run "
+        "stops at its first non-finite loss",
+        "clipping": f"norm: clip_by_norm(max_norm={cfg.max_norm}); agc: "
+        f"adaptive_clip(clipping={cfg.agc_clipping}, eps=1e-3) on every parameter",
         "seed": settings.seed,
     }
     return Outcome(
@@ -256,8 +262,8 @@ def _stable(r: dict) -> bool:
 
 def judge(measured: dict) -> bool:
     """Reproduced when the unclipped run diverges (a non-finite loss, or a peak ≥ 1000× baseline),
-    while both clipped runs stay stable (finite, peak < 10× baseline) and norm clipping ends below the
-    baseline (final loss < 1×): clipping keeps an exploding net learning."""
+    while both clipped runs stay stable (finite, peak < 10× baseline) and norm clipping ends below
+    the baseline (final loss < 1×): clipping keeps an exploding net learning."""
     norm = measured["norm"]
     return (
         _diverged(measured["none"])
@@ -272,9 +278,11 @@ EXPERIMENT = Experiment(
     name="clipping",
     claim="Gradient-norm clipping (g ← c·g/‖g‖ when ‖g‖ > c) keeps an exploding recurrent net from "
     "diverging; unit-wise adaptive clipping (AGC) does too.",
-    source="Pascanu, Mikolov & Bengio 2013 (On the difficulty of training RNNs); Brock et al. 2021 (AGC)",
-    expected="Without clipping the loss blows up (non-finite, or ≥ 1000× the baseline); with norm clipping "
-    "and with AGC it stays finite and below 10× the baseline, and norm clipping ends below the baseline.",
+    source="Pascanu, Mikolov & Bengio 2013 (On the difficulty of training RNNs); Brock et al. 2021 "
+    "(AGC)",
+    expected="Without clipping the loss blows up (non-finite, or ≥ 1000× the baseline); with norm "
+    "clipping and with AGC it stays finite and below 10× the baseline, and norm clipping ends "
+    "below the baseline.",
     run=run,
     judge=judge,
 )

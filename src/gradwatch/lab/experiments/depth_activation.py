@@ -175,14 +175,15 @@ EXPERIMENT = Experiment(
     name="depth-activation",
     claim=(
         "The gradient reaching an early layer is a product of per-layer factors; with a saturating "
-        "activation (sigmoid: σ' ≤ 1/4) it shrinks exponentially with depth and early layers barely "
-        "learn. ReLU, Leaky ReLU, PReLU, ELU, SELU, SiLU and GELU keep the factor near 1."
+        "activation (sigmoid: σ' ≤ 1/4) it shrinks exponentially with depth and early layers "
+        "barely learn. ReLU, Leaky ReLU, PReLU, ELU, SELU, SiLU and GELU keep the factor near 1."
     ),
-    source="Hochreiter 1991; Glorot & Bengio 2010; Nair & Hinton 2010; Maas et al. 2013; He et al. 2015; "
-    "Clevert et al. 2016; Klambauer et al. 2017; Hendrycks & Gimpel 2016; Ramachandran et al. 2017",
+    source="Hochreiter 1991; Glorot & Bengio 2010; Nair & Hinton 2010; Maas et al. 2013; "
+    "He et al. 2015; Clevert et al. 2016; Klambauer et al. 2017; Hendrycks & Gimpel 2016; "
+    "Ramachandran et al. 2017",
     expected=(
-        f"Sigmoid: first/last layer gradient-norm ratio below {VANISHED:g} at the deepest depth and "
-        "falling over 10⁴× from the shallowest; its deepest net stays below "
+        f"Sigmoid: first/last layer gradient-norm ratio below {VANISHED:g} at the deepest depth "
+        "and falling over 10⁴× from the shallowest; its deepest net stays below "
         f"{CHANCE_ACC:.0%} test accuracy. Every rectifier-family activation keeps the ratio above "
         f"{KEPT:g}, and the best of them trains the deepest net to ≥ {TRAINED_ACC:.0%}."
     ),

@@ -134,7 +134,8 @@ def run(settings: Settings, cfg: Config | None = None) -> Outcome:
     xs = [float(p["d_steps"]) for p in points]
     figures = [
         Figure(
-            title="Generator gradient norm (gradwatch grad_norm, all layers) as the discriminator trains",
+            title="Generator gradient norm (gradwatch grad_norm, all layers) as the discriminator "
+            "trains",
             x_label="discriminator steps",
             y_label="‖∂L_G/∂θ_G‖",
             lines={
@@ -164,7 +165,8 @@ def run(settings: Settings, cfg: Config | None = None) -> Outcome:
     setup = {
         "data": f"{cfg.modes} Gaussians (std {cfg.spread}) on a circle of radius {cfg.radius}",
         "generator": f"MLP 2-{cfg.hidden}-{cfg.hidden}-2, ReLU, PyTorch default init, held fixed",
-        "discriminator": f"MLP 2-{cfg.hidden}-{cfg.hidden}-1, ReLU, Adam lr={cfg.lr} betas=(0.5, 0.999), batch {cfg.batch} real + {cfg.batch} fake",
+        "discriminator": f"MLP 2-{cfg.hidden}-{cfg.hidden}-1, ReLU, Adam lr={cfg.lr} betas=(0.5, "
+        f"0.999), batch {cfg.batch} real + {cfg.batch} fake",
         "checkpoints": list(cfg.checkpoints),
         "seed": settings.seed,
     }
@@ -187,12 +189,12 @@ def judge(measured: dict) -> bool:
 
 EXPERIMENT = Experiment(
     name="gan-loss",
-    claim="A confident discriminator gives the generator almost no gradient under the saturating minimax "
-    "loss log(1 - D(G(z))); the non-saturating loss -log D(G(z)) keeps it.",
+    claim="A confident discriminator gives the generator almost no gradient under the saturating "
+    "minimax loss log(1 - D(G(z))); the non-saturating loss -log D(G(z)) keeps it.",
     source="Goodfellow et al. 2014 (Generative Adversarial Nets, section 3)",
-    expected="Once mean D(G(z)) ≤ 0.05, the generator's gradient norm under the saturating loss is ≤ 5% of "
-    "that under the non-saturating loss (it falls roughly like D(G(z))); with the untrained "
-    "discriminator (D ≈ 0.5) the two are within a factor of 3.",
+    expected="Once mean D(G(z)) ≤ 0.05, the generator's gradient norm under the saturating loss is "
+    "≤ 5% of that under the non-saturating loss (it falls roughly like D(G(z))); with the "
+    "untrained discriminator (D ≈ 0.5) the two are within a factor of 3.",
     run=run,
     judge=judge,
 )

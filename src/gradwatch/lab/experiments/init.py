@@ -124,9 +124,9 @@ def _level(r: float) -> bool:
 
 
 def judge(m: dict[str, Any]) -> bool:
-    """ReLU: He and LSUV keep the back-propagated signal level and learn; Xavier (halving the variance
-    per layer) and PyTorch's default vanish and stall. tanh: default vanishes and stalls; Xavier and
-    orthogonal train."""
+    """ReLU: He and LSUV keep the back-propagated signal level and learn; Xavier (halving the
+    variance per layer) and PyTorch's default vanish and stall. tanh: default vanishes and stalls;
+    Xavier and orthogonal train."""
     r, loss, acc = m["first_last_backflow_ratio"], m["final_train_loss"], m["test_accuracy"]
     relu_ok = all(_level(r["relu"][s]) and loss["relu"][s] < LEARNING for s in ("he", "lsuv"))
     relu_bad = all(
@@ -141,17 +141,19 @@ EXPERIMENT = Experiment(
     name="init",
     claim=(
         "For ReLU, weight std √(2/fan_in) keeps the signal's variance constant across layers while "
-        "Xavier init halves it per layer: a 30-layer ReLU net with Xavier init stalls and with He init "
-        "trains. PyTorch's default nn.Linear init (variance 1/(3·fan_in)) vanishes fast in deep ReLU "
-        "and tanh stacks. LSUV and orthogonal init are alternatives that keep the signal level."
+        "Xavier init halves it per layer: a 30-layer ReLU net with Xavier init stalls and with He "
+        "init trains. PyTorch's default nn.Linear init (variance 1/(3·fan_in)) vanishes fast in "
+        "deep ReLU and tanh stacks. LSUV and orthogonal init are alternatives that keep the signal "
+        "level."
     ),
     source="He et al. 2015 (Delving deep into rectifiers, §2.2 and Fig. 3); Glorot & Bengio 2010; "
     "Saxe et al. 2014; Mishkin & Matas 2016",
     expected=(
         f"30 layers, ReLU: He and LSUV keep the first/last back-propagated norm within {LEVEL} and "
-        f"their training loss falls below {LEARNING:.2f}; Xavier and default fall below {VANISHED:g} "
-        f"and stay above {STALLED:.2f} (ln 10 = {LN10:.2f}: nothing learned). tanh: default vanishes "
-        f"and stalls likewise; Xavier and orthogonal reach ≥ {TRAINED_ACC:.0%} test accuracy."
+        f"their training loss falls below {LEARNING:.2f}; Xavier and default fall below "
+        f"{VANISHED:g} and stay above {STALLED:.2f} (ln 10 = {LN10:.2f}: nothing learned). tanh: "
+        f"default vanishes and stalls likewise; Xavier and orthogonal reach ≥ {TRAINED_ACC:.0%} "
+        "test accuracy."
     ),
     run=run,
     judge=judge,

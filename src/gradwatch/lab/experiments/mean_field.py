@@ -68,7 +68,8 @@ def _settings(quick: bool) -> dict[str, Any]:
 def measure_chi1(
     s: Settings, sigma_w2: float, cfg: dict[str, Any]
 ) -> tuple[float, list[float], str]:
-    """Geometric mean over the middle layers of ‖∂L/∂h^l‖² / ‖∂L/∂h^{l+1}‖², from `backflow_norm`."""
+    """Geometric mean over the middle layers of ‖∂L/∂h^l‖² / ‖∂L/∂h^{l+1}‖², from
+    `backflow_norm`."""
     gen = torch.Generator().manual_seed(s.seed)
     width, depth = cfg["chi_width"], cfg["chi_depth"]
     model = init_mean_field(mlp(width, width, depth, width, nn.Tanh), sigma_w2, SIGMA_B2, gen)
@@ -123,7 +124,8 @@ def run(s: Settings, **override: Any) -> Outcome:
             accuracy[key][str(depth)] = t.accuracy
             runs.append(t.path)
             if t.accuracy < TRAINED_ACC:
-                break  # deeper nets at this σ_w² fare no better: the grid stops at the first failure
+                # deeper nets at this σ_w² fare no better: the grid stops at the first failure
+                break
             best = depth
         trainable[key] = best
     measured = {
@@ -208,7 +210,8 @@ EXPERIMENT = Experiment(
     expected=(
         f"tanh, σ_b² = {SIGMA_B2}. Measured per-layer ratio of ‖∂L/∂h‖² within {CHI_TOL:.0%} of "
         f"χ₁ at width ≥ 500 for every σ_w²; the deepest grid depth that reaches {TRAINED_ACC:.0%} "
-        f"test accuracy within a factor {DEPTH_FACTOR:g} of 6ξ_c (the grid doubles), growing with σ_w²."
+        f"test accuracy within a factor {DEPTH_FACTOR:g} of 6ξ_c (the grid doubles), growing with "
+        "σ_w²."
     ),
     run=run,
     judge=judge,

@@ -131,7 +131,8 @@ def run(settings: Settings, cfg: Config | None = None) -> Outcome:
     labels = {"gaussian": "Gaussian, σ_w² = 1", "delta_orthogonal": "delta-orthogonal"}
     figures = [
         Figure(
-            title=f"Singular values of the input-output Jacobian, {cfg.depth}-layer tanh CNN (sorted)",
+            title=f"Singular values of the input-output Jacobian, {cfg.depth}-layer tanh CNN "
+            "(sorted)",
             x_label="rank",
             y_label="singular value",
             lines={
@@ -152,21 +153,22 @@ def run(settings: Settings, cfg: Config | None = None) -> Outcome:
         ),
     ]
     setup = {
-        "model": f"{cfg.depth} × (Conv2d {cfg.channels}→{cfg.channels}, 3×3, circular padding, tanh), no head",
+        "model": f"{cfg.depth} × (Conv2d {cfg.channels}→{cfg.channels}, 3×3, circular padding, "
+        "tanh), no head",
         "input": f"{cfg.channels}×{cfg.size}×{cfg.size} image, entries N(0, {cfg.input_std}²)",
-        "inits": f"Gaussian N(0, σ_w²/fan_in) with σ_w² = {cfg.sigma_w2} (critical for tanh, σ_b² = 0), biases 0; "
-        "gradwatch.remedies.registry.delta_orthogonal_init with gain √σ_w²",
-        "jacobian": "exact, in float64 (one backward per output coordinate, batched); log = natural log; "
-        "singular values below 1e-15 × the largest are at float64's floor (counted), so a Gaussian "
-        "spread is a lower bound",
+        "inits": f"Gaussian N(0, σ_w²/fan_in) with σ_w² = {cfg.sigma_w2} (critical for tanh, "
+        "σ_b² = 0), biases 0; gradwatch.remedies.registry.delta_orthogonal_init with gain √σ_w²",
+        "jacobian": "exact, in float64 (one backward per output coordinate, batched); log = "
+        "natural log; singular values below 1e-15 × the largest are at float64's floor (counted), "
+        "so a Gaussian spread is a lower bound",
         "seed": settings.seed,
     }
     return Outcome(setup=setup, measured=measured, figures=figures)
 
 
 def judge(measured: dict) -> bool:
-    """Reproduced when the delta-orthogonal net's log singular values have std < 1 (near isometry) and
-    the Gaussian net's are at least 5× as spread."""
+    """Reproduced when the delta-orthogonal net's log singular values have std < 1 (near isometry)
+    and the Gaussian net's are at least 5× as spread."""
     delta, spread = measured["delta_orthogonal"]["log_sv_std"], measured["spread_ratio"]
     return (
         delta is not None and spread is not None and delta < ISOMETRIC and spread >= SPREAD_FACTOR
@@ -175,12 +177,13 @@ def judge(measured: dict) -> bool:
 
 EXPERIMENT = Experiment(
     name="orthogonal-cnn",
-    claim="Delta-orthogonal initialisation gives a very deep vanilla tanh CNN dynamical isometry: its "
-    "input-output Jacobian's singular values stay near 1, where Gaussian init at the same critical "
-    "variance spreads them over orders of magnitude.",
-    source="Xiao et al. 2018 (Dynamical isometry and a mean field theory of CNNs); Pennington et al. 2017",
-    expected="The standard deviation of the log singular values is below 1 with delta-orthogonal init and at "
-    "least 5× larger with Gaussian init.",
+    claim="Delta-orthogonal initialisation gives a very deep vanilla tanh CNN dynamical isometry: "
+    "its input-output Jacobian's singular values stay near 1, where Gaussian init at the same "
+    "critical variance spreads them over orders of magnitude.",
+    source="Xiao et al. 2018 (Dynamical isometry and a mean field theory of CNNs); "
+    "Pennington et al. 2017",
+    expected="The standard deviation of the log singular values is below 1 with delta-orthogonal "
+    "init and at least 5× larger with Gaussian init.",
     run=run,
     judge=judge,
 )

@@ -1,4 +1,5 @@
-"""pretraining: greedy layer-wise pre-training lets a deep sigmoid net learn where end-to-end training stalls.
+"""pretraining: greedy layer-wise pre-training lets a deep sigmoid net learn where end-to-end
+training stalls.
 
 Hinton et al. (2006), Bengio et al. (2007), and before them Schmidhuber's (1992) multi-level
 hierarchy: train one layer at a time, each as an autoencoder of the (frozen) representation below
@@ -48,9 +49,9 @@ def _linears(model: nn.Sequential) -> list[nn.Linear]:
 def pretrain(
     model: nn.Sequential, x: torch.Tensor, cfg: Config, gen: torch.Generator
 ) -> list[float]:
-    """Greedy layer-wise: hidden layer k (Linear + sigmoid) is trained as the encoder of an autoencoder
-    of the frozen representation below it, with a linear decoder and squared error. Returns each
-    layer's final reconstruction error relative to its input's variance."""
+    """Greedy layer-wise: hidden layer k (Linear + sigmoid) is trained as the encoder of an
+    autoencoder of the frozen representation below it, with a linear decoder and squared error.
+    Returns each layer's final reconstruction error relative to its input's variance."""
     errors = []
     layers = _linears(model)[:-1]
     h = x
@@ -138,7 +139,8 @@ def run(settings: Settings, cfg: Config | None = None) -> Outcome:
             },
         ),
         Figure(
-            title="Gradient norm per hidden layer at the first supervised step (gradwatch grad_norm)",
+            title="Gradient norm per hidden layer at the first supervised step (gradwatch "
+            "grad_norm)",
             x_label="hidden layer (0 = input side)",
             y_label="‖∂L/∂θ‖",
             lines={
@@ -153,10 +155,13 @@ def run(settings: Settings, cfg: Config | None = None) -> Outcome:
     ]
     setup = {
         "data": "scikit-learn digits (8×8, 10 classes), standardised; 1400 train / 397 test",
-        "model": f"{cfg.depth} hidden Linear({cfg.width}) + sigmoid, Linear head, PyTorch default init (same weights for both)",
-        "supervised": f"SGD lr={cfg.lr} momentum={cfg.momentum}, batch {cfg.batch}, {cfg.steps} steps, cross-entropy",
-        "pretraining": f"per hidden layer, bottom up: autoencoder (the layer + a linear decoder, squared error) of the frozen "
-        f"representation below, Adam lr={cfg.pretrain_lr}, {cfg.pretrain_steps} steps",
+        "model": f"{cfg.depth} hidden Linear({cfg.width}) + sigmoid, Linear head, PyTorch default "
+        "init (same weights for both)",
+        "supervised": f"SGD lr={cfg.lr} momentum={cfg.momentum}, batch {cfg.batch}, {cfg.steps} "
+        "steps, cross-entropy",
+        "pretraining": "per hidden layer, bottom up: autoencoder (the layer + a linear decoder, "
+        f"squared error) of the frozen representation below, Adam lr={cfg.pretrain_lr}, "
+        f"{cfg.pretrain_steps} steps",
         "seed": settings.seed,
     }
     return Outcome(setup=setup, measured=measured, figures=figures)
@@ -173,11 +178,12 @@ def judge(measured: dict) -> bool:
 
 EXPERIMENT = Experiment(
     name="pretraining",
-    claim="Greedy layer-wise (unsupervised, autoencoder) pre-training lets a deep sigmoid net learn where "
-    "end-to-end back-propagation from a standard init stalls.",
-    source="Schmidhuber 1992 (multi-level hierarchy); Hinton et al. 2006; Bengio et al. 2007 (Greedy layer-wise training of deep networks)",
-    expected="With the same supervised budget, the pre-trained net's test accuracy is ≥ 0.15 above the "
-    "end-to-end net's, which stays within 0.15 of chance (0.1).",
+    claim="Greedy layer-wise (unsupervised, autoencoder) pre-training lets a deep sigmoid net "
+    "learn where end-to-end back-propagation from a standard init stalls.",
+    source="Schmidhuber 1992 (multi-level hierarchy); Hinton et al. 2006; Bengio et al. 2007 "
+    "(Greedy layer-wise training of deep networks)",
+    expected="With the same supervised budget, the pre-trained net's test accuracy is ≥ 0.15 above "
+    "the end-to-end net's, which stays within 0.15 of chance (0.1).",
     run=run,
     judge=judge,
 )

@@ -1,7 +1,7 @@
 """Residual connections: deeper plain nets train worse than shallower ones; with identity skips they
 do not. Same Linear layers, both He-initialised; the residual branches' Linear starts at zero
-(Goyal et al. 2017, Fixup's rule), so each block starts as the identity. The difference is `h + f(h)`.
-Gradient flow at init from gradwatch's `backflow_norm`; trainability from the training loss.
+(Goyal et al. 2017, Fixup's rule), so each block starts as the identity. The difference is `h +
+f(h)`. Gradient flow at init from gradwatch's `backflow_norm`; trainability from the training loss.
 """
 
 from __future__ import annotations
@@ -172,9 +172,9 @@ EXPERIMENT = Experiment(
     source="He et al. 2016 (Deep Residual Learning, Fig. 1 and §4.1); Balduzzi et al. 2017",
     expected=(
         f"Plain: the deepest net's final training loss exceeds the shallowest's by more than "
-        f"{DEGRADED} nats (He init keeps its gradient norm level, so this is not vanishing). Residual: "
-        f"the deepest net's loss is within {KEPT} nats of (or below) the shallowest's and the norm "
-        f"ratio is within {LEVEL}."
+        f"{DEGRADED} nats (He init keeps its gradient norm level, so this is not vanishing). "
+        f"Residual: the deepest net's loss is within {KEPT} nats of (or below) the shallowest's "
+        f"and the norm ratio is within {LEVEL}."
     ),
     run=run,
     judge=judge,

@@ -170,7 +170,8 @@ def run(settings: Settings, cfg: Config | None = None) -> Outcome:
         ),
     ]
     setup = {
-        "task": "adding problem (Hochreiter & Schmidhuber 1997), fresh batches each step, fixed test set",
+        "task": "adding problem (Hochreiter & Schmidhuber 1997), fresh batches each step, fixed "
+        "test set",
         "lengths": list(cfg.lengths),
         "steps": cfg.steps,
         "hidden": cfg.hidden,
@@ -200,11 +201,13 @@ def judge(measured: dict) -> bool:
 
 EXPERIMENT = Experiment(
     name="rnn-gates",
-    claim="On the adding problem a vanilla RNN stays at the baseline at long lags, while LSTM and GRU "
-    "(gated units) solve it: the gradient through time vanishes in the RNN, not through the gates.",
-    source="Hochreiter & Schmidhuber 1997 (LSTM, adding problem); Bengio et al. 1994; Cho et al. 2014 (GRU)",
-    expected="At the longest length, the RNN's test MSE stays ≥ 0.5× the 1/24 baseline and it never gets "
-    "80% of test sequences within 0.04; LSTM and GRU reach that within the step budget.",
+    claim="On the adding problem a vanilla RNN stays at the baseline at long lags, while LSTM and "
+    "GRU (gated units) solve it: the gradient through time vanishes in the RNN, not through the "
+    "gates.",
+    source="Hochreiter & Schmidhuber 1997 (LSTM, adding problem); Bengio et al. 1994; "
+    "Cho et al. 2014 (GRU)",
+    expected="At the longest length, the RNN's test MSE stays ≥ 0.5× the 1/24 baseline and it "
+    "never gets 80% of test sequences within 0.04; LSTM and GRU reach that within the step budget.",
     run=run,
     judge=judge,
 )

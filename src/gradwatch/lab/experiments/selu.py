@@ -29,7 +29,8 @@ def _settings(quick: bool) -> dict[str, Any]:
 
 
 def _record_mean(seen: dict[str, float], name: str):
-    """A forward hook storing the mean of the module's output (gradwatch records its std, not its mean)."""
+    """A forward hook storing the mean of the module's output (gradwatch records its std, not its
+    mean)."""
 
     def hook(module: nn.Module, args: Any, out: torch.Tensor) -> None:
         seen[name] = float(out.detach().mean())
@@ -114,8 +115,8 @@ EXPERIMENT = Experiment(
     source="Klambauer et al. 2017 (Self-Normalizing Neural Networks, Theorems 1-3)",
     expected=(
         f"From input (mean, variance) in {list(STARTS)}: at the last layer |mean| < {MEAN_TOL} and "
-        f"|variance − 1| < {VAR_TOL} for every start, while at the first layer at least one start's "
-        f"variance is ≥ {OFF} away from 1."
+        f"|variance − 1| < {VAR_TOL} for every start, while at the first layer at least one "
+        f"start's variance is ≥ {OFF} away from 1."
     ),
     run=run,
     judge=judge,

@@ -58,7 +58,8 @@ FULL = Config(n_layer=12, steps=500, d_model=128, d_ff=512)
 
 
 class Encoder(nn.Module):
-    """Token + position embedding, `n_layer` encoder layers, a final LayerNorm for Pre-LN, a head."""
+    """Token + position embedding, `n_layer` encoder layers, a final LayerNorm for Pre-LN, a
+    head."""
 
     def __init__(self, cfg: Config, norm_first: bool):
         super().__init__()
@@ -172,7 +173,8 @@ def run(settings: Settings, cfg: Config | None = None) -> Outcome:
     layers_x = [float(i) for i in range(cfg.n_layer)]
     figures = [
         Figure(
-            title="At initialisation: FFN gradient norm per layer (gradwatch grad_norm of linear1, linear2)",
+            title="At initialisation: FFN gradient norm per layer (gradwatch grad_norm of linear1, "
+            "linear2)",
             x_label="layer",
             y_label="‖∂L/∂W_FFN‖",
             lines={
@@ -182,7 +184,8 @@ def run(settings: Settings, cfg: Config | None = None) -> Outcome:
             log_y=True,
         ),
         Figure(
-            title=f"Early training (Adam lr={cfg.lr}, no warm-up): last / first layer FFN gradient norm",
+            title=f"Early training (Adam lr={cfg.lr}, no warm-up): last / first layer FFN gradient "
+            "norm",
             x_label="step",
             y_label="last / first",
             lines={
@@ -193,12 +196,15 @@ def run(settings: Settings, cfg: Config | None = None) -> Outcome:
         ),
     ]
     setup = {
-        "model": f"{cfg.n_layer} nn.TransformerEncoderLayer(d_model={cfg.d_model}, nhead={cfg.n_head}, dim_feedforward={cfg.d_ff}, "
-        "dropout=0), token + learned position embeddings, Linear head; Pre-LN adds the final LayerNorm; "
-        "every Linear Xavier-uniform, biases 0 (as in the paper)",
-        "task": f"reverse a sequence of {cfg.length} random tokens from a vocabulary of {cfg.vocab}; cross-entropy",
+        "model": f"{cfg.n_layer} nn.TransformerEncoderLayer(d_model={cfg.d_model}, "
+        f"nhead={cfg.n_head}, dim_feedforward={cfg.d_ff}, dropout=0), token + learned position "
+        "embeddings, Linear head; Pre-LN adds the final LayerNorm; every Linear Xavier-uniform, "
+        "biases 0 (as in the paper)",
+        "task": f"reverse a sequence of {cfg.length} random tokens from a vocabulary of "
+        f"{cfg.vocab}; cross-entropy",
         "optimizer": f"Adam lr={cfg.lr}, no warm-up, batch {cfg.batch}, {cfg.steps} steps",
-        "measure": "per layer √(‖∇W¹‖² + ‖∇W²‖²) of the feed-forward sublayer; 'early' = median over the second half of the steps",
+        "measure": "per layer √(‖∇W¹‖² + ‖∇W²‖²) of the feed-forward sublayer; 'early' = median "
+        "over the second half of the steps",
         "seed": settings.seed,
     }
     return Outcome(
@@ -210,9 +216,9 @@ def run(settings: Settings, cfg: Config | None = None) -> Outcome:
 
 
 def judge(measured: dict) -> bool:
-    """Reproduced when, at init, Post-LN's last layer gets ≥ 1.2× the FFN gradient norm of Pre-LN's (same
-    weights), Pre-LN's last/first ratio is level (within [1/2, 2]) and below Post-LN's, and in early
-    training without warm-up Post-LN's last/first ratio stays above Pre-LN's."""
+    """Reproduced when, at init, Post-LN's last layer gets ≥ 1.2× the FFN gradient norm of Pre-LN's
+    (same weights), Pre-LN's last/first ratio is level (within [1/2, 2]) and below Post-LN's, and in
+    early training without warm-up Post-LN's last/first ratio stays above Pre-LN's."""
     post, pre = measured["post_ln"], measured["pre_ln"]
     values = [
         measured["init_last_layer_post_over_pre"],
@@ -234,12 +240,12 @@ def judge(measured: dict) -> bool:
 
 EXPERIMENT = Experiment(
     name="transformer-ln",
-    claim="At initialisation a Post-LN transformer's last layers get large gradients (hence the need for "
-    "warm-up); a Pre-LN transformer's are smaller there and level across layers.",
+    claim="At initialisation a Post-LN transformer's last layers get large gradients (hence the "
+    "need for warm-up); a Pre-LN transformer's are smaller there and level across layers.",
     source="Xiong et al. 2020 (On Layer Normalization in the Transformer Architecture)",
-    expected="At init, with the same weights, the last layer's FFN gradient norm is ≥ 1.2× larger in Post-LN "
-    "(theory: about √L larger); the last/first layer ratio is within [1/2, 2] for Pre-LN and larger for "
-    "Post-LN, at init and in early training without warm-up.",
+    expected="At init, with the same weights, the last layer's FFN gradient norm is ≥ 1.2× larger "
+    "in Post-LN (theory: about √L larger); the last/first layer ratio is within [1/2, 2] for "
+    "Pre-LN and larger for Post-LN, at init and in early training without warm-up.",
     run=run,
     judge=judge,
 )
