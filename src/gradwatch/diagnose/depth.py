@@ -17,19 +17,19 @@ import pandas as pd
 
 from gradwatch.diagnose.advice import exploding_remedies, vanishing_remedies
 from gradwatch.diagnose.finding import Finding
+from gradwatch.diagnose.thresholds import (
+    EXPLODE_ERROR,
+    EXPLODE_WARN,
+    MIN_LAYERS,
+    QUARTILE_MARGIN,
+    RELATIVE_GRAD_ERROR,
+    RELATIVE_GRAD_WARN,
+    SPIKE,
+    VANISH_ERROR,
+    VANISH_WARN,
+)
 from gradwatch.diagnose.view import View
 from gradwatch.display.format import fmt
-
-MIN_LAYERS = 4  # a depth trend needs at least this many layers
-VANISH_WARN, VANISH_ERROR = 1e-3, 1e-6  # total multiplier from the last layer back to the first
-EXPLODE_WARN, EXPLODE_ERROR = 1e3, 1e6
-QUARTILE_MARGIN = (
-    10.0  # the first quarter vs the last quarter must agree with the fit, 10x less strict
-)
-# ‖g‖/‖w‖, median over layers: at 10 an SGD step of lr 0.1 already rewrites the layer; healthy nets
-# sit below 1
-RELATIVE_GRAD_WARN, RELATIVE_GRAD_ERROR = 1e1, 1e4
-SPIKE = 1e2  # a step's total gradient norm over the median of the steps before it
 
 
 def _profile_table(view: View) -> tuple[str, pd.DataFrame] | None:

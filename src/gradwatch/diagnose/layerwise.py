@@ -14,20 +14,23 @@ from gradwatch.diagnose.advice import (
     unstable_remedies,
 )
 from gradwatch.diagnose.finding import Finding
+from gradwatch.diagnose.thresholds import (
+    COLLAPSE,
+    COLLAPSE_AFTER,
+    DEAD_ERROR,
+    DEAD_WARN,
+    EARLY_REWRITE,
+    EARLY_STEPS,
+    MIN_UPDATE_STEPS,
+    SATURATED_ERROR,
+    SATURATED_WARN,
+    STALLED,
+    STALLED_AT_INIT,
+    UNSTABLE_ERROR,
+    UNSTABLE_WARN,
+)
 from gradwatch.diagnose.view import View
 from gradwatch.display.format import fmt, names
-
-SATURATED_WARN, SATURATED_ERROR = 0.5, 0.9
-DEAD_WARN, DEAD_ERROR = 0.5, 0.9
-STALLED = 5e-3  # a layer's update ratio below this fraction of the busiest layer's
-STALLED_AT_INIT = 3e-3  # ‖g‖/‖w‖ below this fraction of the largest, before any update
-MIN_UPDATE_STEPS = 5
-UNSTABLE_WARN, UNSTABLE_ERROR = 0.1, 1.0  # update/weight per step, median layer
-EARLY_STEPS, EARLY_REWRITE = (
-    10,
-    1.0,
-)  # the first ten updates together moved the median layer by its own size
-COLLAPSE, COLLAPSE_AFTER = 1e2, 0.03  # ‖g‖/‖w‖ fell 100x after steps that moved > 3% of the weights
 
 
 def detect_nonfinite(view: View) -> list[Finding]:

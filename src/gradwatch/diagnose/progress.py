@@ -7,14 +7,13 @@ import numpy as np
 
 from gradwatch.diagnose.advice import constant_remedies, idle_remedies
 from gradwatch.diagnose.finding import Finding
-from gradwatch.diagnose.layerwise import MIN_UPDATE_STEPS
+from gradwatch.diagnose.thresholds import (
+    IDLE,
+    MIN_UPDATE_STEPS,
+    SMALL_GRADIENT,
+)
 from gradwatch.diagnose.view import View
 from gradwatch.display.format import fmt, names
-
-IDLE = 3e-4  # the busiest layer's update/weight per step; healthy runs sit near 1e-3 and above
-SMALL_GRADIENT = (
-    1e-2  # ‖g‖/‖w‖, median layer: below it an idle run is starved of gradient, not of lr
-)
 
 
 def detect_constant(view: View) -> list[Finding]:

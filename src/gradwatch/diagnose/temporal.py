@@ -7,17 +7,19 @@ import numpy as np
 
 from gradwatch.diagnose.advice import through_time_remedies
 from gradwatch.diagnose.finding import Finding
+from gradwatch.diagnose.thresholds import (
+    MIN_TIME_STEPS,
+    PLATEAU_GAIN,
+    PLATEAU_STEPS,
+    TIME_EXPLODE_ERROR,
+    TIME_EXPLODE_WARN,
+    TIME_VANISH_ERROR,
+    TIME_VANISH_WARN,
+)
 from gradwatch.diagnose.view import View, fit_log_slope
 from gradwatch.display.format import fmt, names
 
-TIME_VANISH_WARN, TIME_VANISH_ERROR = 1e-4, 1e-8  # ‖∂L/∂x_0‖ / ‖∂L/∂x_T‖
-# Growth is judged more strictly than decay: x100 over the sequence already makes gradient steps
-# that overshoot (Pascanu et al. 2013), and healthy gated units never grow backwards at all.
-TIME_EXPLODE_WARN, TIME_EXPLODE_ERROR = 1e2, 1e4
-MIN_TIME_STEPS = 8
 GATED = {"LSTM", "GRU", "LSTMCell", "GRUCell"}
-PLATEAU_STEPS = 30  # a short watched run (50 steps) must be able to show a plateau
-PLATEAU_GAIN = 0.05  # less than 5% below the starting loss
 
 
 def _series_ratio(values: np.ndarray) -> tuple[float, float]:
