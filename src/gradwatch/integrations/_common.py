@@ -41,18 +41,6 @@ def scalars(rows: pa.Table) -> Iterator[tuple[int, dict[str, float]]]:
         )
 
 
-def findings_markdown(findings) -> str:
-    if not findings:
-        return "gradwatch: no findings."
-    lines = []
-    for f in findings:
-        lines.append(
-            f"- **{f.severity}** `{f.kind}` ({', '.join(f.layers) or 'model'}): {f.summary}"
-        )
-        lines += [f"    - remedy: {r.detail}" for r in f.remedies]
-    return "\n".join(lines)
-
-
 class Listener:
     """Receives each flush's rows and the closed watch (see `Watch.add_listener`)."""
 

@@ -14,7 +14,8 @@ import os
 import warnings
 from pathlib import Path
 
-from gradwatch.integrations._common import Listener, findings_markdown, require, scalars
+from gradwatch.display.markdown import findings_markdown
+from gradwatch.integrations._common import Listener, require, scalars
 
 _pl = require("lightning.pytorch", "lightning")
 

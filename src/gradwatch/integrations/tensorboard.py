@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from gradwatch.integrations._common import Listener, findings_markdown, require, scalars
+from gradwatch.display.markdown import findings_markdown
+from gradwatch.integrations._common import Listener, require, scalars
 
 
 class TensorBoardExporter(Listener):
