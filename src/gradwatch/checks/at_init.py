@@ -57,8 +57,6 @@ def _default_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     )
 
 
-
-
 def check(
     model: nn.Module,
     inputs: Any,

@@ -69,7 +69,7 @@ def _swap_activation(view: View, fns: dict[str, list[str]], to: str = "nn.ReLU")
         detail.append(
             f"Replace the {len(module_layers)} {classes} module(s) {names(module_layers)} with "
             f"{to}:\n"
-            "    gradwatch.remedies.registry.swap_activation("
+            "    gradwatch.remedies.swap_activation("
             f"model, {classes.split(', ')[0]}, {to})"
         )
     if functional:
@@ -141,7 +141,7 @@ def _normalise(view: View) -> Remedy | None:
     return Remedy(
         "normalization",
         f"Insert {norm} after each of {names(view.weight_layers[:-1])}, before its activation:\n"
-        f"    gradwatch.remedies.registry.insert_norm(model)   # for nn.Sequential models",
+        f"    gradwatch.remedies.insert_norm(model)   # for nn.Sequential models",
         expected="each layer's input re-centred and re-scaled, so activations stay in the "
         "non-saturated range and the signal level",
         why="normalisation resets the scale at every layer instead of letting it compound "
@@ -339,7 +339,7 @@ def through_time_remedies(view: View, layers: list[str], vanishing: bool) -> tup
             Remedy(
                 "forget_bias",
                 "Set the LSTM forget-gate bias to 1: "
-                "gradwatch.remedies.registry.lstm_forget_bias(model, 1.0)",
+                "gradwatch.remedies.lstm_forget_bias(model, 1.0)",
                 expected="the cell state is kept by default, so the gradient decays far more "
                 "slowly",
                 why="with bias 0 the forget gate starts half-closed, halving the memory at every "

@@ -157,7 +157,7 @@ def run(settings: Settings, cfg: Config | None = None) -> Outcome:
         "tanh), no head",
         "input": f"{cfg.channels}×{cfg.size}×{cfg.size} image, entries N(0, {cfg.input_std}²)",
         "inits": f"Gaussian N(0, σ_w²/fan_in) with σ_w² = {cfg.sigma_w2} (critical for tanh, "
-        "σ_b² = 0), biases 0; gradwatch.remedies.registry.delta_orthogonal_init with gain √σ_w²",
+        "σ_b² = 0), biases 0; gradwatch.remedies.delta_orthogonal_init with gain √σ_w²",
         "jacobian": "exact, in float64 (one backward per output coordinate, batched); log = "
         "natural log; singular values below 1e-15 × the largest are at float64's floor (counted), "
         "so a Gaussian spread is a lower bound",
