@@ -145,6 +145,30 @@ def test_screenshot_is_saved(opened):
     assert path.stat().st_size > 10_000
 
 
+def test_readme_screenshot_is_saved(opened):
+    """The README's picture (docs/img/report.png is a copy): the findings with their remedies
+    folded, then the gradient-flow heatmaps, at a fixed size so that a copy stays small."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / "report-readme.png"
+    page = opened.page
+    were_open = page.evaluate(
+        "() => [...document.querySelectorAll('details')].map(d => { const o = d.open;"
+        " d.open = false; return o; })"
+    )
+    try:
+        page.evaluate("window.scrollTo(0, 0)")
+        bottom = page.evaluate(
+            "() => document.querySelector('#fig-flow').getBoundingClientRect().bottom"
+        )
+        page.screenshot(path=str(path), clip={"x": 0, "y": 0, "width": 1400, "height": bottom + 30})
+    finally:
+        page.evaluate(
+            "open => document.querySelectorAll('details').forEach((d, i) => { d.open = open[i]; })",
+            were_open,
+        )
+    assert path.stat().st_size > 10_000
+
+
 def test_a_layer_named_like_a_script_runs_nothing(browser, tmp_path):
     model = nn.Sequential(
         OrderedDict([(EVIL, nn.Linear(4, 4)), ("act", nn.Tanh()), ("out", nn.Linear(4, 2))])
