@@ -1,0 +1,1 @@
+"""Real deep-learning bug reports converted to small PyTorch programs (see README.md)."""

@@ -1,0 +1,1 @@
+"""One module per converted bug report or healthy program; see ../README.md for the table."""
