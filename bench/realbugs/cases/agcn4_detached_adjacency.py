@@ -14,9 +14,10 @@ FIX = "Drop the .detach() (the authors' fix)."
 KIND = "no_gradient"
 ACTION = "loop"
 CHANGES = (
-    "the CNN image features -> 32 synthetic features; 8 labels whose classifiers come from a 2-layer "
-    "GCN over label embeddings with the adaptive adjacency; labels 4-7 copy labels 0-3 (a label "
-    "correlation for the adjacency to learn); multi-label soft-margin loss, Adam lr 1e-2, 200 steps of batch 64"
+    "the CNN image features -> 32 synthetic features; 8 labels whose classifiers come from a "
+    "2-layer GCN over label embeddings with the adaptive adjacency; labels 4-7 copy labels 0-3 "
+    "(a label correlation for the adjacency to learn); multi-label soft-margin loss, Adam lr "
+    "1e-2, 200 steps of batch 64"
 )
 
 LABELS, FEATS, DIM = 8, 32, 16

@@ -1,4 +1,7 @@
-"""Nielsen's network with sigmoid swapped for ReLU: accuracy stuck at 9.5% (DeepLearningPython #13)."""
+"""Nielsen's network with sigmoid swapped for ReLU: accuracy stuck at 9.5%.
+
+DeepLearningPython #13.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Linear keypoint regressor trained with Adam at lr 0.1 (ShyamPoovaiah/FacialKeypointsDetection)."""
+"""Linear keypoint regressor trained with Adam at lr 0.1.
+
+ShyamPoovaiah/FacialKeypointsDetection.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Fine-tuning example returning sigmoid probabilities to a with-logits loss (Lightning PR #7096)."""
+"""Fine-tuning example returning sigmoid probabilities to a with-logits loss.
+
+Lightning PR #7096.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""LSTM regressor with ReLU on its final layer returns 0 for every peptide (ProteomicsML PR #203)."""
+"""LSTM regressor with ReLU on its final layer returns 0 for every peptide.
+
+ProteomicsML PR #203.
+"""
 
 from __future__ import annotations
 

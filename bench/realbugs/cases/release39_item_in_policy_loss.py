@@ -1,4 +1,7 @@
-"""REINFORCE loss built from log_prob.item(): the generator gets no gradient (isayev/ReLeaSE #39)."""
+"""REINFORCE loss built from log_prob.item(): the generator gets no gradient.
+
+isayev/ReLeaSE #39.
+"""
 
 from __future__ import annotations
 

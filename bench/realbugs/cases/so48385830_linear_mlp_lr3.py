@@ -1,4 +1,7 @@
-"""Nielsen-style MNIST MLP without activations, N(0,1) init, SGD lr 3 and MSE (Keras, SO 48385830)."""
+"""Nielsen-style MNIST MLP without activations, N(0,1) init, SGD lr 3 and MSE.
+
+Keras, SO 48385830.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Three image classes trained with one sigmoid unit and binary cross-entropy (Keras, SO 50079585)."""
+"""Three image classes trained with one sigmoid unit and binary cross-entropy.
+
+Keras, SO 50079585.
+"""
 
 from __future__ import annotations
 

@@ -12,13 +12,17 @@ from realbugs.program import Program, classification_error, minibatches
 SOURCE = "https://stackoverflow.com/questions/50306988"
 TITLE = "Keras: simple two-class problem, the model predicts one class only"
 BUG = "Adam's default lr 0.001 over 5 epochs of 7 batches barely moves a 2-2-2 sigmoid network."
-FIX = "Adam lr 0.01 (the DeepFD patch, which also runs 10 epochs instead of 5: both versions run 10 here)."
+FIX = (
+    "Adam lr 0.01 (the DeepFD patch, which also runs 10 epochs instead of 5: "
+    "both versions run 10 here)."
+)
 KIND = "bad_learning_rate"
 ACTION = "lr"
 CHANGES = (
     "the post's data (two uniform blobs in [0.2,0.4]^2 and [0.5,0.7]^2, 200 points, labels 1/2 "
     "one-hot), Dense 2 sigmoid -> Dense 2 softmax, categorical cross-entropy, batch 32; Keras "
-    "init; both versions run 70 steps (10 epochs, the patch's count); only the learning rate differs"
+    "init; both versions run 70 steps (10 epochs, the patch's count); only the learning rate "
+    "differs"
 )
 
 
