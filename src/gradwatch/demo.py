@@ -19,9 +19,10 @@ from torch import nn
 from gradwatch._nn import ROOT_NAME
 from gradwatch.diagnose import Diagnosis
 from gradwatch.display.terminal import runs_view
-from gradwatch.lab.models import he_init, mlp
+from gradwatch.lab.models import mlp
 from gradwatch.lab.tasks import digits
 from gradwatch.monitor import watch
+from gradwatch.remedies import he_init
 from gradwatch.report.data import from_stats
 from gradwatch.report.html import write
 

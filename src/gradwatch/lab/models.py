@@ -1,4 +1,4 @@
-"""Small model builders the demo and the lab share."""
+"""Small model builders the demo and the lab share (their inits are in gradwatch.remedies)."""
 
 from __future__ import annotations
 
@@ -17,12 +17,3 @@ def mlp(
     layers.append(nn.Linear(d, n_out))
     return nn.Sequential(*layers)
 
-
-def he_init(model: nn.Module) -> nn.Module:
-    """He et al. 2015 normal init (std √(2/fan_in)) for every Linear/Conv, zero biases."""
-    for m in model.modules():
-        if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d):
-            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-    return model
