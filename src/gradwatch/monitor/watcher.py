@@ -18,36 +18,24 @@ import torch
 from torch import nn
 
 from gradwatch._nn import (
-    ROOT_NAME,
     ForwardOrder,
     ParamLayer,
-    model_device,
     param_bytes,
     param_layers,
     unwrap,
 )
 from gradwatch._tensor import to_host
 from gradwatch._version import __version__
-from gradwatch.diagnose import KINDS, Diagnosis, Finding, diagnose
+from gradwatch.diagnose import Diagnosis, Finding, diagnose
 from gradwatch.errors import NonFiniteGradientError, TrainingStoppedError, WatchError
 from gradwatch.monitor import distributed as _dist
 from gradwatch.monitor.meta import init_stats, model_summary, optimizer_summary
-from gradwatch.probes.activation_specs import module_spec
+from gradwatch.monitor.options import WatchOptions
+from gradwatch.monitor.probeset import attach_probes
 from gradwatch.probes.activations import ActivationProbe
-from gradwatch.probes.backflow import BackflowProbe
-from gradwatch.probes.base import ABSENT, Probe, StepTable
-from gradwatch.probes.params import ParamProbe
-from gradwatch.probes.scaler import ScalerHandle, SkippedProbe, inner_optimizer, inverse_scale_sq
-from gradwatch.probes.through_time import ThroughTimeProbe
-from gradwatch.probes.updates import UpdateProbe
+from gradwatch.probes.base import ABSENT, Probe
+from gradwatch.probes.scaler import ScalerHandle, inner_optimizer, inverse_scale_sq
 from gradwatch.store import RunWriter, empty_stats, long_table, normalize, to_frame
-
-# The forward probes' default ("auto"): one recorded step in 10 during the first flush window, one
-# in 50 after. With the update probe's turn on every other recorded step once settled, this keeps
-# the 20-layer MLP of bench/overhead.py within 5% (bench/RESULTS.md, run I); at one in 25 or 50
-# from the start, the diagnosis suite missed dying ReLUs that one in 10 finds (run H).
-AUTO_CADENCE = (10, 50)
-SETTLED_UPDATE_CADENCE = 2
 
 
 class Watch:
@@ -77,113 +65,37 @@ class Watch:
         scaler: Any = None,
         dist_timeout: float = 60.0,
     ):
-        if not isinstance(model, nn.Module):
-            raise WatchError(f"gw.watch() needs a torch.nn.Module, got {type(model).__name__}.")
-        optimizer = inner_optimizer(optimizer) if optimizer is not None else None
-        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-            raise WatchError(
-                f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}; "
-                "pass optimizer=None and call w.step() yourself."
-            )
-        if scaler is not None and optimizer is None:
-            raise WatchError("scaler= needs the optimizer it steps: pass optimizer= as well.")
-        for name, value in (("every", every), ("flush_every", flush_every)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise WatchError(f"{name} must be a positive integer, got {value!r}.")
-        raise_on = tuple(raise_on)
-        unknown = [k for k in raise_on if k not in KINDS]
-        if unknown:
-            raise WatchError(
-                f"raise_on names unknown finding kinds {unknown}; choose from {', '.join(KINDS)}."
-            )
-        cadences, settled = {}, {}
-        for name, value in (
-            ("activations", activations),
-            ("backflow", backflow),
-            ("through_time", through_time),
-        ):
-            if value == "auto":
-                cadences[name], settled[name] = AUTO_CADENCE
-                continue
-            if value is True:
-                value = 1
-            if value is False or value is None:
-                value = 0
-            if not isinstance(value, int) or value < 0:
-                raise WatchError(
-                    f'{name} must be "auto", True, False or a positive integer (record one step in N), got {value!r}.'
-                )
-            cadences[name] = settled[name] = value
+        optimizer = _checked_optimizer(model, optimizer, scaler)
+        options = WatchOptions(
+            every=every,
+            log_dir=log_dir,
+            flush_every=flush_every,
+            update_memory=update_memory,
+            activations=activations,
+            backflow=backflow,
+            through_time=through_time,
+            histograms=histograms,
+            on_finding=on_finding,
+            raise_on=raise_on,
+            overwrite=overwrite,
+            dist_timeout=dist_timeout,
+        )
         self.model = unwrap(model)
-        if _is_compiled(model) and any(cadences.values()):
-            warnings.warn(
-                "gradwatch measures parameters of a torch.compile'd model but not its forward pass "
-                "(activations, backflow, through-time): hooks inside a compiled graph would force "
-                "recompilation. Watch the uncompiled model, or gw.check() it, for those.",
-                stacklevel=3,
-            )
-            cadences = dict.fromkeys(cadences, 0)
-            settled = dict(cadences)
-        self.optimizer = optimizer
-        self.every = every
-        self.flush_every = flush_every
+        if _is_compiled(model) and options.forward:
+            warnings.warn(_COMPILED, stacklevel=3)
+            options = options.without_forward()
+        self.optimizer, self._scaler = optimizer, scaler
+        # Read at every step: plain attributes, not the options' fields.
+        self.every, self.flush_every, self._raise_on = every, flush_every, options.raise_on
         self._player: list[ParamLayer] = param_layers(self.model)
         if not self._player:
             raise WatchError("The model has no parameters, so there is no gradient to watch.")
         self._order = ForwardOrder(self.model)
         self._init = init_stats(self.model, self._player)
-        self._table = StepTable(flush_every, model_device(self.model))
-        self._params_probe = ParamProbe(self._player)
-        stepped = (
-            {id(p) for g in optimizer.param_groups for p in g["params"]}
-            if optimizer is not None
-            else None
-        )
-        self._update_probe = UpdateProbe(self._player, update_memory, stepped)
-        self._probes: list[Probe] = [
-            self._params_probe,
-            self._update_probe,
-        ]  # this order: see ParamProbe.record
-        self._update_probe.settled = SETTLED_UPDATE_CADENCE
-        forward: dict[str, Probe] = {}
-        if cadences["backflow"]:
-            watched = {layer.name: _module(self.model, layer.name) for layer in self._player}
-            for name, m in self.model.named_modules():
-                if module_spec(m) is not None:
-                    watched.setdefault(name or ROOT_NAME, m)
-            forward["backflow"] = BackflowProbe(watched, cadences["backflow"])
-        if cadences["activations"]:
-            forward["activations"] = ActivationProbe(
-                self.model, cadences["activations"], histograms
-            )
-        if cadences["through_time"]:
-            forward["through_time"] = ThroughTimeProbe(self.model, cadences["through_time"])
-        for name, probe in forward.items():
-            probe.settled = settled[name]
-            self._probes.append(probe)
-        self._scaler = scaler
-        self._skipped = SkippedProbe(flush_every) if scaler is not None else None
-        if self._skipped is not None:
-            self._probes.append(self._skipped)
-        for probe in self._probes:
-            self._table.declare(probe.columns, probe.rows())
-        self._table.allocate()
-        for probe in self._probes:
-            probe.bind(self._table)
-        self._settings = {
-            "every": every,
-            "flush_every": flush_every,
-            "update_memory": update_memory,
-            "activations": cadences["activations"],
-            "backflow": cadences["backflow"],
-            "through_time": cadences["through_time"],
-            # From recorded step `flush_every` on (the run has settled): one recorded step in N.
-            "settled": {**settled, "update": SETTLED_UPDATE_CADENCE},
-            "histograms": histograms,
-            "optimizer": type(optimizer).__name__ if optimizer is not None else None,
-            "scaler": type(scaler).__name__ if scaler is not None else None,
-        }
-        self._sharded = self._params_probe._sharded
+        self._probeset = attach_probes(self.model, self._player, optimizer, options, scaler)
+        self._probes, self._table = self._probeset.all, self._probeset.table
+        self._settings = options.settings(optimizer, scaler)
+        self._sharded = self._probeset.params._sharded
         self._dist_timeout = dist_timeout
         self._listeners: list = []
         self._steps_taken = 0  # optimizer steps that actually ran (a GradScaler may skip some)
@@ -200,24 +112,28 @@ class Watch:
         # critic), so it stays out of the table, whose "negative is absent" marker cannot tell.
         self._losses: list[torch.Tensor | float] = []
         self._slot_losses: list[list[torch.Tensor | float] | None] = [None] * flush_every
-        self._on_finding = on_finding
-        self._raise_on = raise_on
+        self._on_finding = options.on_finding
         self._reported: set[tuple[str, tuple[str, ...]]] = set()
         self._closed = False
         self._started = _now()
         # Under torch.distributed every rank measures and reduces; rank 0 alone writes the store.
         write = log_dir is not None and _dist.rank() == 0
         self._writer = RunWriter(log_dir, overwrite=overwrite) if write else None
-        self._handles = []
-        if optimizer is not None:
-            self._handles.append(optimizer.register_step_pre_hook(self._on_pre_step))
-            self._handles.append(optimizer.register_step_post_hook(self._on_post_step))
-        if scaler is not None:
-            self._handles.append(
-                ScalerHandle(scaler, optimizer, lambda: self._steps_taken, self._on_skipped)
-            )
+        self._handles = self._hook(optimizer, scaler)
         self._write_meta()
         self._arm()
+
+    def _hook(self, optimizer: torch.optim.Optimizer | None, scaler: Any) -> list:
+        """The optimizer's step hooks (and the GradScaler's), each with the handle close() removes."""
+        handles = []
+        if optimizer is not None:
+            handles.append(optimizer.register_step_pre_hook(self._on_pre_step))
+            handles.append(optimizer.register_step_post_hook(self._on_post_step))
+        if scaler is not None:
+            handles.append(
+                ScalerHandle(scaler, optimizer, lambda: self._steps_taken, self._on_skipped)
+            )
+        return handles
 
     # ----------------------------------------------------------------- the step lifecycle
 
@@ -267,16 +183,15 @@ class Watch:
             probe.discard()
         self._in_update = None
         slot = self._slot
-        self._skipped.mark_skipped(slot)
+        self._probeset.skipped.mark_skipped(slot)
         self._commit_loss(slot)
         self._commit(slot)
         self._advance()
 
     def _stop_if_nonfinite(self, slot: int) -> None:
         """The opt-in per-step check: reads one flag from the device (a sync, which the user asked for)."""
-        self._params_probe.settle(
-            slot + 1
-        )  # its side log into the table (earlier slots are in already)
+        # The params probe's side log into the table (earlier slots are in already).
+        self._probeset.params.settle(slot + 1)
         counts = self._table.data[slot, self._table.column("nonfinite")]
         grads = self._table.data[slot, self._table.column("grad_sq")]
         bad = (counts > 0) | ~torch.isfinite(grads)
@@ -285,7 +200,7 @@ class Watch:
         rows = [self._table.rows[i] for i in bad.nonzero().flatten().tolist()]
         layers = [n for n in self.layers() if n in rows]
         step = self._step
-        self._update_probe.discard()
+        self._probeset.update.discard()
         self._in_update = None
         self._commit(slot)
         self.flush()
@@ -313,7 +228,7 @@ class Watch:
             return None
         self._step_frame = frame
         if self._in_update is not None:  # the previous step() raised before finishing
-            self._update_probe.discard()
+            self._probeset.update.discard()
             self._in_update = None
         if not self._recording():
             return None
@@ -551,7 +466,7 @@ class Watch:
     @property
     def update_extra_bytes(self) -> int:
         """Peak extra memory the update-ratio snapshots hold (bytes)."""
-        return self._update_probe.extra_bytes
+        return self._probeset.update.extra_bytes
 
     # ----------------------------------------------------------------- closing
 
@@ -645,12 +560,30 @@ def _encloses(outer, frame) -> bool:
     return False
 
 
+def _checked_optimizer(model: Any, optimizer: Any, scaler: Any) -> torch.optim.Optimizer | None:
+    """The optimizer to hook (a wrapper's inner one), once model, optimizer and scaler fit."""
+    if not isinstance(model, nn.Module):
+        raise WatchError(f"gw.watch() needs a torch.nn.Module, got {type(model).__name__}.")
+    optimizer = inner_optimizer(optimizer) if optimizer is not None else None
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise WatchError(
+            f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}; "
+            "pass optimizer=None and call w.step() yourself."
+        )
+    if scaler is not None and optimizer is None:
+        raise WatchError("scaler= needs the optimizer it steps: pass optimizer= as well.")
+    return optimizer
+
+
+_COMPILED = (
+    "gradwatch measures parameters of a torch.compile'd model but not its forward pass "
+    "(activations, backflow, through-time): hooks inside a compiled graph would force "
+    "recompilation. Watch the uncompiled model, or gw.check() it, for those."
+)
+
+
 def _is_compiled(model: nn.Module) -> bool:
     return isinstance(getattr(model, "_orig_mod", None), nn.Module)
-
-
-def _module(model: nn.Module, name: str) -> nn.Module:
-    return model if name == ROOT_NAME else model.get_submodule(name)
 
 
 def _now() -> str:
