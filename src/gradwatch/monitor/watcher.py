@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
-import platform
 import sys
 import warnings
 from collections.abc import Callable, Iterable
@@ -20,16 +18,14 @@ from torch import nn
 from gradwatch._nn import (
     ForwardOrder,
     ParamLayer,
-    param_bytes,
     param_layers,
     unwrap,
 )
 from gradwatch._tensor import to_host
-from gradwatch._version import __version__
 from gradwatch.diagnose import Diagnosis, Finding, diagnose
 from gradwatch.errors import NonFiniteGradientError, TrainingStoppedError, WatchError
 from gradwatch.monitor import distributed as _dist
-from gradwatch.monitor.meta import init_stats, model_summary, optimizer_summary
+from gradwatch.monitor.meta import RunMeta
 from gradwatch.monitor.options import WatchOptions
 from gradwatch.monitor.probeset import attach_probes
 from gradwatch.probes.activations import ActivationProbe
@@ -91,10 +87,11 @@ class Watch:
         if not self._player:
             raise WatchError("The model has no parameters, so there is no gradient to watch.")
         self._order = ForwardOrder(self.model)
-        self._init = init_stats(self.model, self._player)
+        self._run = RunMeta(
+            self.model, optimizer, self._player, options.settings(optimizer, scaler)
+        )
         self._probeset = attach_probes(self.model, self._player, optimizer, options, scaler)
         self._probes, self._table = self._probeset.all, self._probeset.table
-        self._settings = options.settings(optimizer, scaler)
         self._sharded = self._probeset.params._sharded
         self._dist_timeout = dist_timeout
         self._listeners: list = []
@@ -115,7 +112,6 @@ class Watch:
         self._on_finding = options.on_finding
         self._reported: set[tuple[str, tuple[str, ...]]] = set()
         self._closed = False
-        self._started = _now()
         # Under torch.distributed every rank measures and reduces; rank 0 alone writes the store.
         write = log_dir is not None and _dist.rank() == 0
         self._writer = RunWriter(log_dir, overwrite=overwrite) if write else None
@@ -518,36 +514,12 @@ class Watch:
 
     def meta(self) -> dict:
         """What the run directory's meta.json holds (model summary in forward order, settings...)."""
-        order = self.layers()
-        probes: dict = {}
-        for probe in self._probes:
-            probes.update(probe.meta())
-        return {
-            "format": 1,
-            "gradwatch_version": __version__,
-            "torch_version": torch.__version__,
-            "python_version": platform.python_version(),
-            "device": str(self._table.device),
-            "started": self._started,
-            "finished": None,
-            "settings": self._settings,
-            "model": {
-                **model_summary(self.model, self._player, order, self._init),
-                "param_bytes": param_bytes(self.model),
-            },
-            "optimizer": optimizer_summary(self.optimizer),
-            "probes": probes,
-            "layer_order": order,
-            "steps_seen": self._step,
-        }
+        return self._run.collect(self.layers(), self._probes, self._step)
 
     def _write_meta(self, finished: bool = False) -> None:
-        if self._writer is None:
-            return
-        meta = self.meta()
-        if finished:
-            meta["finished"] = _now()
-        self._writer.write_meta(meta)
+        if self._writer is not None:
+            meta = self._run.collect(self.layers(), self._probes, self._step, finished)
+            self._writer.write_meta(meta)
 
 
 def _encloses(outer, frame) -> bool:
@@ -584,10 +556,6 @@ _COMPILED = (
 
 def _is_compiled(model: nn.Module) -> bool:
     return isinstance(getattr(model, "_orig_mod", None), nn.Module)
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def watch(
