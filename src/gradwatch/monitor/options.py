@@ -31,8 +31,8 @@ class Cadence:
 
     @classmethod
     def parse(cls, name: str, value: bool | int | str | None) -> Cadence:
-        """ "auto" -> AUTO_CADENCE, True -> every recorded step, False/None/0 -> off, N -> one
-        recorded step in N throughout. `name` is the argument's, for the error message."""
+        """The cadence `gw.watch(name=value)` asks for: "auto" -> AUTO_CADENCE, True -> every
+        recorded step, False/None/0 -> off, N -> one recorded step in N throughout."""
         if value == "auto":
             return cls(*AUTO_CADENCE)
         if value is True:
