@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import gradwatch as gw
-import gradwatch.monitor.watcher as monitor
+import gradwatch.monitor.buffer as monitor  # where the streaming diagnosis looks `diagnose` up
 
 
 def main(argv: list[str] | None = None) -> list[float]:

@@ -343,7 +343,7 @@ def test_depth_detection_costs_the_same_number_of_array_passes_at_50_and_500_ste
 
 
 def test_streaming_diagnosis_examines_a_bounded_window_of_steps(monkeypatch):
-    import gradwatch.monitor.watcher as monitor
+    import gradwatch.monitor.buffer as monitor
 
     examined = []
     real = monitor.diagnose

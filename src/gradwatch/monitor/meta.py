@@ -1,15 +1,71 @@
-"""What the run directory says about the model and the optimizer: layers in forward order, their
-types and sizes, and how each weight was initialised (read once, when watching starts)."""
+"""What the run directory's meta.json says: versions, device, settings, the model (layers in forward
+order, their types and sizes, how each weight was initialised, read once when watching starts),
+the optimizer, the probes and how far the run got."""
 
 from __future__ import annotations
 
+import datetime as _dt
 import math
+import platform
 
 import torch
 from torch import nn
 
-from gradwatch._nn import ROOT_NAME, ParamLayer
+from gradwatch._nn import ROOT_NAME, ParamLayer, model_device, param_bytes
 from gradwatch._tensor import local
+from gradwatch._version import __version__
+from gradwatch.probes.base import Probe
+
+
+class RunMeta:
+    """One watch's meta.json: what is fixed when watching starts (versions, device, settings, the
+    weights' init), completed at each call with what the run has learnt since (forward order,
+    probes, steps seen)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        layers: list[ParamLayer],
+        settings: dict,
+    ):
+        self.model = model
+        self.optimizer = optimizer
+        self.layers = layers
+        self.settings = settings
+        self.device = model_device(model)
+        self.init = init_stats(model, layers)
+        self.started = now()
+
+    def collect(
+        self, order: list[str], probes: list[Probe], steps_seen: int, finished: bool = False
+    ) -> dict:
+        """meta.json's content; `finished` stamps the time the run ended."""
+        probe_meta: dict = {}
+        for probe in probes:
+            probe_meta.update(probe.meta())
+        return {
+            "format": 1,
+            "gradwatch_version": __version__,
+            "torch_version": torch.__version__,
+            "python_version": platform.python_version(),
+            "device": str(self.device),
+            "started": self.started,
+            "finished": now() if finished else None,
+            "settings": self.settings,
+            "model": {
+                **model_summary(self.model, self.layers, order, self.init),
+                "param_bytes": param_bytes(self.model),
+            },
+            "optimizer": optimizer_summary(self.optimizer),
+            "probes": probe_meta,
+            "layer_order": order,
+            "steps_seen": steps_seen,
+        }
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 @torch.no_grad()

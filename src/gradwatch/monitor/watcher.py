@@ -1,53 +1,32 @@
-"""`Watch`: owns the probes, the step counter, the on-device step table and flushing to the store."""
+"""`Watch`: the optimizer's step hooks decide which steps the probes record and when the buffer
+flushes; the settings (options.py), the probes (probeset.py), the flush (buffer.py) and the run's
+metadata (meta.py) are each their own module."""
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
-import platform
 import sys
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-import pyarrow as pa
 import torch
 from torch import nn
 
-from gradwatch._nn import (
-    ROOT_NAME,
-    ForwardOrder,
-    ParamLayer,
-    model_device,
-    param_bytes,
-    param_layers,
-    unwrap,
-)
-from gradwatch._tensor import to_host
-from gradwatch._version import __version__
-from gradwatch.diagnose import KINDS, Diagnosis, Finding, diagnose
-from gradwatch.errors import NonFiniteGradientError, TrainingStoppedError, WatchError
+from gradwatch._nn import ForwardOrder, ParamLayer, param_layers, unwrap
+from gradwatch.diagnose import Diagnosis, Finding, diagnose
+from gradwatch.errors import NonFiniteGradientError, WatchError
 from gradwatch.monitor import distributed as _dist
-from gradwatch.monitor.meta import init_stats, model_summary, optimizer_summary
-from gradwatch.probes.activation_specs import module_spec
+from gradwatch.monitor.buffer import StepBuffer
+from gradwatch.monitor.meta import RunMeta
+from gradwatch.monitor.options import WatchOptions
+from gradwatch.monitor.probeset import attach_probes
 from gradwatch.probes.activations import ActivationProbe
-from gradwatch.probes.backflow import BackflowProbe
-from gradwatch.probes.base import ABSENT, Probe, StepTable
-from gradwatch.probes.params import ParamProbe
-from gradwatch.probes.scaler import ScalerHandle, SkippedProbe, inner_optimizer, inverse_scale_sq
-from gradwatch.probes.through_time import ThroughTimeProbe
-from gradwatch.probes.updates import UpdateProbe
-from gradwatch.store import RunWriter, empty_stats, long_table, normalize, to_frame
-
-# The forward probes' default ("auto"): one recorded step in 10 during the first flush window, one
-# in 50 after. With the update probe's turn on every other recorded step once settled, this keeps
-# the 20-layer MLP of bench/overhead.py within 5% (bench/RESULTS.md, run I); at one in 25 or 50
-# from the start, the diagnosis suite missed dying ReLUs that one in 10 finds (run H).
-AUTO_CADENCE = (10, 50)
-SETTLED_UPDATE_CADENCE = 2
+from gradwatch.probes.base import Probe
+from gradwatch.probes.scaler import ScalerHandle, inner_optimizer, inverse_scale_sq
+from gradwatch.store import RunWriter
 
 
 class Watch:
@@ -77,147 +56,64 @@ class Watch:
         scaler: Any = None,
         dist_timeout: float = 60.0,
     ):
-        if not isinstance(model, nn.Module):
-            raise WatchError(f"gw.watch() needs a torch.nn.Module, got {type(model).__name__}.")
-        optimizer = inner_optimizer(optimizer) if optimizer is not None else None
-        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-            raise WatchError(
-                f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}; "
-                "pass optimizer=None and call w.step() yourself."
-            )
-        if scaler is not None and optimizer is None:
-            raise WatchError("scaler= needs the optimizer it steps: pass optimizer= as well.")
-        for name, value in (("every", every), ("flush_every", flush_every)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise WatchError(f"{name} must be a positive integer, got {value!r}.")
-        raise_on = tuple(raise_on)
-        unknown = [k for k in raise_on if k not in KINDS]
-        if unknown:
-            raise WatchError(
-                f"raise_on names unknown finding kinds {unknown}; choose from {', '.join(KINDS)}."
-            )
-        cadences, settled = {}, {}
-        for name, value in (
-            ("activations", activations),
-            ("backflow", backflow),
-            ("through_time", through_time),
-        ):
-            if value == "auto":
-                cadences[name], settled[name] = AUTO_CADENCE
-                continue
-            if value is True:
-                value = 1
-            if value is False or value is None:
-                value = 0
-            if not isinstance(value, int) or value < 0:
-                raise WatchError(
-                    f'{name} must be "auto", True, False or a positive integer (record one step in N), got {value!r}.'
-                )
-            cadences[name] = settled[name] = value
+        optimizer = _checked_optimizer(model, optimizer, scaler)
+        options = WatchOptions(
+            every=every,
+            log_dir=log_dir,
+            flush_every=flush_every,
+            update_memory=update_memory,
+            activations=activations,
+            backflow=backflow,
+            through_time=through_time,
+            histograms=histograms,
+            on_finding=on_finding,
+            raise_on=raise_on,
+            overwrite=overwrite,
+            dist_timeout=dist_timeout,
+        )
         self.model = unwrap(model)
-        if _is_compiled(model) and any(cadences.values()):
-            warnings.warn(
-                "gradwatch measures parameters of a torch.compile'd model but not its forward pass "
-                "(activations, backflow, through-time): hooks inside a compiled graph would force "
-                "recompilation. Watch the uncompiled model, or gw.check() it, for those.",
-                stacklevel=3,
-            )
-            cadences = dict.fromkeys(cadences, 0)
-            settled = dict(cadences)
-        self.optimizer = optimizer
-        self.every = every
-        self.flush_every = flush_every
+        if _is_compiled(model) and options.forward:
+            warnings.warn(_COMPILED, stacklevel=3)
+            options = options.without_forward()
+        self.optimizer, self._scaler = optimizer, scaler
+        # Read at every step: plain attributes, not the options' fields.
+        self.every, self.flush_every, self._raise_on = every, flush_every, options.raise_on
         self._player: list[ParamLayer] = param_layers(self.model)
         if not self._player:
             raise WatchError("The model has no parameters, so there is no gradient to watch.")
         self._order = ForwardOrder(self.model)
-        self._init = init_stats(self.model, self._player)
-        self._table = StepTable(flush_every, model_device(self.model))
-        self._params_probe = ParamProbe(self._player)
-        stepped = (
-            {id(p) for g in optimizer.param_groups for p in g["params"]}
-            if optimizer is not None
-            else None
+        self._run = RunMeta(
+            self.model, optimizer, self._player, options.settings(optimizer, scaler)
         )
-        self._update_probe = UpdateProbe(self._player, update_memory, stepped)
-        self._probes: list[Probe] = [
-            self._params_probe,
-            self._update_probe,
-        ]  # this order: see ParamProbe.record
-        self._update_probe.settled = SETTLED_UPDATE_CADENCE
-        forward: dict[str, Probe] = {}
-        if cadences["backflow"]:
-            watched = {layer.name: _module(self.model, layer.name) for layer in self._player}
-            for name, m in self.model.named_modules():
-                if module_spec(m) is not None:
-                    watched.setdefault(name or ROOT_NAME, m)
-            forward["backflow"] = BackflowProbe(watched, cadences["backflow"])
-        if cadences["activations"]:
-            forward["activations"] = ActivationProbe(
-                self.model, cadences["activations"], histograms
-            )
-        if cadences["through_time"]:
-            forward["through_time"] = ThroughTimeProbe(self.model, cadences["through_time"])
-        for name, probe in forward.items():
-            probe.settled = settled[name]
-            self._probes.append(probe)
-        self._scaler = scaler
-        self._skipped = SkippedProbe(flush_every) if scaler is not None else None
-        if self._skipped is not None:
-            self._probes.append(self._skipped)
-        for probe in self._probes:
-            self._table.declare(probe.columns, probe.rows())
-        self._table.allocate()
-        for probe in self._probes:
-            probe.bind(self._table)
-        self._settings = {
-            "every": every,
-            "flush_every": flush_every,
-            "update_memory": update_memory,
-            "activations": cadences["activations"],
-            "backflow": cadences["backflow"],
-            "through_time": cadences["through_time"],
-            # From recorded step `flush_every` on (the run has settled): one recorded step in N.
-            "settled": {**settled, "update": SETTLED_UPDATE_CADENCE},
-            "histograms": histograms,
-            "optimizer": type(optimizer).__name__ if optimizer is not None else None,
-            "scaler": type(scaler).__name__ if scaler is not None else None,
-        }
-        self._sharded = self._params_probe._sharded
-        self._dist_timeout = dist_timeout
-        self._listeners: list = []
-        self._steps_taken = 0  # optimizer steps that actually ran (a GradScaler may skip some)
-        self._step = 0
-        self._slot = 0
-        self._slot_steps: list[int] = []
-        self._in_update: int | None = None  # slot whose optimizer update is under way
-        self._step_frame = None  # the frame running the hooks of the optimizer step under way
-        self._pending: int | None = None  # manual mode: slot whose update the next step() measures
-        self._chunks: list[pa.Table] = []  # one per flush; pandas frames are built on demand
-        self._frames: list[pd.DataFrame] = []
-        # Losses logged since the last recorded step (device scalars or floats), then per slot;
-        # averaged on the host at flush. A loss may be negative (a log-likelihood, a GAN's
-        # critic), so it stays out of the table, whose "negative is absent" marker cannot tell.
-        self._losses: list[torch.Tensor | float] = []
-        self._slot_losses: list[list[torch.Tensor | float] | None] = [None] * flush_every
-        self._on_finding = on_finding
-        self._raise_on = raise_on
-        self._reported: set[tuple[str, tuple[str, ...]]] = set()
-        self._closed = False
-        self._started = _now()
+        self._probeset = attach_probes(self.model, self._player, optimizer, options, scaler)
+        self._probes, self._table = self._probeset.all, self._probeset.table
         # Under torch.distributed every rank measures and reduces; rank 0 alone writes the store.
         write = log_dir is not None and _dist.rank() == 0
         self._writer = RunWriter(log_dir, overwrite=overwrite) if write else None
-        self._handles = []
-        if optimizer is not None:
-            self._handles.append(optimizer.register_step_pre_hook(self._on_pre_step))
-            self._handles.append(optimizer.register_step_post_hook(self._on_post_step))
-        if scaler is not None:
-            self._handles.append(
-                ScalerHandle(scaler, optimizer, lambda: self._steps_taken, self._on_skipped)
-            )
+        self._buffer = StepBuffer(
+            self._probeset, options, self._writer, self.meta, self._write_meta
+        )
+        self._steps_taken = 0  # optimizer steps that actually ran (a GradScaler may skip some)
+        self._step = 0
+        self._in_update: int | None = None  # slot whose optimizer update is under way
+        self._step_frame = None  # the frame running the hooks of the optimizer step under way
+        self._pending: int | None = None  # manual mode: slot whose update the next step() measures
+        self._closed = False
+        self._handles = self._hook(optimizer, scaler)
         self._write_meta()
         self._arm()
+
+    def _hook(self, optimizer: torch.optim.Optimizer | None, scaler: Any) -> list:
+        """The optimizer's step hooks (and the GradScaler's), each with the handle close() removes."""
+        handles = []
+        if optimizer is not None:
+            handles.append(optimizer.register_step_pre_hook(self._on_pre_step))
+            handles.append(optimizer.register_step_post_hook(self._on_post_step))
+        if scaler is not None:
+            handles.append(
+                ScalerHandle(scaler, optimizer, lambda: self._steps_taken, self._on_skipped)
+            )
+        return handles
 
     # ----------------------------------------------------------------- the step lifecycle
 
@@ -240,7 +136,7 @@ class Watch:
     def _record(self) -> int:
         if self._order.active and self._order.seen_any:
             self._order.finish()
-        slot = self._slot
+        slot = self._buffer.slot
         for probe in self._probes:
             if self._active(probe):
                 probe.record(slot)
@@ -250,15 +146,10 @@ class Watch:
             # gradients were unscaled by the scaler before the optimizer's hooks ran.
             for probe in self._probes:
                 probe.unscale(slot, inv_sq)
-        self._commit_loss(slot)
+        self._buffer.commit_loss(slot)
         if "nonfinite" in self._raise_on:
             self._stop_if_nonfinite(slot)
         return slot
-
-    def _commit_loss(self, slot: int) -> None:
-        """The losses logged since the last recorded step belong to `slot` (averaged at flush)."""
-        self._slot_losses[slot] = self._losses or None
-        self._losses = []
 
     def _on_skipped(self) -> None:
         """The GradScaler found inf/NaN and skipped the optimizer step: a `skipped` row, no
@@ -266,17 +157,16 @@ class Watch:
         for probe in self._probes:
             probe.discard()
         self._in_update = None
-        slot = self._slot
-        self._skipped.mark_skipped(slot)
-        self._commit_loss(slot)
-        self._commit(slot)
+        slot = self._buffer.slot
+        self._probeset.skipped.mark_skipped(slot)
+        self._buffer.commit_loss(slot)
+        self._buffer.commit(self._step)
         self._advance()
 
     def _stop_if_nonfinite(self, slot: int) -> None:
         """The opt-in per-step check: reads one flag from the device (a sync, which the user asked for)."""
-        self._params_probe.settle(
-            slot + 1
-        )  # its side log into the table (earlier slots are in already)
+        # The params probe's side log into the table (earlier slots are in already).
+        self._probeset.params.settle(slot + 1)
         counts = self._table.data[slot, self._table.column("nonfinite")]
         grads = self._table.data[slot, self._table.column("grad_sq")]
         bad = (counts > 0) | ~torch.isfinite(grads)
@@ -285,9 +175,9 @@ class Watch:
         rows = [self._table.rows[i] for i in bad.nonzero().flatten().tolist()]
         layers = [n for n in self.layers() if n in rows]
         step = self._step
-        self._update_probe.discard()
+        self._probeset.update.discard()
         self._in_update = None
-        self._commit(slot)
+        self._buffer.commit(step)
         self.flush()
         raise NonFiniteGradientError(
             f"Non-finite gradients at step {step} in layer(s) {', '.join(repr(n) for n in layers)}; "
@@ -295,13 +185,9 @@ class Watch:
             "step under torch.autograd.detect_anomaly() to find the operation."
         )
 
-    def _commit(self, slot: int) -> None:
-        self._slot_steps.append(self._step)
-        self._slot += 1
-
     def _advance(self) -> None:
         self._step += 1
-        if self._slot == self.flush_every and self._pending is None:
+        if self._buffer.slot == self.flush_every and self._pending is None:
             self.flush()
         self._arm()
 
@@ -313,7 +199,7 @@ class Watch:
             return None
         self._step_frame = frame
         if self._in_update is not None:  # the previous step() raised before finishing
-            self._update_probe.discard()
+            self._probeset.update.discard()
             self._in_update = None
         if not self._recording():
             return None
@@ -347,7 +233,7 @@ class Watch:
             slot, self._in_update = self._in_update, None
             for probe in self._probes:
                 probe.after_update(slot)
-            self._commit(slot)
+            self._buffer.commit(self._step)
         self._advance()
 
     def step(self) -> None:
@@ -363,7 +249,7 @@ class Watch:
         self._finish_pending()
         if self._recording():
             slot = self._record()
-            self._commit(slot)
+            self._buffer.commit(self._step)
             self._pending = slot
         self._advance()
 
@@ -377,107 +263,19 @@ class Watch:
             slot, self._pending = self._pending, None
             for probe in self._probes:
                 probe.after_update(slot)
-        if self._slot == self.flush_every:
+        if self._buffer.slot == self.flush_every:
             self.flush()
 
     def log_loss(self, loss: torch.Tensor | float) -> None:
         """Record the training loss of the current step (call after backward, before the optimizer
         step). Stays on the device; several calls in one step (accumulation) are averaged."""
-        if not isinstance(loss, torch.Tensor):
-            self._losses.append(float(loss))
-            return
-        if loss.numel() != 1:
-            raise WatchError(
-                f"log_loss takes the scalar loss of the step; got a tensor of shape {tuple(loss.shape)}: reduce it first (e.g. loss.mean())."
-            )
-        # A copy (the caller may change its tensor in place), still on the device: no sync.
-        self._losses.append(
-            loss.detach().reshape(()).to(self._table.device, self._table.dtype, copy=True)
-        )
+        self._buffer.log_loss(loss)
 
     # ----------------------------------------------------------------- results
 
-    _flushing = False
-
     def flush(self) -> None:
         """Copy the recorded steps to the host (one transfer) and append them to the store."""
-        n = self._slot
-        if n == 0 or self._flushing:
-            return
-        self._flushing = True
-        try:
-            self._flush(n)
-        finally:
-            self._flushing = False
-
-    def _flush(self, n: int) -> None:
-        for probe in self._probes:
-            probe.settle(n)
-        if self._sharded and _dist.active():
-            cols = [self._table.column(c) for c in _dist.SUMMED if c in self._table.columns]
-            block = self._table.data[:n, cols]
-            self._table.data[:n, cols] = _dist.reduce_sums(block, self._dist_timeout)
-        raw = self._table.take(n)
-        for probe in self._probes:
-            raw.update(probe.take(n))
-        loss, loss_present = self._take_losses(n)
-        steps = np.asarray(self._slot_steps[:n], dtype=np.int64)
-        self._slot, self._slot_steps = 0, self._slot_steps[n:]
-        blocks = [block for probe in self._probes for block in probe.finalize(raw)]
-        blocks.append(("loss", ["(model)"], loss[:, None], loss_present[:, None]))
-        rows = long_table(blocks, steps)
-        self._chunks.append(rows)
-        if self._writer is not None:
-            if len(self._chunks) == 1:
-                self._write_meta()  # the forward order is known now
-            self._writer.append(rows)
-        if self._on_finding is not None or self._raise_on or self._writer is not None:
-            self._stream_findings()
-        for listener in self._listeners:
-            listener.rows(rows)
-
-    def _take_losses(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Each of the first `n` slots' mean logged loss (one copy from the device for all), and
-        which slots have one."""
-        slots, self._slot_losses = self._slot_losses[:n], self._slot_losses[n:] + [None] * n
-        tensors = [v for vs in slots if vs for v in vs if isinstance(v, torch.Tensor)]
-        host = iter(to_host(tensors).tolist())
-        loss = np.full(n, ABSENT)
-        for i, vs in enumerate(slots):
-            if vs:
-                # Summed in float64 in the order logged, as on the device before.
-                total = 0.0
-                for v in vs:
-                    total += next(host) if isinstance(v, torch.Tensor) else v
-                loss[i] = total / len(vs)
-        return loss, np.array([bool(vs) for vs in slots])
-
-    def _stream_findings(self) -> None:
-        """Run the detectors over the recent past; report findings not reported before.
-
-        A window of the last ten flushes keeps the cost per flush flat however long the run is.
-        """
-        recent = self._frame(len(self._chunks) - 10)
-        diagnosis = diagnose(recent, self.meta())
-        if self._writer is not None:
-            self._writer.write_findings([f.to_dict() for f in diagnosis.findings])
-        for finding in diagnosis.findings:
-            key = (finding.kind, finding.layers)
-            if key in self._reported:
-                continue
-            self._reported.add(key)
-            if self._on_finding is not None:
-                self._on_finding(finding)
-            # "nonfinite" is checked at every step, before the update, by _stop_if_nonfinite.
-            if (
-                finding.kind in self._raise_on
-                and finding.kind != "nonfinite"
-                and finding.severity in ("warning", "error")
-            ):
-                raise TrainingStoppedError(
-                    f"gradwatch stopped training at step {self._step} on {finding.kind} ({finding.summary}) "
-                    f"because raise_on includes it; see w.diagnose() for remedies."
-                )
+        self._buffer.flush(self._step)
 
     _final: Diagnosis | None = None
 
@@ -487,7 +285,7 @@ class Watch:
         integration's close among them) gets that diagnosis."""
         if self._closed:
             if self._final is None:
-                self._final = diagnose(self._all_stats(), self.meta())
+                self._final = diagnose(self._buffer.frame(0), self.meta())
             return self._final
         return diagnose(self.stats(), self.meta())
 
@@ -505,27 +303,11 @@ class Watch:
 
         return watch_html(self)
 
-    def _all_stats(self) -> pd.DataFrame:
-        return self._frame(0)
-
-    def _frame(self, first: int) -> pd.DataFrame:
-        """The flushed rows from chunk `first` on, as a DataFrame (converted once per chunk)."""
-        while len(self._frames) < len(self._chunks):
-            self._frames.append(to_frame(self._chunks[len(self._frames)]))
-        frames = self._frames[max(first, 0) :]
-        if not frames:
-            return empty_stats()
-        return (
-            frames[0].copy()
-            if len(frames) == 1
-            else normalize(pd.concat(frames, ignore_index=True))
-        )
-
     def stats(self) -> pd.DataFrame:
         """Every recorded number so far, long format: step, layer, metric, value, index."""
-        if not self._closed and self._pending is None and not self._flushing:
+        if not self._closed and self._pending is None and not self._buffer.flushing:
             self.flush()
-        return self._all_stats()
+        return self._buffer.frame(0)
 
     def layers(self) -> list[str]:
         """Layer names in forward order (registration order until the first forward pass).
@@ -551,7 +333,7 @@ class Watch:
     @property
     def update_extra_bytes(self) -> int:
         """Peak extra memory the update-ratio snapshots hold (bytes)."""
-        return self._update_probe.extra_bytes
+        return self._probeset.update.extra_bytes
 
     # ----------------------------------------------------------------- closing
 
@@ -577,13 +359,13 @@ class Watch:
         if self._writer is not None:
             self._writer.compact()
             self._write_meta(finished=True)
-        for listener in self._listeners:
+        for listener in self._buffer.listeners:
             listener.close(self)
 
     def add_listener(self, listener) -> None:
         """Integrations (TensorBoard, W&B, MLflow, Lightning) get each flush's rows
         (`listener.rows(table)`) and the closed watch (`listener.close(watch)`)."""
-        self._listeners.append(listener)
+        self._buffer.listeners.append(listener)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -603,36 +385,12 @@ class Watch:
 
     def meta(self) -> dict:
         """What the run directory's meta.json holds (model summary in forward order, settings...)."""
-        order = self.layers()
-        probes: dict = {}
-        for probe in self._probes:
-            probes.update(probe.meta())
-        return {
-            "format": 1,
-            "gradwatch_version": __version__,
-            "torch_version": torch.__version__,
-            "python_version": platform.python_version(),
-            "device": str(self._table.device),
-            "started": self._started,
-            "finished": None,
-            "settings": self._settings,
-            "model": {
-                **model_summary(self.model, self._player, order, self._init),
-                "param_bytes": param_bytes(self.model),
-            },
-            "optimizer": optimizer_summary(self.optimizer),
-            "probes": probes,
-            "layer_order": order,
-            "steps_seen": self._step,
-        }
+        return self._run.collect(self.layers(), self._probes, self._step)
 
     def _write_meta(self, finished: bool = False) -> None:
-        if self._writer is None:
-            return
-        meta = self.meta()
-        if finished:
-            meta["finished"] = _now()
-        self._writer.write_meta(meta)
+        if self._writer is not None:
+            meta = self._run.collect(self.layers(), self._probes, self._step, finished)
+            self._writer.write_meta(meta)
 
 
 def _encloses(outer, frame) -> bool:
@@ -645,16 +403,30 @@ def _encloses(outer, frame) -> bool:
     return False
 
 
+def _checked_optimizer(model: Any, optimizer: Any, scaler: Any) -> torch.optim.Optimizer | None:
+    """The optimizer to hook (a wrapper's inner one), once model, optimizer and scaler fit."""
+    if not isinstance(model, nn.Module):
+        raise WatchError(f"gw.watch() needs a torch.nn.Module, got {type(model).__name__}.")
+    optimizer = inner_optimizer(optimizer) if optimizer is not None else None
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise WatchError(
+            f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}; "
+            "pass optimizer=None and call w.step() yourself."
+        )
+    if scaler is not None and optimizer is None:
+        raise WatchError("scaler= needs the optimizer it steps: pass optimizer= as well.")
+    return optimizer
+
+
+_COMPILED = (
+    "gradwatch measures parameters of a torch.compile'd model but not its forward pass "
+    "(activations, backflow, through-time): hooks inside a compiled graph would force "
+    "recompilation. Watch the uncompiled model, or gw.check() it, for those."
+)
+
+
 def _is_compiled(model: nn.Module) -> bool:
     return isinstance(getattr(model, "_orig_mod", None), nn.Module)
-
-
-def _module(model: nn.Module, name: str) -> nn.Module:
-    return model if name == ROOT_NAME else model.get_submodule(name)
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def watch(
