@@ -42,8 +42,8 @@ def main() -> None:
         d = gw.check(setup.model, *setup.check_args(), what_if=True)
         seconds = time.perf_counter() - start
         found = sorted({f.kind for f in d.findings if f.severity in ("warning", "error")})
-        th = d.summary.get("theory") or {}
-        pred, meas = th.get("per_layer_predicted"), th.get("per_layer_measured")
+        th = d.summary.get("theory")
+        pred, meas = (th.per_layer_predicted, th.per_layer_measured) if th else (None, None)
         theory = (
             f"predicted x{pred:.3g}, measured x{meas:.3g}" if pred and meas else "no traced chain"
         )

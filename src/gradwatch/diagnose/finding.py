@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, is_dataclass
 from typing import Any
 
 KINDS = (
@@ -85,10 +85,15 @@ class Finding:
 
 @dataclass
 class Diagnosis:
-    """The findings of one check or run. `ok` is False when any finding is an error."""
+    """The findings of one check or run. `ok` is False when any finding is an error.
+
+    `summary` is keyed by name; a check adds typed results to it: "theory"
+    (`theory.model.TheoryComparison`), "jacobian" (`checks.at_init.JacobianAtInit`) and
+    "rehearsal" (`checks.rehearsal.RehearsalSummary`). `to_dict()` writes each as its `to_dict()`.
+    """
 
     findings: list[Finding]
-    summary: dict = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
     # The table and meta it was made from, so a display can draw the layers next to the findings.
     stats: Any = field(default=None, repr=False, compare=False)
     meta: dict | None = field(default=None, repr=False, compare=False)
@@ -148,7 +153,10 @@ class Diagnosis:
 
 
 def _jsonable(obj: Any) -> Any:
-    """Plain JSON types only; non-finite floats become None (JSON has no NaN)."""
+    """Plain JSON types only; non-finite floats become None (JSON has no NaN). A result object
+    (a dataclass instance with `to_dict()`) is written as its dict."""
+    if is_dataclass(obj) and not isinstance(obj, type) and hasattr(obj, "to_dict"):
+        return _jsonable(obj.to_dict())
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
