@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field, is_dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gradwatch.checks.what_if import RemedyTrial
 
 KINDS = (
     "vanishing_gradient",
@@ -97,7 +100,8 @@ class Diagnosis:
     # The table and meta it was made from, so a display can draw the layers next to the findings.
     stats: Any = field(default=None, repr=False, compare=False)
     meta: dict | None = field(default=None, repr=False, compare=False)
-    what_if: list[dict] | None = None  # `gw.check(..., what_if=True)`: remedies ranked, best first
+    # `gw.check(..., what_if=True)`: each remedy tried on a copy, ranked, best first
+    what_if: list[RemedyTrial] | None = None
 
     @property
     def ok(self) -> bool:
@@ -113,7 +117,7 @@ class Diagnosis:
             "summary": _jsonable(self.summary),
         }
         if self.what_if is not None:
-            out["what_if"] = _jsonable(self.what_if)
+            out["what_if"] = [_jsonable(t.to_dict()) for t in self.what_if]
         return out
 
     def to_json(self, **kw) -> str:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from gradwatch.checks.at_init import JacobianAtInit
     from gradwatch.checks.rehearsal import RehearsalSummary
+    from gradwatch.checks.what_if import RemedyTrial
     from gradwatch.theory.model import TheoryComparison
 
 WHAT_IF_SHOWN = 5
@@ -47,8 +48,8 @@ def prediction_lines(summary: dict) -> list[str]:
     return lines
 
 
-def what_if_lines(what_if: list[dict] | None, shown: int = WHAT_IF_SHOWN) -> list[str]:
+def what_if_lines(what_if: list[RemedyTrial] | None, shown: int = WHAT_IF_SHOWN) -> list[str]:
     """The best remedies first, one line each, as measured on a deep copy."""
     if not what_if:
         return []
-    return [("fixes  " if e.get("fixed") else "       ") + e["line"] for e in what_if[:shown]]
+    return [("fixes  " if t.fixed else "       ") + t.line for t in what_if[:shown]]
