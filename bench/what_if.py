@@ -58,9 +58,8 @@ def main() -> None:
         best = d.what_if[0] if d.what_if else None
         fixed += bool(best and best.fixed)
         print(f"{case.name:38s} {', '.join(found)}")
-        print(
-            f"{'':38s} {'FIXED' if best and best.fixed else 'not fixed'} by {best.line if best else '-'}"
-        )
+        verdict = "FIXED" if best and best.fixed else "not fixed"
+        print(f"{'':38s} {verdict} by {best.line if best else '-'}")
         print(f"{'':38s} {theory}; {seconds:.1f}s")
     print(f"\nbroken at init: {broken}, fixed by the best remedy: {fixed}")
     if gaps:

@@ -163,7 +163,8 @@ def what_if(
         try:
             copy = R.apply(name, model, inputs, generator=torch.Generator().manual_seed(SEED))
             after, after_stats = _run(copy, inputs, target, loss_fn, predict=False)
-        except Exception as exc:  # noqa: BLE001 - one remedy that cannot run must not stop the others
+        except Exception as exc:  # noqa: BLE001 - any remedy, any model
+            # One remedy that cannot run must not stop the others: it is reported and ranked last.
             reason = _reason(exc)
             trials.append(
                 trial(

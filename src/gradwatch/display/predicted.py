@@ -19,7 +19,8 @@ def _x(v: float) -> str:
 
 
 def prediction_lines(summary: dict) -> list[str]:
-    """ "theory: predicted x0.76 per layer, measured x0.75 (20 layers)" and the Jacobian's spectrum."""
+    """ "theory: predicted x0.76 per layer, measured x0.75 (20 layers)", the Jacobian's spectrum
+    and the rehearsal, one line each."""
     lines = []
     th: TheoryComparison | None = summary.get("theory")
     if th and th.per_layer_predicted is not None and th.per_layer_measured is not None:
