@@ -42,8 +42,8 @@ def main() -> None:
         d = gw.check(setup.model, *setup.check_args(), what_if=True)
         seconds = time.perf_counter() - start
         found = sorted({f.kind for f in d.findings if f.severity in ("warning", "error")})
-        th = d.summary.get("theory") or {}
-        pred, meas = th.get("per_layer_predicted"), th.get("per_layer_measured")
+        th = d.summary.get("theory")
+        pred, meas = (th.per_layer_predicted, th.per_layer_measured) if th else (None, None)
         theory = (
             f"predicted x{pred:.3g}, measured x{meas:.3g}" if pred and meas else "no traced chain"
         )
@@ -57,12 +57,10 @@ def main() -> None:
             continue
         broken += 1
         best = d.what_if[0] if d.what_if else None
-        fixed += bool(best and best["fixed"])
+        fixed += bool(best and best.fixed)
         print(f"{case.name:38s} {', '.join(found)}")
-        print(
-            f"{'':38s} {'FIXED' if best and best['fixed'] else 'not fixed'} by "
-            f"{best['line'] if best else '-'}"
-        )
+        verdict = "FIXED" if best and best.fixed else "not fixed"
+        print(f"{'':38s} {verdict} by {best.line if best else '-'}")
         print(f"{'':38s} {theory}; {seconds:.1f}s")
     print(f"\nbroken at init: {broken}, fixed by the best remedy: {fixed}")
     if gaps:

@@ -13,7 +13,7 @@ from torch import nn
 import gradwatch as gw
 from gradwatch import theory
 from gradwatch.theory import JacobianError, jacobian_spectrum
-from gradwatch.theory.model import predict_chain, shifted_mean
+from gradwatch.theory.model import LayerPrediction, TheoryComparison, predict_chain, shifted_mean
 from gradwatch.theory.trace import trace
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -71,8 +71,8 @@ def test_zero_bias_chain_follows_the_variance_map_and_chi1_of_theory():
     ]
     q = sigma_w2[0] * float(x.double().pow(2).mean())
     for i, link in enumerate(links):
-        assert link["q"] == pytest.approx(q, rel=1e-7)
-        assert link["chi"] == pytest.approx(theory.chi1("tanh", q, sigma_w2[i + 1]), rel=1e-7)
+        assert link.q == pytest.approx(q, rel=1e-7)
+        assert link.chi == pytest.approx(theory.chi1("tanh", q, sigma_w2[i + 1]), rel=1e-7)
         q = theory.variance_map("tanh", q, sigma_w2[i + 1], 0.0)
 
 
@@ -109,9 +109,9 @@ def test_check_predicts_the_measured_per_layer_factor_within_3_percent(act, std,
     th = gw.check(model, x).summary["theory"]
     factors = measured_factors(model, x)
     reference = float(np.exp(np.mean(np.log(factors))))
-    assert th["n_links"] == len(factors)
-    assert th["per_layer_measured"] == pytest.approx(reference, rel=0.01)  # another cotangent
-    assert th["per_layer_predicted"] == pytest.approx(reference, rel=0.03)
+    assert th.n_links == len(factors)
+    assert th.per_layer_measured == pytest.approx(reference, rel=0.01)  # another cotangent
+    assert th.per_layer_predicted == pytest.approx(reference, rel=0.03)
 
 
 def test_residual_add_and_functional_activations_break_the_chain():
@@ -227,9 +227,30 @@ def test_token_inputs_have_no_jacobian():
 def test_check_reports_the_jacobian_and_leaves_parameter_gradients_alone():
     model = deep(nn.Tanh, depth=3, width=16)
     d = gw.check(model, torch.randn(8, 16))
-    assert d.summary["jacobian"]["exact"] is True and d.summary["jacobian"]["mean_sq"] > 0
+    jac = d.summary["jacobian"]
+    assert jac.spectrum.exact is True and jac.spectrum.mean_sq > 0
     assert all(p.grad is None for p in model.parameters())
     assert "predicted x" in str(d) and "measured x" in str(d)
+
+
+def test_theory_and_jacobian_are_typed_and_write_the_json_they_always_wrote():
+    d = gw.check(deep(nn.Tanh, depth=3, width=16), torch.randn(32, 16))
+    th, jac = d.summary["theory"], d.summary["jacobian"]
+    assert isinstance(th, TheoryComparison) and isinstance(th.links[0], LayerPrediction)
+    doc = d.to_dict()["summary"]
+    assert list(doc["theory"]) == [
+        "per_layer_predicted",
+        "per_layer_measured",
+        "n_links",
+        "chains",
+        "links",
+    ]
+    assert doc["theory"]["chains"] == [list(c) for c in th.chains]
+    assert list(doc["theory"]["links"][0]) == [
+        *("layer", "next", "activation", "sigma_w2", "sigma_b2", "q", "chi", "predicted"),
+        "measured",
+    ]
+    assert doc["jacobian"] == {**jac.spectrum.to_dict(), "samples": 16}
 
 
 def test_identity_modules_are_transparent_to_the_trace():
@@ -261,6 +282,6 @@ def test_deep_cnn_on_small_images_is_predicted_with_its_padding():
         layers += [nn.Conv2d(32, 32, 3, padding=1), nn.Tanh()]
     model = nn.Sequential(*layers, nn.Flatten(), nn.Linear(32 * 6 * 6, 10))
     th = gw.check(model, torch.randn(32, 32, 6, 6)).summary["theory"]
-    assert th["n_links"] == 7
+    assert th.n_links == 7
     # Border outputs see fewer taps both ways, a correlation mean field ignores: 5%, not 1%.
-    assert th["per_layer_predicted"] == pytest.approx(th["per_layer_measured"], rel=0.05)
+    assert th.per_layer_predicted == pytest.approx(th.per_layer_measured, rel=0.05)

@@ -56,9 +56,17 @@ def test_a_learning_rate_fifty_times_too_high_is_found_before_training_and_a_san
     )
     assert sane.ok and sane.findings == []
     rh = sane.summary["rehearsal"]
-    assert rh["steps"] == 20 and rh["lr"] == [1e-3] and rh["optimizer"] == "Adam"
-    assert rh["loss_last"] < rh["loss_first"]
+    assert rh.steps == 20 and rh.lr == (1e-3,) and rh.optimizer == "Adam"
+    assert rh.loss_last < rh.loss_first
     assert "rehearsal: 20 Adam steps (lr 0.001)" in str(sane)
+    assert sane.to_dict()["summary"]["rehearsal"] == {
+        "steps": 20,
+        "optimizer": "Adam",
+        "lr": [1e-3],
+        "loss_first": rh.loss_first,
+        "loss_last": rh.loss_last,
+        "findings": [],
+    }
 
 
 def test_overflow_and_a_rate_too_small_are_found():
@@ -89,9 +97,7 @@ def test_model_optimizer_scheduler_and_rng_are_untouched():
     grads = [p.grad.clone() for p in model.parameters()]
     rng = torch.get_rng_state()
     d = gw.check(model, X, Y, predict=False, optimizer=opt)
-    assert d.summary["rehearsal"]["lr"] == [
-        pytest.approx(0.1 * 4 / 10)
-    ]  # the scheduler's current rate
+    assert d.summary["rehearsal"].lr == (pytest.approx(0.1 * 4 / 10),)  # the scheduler's rate
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
     after = opt.state_dict()
     assert after["param_groups"] == opt_state["param_groups"]

@@ -161,26 +161,23 @@ def test_what_if_ranks_a_fixing_remedy_first_and_leaves_the_model_untouched():
     )
     best = d.what_if[0]
     # (the stalled early layers, when reported too, are the same vanishing gradient seen per layer)
-    assert (
-        best["fixed"]
-        and "vanishing_gradient" in best["findings_before"]
-        and best["findings_after"] == []
-    )
-    assert best["signal_before"]["ratio"] < 1e-6 < 0.1 < best["signal_after"]["ratio"]
-    assert best["remedy"] in R.applicable(model, X)
+    assert best.fixed and "vanishing_gradient" in best.findings_before and best.findings_after == ()
+    assert best.signal_before.ratio < 1e-6 < 0.1 < best.signal_after.ratio
+    assert best.remedy in R.applicable(model, X)
     # The ranking is what the re-check measured: redo the best one by hand.
-    again = gw.check(R.apply(best["remedy"], model, X, generator=gen()), X, Y)
+    again = gw.check(R.apply(best.remedy, model, X, generator=gen()), X, Y)
     assert again.ok and again.summary["depth_trend"]["total"] == pytest.approx(
-        best["signal_after"]["ratio"], rel=1e-6
+        best.signal_after.ratio, rel=1e-6
     )
-    fixed = [e["fixed"] for e in d.what_if]
+    fixed = [t.fixed for t in d.what_if]
     assert fixed == sorted(fixed, reverse=True)
 
 
 def test_what_if_is_in_the_json_and_the_text():
     d = gw.check(sigmoid_deep(depth=5), X, Y, what_if=True)
     doc = json.loads(d.to_json())
-    assert doc["what_if"][0]["remedy"] == d.what_if[0]["remedy"]
+    assert doc["what_if"] == [t.to_dict() for t in d.what_if]
+    assert doc["what_if"][0]["remedy"] == d.what_if[0].remedy
     assert "what if" in str(d)
     assert "what_if" not in gw.check(sigmoid_deep(depth=5), X, Y).to_dict()
 
@@ -219,7 +216,7 @@ FAST = [
 def test_what_if_fixes_broken_scenarios(name):
     d = check_case(CASES_BY_NAME[name])
     assert any(f.severity in ("warning", "error") for f in d.findings)
-    assert d.what_if[0]["fixed"], d.what_if[0]["line"]
+    assert d.what_if[0].fixed, d.what_if[0].line
 
 
 @pytest.mark.slow
@@ -228,7 +225,7 @@ def test_every_broken_scenario_that_check_flags_has_a_remedy_that_fixes_it(case)
     d = check_case(case)
     if not any(f.severity in ("warning", "error") for f in d.findings):
         pytest.skip("its problem shows only while training, not at init")
-    assert d.what_if[0]["fixed"], d.what_if[0]["line"]
+    assert d.what_if[0].fixed, d.what_if[0].line
 
 
 def test_a_remedy_that_breaks_the_forward_is_reported_not_raised(monkeypatch):
@@ -250,5 +247,6 @@ def test_a_remedy_that_breaks_the_forward_is_reported_not_raised(monkeypatch):
         nn.Linear(64, 10),
     )
     d = gw.check(model, X, Y, what_if=True)
-    failed = next(e for e in d.what_if if e["remedy"] == "he_init")
-    assert failed["error"] == "RuntimeError: shape mismatch" and d.what_if[-1] is failed
+    failed = next(t for t in d.what_if if t.remedy == "he_init")
+    assert failed.error == "RuntimeError: shape mismatch" and d.what_if[-1] is failed
+    assert failed.findings_after is None and "errors_after" not in failed.to_dict()

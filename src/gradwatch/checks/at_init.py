@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -15,7 +16,7 @@ from gradwatch._nn import untouched
 from gradwatch.diagnose import Diagnosis, diagnose
 from gradwatch.errors import CheckError
 from gradwatch.monitor import Watch
-from gradwatch.theory.jacobian import jacobian_spectrum
+from gradwatch.theory.jacobian import JacobianSpectrum, jacobian_spectrum
 from gradwatch.theory.model import compare
 from gradwatch.theory.trace import trace
 
@@ -23,6 +24,17 @@ COTANGENT_SEED = 0
 # The spectrum's moments average over samples already, so a few samples and probes suffice.
 JACOBIAN_SAMPLES, JACOBIAN_PROBES = 16, 8
 REHEARSAL_STEPS = 20
+
+
+@dataclass(frozen=True)
+class JacobianAtInit:
+    """The input-output Jacobian's spectrum as a check measured it (`summary["jacobian"]`)."""
+
+    spectrum: JacobianSpectrum  # singular values and the moments of σ² (unitless for J)
+    samples: int | None  # how many samples of the batch it used; None when all of them
+
+    def to_dict(self) -> dict:
+        return {**self.spectrum.to_dict(), "samples": self.samples}
 
 
 def _output_tensor(output: Any) -> torch.Tensor | None:
@@ -166,7 +178,7 @@ def _predictions(model: nn.Module, inputs: Any, traced, stats) -> dict:
     """Theory next to measurement, and the Jacobian spectrum; each left out where it cannot apply."""
     out: dict = {}
     theory = compare(traced, stats)
-    if theory is not None and theory["n_links"]:
+    if theory is not None and theory.n_links:
         out["theory"] = theory
     # Integer inputs or an op without double backward leave the Jacobian out; the check still stands.
     with contextlib.suppress(Exception):
@@ -175,8 +187,10 @@ def _predictions(model: nn.Module, inputs: Any, traced, stats) -> dict:
             if isinstance(inputs, torch.Tensor) and inputs.dim() > 1
             else inputs
         )
-        out["jacobian"] = jacobian_spectrum(model, few, k=JACOBIAN_PROBES).to_dict()
-        out["jacobian"]["samples"] = len(few) if few is not inputs else None
+        out["jacobian"] = JacobianAtInit(
+            jacobian_spectrum(model, few, k=JACOBIAN_PROBES),
+            len(few) if few is not inputs else None,
+        )
     return out
 
 

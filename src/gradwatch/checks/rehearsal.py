@@ -12,6 +12,7 @@ warm-up rehearses its first, small rate.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -22,6 +23,28 @@ from gradwatch.diagnose import Diagnosis, Finding
 from gradwatch.diagnose.finding import SEVERITIES
 from gradwatch.errors import CheckError
 from gradwatch.monitor import Watch
+
+
+@dataclass(frozen=True)
+class RehearsalSummary:
+    """What the rehearsed optimizer steps did (`Diagnosis.summary["rehearsal"]` of a check)."""
+
+    steps: int  # optimizer steps taken on the copy
+    optimizer: str  # the optimizer's class name, e.g. "Adam"
+    lr: tuple[float, ...]  # the distinct learning rates of its parameter groups, ascending
+    loss_first: float  # training loss at the first rehearsed step (the loss's own units)
+    loss_last: float  # training loss at the last rehearsed step (the loss's own units)
+    findings: tuple[str, ...] = ()  # kinds of the findings the rehearsal added to the check
+
+    def to_dict(self) -> dict:
+        return {
+            "steps": self.steps,
+            "optimizer": self.optimizer,
+            "lr": list(self.lr),
+            "loss_first": self.loss_first,
+            "loss_last": self.loss_last,
+            "findings": list(self.findings),
+        }
 
 
 def copy_optimizer(
@@ -55,7 +78,7 @@ def copy_optimizer(
 
 def rehearse(
     model: nn.Module, optimizer: torch.optim.Optimizer, inputs: Any, loss, steps: int
-) -> tuple[Diagnosis, dict]:
+) -> tuple[Diagnosis, RehearsalSummary]:
     """Diagnosis of `steps` optimizer steps on a copy, and a summary of what they did.
 
     `loss(output)` turns the copy's output into the training loss. Raises CheckError when the
@@ -105,17 +128,17 @@ def rehearse(
         w.close()
     diagnosis = w.diagnose()
     lrs = sorted({float(g["lr"]) for g in twin.param_groups if "lr" in g})
-    summary = {
-        "steps": steps,
-        "optimizer": type(optimizer).__name__,
-        "lr": lrs,
-        "loss_first": losses[0],
-        "loss_last": losses[-1],
-    }
+    summary = RehearsalSummary(
+        steps=steps,
+        optimizer=type(optimizer).__name__,
+        lr=tuple(lrs),
+        loss_first=losses[0],
+        loss_last=losses[-1],
+    )
     return diagnosis, summary
 
 
-def merged(init: Diagnosis, rehearsal: Diagnosis, summary: dict) -> Diagnosis:
+def merged(init: Diagnosis, rehearsal: Diagnosis, summary: RehearsalSummary) -> Diagnosis:
     """The check's diagnosis with the rehearsal's warnings and errors of kinds it does not hold,
     each saying it comes from the rehearsal."""
     have = init.kinds()
@@ -123,7 +146,8 @@ def merged(init: Diagnosis, rehearsal: Diagnosis, summary: dict) -> Diagnosis:
     for f in rehearsal.findings:
         if f.severity == "info" or f.kind in have:
             continue
-        lead = f"In {summary['steps']} rehearsed {summary['optimizer']} steps (lr {', '.join(f'{x:g}' for x in summary['lr'])}) on a copy: "
+        rates = ", ".join(f"{x:g}" for x in summary.lr)
+        lead = f"In {summary.steps} rehearsed {summary.optimizer} steps (lr {rates}) on a copy: "
         added.append(
             Finding(
                 f.kind,
@@ -139,7 +163,7 @@ def merged(init: Diagnosis, rehearsal: Diagnosis, summary: dict) -> Diagnosis:
     findings = sorted(init.findings + added, key=lambda f: -SEVERITIES.index(f.severity))
     out = Diagnosis(
         findings,
-        {**init.summary, "rehearsal": {**summary, "findings": [f.kind for f in added]}},
+        {**init.summary, "rehearsal": replace(summary, findings=tuple(f.kind for f in added))},
         init.stats,
         init.meta,
     )

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, is_dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gradwatch.checks.what_if import RemedyTrial
 
 KINDS = (
     "vanishing_gradient",
@@ -85,14 +88,20 @@ class Finding:
 
 @dataclass
 class Diagnosis:
-    """The findings of one check or run. `ok` is False when any finding is an error."""
+    """The findings of one check or run. `ok` is False when any finding is an error.
+
+    `summary` is keyed by name; a check adds typed results to it: "theory"
+    (`theory.model.TheoryComparison`), "jacobian" (`checks.at_init.JacobianAtInit`) and
+    "rehearsal" (`checks.rehearsal.RehearsalSummary`). `to_dict()` writes each as its `to_dict()`.
+    """
 
     findings: list[Finding]
-    summary: dict = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
     # The table and meta it was made from, so a display can draw the layers next to the findings.
     stats: Any = field(default=None, repr=False, compare=False)
     meta: dict | None = field(default=None, repr=False, compare=False)
-    what_if: list[dict] | None = None  # `gw.check(..., what_if=True)`: remedies ranked, best first
+    # `gw.check(..., what_if=True)`: each remedy tried on a copy, ranked, best first
+    what_if: list[RemedyTrial] | None = None
 
     @property
     def ok(self) -> bool:
@@ -108,7 +117,7 @@ class Diagnosis:
             "summary": _jsonable(self.summary),
         }
         if self.what_if is not None:
-            out["what_if"] = _jsonable(self.what_if)
+            out["what_if"] = [_jsonable(t.to_dict()) for t in self.what_if]
         return out
 
     def to_json(self, **kw) -> str:
@@ -148,7 +157,10 @@ class Diagnosis:
 
 
 def _jsonable(obj: Any) -> Any:
-    """Plain JSON types only; non-finite floats become None (JSON has no NaN)."""
+    """Plain JSON types only; non-finite floats become None (JSON has no NaN). A result object
+    (a dataclass instance with `to_dict()`) is written as its dict."""
+    if is_dataclass(obj) and not isinstance(obj, type) and hasattr(obj, "to_dict"):
+        return _jsonable(obj.to_dict())
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

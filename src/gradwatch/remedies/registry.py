@@ -213,14 +213,14 @@ REMEDIES: dict[str, RemedySpec] = dict(
             lambda m, x, g: zero_init_residual(m),
         ),
         _spec(
-            "fixup_init",
+            "fixup_residual",
             "Fixup: He init, residual branches scaled by L^(-1/(2m-2)), their last layer zeroed",
             lambda m, x: bool(residual_branches(m)),
             lambda m, x, g: fixup_residual(m, generator=g),
         ),
     ]
 )
-"""Every remedy `apply` knows, by name. "fixup_init" and "zero_init_residual" find the residual
+"""Every remedy `apply` knows, by name. "fixup_residual" and "zero_init_residual" find the residual
 branches by the name of their shortcut child (`residual_branches`); for other models call
 `fixup_init(model, blocks)` or `zero_init_last(blocks)` with the branches yourself."""
 

@@ -13,6 +13,7 @@ second moment of the chain's input, and expectations are averaged over units.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -69,9 +70,63 @@ def layer_sigmas(call: Call) -> tuple[float, np.ndarray]:
     return sigma_w2, bias
 
 
-def predict_chain(trace: Trace, chain: list[str]) -> list[dict]:
-    """One dict per link of `chain`: the layers, activation, σ_w², σ_b², the pre-activation scale
-    and the predicted factor of the back-propagated signal's *norm* (√ of the variance factor)."""
+@dataclass(frozen=True)
+class LayerPrediction:
+    """One link of a traced chain: layer -> activation -> next layer, predicted and measured.
+
+    Factors are of the back-propagated signal's norm, ‖∂L/∂h(layer)‖ / ‖∂L/∂h(next)‖ (unitless).
+    """
+
+    layer: str  # dotted name of the layer whose output feeds the activation
+    next: str  # dotted name of the layer the activation feeds
+    activation: str  # the activation between them, by its theory name ("tanh", "relu", ...)
+    sigma_w2: float  # σ_w² of `next`: fan_in · mean(W²) · valid-tap fraction (unitless)
+    sigma_b2: float  # mean square of `layer`'s biases (squared units of its output)
+    q: float  # second moment of `layer`'s pre-activations, s² + σ_b² (squared output units)
+    chi: float  # predicted variance factor σ_w² · E[φ'(h)²] (unitless)
+    predicted: float  # predicted norm factor, √chi (unitless)
+    measured: float | None = None  # backflow(layer) / backflow(next) at the first step; None
+    # where either is missing, zero or non-finite
+
+    def to_dict(self) -> dict:
+        return {
+            "layer": self.layer,
+            "next": self.next,
+            "activation": self.activation,
+            "sigma_w2": self.sigma_w2,
+            "sigma_b2": self.sigma_b2,
+            "q": self.q,
+            "chi": self.chi,
+            "predicted": self.predicted,
+            "measured": self.measured,
+        }
+
+
+@dataclass(frozen=True)
+class TheoryComparison:
+    """Mean-field prediction next to measurement of the back-propagated signal's per-layer factor
+    (`Diagnosis.summary["theory"]` of a check). Factors are unitless ratios of norms."""
+
+    per_layer_predicted: float | None  # geometric mean of `predicted` over the links with both
+    per_layer_measured: float | None  # geometric mean of `measured` over the same links
+    n_links: int  # how many links have both a positive prediction and a measurement
+    chains: tuple[tuple[str, ...], ...]  # every traced chain, each its layers' names in order
+    links: tuple[LayerPrediction, ...]  # every link of every chain, measured or not
+
+    def to_dict(self) -> dict:
+        return {
+            "per_layer_predicted": self.per_layer_predicted,
+            "per_layer_measured": self.per_layer_measured,
+            "n_links": self.n_links,
+            "chains": [list(c) for c in self.chains],
+            "links": [lk.to_dict() for lk in self.links],
+        }
+
+
+def predict_chain(trace: Trace, chain: list[str]) -> list[LayerPrediction]:
+    """One prediction per link of `chain`: the layers, activation, σ_w², σ_b², the pre-activation
+    scale and the predicted factor of the back-propagated signal's *norm* (√ of the variance
+    factor); `measured` is left None."""
     calls = {c.name: c for c in trace.calls}
     acts = {(link.src, link.dst): link for link in trace.links}
     sigma_w2, bias = layer_sigmas(calls[chain[0]])
@@ -86,16 +141,16 @@ def predict_chain(trace: Trace, chain: list[str]) -> list[dict]:
         next_w2, next_bias = layer_sigmas(calls[dst])
         chi = next_w2 * e_dphi2
         out.append(
-            {
-                "layer": src,
-                "next": dst,
-                "activation": link.activation,
-                "sigma_w2": next_w2,
-                "sigma_b2": float(np.mean(bias**2)),
-                "q": s2 + float(np.mean(bias**2)),
-                "chi": chi,
-                "predicted": math.sqrt(chi),
-            }
+            LayerPrediction(
+                layer=src,
+                next=dst,
+                activation=link.activation,
+                sigma_w2=next_w2,
+                sigma_b2=float(np.mean(bias**2)),
+                q=s2 + float(np.mean(bias**2)),
+                chi=chi,
+                predicted=math.sqrt(chi),
+            )
         )
         bias, s2 = next_bias, next_w2 * e_phi2
     return out
@@ -105,7 +160,7 @@ def _geo_mean(values: list[float]) -> float | None:
     return float(np.exp(np.mean(np.log(values)))) if values else None
 
 
-def compare(trace: Trace, stats: pd.DataFrame) -> dict | None:
+def compare(trace: Trace, stats: pd.DataFrame) -> TheoryComparison | None:
     """Predicted next to measured per-layer factors of `backflow_norm`, over every traced chain.
 
     Measured factor of a link = backflow(layer) / backflow(next layer) at the first step.
@@ -121,15 +176,14 @@ def compare(trace: Trace, stats: pd.DataFrame) -> dict | None:
     links = []
     for chain in chains:
         for link in predict_chain(trace, chain):
-            a, b = measured.get(link["layer"]), measured.get(link["next"])
+            a, b = measured.get(link.layer), measured.get(link.next)
             ok = a is not None and b is not None and a > 0 and b > 0 and math.isfinite(a / b)
-            link["measured"] = a / b if ok else None
-            links.append(link)
-    both = [lk for lk in links if lk["measured"] is not None and lk["predicted"] > 0]
-    return {
-        "per_layer_predicted": _geo_mean([lk["predicted"] for lk in both]),
-        "per_layer_measured": _geo_mean([lk["measured"] for lk in both]),
-        "n_links": len(both),
-        "chains": chains,
-        "links": links,
-    }
+            links.append(replace(link, measured=a / b if ok else None))
+    both = [lk for lk in links if lk.measured is not None and lk.predicted > 0]
+    return TheoryComparison(
+        per_layer_predicted=_geo_mean([lk.predicted for lk in both]),
+        per_layer_measured=_geo_mean([lk.measured for lk in both]),
+        n_links=len(both),
+        chains=tuple(tuple(c) for c in chains),
+        links=tuple(links),
+    )
