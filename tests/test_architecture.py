@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "gradwatch"
 
 # The root's shared helpers: every part may import them, and they import no part.
-BASE = {"_version", "errors", "_tensor", "_nn", "activations"}
+BASE = {"_version", "errors", "_tensor", "_nn", "_json", "activations"}
 # Which parts each part may import at module level. Parts not named here (lab, integrations,
 # cli, demo, run_script, the package __init__) sit on top and may import any part.
 ALLOWED = {

@@ -10,10 +10,10 @@ import math
 import pytest
 
 import gradwatch as gw
+from gradwatch._json import jsonable as json_ready
 from gradwatch.lab import catalogue
 from gradwatch.lab.experiment import Settings
 from gradwatch.lab.experiments import batchnorm, depth_activation, init, mean_field, residual, selu
-from gradwatch.lab.runner import json_ready
 
 TINY = {
     "depth-activation": {"depths": [2, 4], "width": 16, "epochs": 1, "probe_batch": 64},

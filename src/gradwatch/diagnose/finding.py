@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import dataclass, field, is_dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from gradwatch._json import jsonable
 
 if TYPE_CHECKING:
     from gradwatch.checks.what_if import RemedyTrial
@@ -68,7 +69,7 @@ class Finding:
             "severity": self.severity,
             "layers": list(self.layers),
             "summary": self.summary,
-            "evidence": _jsonable(self.evidence),
+            "evidence": jsonable(self.evidence),
             "remedies": [r.to_dict() for r in self.remedies],
             "step": self.step,
         }
@@ -114,10 +115,10 @@ class Diagnosis:
         out = {
             "ok": self.ok,
             "findings": [f.to_dict() for f in self.findings],
-            "summary": _jsonable(self.summary),
+            "summary": jsonable(self.summary),
         }
         if self.what_if is not None:
-            out["what_if"] = [_jsonable(t.to_dict()) for t in self.what_if]
+            out["what_if"] = [jsonable(t.to_dict()) for t in self.what_if]
         return out
 
     def to_json(self, **kw) -> str:
@@ -154,19 +155,3 @@ class Diagnosis:
         from gradwatch.display.notebook import diagnosis_html
 
         return diagnosis_html(self)
-
-
-def _jsonable(obj: Any) -> Any:
-    """Plain JSON types only; non-finite floats become None (JSON has no NaN). A result object
-    (a dataclass instance with `to_dict()`) is written as its dict."""
-    if is_dataclass(obj) and not isinstance(obj, type) and hasattr(obj, "to_dict"):
-        return _jsonable(obj.to_dict())
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
-        obj = obj.item()
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    return obj

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import math
 import os
 import time
 import traceback
@@ -24,6 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
+from gradwatch._json import jsonable
 from gradwatch._version import __version__
 from gradwatch.lab import catalogue
 from gradwatch.lab.experiment import Experiment, Settings
@@ -57,23 +57,6 @@ def resolve(names: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def json_ready(value: Any) -> Any:
-    """Plain JSON: tuples as lists, numpy and torch scalars as numbers, NaN/inf as None."""
-    if isinstance(value, dict):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_ready(v) for v in value]
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, int):
-        return value
-    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
-        value = value.item()
-    if isinstance(value, float | int):
-        return float(value) if math.isfinite(value) else None
-    return str(value)
-
-
 def run_one(exp: Experiment, settings: Settings) -> dict[str, Any]:
     """Run one experiment and judge it; an exception becomes a failed record, never propagates
     (KeyboardInterrupt does: the caller decides what an interruption means)."""
@@ -95,9 +78,9 @@ def run_one(exp: Experiment, settings: Settings) -> dict[str, Any]:
     start = time.perf_counter()
     try:
         outcome = exp.run(settings)
-        record["measured"] = json_ready(outcome.measured)
-        record["setup"] = json_ready(outcome.setup)
-        record["figures"] = [json_ready(f.to_dict()) for f in outcome.figures]
+        record["measured"] = jsonable(outcome.measured)
+        record["setup"] = jsonable(outcome.setup)
+        record["figures"] = [jsonable(f.to_dict()) for f in outcome.figures]
         record["runs"] = [_relative(p, settings.out.parent) for p in outcome.runs]
         record["reproduced"] = bool(exp.judge(outcome.measured))
     except Exception as exc:  # noqa: BLE001 - one broken experiment must not stop the others
@@ -126,7 +109,7 @@ def write_results(out: Path, result: LabResult, meta: dict[str, Any]) -> None:
         "all_reproduced": result.all_reproduced,
         "experiments": result.records,
     }
-    _atomic_write(out / RESULTS, json.dumps(json_ready(doc), indent=2, allow_nan=False))
+    _atomic_write(out / RESULTS, json.dumps(jsonable(doc), indent=2, allow_nan=False))
     _atomic_write(out / PAGE, render(doc))
 
 

@@ -21,13 +21,16 @@ from gradwatch.theory.meanfield import (
     predict_backflow,
     variance_map,
 )
+from gradwatch.theory.model import LayerPrediction, TheoryComparison
 
 __all__ = [
     "ACTIVATIONS",
     "PHASE_TOL",
     "JacobianError",
     "JacobianSpectrum",
+    "LayerPrediction",
     "MeanField",
+    "TheoryComparison",
     "TheoryError",
     "chi1",
     "correlation_map",
