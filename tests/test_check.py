@@ -90,7 +90,8 @@ def test_activations_and_gradients_exploding_together_are_caught():
     d = gw.check(model, x, torch.randint(0, 10, (64,)))
     f = next(f for f in d.findings if f.kind == "exploding_gradient")
     assert f.evidence["activations"]["total"] > 1e3
-    # The published ratio rules would not fire: first/last is above 1e-3 (vanishing) and below 70 (exploding).
+    # The published ratio rules would not fire: first/last is above 1e-3 (vanishing) and below 70
+    # (exploding).
     model.zero_grad()
     nn.functional.cross_entropy(model(x), torch.randint(0, 10, (64,))).backward()
     stats_ratio = model[0].weight.grad.norm() / model[-1].weight.grad.norm()

@@ -188,7 +188,8 @@ def test_a_layer_waking_up_behind_a_zero_initialised_one_is_not_stalled():
 
 
 def test_a_slow_norm_gain_is_not_a_stalled_layer():
-    # BatchNorm gains sit near 1 and move slowly by design (healthy sigmoid CNN + BN: 5e-3 of the busiest).
+    # BatchNorm gains sit near 1 and move slowly by design (healthy sigmoid CNN + BN: 5e-3 of the
+    # busiest).
     types = {"0": "Conv2d", "1": "BatchNorm2d", "2": "Conv2d", "3": "Conv2d"}
     upd = {"0": [1e-2] * 20, "1": [5e-6] * 20, "2": [1e-2] * 20, "3": [1e-2] * 20}
     assert "stalled_layer" not in _kinds(_table({"update_ratio": upd}), _meta(types))
@@ -242,7 +243,8 @@ def _updates(
 
 
 def test_first_ten_updates_that_add_up_to_the_weights_are_unstable():
-    # Adam at 50x its usual rate: five large steps, then the inflated weights make ratios look modest.
+    # Adam at 50x its usual rate: five large steps, then the inflated weights make ratios look
+    # modest.
     steps = [0.34, 0.25, 0.18, 0.14, 0.11, 0.09, 0.07, 0.06, 0.05, 0.05] + [0.02] * 30
     f = next(
         f

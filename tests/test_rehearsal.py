@@ -119,7 +119,9 @@ def test_model_optimizer_scheduler_and_rng_are_untouched():
     ],
 )
 def test_the_copied_optimizer_steps_exactly_as_the_original(make):
-    """Reference: the user's own optimizer, stepped on the real model after a few steps of history."""
+    """Reference: the user's own optimizer, stepped on the real model after a few steps of
+    history.
+    """
     model = nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 10))
     opt = make([{"params": model[0].parameters()}, {"params": model[2].parameters(), "lr": 1e-2}])
 

@@ -99,7 +99,9 @@ def test_every_figure_drew(opened):
         """() => [...document.querySelectorAll('.js-plotly-plot')].map(d => ({
             id: d.id,
             box: d.getBoundingClientRect().height * d.getBoundingClientRect().width,
-            marks: d.querySelectorAll('.heatmaplayer image, .scatterlayer path.js-line, .scatterlayer path.point').length,
+            marks: d.querySelectorAll(
+                '.heatmaplayer image, .scatterlayer path.js-line, .scatterlayer path.point'
+            ).length,
         }))"""
     )
     ids = {c["id"] for c in counts}

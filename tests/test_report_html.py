@@ -354,7 +354,8 @@ def test_nonfinite_gradients_are_marked_not_left_blank(tmp_path):
             opt.step()
     fig = figures.layer_heatmap([from_watch(w)], "grad_norm", "t")
     marks = [t for t in fig.data if t.name == "non-finite"]
-    # From the NaN step on (its update made the weights NaN too), both Linear layers, nothing before.
+    # From the NaN step on (its update made the weights NaN too), both Linear layers, nothing
+    # before.
     assert len(marks) == 1 and set(marks[0].x) == {2, 3}
     assert len(set(marks[0].y)) == 2
 

@@ -1,4 +1,6 @@
-"""`gw.check`: one forward and backward at initialisation, diagnosed, with the model left untouched."""
+"""`gw.check`: one forward and backward at initialisation, diagnosed, with the model left
+untouched.
+"""
 
 from __future__ import annotations
 
@@ -85,10 +87,10 @@ def check(
     No optimizer step is taken; weights, buffers, gradients, train/eval modes and the global RNG
     state are exactly as before. Without a `target`, the output is back-propagated against a
     random cotangent v of norm 1 per sample (a fixed seed, independent of the global RNG): the
-    gradient of ⟨out, v⟩, which shows how any loss's gradient would flow. With a target and no `loss_fn`, integer targets
-    use cross-entropy and float targets mean squared error. Inputs may be a tensor, a tuple (passed
-    as positional arguments) or a dict (keyword arguments). Use a batch of at least 16 samples:
-    "dead for every sample" means little for a handful.
+    gradient of ⟨out, v⟩, which shows how any loss's gradient would flow. With a target and no
+    `loss_fn`, integer targets use cross-entropy and float targets mean squared error. Inputs may
+    be a tensor, a tuple (passed as positional arguments) or a dict (keyword arguments). Use a
+    batch of at least 16 samples: "dead for every sample" means little for a handful.
 
     `predict` adds summary["theory"] (mean-field prediction of the per-layer factor of the
     back-propagated signal from each layer's own weights, biases and activation, next to the
@@ -149,7 +151,8 @@ def _run(model: nn.Module, inputs: Any, target: Any, loss_fn: Callable | None, p
                     output = _call(model, inputs)
             except Exception as exc:  # noqa: BLE001 - any failure here is the user's inputs or model
                 raise CheckError(
-                    f"The model could not run on the inputs ({type(exc).__name__}: {_first_line(exc)}); "
+                    "The model could not run on the inputs "
+                    f"({type(exc).__name__}: {_first_line(exc)}); "
                     "pass inputs shaped and typed as the model's forward expects."
                 ) from None
             loss = _loss(output, target, loss_fn)
@@ -159,7 +162,8 @@ def _run(model: nn.Module, inputs: Any, target: Any, loss_fn: Callable | None, p
                 loss.backward()
             except Exception as exc:  # noqa: BLE001
                 raise CheckError(
-                    f"Backward failed ({type(exc).__name__}: {_first_line(exc)}); the loss must be a differentiable scalar."
+                    f"Backward failed ({type(exc).__name__}: {_first_line(exc)}); "
+                    "the loss must be a differentiable scalar."
                 ) from None
             w.log_loss(loss.detach())
             w.step()
@@ -175,12 +179,15 @@ def _run(model: nn.Module, inputs: Any, target: Any, loss_fn: Callable | None, p
 
 
 def _predictions(model: nn.Module, inputs: Any, traced, stats) -> dict:
-    """Theory next to measurement, and the Jacobian spectrum; each left out where it cannot apply."""
+    """Theory next to measurement, and the Jacobian spectrum; each left out where it cannot
+    apply.
+    """
     out: dict = {}
     theory = compare(traced, stats)
     if theory is not None and theory.n_links:
         out["theory"] = theory
-    # Integer inputs or an op without double backward leave the Jacobian out; the check still stands.
+    # Integer inputs or an op without double backward leave the Jacobian out; the check still
+    # stands.
     with contextlib.suppress(Exception):
         few = (
             inputs[:JACOBIAN_SAMPLES]
@@ -202,7 +209,8 @@ def _loss(
             loss = loss_fn(output, target) if target is not None else loss_fn(output)
         except Exception as exc:  # noqa: BLE001
             raise CheckError(
-                f"loss_fn raised {type(exc).__name__}: {_first_line(exc)}; check it accepts (output, target)."
+                f"loss_fn raised {type(exc).__name__}: {_first_line(exc)}; "
+                "check it accepts (output, target)."
             ) from None
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise CheckError("loss_fn must return a scalar tensor.")
@@ -210,7 +218,8 @@ def _loss(
     out = _output_tensor(output)
     if out is None:
         raise CheckError(
-            "The model's output holds no floating-point tensor that requires grad; pass loss_fn to say what to differentiate."
+            "The model's output holds no floating-point tensor that requires grad; "
+            "pass loss_fn to say what to differentiate."
         )
     if out.numel() == 1 and out is getattr(output, "loss", None):
         return out.reshape(())
@@ -219,11 +228,13 @@ def _loss(
             return _default_loss(out, target)
         except Exception as exc:  # noqa: BLE001
             raise CheckError(
-                f"The default loss could not compare output {tuple(out.shape)} with target ({_first_line(exc)}); pass loss_fn."
+                f"The default loss could not compare output {tuple(out.shape)} "
+                f"with target ({_first_line(exc)}); pass loss_fn."
             ) from None
     if not cotangent:
         raise CheckError(
-            "Rehearsing optimizer steps needs a training loss: pass target (and loss_fn if the default does not fit)."
+            "Rehearsing optimizer steps needs a training loss: "
+            "pass target (and loss_fn if the default does not fit)."
         )
     gen = torch.Generator(device="cpu").manual_seed(COTANGENT_SEED)
     v = torch.randn(out.shape, generator=gen, dtype=torch.float32).to(out.device, out.dtype)

@@ -17,7 +17,9 @@ KEYS = ("model", "inputs", "target", "loss_fn", "optimizer")
 
 
 def load_factory(target: str):
-    """`path/file.py:factory` or `package.module:factory` -> (model, inputs, target, loss_fn, optimizer)."""
+    """`path/file.py:factory` or `package.module:factory` -> (model, inputs, target, loss_fn,
+    optimizer).
+    """
     if ":" not in target:
         raise FactoryError(
             f"'{target}' names no factory; write path/file.py:factory or package.module:factory."
@@ -34,7 +36,8 @@ def load_factory(target: str):
             spec.loader.exec_module(module)
         except Exception as exc:  # noqa: BLE001 - the user's file
             raise FactoryError(
-                f"Importing '{where}' raised {type(exc).__name__}: {_line(exc)}; fix the file and retry."
+                f"Importing '{where}' raised {type(exc).__name__}: {_line(exc)}; "
+                "fix the file and retry."
             ) from None
         finally:
             sys.path.pop(0)
@@ -47,7 +50,8 @@ def load_factory(target: str):
             ) from None
         except Exception as exc:  # noqa: BLE001
             raise FactoryError(
-                f"Importing '{where}' raised {type(exc).__name__}: {_line(exc)}; fix the module and retry."
+                f"Importing '{where}' raised {type(exc).__name__}: {_line(exc)}; "
+                "fix the module and retry."
             ) from None
     factory = getattr(module, name, None)
     if factory is None:
@@ -60,7 +64,8 @@ def load_factory(target: str):
         )
     if not callable(factory):
         raise FactoryError(
-            f"'{name}' in '{where}' is not callable; it must be a function returning (model, inputs)."
+            f"'{name}' in '{where}' is not callable; "
+            "it must be a function returning (model, inputs)."
         )
     try:
         made = factory()
@@ -72,11 +77,13 @@ def load_factory(target: str):
         return _from_dict(made, name)
     if isinstance(made, nn.Module):
         raise FactoryError(
-            f"The factory '{name}' returned only a model; return (model, inputs) so there is something to run."
+            f"The factory '{name}' returned only a model; "
+            "return (model, inputs) so there is something to run."
         )
     if not isinstance(made, tuple) or not 2 <= len(made) <= 4 or not isinstance(made[0], nn.Module):
         raise FactoryError(
-            f"The factory '{name}' must return (model, inputs), (model, inputs, target), (model, inputs, target, loss_fn) "
+            f"The factory '{name}' must return (model, inputs), (model, inputs, target), "
+            "(model, inputs, target, loss_fn) "
             "or a dict with the keys model, inputs and any of target, loss_fn, optimizer."
         )
     model, inputs, *rest = made
@@ -89,16 +96,19 @@ def _from_dict(made: dict, name: str):
     unknown = sorted(str(k) for k in made if k not in KEYS)
     if unknown:
         raise FactoryError(
-            f"The factory '{name}' returned unknown key(s) {', '.join(unknown)}; use {', '.join(KEYS)}."
+            f"The factory '{name}' returned unknown key(s) {', '.join(unknown)}; "
+            f"use {', '.join(KEYS)}."
         )
     if not isinstance(made.get("model"), nn.Module) or "inputs" not in made:
         raise FactoryError(
-            f"The dict the factory '{name}' returned needs 'model' (a torch.nn.Module) and 'inputs'."
+            f"The dict the factory '{name}' returned needs 'model' (a torch.nn.Module) "
+            "and 'inputs'."
         )
     optimizer = made.get("optimizer")
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
         raise FactoryError(
-            f"The factory '{name}' returned an 'optimizer' that is a {type(optimizer).__name__}, not a torch.optim.Optimizer."
+            f"The factory '{name}' returned an 'optimizer' that is a "
+            f"{type(optimizer).__name__}, not a torch.optim.Optimizer."
         )
     return made["model"], made["inputs"], made.get("target"), made.get("loss_fn"), optimizer
 

@@ -88,7 +88,8 @@ def rehearse(
         clone = copy.deepcopy(model)
     except Exception as exc:  # noqa: BLE001 - any model the user built
         raise CheckError(
-            f"The model could not be copied for the rehearsal ({type(exc).__name__}); check without optimizer=."
+            f"The model could not be copied for the rehearsal ({type(exc).__name__}); "
+            "check without optimizer=."
         ) from None
     try:
         twin = copy_optimizer(optimizer, model, clone)
@@ -96,7 +97,8 @@ def rehearse(
         raise
     except Exception as exc:  # noqa: BLE001
         raise CheckError(
-            f"The optimizer ({type(optimizer).__name__}) could not be copied for the rehearsal ({type(exc).__name__}: {exc}); check without optimizer=."
+            f"The optimizer ({type(optimizer).__name__}) could not be copied for the rehearsal "
+            f"({type(exc).__name__}: {exc}); check without optimizer=."
         ) from None
     clone.train()
     # update_memory 1: every layer's update ratio at every step, exact (the copy is short-lived).
@@ -122,7 +124,8 @@ def rehearse(
         raise
     except Exception as exc:  # noqa: BLE001 - the user's model or optimizer
         raise CheckError(
-            f"Rehearsed step {len(losses)} raised {type(exc).__name__}: {str(exc).strip()[:160]}; check without optimizer=, or fix the step."
+            f"Rehearsed step {len(losses)} raised {type(exc).__name__}: "
+            f"{str(exc).strip()[:160]}; check without optimizer=, or fix the step."
         ) from None
     finally:
         w.close()

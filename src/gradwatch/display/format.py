@@ -1,4 +1,6 @@
-"""Numbers, lists of layer names and HTML text, written the same way everywhere gradwatch shows them."""
+"""Numbers, lists of layer names and HTML text, written the same way everywhere gradwatch shows
+them.
+"""
 
 from __future__ import annotations
 

@@ -14,9 +14,11 @@ from gradwatch.display.format import esc
 from gradwatch.display.terminal import _order, _types, layer_medians
 
 _STYLE = (
-    "<style>.gw table{border-collapse:collapse;font-size:12px}.gw td,.gw th{padding:1px 8px;text-align:left}"
+    "<style>.gw table{border-collapse:collapse;font-size:12px}"
+    ".gw td,.gw th{padding:1px 8px;text-align:left}"
     ".gw .bar{display:inline-block;height:10px;background:#4c78a8;vertical-align:middle}"
-    ".gw .f{border-left:4px solid #888;padding:3px 8px;margin:4px 0}.gw .error{border-color:#c62828}"
+    ".gw .f{border-left:4px solid #888;padding:3px 8px;margin:4px 0}"
+    ".gw .error{border-color:#c62828}"
     ".gw .warning{border-color:#ef8f00}.gw .info{border-color:#1e88e5}</style>"
 )
 
@@ -24,7 +26,9 @@ _STYLE = (
 def layer_bars_html(
     stats: pd.DataFrame, meta: dict | None, metric: str = "grad_norm", width: int = 160
 ) -> str:
-    """Median `metric` per layer in forward order, with a bar on a log scale shared by all layers."""
+    """Median `metric` per layer in forward order, with a bar on a log scale shared by all
+    layers.
+    """
     med = layer_medians(stats, metric)
     if med.empty:
         return ""
@@ -44,10 +48,12 @@ def layer_bars_html(
         else:
             bar, text = "", "non-finite" if not math.isfinite(v) else "0"
         rows.append(
-            f"<tr><td>{esc(layer)}</td><td>{esc(types.get(layer, ''))}</td><td>{text}</td><td>{bar}</td></tr>"
+            f"<tr><td>{esc(layer)}</td><td>{esc(types.get(layer, ''))}</td>"
+            f"<td>{text}</td><td>{bar}</td></tr>"
         )
     return (
-        f"<table><thead><tr><th>layer</th><th>type</th><th>median {esc(metric)}</th><th>log scale {lo:.0e} … {hi:.0e}</th></tr></thead>"
+        "<table><thead><tr><th>layer</th><th>type</th>"
+        f"<th>median {esc(metric)}</th><th>log scale {lo:.0e} … {hi:.0e}</th></tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table>"
     )
 
@@ -64,7 +70,8 @@ def findings_list_html(diagnosis) -> str:
             else ""
         )
         items.append(
-            f"<div class='f {esc(f.severity)}'><b>{esc(f.severity)} · {esc(f.kind)}</b>{where}<br>{esc(f.summary)}{fix}</div>"
+            f"<div class='f {esc(f.severity)}'><b>{esc(f.severity)} · {esc(f.kind)}</b>"
+            f"{where}<br>{esc(f.summary)}{fix}</div>"
         )
     return "".join(items)
 
@@ -81,4 +88,8 @@ def diagnosis_html(diagnosis) -> str:
 def watch_html(w) -> str:
     d = w.diagnose()
     head = f"<p><b>gradwatch</b> · {esc(repr(w))}</p>"
-    return f"<div class='gw'>{_STYLE}{head}{layer_bars_html(d.stats, d.meta) if d.stats is not None and len(d.stats) else ''}{findings_list_html(d)}</div>"
+    return (
+        f"<div class='gw'>{_STYLE}{head}"
+        f"{layer_bars_html(d.stats, d.meta) if d.stats is not None and len(d.stats) else ''}"
+        f"{findings_list_html(d)}</div>"
+    )

@@ -38,7 +38,9 @@ def compare_table(
     metric: str = "grad_norm",
     title: str | None = None,
 ) -> Table:
-    """One row per layer (first to last), one value-and-bar column pair per run, on one log scale."""
+    """One row per layer (first to last), one value-and-bar column pair per run, on one log
+    scale.
+    """
     medians = {name: layer_medians(df, metric) for name, df in runs.items()}
     positive = [v for m in medians.values() for v in m.to_numpy() if np.isfinite(v) and v > 0]
     lo, hi = (min(positive), max(positive)) if positive else (1e-12, 1.0)
@@ -73,7 +75,9 @@ _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
 
 def findings_view(diagnosis, title: str | None = None, remedies: int = 2):
-    """A rich renderable: one row per finding (severity, kind, where, what), then its top remedies."""
+    """A rich renderable: one row per finding (severity, kind, where, what), then its top
+    remedies.
+    """
     from rich.console import Group
     from rich.padding import Padding
 
@@ -156,7 +160,9 @@ def diagnosis_view(diagnosis, title: str | None = None, remedies: int = 2):
 
 
 def runs_view(runs):
-    """`report --text` and the demo: one table over every run (one log scale), then each diagnosis."""
+    """`report --text` and the demo: one table over every run (one log scale), then each
+    diagnosis.
+    """
     from rich.console import Group
 
     layers: list[str] = []

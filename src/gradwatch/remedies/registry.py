@@ -92,7 +92,8 @@ def _swap_hidden_to_relu(model: nn.Module) -> nn.Module:
     result, count = _swap(model, SATURATING, nn.ReLU, skip=skip)
     if count == 0:
         raise RemedyError(
-            "swap_activation:relu found no hidden sigmoid/tanh module (one before a weight layer) to replace."
+            "swap_activation:relu found no hidden sigmoid/tanh module "
+            "(one before a weight layer) to replace."
         )
     return result
 
@@ -100,7 +101,8 @@ def _swap_hidden_to_relu(model: nn.Module) -> nn.Module:
 def _lsuv(model: nn.Module, inputs: Any, generator: torch.Generator | None) -> nn.Module:
     if inputs is None:
         raise RemedyError(
-            "lsuv_init measures output variances, so apply('lsuv_init', model, inputs) needs inputs."
+            "lsuv_init measures output variances, "
+            "so apply('lsuv_init', model, inputs) needs inputs."
         )
     return lsuv_init(model, inputs, generator=generator)
 
@@ -129,7 +131,8 @@ REMEDIES: dict[str, RemedySpec] = dict(
         ),
         _spec(
             "xavier_init",
-            "Xavier/Glorot-normal init (variance 2/(fan_in+fan_out)), biases zero: for sigmoid/tanh modules",
+            "Xavier/Glorot-normal init (variance 2/(fan_in+fan_out)), biases zero: "
+            "for sigmoid/tanh modules",
             lambda m, x: _has(m, SATURATING) and _has_weights(m),
             lambda m, x, g: xavier_init(m, generator=g),
         ),
@@ -147,13 +150,15 @@ REMEDIES: dict[str, RemedySpec] = dict(
         ),
         _spec(
             "delta_orthogonal_init",
-            "delta-orthogonal convolutions (orthogonal centre tap): for CNNs whose convs never reduce channels",
+            "delta-orthogonal convolutions (orthogonal centre tap): "
+            "for CNNs whose convs never reduce channels",
             lambda m, x: _square_convs(m),
             lambda m, x, g: delta_orthogonal_init(m, generator=g),
         ),
         _spec(
             "lsuv_init",
-            "LSUV: orthogonal init, then each layer's output variance on the inputs set to 1 (needs inputs)",
+            "LSUV: orthogonal init, then each layer's output variance on the inputs set to 1 "
+            "(needs inputs)",
             lambda m, x: x is not None and _has_weights(m),
             _lsuv,
         ),
@@ -165,13 +170,16 @@ REMEDIES: dict[str, RemedySpec] = dict(
         ),
         _spec(
             "insert_norm",
-            "BatchNorm after every Linear/Conv followed by an activation, in an nn.Sequential without norm layers",
+            "BatchNorm after every Linear/Conv followed by an activation, "
+            "in an nn.Sequential without norm layers",
             lambda m, x: _sequential_without_norm(m),
             lambda m, x, g: insert_norm(m, "batch"),
         ),
         _spec(
             "insert_norm:layer",
-            "LayerNorm (GroupNorm(1, C) for convs) after every Linear/Conv followed by an activation, in an nn.Sequential without norm layers",
+            "LayerNorm (GroupNorm(1, C) for convs) after every Linear/Conv "
+            "followed by an activation, "
+            "in an nn.Sequential without norm layers",
             lambda m, x: _sequential_without_norm(m),
             lambda m, x, g: insert_norm(m, "layer"),
         ),
@@ -208,7 +216,8 @@ REMEDIES: dict[str, RemedySpec] = dict(
         ),
         _spec(
             "zero_init_residual",
-            "last Linear/Conv of every residual branch zeroed, so each block starts as its shortcut",
+            "last Linear/Conv of every residual branch zeroed, "
+            "so each block starts as its shortcut",
             lambda m, x: bool(residual_branches(m)),
             lambda m, x, g: zero_init_residual(m),
         ),
@@ -237,7 +246,8 @@ def applicable(model: nn.Module, inputs: Any = None) -> list[str]:
 def apply(
     name: str, model: nn.Module, inputs: Any = None, generator: torch.Generator | None = None
 ) -> nn.Module:
-    """Apply the remedy `name` to a `copy.deepcopy` of `model` and return the copy; `model` is untouched.
+    """Apply the remedy `name` to a `copy.deepcopy` of `model` and return the copy; `model` is
+    untouched.
 
     For a "what-if": train or check the copy and compare. `inputs` is needed by "lsuv_init";
     `generator` seeds random inits (the global RNG is used without one). Raises RemedyError (a

@@ -82,7 +82,9 @@ def from_stats(
     max_steps: int = MAX_STEPS,
     diagnosis: Diagnosis | None = None,
 ) -> ReportRun:
-    """Build a ReportRun from a long stats table; diagnosis runs on the full table, not the display one."""
+    """Build a ReportRun from a long stats table; diagnosis runs on the full table, not the
+    display one.
+    """
     meta = meta or {}
     if diagnosis is None:
         diagnosis = (

@@ -83,7 +83,10 @@ def layer_heatmap(runs: list[ReportRun], metric: str, title: str) -> go.Figure |
                 z=z.astype(np.float32),
                 customdata=raw.astype(np.float32),
                 coloraxis="coloraxis",
-                hovertemplate=f"<b>%{{y}}</b><br>step %{{x}}<br>{metric} %{{customdata:.3g}}<extra>{esc(run.name)}</extra>",
+                hovertemplate=(
+                    f"<b>%{{y}}</b><br>step %{{x}}<br>{metric} %{{customdata:.3g}}"
+                    f"<extra>{esc(run.name)}</extra>"
+                ),
                 hoverongaps=False,
             ),
             row=1,
@@ -137,7 +140,8 @@ def _nonfinite_marks(fig: go.Figure, run: ReportRun, table, raw: np.ndarray, col
 
 
 def _profile_metric(runs: list[ReportRun]) -> str:
-    # The back-propagated signal shows vanishing even where weight gradients look level (ReLU + Xavier).
+    # The back-propagated signal shows vanishing even where weight gradients look level
+    # (ReLU + Xavier).
     return (
         "backflow_norm" if any(not r.metric("backflow_norm").empty for r in runs) else "grad_norm"
     )
@@ -197,7 +201,10 @@ def depth_profile(runs: list[ReportRun]) -> go.Figure | None:
         ]
     fig.update_layout(
         **_LAYOUT,
-        title=f"{metric} per layer at one step (first layer on the left); dashed: fitted factor per layer",
+        title=(
+            f"{metric} per layer at one step (first layer on the left); "
+            "dashed: fitted factor per layer"
+        ),
         height=460,
         sliders=sliders,
         legend=dict(orientation="h", y=1.02, yanchor="bottom"),
@@ -324,7 +331,10 @@ def _series_figure(
                     coloraxis="coloraxis",
                     visible=(li == 0),
                     name=esc(layer),
-                    hovertemplate=f"<b>{layer_label(run, layer)}</b><br>step %{{x}}<br>{ylabel} %{{y:.3g}}<br>{hover}<extra>{esc(run.name)}</extra>",
+                    hovertemplate=(
+                        f"<b>{layer_label(run, layer)}</b><br>step %{{x}}"
+                        f"<br>{ylabel} %{{y:.3g}}<br>{hover}<extra>{esc(run.name)}</extra>"
+                    ),
                 ),
                 row=1,
                 col=ri + 1,

@@ -23,20 +23,26 @@ _CONFIG = {
     "toImageButtonOptions": {"format": "png", "scale": 2},
 }
 _CSS = """
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#222;background:#fafafa}
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;
+margin:0;color:#222;background:#fafafa}
 header{background:#1b2a41;color:#fff;padding:14px 24px}header h1{margin:0;font-size:20px}
-header p{margin:4px 0 0;opacity:.85}nav{padding:6px 24px;background:#eef1f5;position:sticky;top:0;z-index:9}
+header p{margin:4px 0 0;opacity:.85}
+nav{padding:6px 24px;background:#eef1f5;position:sticky;top:0;z-index:9}
 nav a{margin-right:14px;color:#1b2a41;text-decoration:none;font-weight:600}
-section{background:#fff;margin:14px 24px;padding:10px 16px;border-radius:6px;box-shadow:0 1px 3px #0002}
-h2{font-size:17px;margin:6px 0 8px}.runs{display:flex;gap:16px;flex-wrap:wrap}.run{flex:1 1 380px;min-width:0}
+section{background:#fff;margin:14px 24px;padding:10px 16px;border-radius:6px;
+box-shadow:0 1px 3px #0002}
+h2{font-size:17px;margin:6px 0 8px}.runs{display:flex;gap:16px;flex-wrap:wrap}
+.run{flex:1 1 380px;min-width:0}
 .finding{border-left:4px solid #888;padding:6px 10px;margin:8px 0;background:#fcfcfc}
 .error{border-color:#c62828}.warning{border-color:#ef8f00}.info{border-color:#1e88e5}
 .sev{font-weight:700;text-transform:uppercase;font-size:11px;margin-right:6px}
 .error .sev{color:#c62828}.warning .sev{color:#ef8f00}.info .sev{color:#1e88e5}
 .ok{color:#2e7d32;font-weight:600}table{border-collapse:collapse;font-size:12.5px}
 td,th{padding:2px 8px;border-bottom:1px solid #eee;text-align:left;vertical-align:top}
-tr:target{background:#fff3c4}dl{margin:4px 0;display:grid;grid-template-columns:max-content 1fr;gap:0 10px;font-size:12.5px}
-dt{color:#666}dd{margin:0}pre{white-space:pre-wrap;margin:2px 0;font-size:12px;background:#f4f4f4;padding:4px}
+tr:target{background:#fff3c4}
+dl{margin:4px 0;display:grid;grid-template-columns:max-content 1fr;gap:0 10px;font-size:12.5px}
+dt{color:#666}dd{margin:0}
+pre{white-space:pre-wrap;margin:2px 0;font-size:12px;background:#f4f4f4;padding:4px}
 .note{color:#666;font-size:12.5px}.fig{min-height:200px}
 """
 
@@ -93,9 +99,13 @@ def render(runs: list[ReportRun]) -> str:
     names = ", ".join(r.name for r in runs)
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-        f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>gradwatch report: {esc(names)}</title>"
-        f"<style>{_CSS}</style></head><body><header><h1>gradwatch report</h1><p>{_headline(runs)}</p></header>"
-        f"<nav>{nav}</nav>{body}<footer class='note' style='margin:0 24px 20px'>gradwatch {esc(__version__)}</footer></body></html>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>gradwatch report: {esc(names)}</title>"
+        f"<style>{_CSS}</style></head><body>"
+        f"<header><h1>gradwatch report</h1><p>{_headline(runs)}</p></header>"
+        f"<nav>{nav}</nav>{body}"
+        f"<footer class='note' style='margin:0 24px 20px'>gradwatch {esc(__version__)}</footer>"
+        "</body></html>"
     )
 
 
@@ -120,7 +130,8 @@ def _headline(runs: list[ReportRun]) -> str:
             shown += f", shown as {r.n_shown:,} (median of each run of consecutive steps)"
         state = "" if r.diagnosis.ok else " — <b>errors found</b>"
         parts.append(
-            f"<b>{esc(r.name)}</b>: {esc(r.meta.get('model', {}).get('class', 'model'))}, {shown}{state}"
+            f"<b>{esc(r.name)}</b>: "
+            f"{esc(r.meta.get('model', {}).get('class', 'model'))}, {shown}{state}"
         )
     return "<br>".join(parts)
 
@@ -163,7 +174,8 @@ def findings_html(run_i: int, run: ReportRun, link: bool = True) -> str:
         )
         step = f" (from step {f.step})" if f.step is not None else ""
         out.append(
-            f"<div class='finding {esc(f.severity)}'><span class='sev'>{esc(f.severity)}</span><b>{esc(f.kind)}</b>{step}"
+            f"<div class='finding {esc(f.severity)}'>"
+            f"<span class='sev'>{esc(f.severity)}</span><b>{esc(f.kind)}</b>{step}"
             f"<div>{esc(f.summary)}</div>"
             + (f"<div class='note'>layers: {layers}</div>" if layers else "")
             + (
@@ -172,7 +184,8 @@ def findings_html(run_i: int, run: ReportRun, link: bool = True) -> str:
                 else ""
             )
             + (
-                f"<details{' open' if first else ''}><summary>remedies</summary><ol>{remedies}</ol></details>"
+                f"<details{' open' if first else ''}><summary>remedies</summary>"
+                f"<ol>{remedies}</ol></details>"
                 if remedies
                 else ""
             )
@@ -225,7 +238,8 @@ def _metadata(runs: list[ReportRun]) -> str:
             "device": meta.get("device", ""),
             "started": meta.get("started", ""),
             "finished": meta.get("finished", ""),
-            "versions": f"gradwatch {meta.get('gradwatch_version', '?')}, torch {meta.get('torch_version', '?')}, "
+            "versions": f"gradwatch {meta.get('gradwatch_version', '?')}, "
+            f"torch {meta.get('torch_version', '?')}, "
             f"python {meta.get('python_version', '?')}",
             "path": str(r.path) if r.path else "",
         }

@@ -54,7 +54,9 @@ def shifted_mean(f, mean: np.ndarray, std: float) -> np.ndarray:
 
 
 def layer_sigmas(call: Call) -> tuple[float, np.ndarray]:
-    """(σ_w² = fan_in · mean(W²) · valid-tap fraction, bias per output unit or channel, zeros without a bias)."""
+    """(σ_w² = fan_in · mean(W²) · valid-tap fraction, bias per output unit or channel, zeros
+    without a bias).
+    """
     module = call.module
     w = module.weight.detach()
     sigma_w2 = (

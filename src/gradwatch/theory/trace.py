@@ -4,7 +4,8 @@ Mean-field theory describes y = W φ(h) + b repeated; a model matches it only wh
 one Linear/Conv reaches the next through nothing but an elementwise activation. Module order
 cannot say that (a residual add or a functional call between two modules is invisible to it), so
 the trace follows the tensors themselves: a link holds when the next layer's input *is* (the same
-tensor object as) the activation's output, and the activation's input is the previous layer's output.
+tensor object as) the activation's output, and the activation's input is the previous layer's
+output.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ _ACTIVATIONS: dict[type, str] = {m: a.theory for a in REGISTRY if a.theory for m
 
 
 def activation_of(module: nn.Module) -> tuple[str, dict[str, float]] | None:
-    """(theory name, parameters) of an activation module, or None if the theory has no name for it."""
+    """(theory name, parameters) of an activation module, or None if the theory has no name for
+    it.
+    """
     name = _ACTIVATIONS.get(type(module))
     if name is None:
         return None
@@ -137,7 +140,8 @@ def trace(model: nn.Module) -> Iterator[Trace]:
     """
     result = Trace([], [])
     names = {id(m): display_name(n) for n, m in model.named_modules()}
-    # id(tensor) -> (tensor, layer that made it, activation applied to it or None, the layer output's node)
+    # id(tensor) -> (tensor, layer that made it, activation applied to it or None, the layer
+    # output's node)
     produced: dict[int, tuple] = {}
     calls: dict[str, Call] = {}
     counts: dict[str, int] = {}
