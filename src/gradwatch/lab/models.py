@@ -16,4 +16,3 @@ def mlp(
         d = width
     layers.append(nn.Linear(d, n_out))
     return nn.Sequential(*layers)
-
