@@ -301,3 +301,9 @@ def test_report_of_a_sound_run_exits_0_without_warnings(tmp_path):
     _train(tmp_path / "run")
     out = gradwatch("report", "run", "--text", cwd=tmp_path)
     assert out.returncode == 0 and out.stderr == "", out.stderr
+
+
+def test_theory_prints_a_bracketed_plot_path_literally(tmp_path):
+    out = gradwatch("theory", "--plot", f"{ODD}.png", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert f"{ODD}.png" in out.stdout and (tmp_path / f"{ODD}.png").exists()

@@ -151,7 +151,7 @@ def theory(
     for key, value in result.items():
         if key in ("activation", "sigma_w2", "sigma_b2", "params"):
             continue
-        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+        table.add_row(key, Text(f"{value:.4g}" if isinstance(value, float) else str(value)))
     console.print(table)
 
 
