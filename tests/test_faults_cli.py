@@ -185,6 +185,7 @@ BAD = [
     (["run", "--log-dir", "file.txt/sub", "train.py"], "'file.txt/sub' cannot be created"),
     (["run", "missing.py"], "No script at missing.py"),
     (["check", "missing.py:f"], "No file"),
+    (["lab", "--quick", "--out", "file.txt", "mean-field"], "--out 'file.txt' is a file"),
     (["theory", "--activation", "nope"], "nope"),
 ]
 

@@ -100,6 +100,8 @@ def lab(
     """
     from gradwatch.lab.runner import PAGE, RESULTS, run_lab
 
+    if out.exists() and not out.is_dir():
+        raise GradwatchError(f"--out '{out}' is a file; pass a directory for the lab's results.")
     result = run_lab(names or (), quick=quick, out=out, seed=seed, console=console)
     done = sum(r["reproduced"] for r in result.records)
     console.print(
