@@ -168,8 +168,9 @@ def _show(runs: list[DemoRun], console: Console, out: Path) -> None:
         g = r.stats[r.stats["metric"] == "grad_norm"].groupby("layer")["value"].median()
         first, last = g.get(r.layers[0]), g.get(r.layers[-1])
         console.print(
-            f"[bold]{escape(r.name)}[/] ({r.description}): test accuracy [bold]{r.accuracy:.1%}[/], "
-            f"final loss {r.final_loss:.3f}; first layer's gradient is {first / last:.1e} of the last's."
+            f"[bold]{escape(r.name)}[/] ({r.description}): test accuracy "
+            f"[bold]{r.accuracy:.1%}[/], final loss {r.final_loss:.3f}; "
+            f"first layer's gradient is {first / last:.1e} of the last's."
         )
     a, b = runs
     console.print(
