@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
 
 from gradwatch._version import __version__
-from gradwatch.errors import GradwatchError
+from gradwatch.errors import GradwatchError, ReportError
 
 app = typer.Typer(
     name="gradwatch",
@@ -21,6 +24,11 @@ console = Console()
 err = Console(stderr=True)
 
 
+def _flag(*names: str, help: str, **kw):
+    """A boolean flag: shown as a flag in --help (no `<bool>` value column)."""
+    return typer.Option(False, *names, help=help, metavar="", **kw)
+
+
 def _version(value: bool) -> None:
     if value:
         console.print(f"gradwatch {__version__}")
@@ -29,8 +37,8 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    version: bool = _flag(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
     pass
@@ -40,19 +48,20 @@ def _root(
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Where to write the two runs."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
+    overwrite: bool = _flag("--overwrite", help="Replace the runs a previous demo left in OUT."),
 ) -> None:
     """The main job on built-in data: break a deep net, watch its gradients vanish, fix it."""
     from gradwatch.demo import run_demo
 
-    run_demo(out, seed=seed, console=console)
+    run_demo(out, seed=seed, console=console, overwrite=overwrite)
 
 
 @app.command()
 def check(
     target: str = typer.Argument(..., help="path/file.py:factory or package.module:factory"),
-    json_out: bool = typer.Option(False, "--json", help="Print the diagnosis as one JSON object."),
-    what_if: bool = typer.Option(
-        False, "--what-if", help="Try every remedy that fits on a copy of the model and rank them."
+    json_out: bool = _flag("--json", help="Print the diagnosis as one JSON object."),
+    what_if: bool = _flag(
+        "--what-if", help="Try every remedy that fits on a copy of the model and rank them."
     ),
 ) -> None:
     """Diagnose a model at initialisation. Exit 0 when ok, 1 on an error finding, 2 on bad input.
@@ -70,16 +79,15 @@ def check(
     if json_out:
         print(diagnosis.to_json())
     else:
-        console.print(diagnosis_view(diagnosis, title=f"gradwatch check {target}"))
+        # A Text title: the target is the user's string, never read as rich markup.
+        console.print(diagnosis_view(diagnosis, title=Text(f"gradwatch check {target}")))
     raise typer.Exit(0 if diagnosis.ok else 1)
 
 
 @app.command()
 def lab(
     names: list[str] = typer.Argument(None, help="Experiments to run (all when none)."),
-    quick: bool = typer.Option(
-        False, "--quick", help="Honestly scaled-down settings (minutes, not hours)."
-    ),
+    quick: bool = _flag("--quick", help="Honestly scaled-down settings (minutes, not hours)."),
     out: Path = typer.Option(
         Path("runs/lab"), "--out", help="Where to write results.json, index.html and the runs."
     ),
@@ -92,10 +100,13 @@ def lab(
     """
     from gradwatch.lab.runner import PAGE, RESULTS, run_lab
 
+    if out.exists() and not out.is_dir():
+        raise GradwatchError(f"--out '{out}' is a file; pass a directory for the lab's results.")
     result = run_lab(names or (), quick=quick, out=out, seed=seed, console=console)
     done = sum(r["reproduced"] for r in result.records)
     console.print(
-        f"{done} of {len(result.records)} reproduced; results in {out / RESULTS}, page {out / PAGE}",
+        f"{done} of {len(result.records)} reproduced; results in {escape(str(out / RESULTS))}, "
+        f"page {escape(str(out / PAGE))}",
         highlight=False,
     )
     if result.interrupted:
@@ -113,10 +124,8 @@ def theory(
     ),
     sigma_w2: float = typer.Option(1.0, "--sigma-w2", help="Weight variance times fan-in (σ_w²)."),
     sigma_b2: float = typer.Option(0.05, "--sigma-b2", help="Bias variance (σ_b²)."),
-    critical: bool = typer.Option(
-        False, "--critical", help="Also solve for the critical σ_w² at this σ_b²."
-    ),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    critical: bool = _flag("--critical", help="Also solve for the critical σ_w² at this σ_b²."),
+    json_out: bool = _flag("--json", help="Print one JSON object."),
     plot: Path | None = typer.Option(None, "--plot", help="Write a phase diagram (PNG/SVG/PDF)."),
 ) -> None:
     """Mean-field signal propagation: fixed point, χ₁, depth scales, phase, trainable depth."""
@@ -137,14 +146,14 @@ def theory(
     from rich.table import Table
 
     table = Table(
-        title=f"mean field: {activation}, σ_w²={sigma_w2}, σ_b²={sigma_b2}", show_edge=False
+        title=Text(f"mean field: {activation}, σ_w²={sigma_w2}, σ_b²={sigma_b2}"), show_edge=False
     )
     table.add_column("quantity")
     table.add_column("value", justify="right")
     for key, value in result.items():
         if key in ("activation", "sigma_w2", "sigma_b2", "params"):
             continue
-        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+        table.add_row(key, Text(f"{value:.4g}" if isinstance(value, float) else str(value)))
     console.print(table)
 
 
@@ -157,28 +166,100 @@ def report(
         None,
         "-o",
         "--out",
-        help="HTML file to write [default: RUN_DIR/report.html, or report.html for several runs].",
+        help="HTML file to write.",
+        show_default="RUN_DIR/report.html, or report.html for several runs",
     ),
-    text: bool = typer.Option(
-        False, "--text", help="Print a terminal summary instead of writing HTML."
-    ),
+    text: bool = _flag("--text", help="Print a terminal summary instead of writing HTML."),
 ) -> None:
-    """One self-contained HTML report (opens offline) of one run, or of several side by side."""
-    from gradwatch.report.data import load_runs
+    """One self-contained HTML report (opens offline) of one run, or of several side by side.
 
-    runs = load_runs(run_dirs)
+    Exit 0, or 1 when a run's stats are damaged or missing (the report shows what could be read,
+    or the findings the run stored), 2 on bad input.
+    """
+    for p in run_dirs:  # the cheap checks first, before any run is read
+        if not p.is_dir():
+            raise ReportError(_NOT_A_RUN.format(p))
+    if not text:
+        out = out or (run_dirs[0] / "report.html" if len(run_dirs) == 1 else Path("report.html"))
+        _check_writable_file(out, "-o")
+    runs, damaged = _load_report_runs(run_dirs)
     if text:
         from gradwatch.display.terminal import runs_view
 
         console.print(runs_view(runs))
-        return
-    from gradwatch.report.html import write
+    else:
+        from gradwatch.report.html import write
 
-    path = write(
-        runs, out or (run_dirs[0] / "report.html" if len(run_dirs) == 1 else Path("report.html"))
-    )
-    console.print(f"Report written to [bold]{path}[/] ({path.stat().st_size / 1e6:.1f} MB).")
-    print(path.resolve())
+        try:
+            path = write(runs, out)
+        except OSError as exc:
+            raise GradwatchError(
+                f"Cannot write the report to '{out}' ({exc.strerror}); pass -o with a file path "
+                "you can write to."
+            ) from None
+        console.print(
+            f"Report written to [bold]{escape(str(path))}[/] ({path.stat().st_size / 1e6:.1f} MB)."
+        )
+        print(path.resolve())
+    raise typer.Exit(1 if damaged else 0)
+
+
+_NOT_A_RUN = "'{}' is not a gradwatch run directory; pass the log_dir given to gw.watch()."
+
+
+def _check_writable_file(path: Path, option: str) -> None:
+    """One sentence (exit 2) before any work when `path` cannot be written as a file."""
+    if path.is_dir():
+        raise GradwatchError(f"{option} '{path}' is a directory; pass the path of a file to write.")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise GradwatchError(
+            f"{option} '{path}' cannot be created: '{parent}' is a file; pass another path."
+        )
+    target = path if path.exists() else parent
+    if not os.access(target, os.W_OK):
+        raise GradwatchError(
+            f"{option} '{path}' cannot be written (no permission on '{target}'); "
+            "pass a path you can write to."
+        )
+
+
+def _load_report_runs(run_dirs: list[Path]):
+    """The runs for `report`, and whether any was damaged: a damaged run says so in one sentence
+    on stderr; one whose stats cannot be read at all is shown by the findings it stored."""
+    import warnings
+
+    from gradwatch.errors import RunNotFoundError
+    from gradwatch.report.data import from_stats
+    from gradwatch.store import FINDINGS, load
+
+    runs, names, damaged = [], set(), False
+    for p in run_dirs:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # its problems are printed below, once
+                run = load(p)
+        except RunNotFoundError:
+            raise ReportError(_NOT_A_RUN.format(p)) from None
+        name = run.path.name or str(run.path)
+        while name in names:  # runs/a/seed0 and runs/b/seed0 must stay apart
+            name = f"{run.path.parent.name}/{name}"
+        names.add(name)
+        stored = None
+        if run.problems:
+            damaged = True
+            shown = "showing what could be read"
+            if run.stats.empty and run.findings:
+                stored, shown = run.findings, f"showing the findings stored in its {FINDINGS}"
+            err.print(
+                f"[bold yellow]warning:[/] run '{escape(str(p))}' is damaged "
+                f"({escape('; '.join(run.problems))}); {shown}.",
+                highlight=False,
+            )
+        runs.append(from_stats(run.stats, run.meta, name=name, findings=stored, path=run.path))
+    return runs, damaged
 
 
 @app.command(
@@ -197,6 +278,7 @@ def run(
         None, "--log-dir", help="Run directory (default runs/SCRIPT-TIME)."
     ),
     every: int = typer.Option(1, "--every", help="Record every N-th optimizer step."),
+    overwrite: bool = _flag("--overwrite", help="Replace a run already in --log-dir."),
 ) -> None:
     """Run an unmodified training script with watching attached; print the diagnosis at the end.
 
@@ -204,14 +286,17 @@ def run(
     """
     from gradwatch.run_script import run_script
 
-    raise SystemExit(run_script(script, args or [], log_dir=log_dir, every=every, console=err))
+    code = run_script(
+        script, args or [], log_dir=log_dir, every=every, overwrite=overwrite, console=err
+    )
+    raise SystemExit(code)
 
 
 def main() -> None:
     try:
         app()
     except GradwatchError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
 
 

@@ -7,26 +7,31 @@ init trains to ~95% accuracy with gradients level across depth. Both runs are wr
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
 from gradwatch._nn import ROOT_NAME
 from gradwatch.diagnose import Diagnosis
 from gradwatch.display.terminal import runs_view
+from gradwatch.errors import RunError, RunExistsError
 from gradwatch.lab.models import mlp
 from gradwatch.lab.tasks import digits
 from gradwatch.monitor import watch
 from gradwatch.remedies import he_init
 from gradwatch.report.data import from_stats
 from gradwatch.report.html import write
+from gradwatch.store import META, STATS_DIR
 
 DEPTH, WIDTH, EPOCHS, BATCH, LR = 12, 64, 20, 64, 0.02
+RUNS = ("broken", "fixed")  # the run directories inside `out`
 
 
 @dataclass
@@ -43,14 +48,16 @@ class DemoRun:
     meta: dict | None = None
 
 
-def _train(name, description, model, data, out: Path, progress: Progress, seed: int) -> DemoRun:
+def _train(
+    name, description, model, data, out: Path, progress: Progress, seed: int, overwrite: bool
+) -> DemoRun:
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
     n = len(data.x_train)
     steps_per_epoch = -(-n // BATCH)
     task = progress.add_task(description, total=EPOCHS * steps_per_epoch)
     gen = torch.Generator().manual_seed(seed)
     loss = torch.tensor(float("nan"))
-    with watch(model, opt, log_dir=out / name, overwrite=True) as w:
+    with watch(model, opt, log_dir=out / name, overwrite=overwrite) as w:
         for _ in range(EPOCHS):
             perm = torch.randperm(n, generator=gen)
             for i in range(0, n, BATCH):
@@ -79,12 +86,20 @@ def _train(name, description, model, data, out: Path, progress: Progress, seed: 
 
 
 def run_demo(
-    out: str | Path = "runs/demo", seed: int = 0, console: Console | None = None
+    out: str | Path = "runs/demo",
+    seed: int = 0,
+    console: Console | None = None,
+    overwrite: bool = False,
 ) -> list[DemoRun]:
     """Train the broken and the fixed net, print the comparison, write it as an HTML report
-    (`out/report.html`), return both runs."""
+    (`out/report.html`), return both runs.
+
+    Runs a previous demo left in `out` are replaced only with `overwrite=True`; `out` is checked
+    before anything is trained.
+    """
     console = console or Console()
     out = Path(out)
+    check_out(out, overwrite)
     data = digits(seed)
     console.print(
         f"[bold]gradwatch demo[/]: a {DEPTH}-layer MLP on scikit-learn's digits "
@@ -95,14 +110,35 @@ def run_demo(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        runs = _both(data, out, seed, console)
+        runs = _both(data, out, seed, console, overwrite)
     finally:
         torch.set_num_threads(threads)
     _show(runs, console, out)
     return runs
 
 
-def _both(data, out: Path, seed: int, console: Console) -> list[DemoRun]:
+def check_out(out: Path, overwrite: bool) -> None:
+    """Raise a one-sentence RunError when `out` cannot take the demo's runs and report."""
+    if out.exists() and not out.is_dir():
+        raise RunExistsError(f"--out '{out}' is a file; pass a directory for the demo's runs.")
+    if not overwrite:
+        held = [n for n in RUNS if (out / n / META).exists() or (out / n / STATS_DIR).exists()]
+        if held:
+            raise RunExistsError(
+                f"--out '{out}' already holds a demo run ({', '.join(held)}); pass another "
+                "directory, or --overwrite (overwrite=True) to replace it."
+            )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(
+            f"--out '{out}' cannot be created ({exc.strerror}); pass a directory you can write to."
+        ) from None
+    if not os.access(out, os.W_OK):
+        raise RunError(f"--out '{out}' is not writable; pass a directory you can write to.")
+
+
+def _both(data, out: Path, seed: int, console: Console, overwrite: bool) -> list[DemoRun]:
     runs = []
     with Progress(
         TextColumn("{task.description}"),
@@ -114,10 +150,12 @@ def _both(data, out: Path, seed: int, console: Console) -> list[DemoRun]:
     ) as progress:
         torch.manual_seed(seed)
         broken = mlp(data.n_features, data.n_classes, DEPTH, WIDTH, nn.Sigmoid)
-        runs.append(_train("broken", "sigmoid, default init", broken, data, out, progress, seed))
+        runs.append(
+            _train("broken", "sigmoid, default init", broken, data, out, progress, seed, overwrite)
+        )
         torch.manual_seed(seed)
         fixed = he_init(mlp(data.n_features, data.n_classes, DEPTH, WIDTH, nn.ReLU))
-        runs.append(_train("fixed", "ReLU, He init", fixed, data, out, progress, seed))
+        runs.append(_train("fixed", "ReLU, He init", fixed, data, out, progress, seed, overwrite))
     return runs
 
 
@@ -131,10 +169,19 @@ def _show(runs: list[DemoRun], console: Console, out: Path) -> None:
         g = r.stats[r.stats["metric"] == "grad_norm"].groupby("layer")["value"].median()
         first, last = g.get(r.layers[0]), g.get(r.layers[-1])
         console.print(
-            f"[bold]{r.name}[/] ({r.description}): test accuracy [bold]{r.accuracy:.1%}[/], "
-            f"final loss {r.final_loss:.3f}; first layer's gradient is {first / last:.1e} of the last's."
+            f"[bold]{escape(r.name)}[/] ({r.description}): test accuracy "
+            f"[bold]{r.accuracy:.1%}[/], final loss {r.final_loss:.3f}; "
+            f"first layer's gradient is {first / last:.1e} of the last's."
         )
     a, b = runs
-    console.print(f"Runs written to [bold]{a.path}[/] and [bold]{b.path}[/] (read with gw.load).")
+    console.print(
+        f"Runs written to [bold]{escape(str(a.path))}[/] and [bold]{escape(str(b.path))}[/] "
+        "(read with gw.load).",
+        highlight=False,
+    )
     report = write(shown, out / "report.html")
-    console.print(f"Report of both runs, side by side: [bold]{report}[/]", soft_wrap=True)
+    console.print(
+        f"Report of both runs, side by side: [bold]{escape(str(report))}[/]",
+        soft_wrap=True,
+        highlight=False,
+    )

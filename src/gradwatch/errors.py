@@ -12,6 +12,7 @@ The whole hierarchy (the CLI prints any of them and exits 2 instead of showing a
     │   ├── RunNotFoundError     no gradwatch run at that path
     │   ├── CorruptRunError      a run whose files cannot be read
     │   ├── RunExistsError       log_dir already holds a run
+    │   ├── RunLockedError       another live writer holds the run directory
     │   └── ReportError          a report asked of something that is not a run
     ├── TheoryError (ValueError)     a mean-field question with no answer
     ├── JacobianError (ValueError)   the input-output Jacobian cannot be taken
@@ -60,6 +61,10 @@ class CorruptRunError(RunError):
 
 class RunExistsError(RunError):
     """`log_dir` already holds a run that would be overwritten."""
+
+
+class RunLockedError(RunError):
+    """Another live process (or Watch) is writing the run directory; two writers would mix rows."""
 
 
 class ReportError(RunError):

@@ -4,6 +4,10 @@ PyTorch's global optimizer step hooks tell us when any optimizer is about to ste
 step we find the model it trains (the module holding most of its parameters) and start a `Watch`
 on the pair, whose own hooks then record that very step and every later one. The script runs as
 `__main__` with its own `sys.argv`; its output, exit code and traceback are its own.
+
+What can be checked (the script's path, `every`, the log directory) is checked before the script
+starts. Should the Watch still fail to start at the first step, gradwatch detaches itself, warns
+once and lets the training go on: watching never crashes the user's script.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import torch
 import torch.optim.optimizer as _optim
 from torch import nn
 
-from gradwatch.errors import GradwatchError
+from gradwatch.errors import GradwatchError, RunError, RunExistsError
+from gradwatch.store import META, STATS_DIR
 
 
 def find_model(optimizer: torch.optim.Optimizer) -> nn.Module | None:
@@ -62,10 +67,25 @@ class ScriptWatcher:
         self.every = every
         self.watch_kwargs = watch_kwargs
         self.watch = None
+        self.detached: str | None = None  # why gradwatch stopped watching, if it did
         self._others: set[int] = set()
         self._handle = _optim.register_optimizer_step_pre_hook(self._on_step)
 
     def _on_step(self, optimizer, args, kwargs) -> None:
+        if self.detached is not None:
+            return
+        try:
+            self._start(optimizer)
+        except Exception as exc:  # noqa: BLE001 - watching must never break the user's training
+            self._detach(f"the watch could not start ({type(exc).__name__}: {exc})")
+
+    def _detach(self, why: str) -> None:
+        """Stop watching for good, warn once; the script's own steps go on untouched."""
+        self.detached = why
+        self._handle.remove()
+        warnings.warn(f"gradwatch run: {why}; training goes on unwatched.", stacklevel=3)
+
+    def _start(self, optimizer) -> None:
         import gradwatch as gw
 
         if self.watch is not None:
@@ -78,6 +98,10 @@ class ScriptWatcher:
             return
         model = find_model(optimizer)
         if model is None:
+            self._detach(
+                f"the parameters {type(optimizer).__name__} steps belong to no nn.Module, "
+                "and gradwatch watches modules"
+            )
             return
         # Created inside this step's hook chain: the Watch's own pre-hook, registered now, still
         # runs for this step (PyTorch reads the optimizer's hooks after the global ones).
@@ -102,23 +126,52 @@ def default_log_dir(script: Path) -> Path:
     return Path("runs") / f"{script.stem}-{stamp}"
 
 
+def check_log_dir(log_dir: Path, overwrite: bool = False) -> bool:
+    """Raise a one-sentence RunError unless `log_dir` can take a new run; create it. Returns
+    whether it was created here (so that an unused empty one can be removed)."""
+    if log_dir.exists() and not log_dir.is_dir():
+        raise RunExistsError(f"--log-dir '{log_dir}' is a file; pass a directory path instead.")
+    if not overwrite and ((log_dir / META).exists() or (log_dir / STATS_DIR).exists()):
+        raise RunExistsError(
+            f"--log-dir '{log_dir}' already holds a gradwatch run; pass a new directory, "
+            "or --overwrite to replace it."
+        )
+    created = not log_dir.exists()
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(
+            f"--log-dir '{log_dir}' cannot be created ({exc.strerror}); "
+            "pass a directory you can write to."
+        ) from None
+    if not os.access(log_dir, os.W_OK):
+        raise RunError(f"--log-dir '{log_dir}' is not writable; pass a directory you can write to.")
+    return created
+
+
 def run_script(
     script: str | os.PathLike,
     args: list[str],
     log_dir: str | os.PathLike | None = None,
     every: int = 1,
     console=None,
+    overwrite: bool = False,
 ) -> int | str | None:
     """Run `script` with `args` as `__main__` under watching; return its exit code (SystemExit's
-    code as it was, 1 after an uncaught exception, whose traceback is printed as the script's)."""
+    code as it was, 1 after an uncaught exception, whose traceback is printed as the script's).
+
+    Bad arguments raise a one-sentence GradwatchError before the script starts."""
     path = Path(script).resolve()
     if not path.is_file():
         raise GradwatchError(f"No script at {script}; give the path of a Python file to run.")
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise GradwatchError(f"--every must be a positive integer, got {every!r}.")
     log_dir = Path(log_dir) if log_dir is not None else default_log_dir(path)
+    created = check_log_dir(log_dir, overwrite)
     saved_argv, saved_path = sys.argv[:], sys.path[:]
     sys.argv = [str(path), *args]
     sys.path.insert(0, str(path.parent))
-    watcher = ScriptWatcher(log_dir, every)
+    watcher = ScriptWatcher(log_dir, every, overwrite=overwrite)
     code: int | str | None = 0
     try:
         runpy.run_path(str(path), run_name="__main__")
@@ -131,7 +184,9 @@ def run_script(
         sys.argv, sys.path = saved_argv, saved_path
         watch = watcher.close()
         sys.stdout.flush()
-    _report(watch, console)
+        if watch is None and created and log_dir.is_dir() and not any(log_dir.iterdir()):
+            log_dir.rmdir()  # made by the check above, never used
+    _report(watch, console, watcher.detached)
     return code
 
 
@@ -145,20 +200,25 @@ def _print_script_traceback(exc: BaseException, path: Path) -> None:
     )
 
 
-def _report(watch, console) -> None:
+def _report(watch, console, detached: str | None = None) -> None:
     from rich.console import Console
+    from rich.markup import escape
+    from rich.text import Text
 
     from gradwatch.display.terminal import diagnosis_view
 
     console = console or Console(stderr=True)
     if watch is None:
-        console.print("gradwatch: the script took no optimizer step; nothing was recorded.")
+        why = detached or "the script took no optimizer step"
+        console.print(f"gradwatch: {escape(why)}; nothing was recorded.", highlight=False)
         return
     console.print(
         diagnosis_view(
             watch.diagnose(),
-            title=f"gradwatch: {type(watch.model).__name__}, {watch.steps_seen} optimizer steps",
+            title=Text(
+                f"gradwatch: {type(watch.model).__name__}, {watch.steps_seen} optimizer steps"
+            ),
         )
     )
     if watch.log_dir is not None:
-        console.print(f"gradwatch: run directory {watch.log_dir}")
+        console.print(f"gradwatch: run directory {escape(str(watch.log_dir))}", highlight=False)

@@ -6,6 +6,13 @@ hidden temporary name and renamed into place (atomic on POSIX), so a reader neve
 part. On close the parts are compacted into one; a part whose flush range lies inside another's
 is a leftover of a compaction that was interrupted and is skipped when reading.
 `pandas.read_parquet(run_dir / "stats.parquet")` works on it directly.
+
+Every file is written under a temporary name unique to its writer (pid and a random suffix) and
+renamed into place. A writer holds `.gradwatch.lock` (its pid and a token, created exclusively)
+from its start to its finished `meta.json`, so a second live writer on the same directory is
+refused instead of mixing its rows with the first's; the lock of a process that died is taken
+over. Reading never hides damage: `Run.problems` names every part that could not be read or is
+missing, and the parts that can be read are still read.
 """
 
 from __future__ import annotations
@@ -13,7 +20,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,11 +32,18 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gradwatch.errors import CorruptRunError, RunExistsError, RunNotFoundError
+from gradwatch.errors import (
+    CorruptRunError,
+    RunError,
+    RunExistsError,
+    RunLockedError,
+    RunNotFoundError,
+)
 
 STATS_DIR = "stats.parquet"
 META = "meta.json"
 FINDINGS = "findings.json"
+LOCK = ".gradwatch.lock"
 COLUMNS = ("step", "layer", "metric", "value", "index")
 _PART = re.compile(r"^part-(\d{8})-(\d{8})\.parquet$")
 _SCHEMA = pa.schema(
@@ -116,13 +132,23 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
     ).astype({"layer": "str", "metric": "str"})
 
 
+def _temp_name(path: Path) -> Path:
+    """A hidden temporary name next to `path`, unique to this process and call: two writers
+    never share one (a shared name let one writer rename the other's file away)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = _temp_name(path)
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -138,12 +164,34 @@ def _json_default(o: Any) -> Any:
 
 
 class RunWriter:
-    """Writes one run directory. Every method leaves the directory readable if the process dies."""
+    """Writes one run directory. Every method leaves the directory readable if the process dies.
+
+    The writer holds the directory's lock until its finished meta is written (`close()`), or until
+    it is garbage collected or the process ends.
+    """
 
     def __init__(self, log_dir: str | os.PathLike, overwrite: bool = False):
         self.path = Path(log_dir)
         if self.path.exists() and not self.path.is_dir():
             raise RunExistsError(f"log_dir '{self.path}' is a file; pass a directory path instead.")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunError(
+                f"log_dir '{self.path}' cannot be created ({exc.strerror}); "
+                "pass a directory you can write to."
+            ) from None
+        self._lock = _RunLock(self.path)
+        # Released when the writer is collected or the interpreter exits, whichever comes first.
+        self._release = weakref.finalize(self, self._lock.release)
+        try:
+            self._prepare(overwrite)
+        except BaseException:
+            self.close()
+            raise
+        self._next = 0
+
+    def _prepare(self, overwrite: bool) -> None:
         stats = self.path / STATS_DIR
         if (self.path / META).exists() or stats.exists():
             if not overwrite:
@@ -157,10 +205,16 @@ class RunWriter:
                 (self.path / name).unlink(missing_ok=True)
         stats.mkdir(parents=True, exist_ok=True)
         self._stats = stats
-        self._next = 0
+
+    def close(self) -> None:
+        """Release the directory's lock (idempotent); the files stay as they are."""
+        self._release()
 
     def write_meta(self, meta: dict) -> None:
         write_json(self.path / META, meta)
+        if meta.get("finished"):
+            # The finished meta is a run's last word (Watch.close writes it after compacting).
+            self.close()
 
     def write_findings(self, findings: list) -> None:
         write_json(self.path / FINDINGS, findings)
@@ -179,9 +233,13 @@ class RunWriter:
             else pa.Table.from_pandas(rows, schema=_SCHEMA, preserve_index=False)
         )
         final = self._stats / f"part-{lo:08d}-{hi:08d}.parquet"
-        tmp = self._stats / f".{final.name}.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, final)
+        tmp = _temp_name(final)
+        try:
+            pq.write_table(table, tmp)
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def compact(self) -> None:
         """Merge the parts into one file (so long runs do not leave thousands of small files)."""
@@ -193,6 +251,77 @@ class RunWriter:
         self._write_part(df, lo, hi)
         for _, _, p in parts:
             p.unlink()
+
+
+# Locks this process holds, by directory: a second writer in the same process (same pid in the
+# lock file) is refused while the first is alive, and takes over from one that was collected.
+_HELD: dict[str, str] = {}
+
+
+class _RunLock:
+    """`.gradwatch.lock` in a run directory: "pid token", created with O_EXCL semantics."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / LOCK
+        self.key = str(run_dir.resolve())
+        self.pid = os.getpid()
+        self.token = f"{os.getpid()} {secrets.token_hex(8)}"
+        for _ in range(3):
+            if self._create():
+                _HELD[self.key] = self.token
+                return
+            holder = self._holder()
+            if holder is not None and _alive(holder, self.key):
+                raise RunLockedError(
+                    f"log_dir '{run_dir}' is being written by another live writer (pid {holder}); "
+                    "close that watch first, or pass a different log_dir."
+                )
+            self.path.unlink(missing_ok=True)  # a dead writer's lock: take it over
+        raise RunLockedError(
+            f"log_dir '{run_dir}' keeps being locked by other writers; pass a different log_dir."
+        )
+
+    def _create(self) -> bool:
+        # Written under a private name, then hard-linked into place: the link fails when the lock
+        # exists, and a reader never sees a lock without its pid.
+        tmp = _temp_name(self.path)
+        tmp.write_text(self.token)
+        try:
+            os.link(tmp, self.path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _holder(self) -> int | None:
+        try:
+            return int(self.path.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def release(self) -> None:
+        if os.getpid() != self.pid:
+            return  # a forked child (a DataLoader worker) exiting must not unlock its parent's run
+        if _HELD.get(self.key) == self.token:
+            del _HELD[self.key]
+        try:
+            if self.path.read_text() == self.token:
+                self.path.unlink()
+        except OSError:
+            pass
+
+
+def _alive(pid: int, key: str) -> bool:
+    if pid == os.getpid():
+        return key in _HELD
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _live_parts(stats: Path) -> list[tuple[int, int, Path]]:
@@ -213,12 +342,17 @@ def _live_parts(stats: Path) -> list[tuple[int, int, Path]]:
 
 @dataclass
 class Run:
-    """A stored run: `.stats` (the long stats table), `.meta` (dict), `.findings`."""
+    """A stored run: `.stats` (the long stats table), `.meta` (dict), `.findings`.
+
+    `.problems` holds one sentence per damaged or missing piece of the stats (empty for a sound
+    run); `.stats` then holds what could be read, and `.findings` what the watch last stored.
+    """
 
     path: Path
     meta: dict
     stats: pd.DataFrame
     findings: list = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
 
     def layers(self) -> list[str]:
         """Layer names in forward order, as the watch recorded them."""
@@ -249,15 +383,9 @@ def load(path: str | os.PathLike) -> Run:
         )
     meta = _read_json(root / META, default={})
     findings = _read_json(root / FINDINGS, default=[])
-    frames = []
+    frames, problems = [], []
     if stats_dir.is_dir():
-        for _, _, part in _live_parts(stats_dir):
-            try:
-                frames.append(pd.read_parquet(part))
-            except Exception as exc:  # noqa: BLE001 - a damaged part must not hide the others
-                warnings.warn(
-                    f"Skipped unreadable part {part.name} of run '{root}': {exc}", stacklevel=2
-                )
+        frames, problems = _read_parts(stats_dir, meta)
     elif stats_dir.exists():
         try:
             frames.append(pd.read_parquet(stats_dir))
@@ -265,8 +393,48 @@ def load(path: str | os.PathLike) -> Run:
             raise CorruptRunError(
                 f"'{stats_dir}' cannot be read as Parquet ({type(exc).__name__}); the file is damaged."
             ) from None
+    elif meta.get("steps_seen"):
+        problems.append(
+            f"{STATS_DIR} is missing, so none of the {meta['steps_seen']} optimizer steps' "
+            "stats can be read"
+        )
     stats = normalize(pd.concat(frames, ignore_index=True)) if frames else empty_stats()
-    return Run(root, meta, stats, findings)
+    if not frames and not problems and meta.get("steps_seen"):
+        problems.append(
+            f"{STATS_DIR} holds no stats although {meta['steps_seen']} optimizer steps were seen"
+        )
+    for problem in problems:
+        warnings.warn(f"{problem} (run '{root}').", stacklevel=2)
+    return Run(root, meta, stats, findings, problems)
+
+
+def _read_parts(stats_dir: Path, meta: dict) -> tuple[list[pd.DataFrame], list[str]]:
+    """Every readable part, and a sentence for each part that is unreadable or missing (a gap in
+    the flush numbers the part names carry)."""
+    flush_every = meta.get("settings", {}).get("flush_every")
+    every = meta.get("settings", {}).get("every") or 1
+
+    def lost(lo: int, hi: int) -> str:
+        n = hi - lo + 1
+        what = f"flush{'es' if n > 1 else ''} {lo}" + (f"-{hi}" if n > 1 else "")
+        if flush_every:
+            what += f", up to {n * flush_every} recorded steps (optimizer steps "
+            what += f"{lo * flush_every * every}-{(hi + 1) * flush_every * every - 1})"
+        return what
+
+    frames, problems = [], []
+    expected = 0
+    for lo, hi, part in _live_parts(stats_dir):
+        if lo > expected:
+            problems.append(f"Stats of {lost(expected, lo - 1)} are missing")
+        expected = max(expected, hi + 1)
+        try:
+            frames.append(pd.read_parquet(part))
+        except Exception as exc:  # noqa: BLE001 - a damaged part must not hide the others
+            problems.append(
+                f"Skipped unreadable part {part.name} ({type(exc).__name__}): {lost(lo, hi)} lost"
+            )
+    return frames, problems
 
 
 def _read_json(path: Path, default: Any) -> Any:
