@@ -1,4 +1,5 @@
-"""Numbers, lists of layer names and HTML text, written the same way everywhere gradwatch shows them."""
+"""Numbers, lists of layer names and HTML text, written the same way wherever gradwatch shows
+them."""
 
 from __future__ import annotations
 
@@ -14,7 +15,14 @@ def fmt(x: float) -> str:
         return "0"
     if 1e-2 <= abs(x) < 1e4:
         return f"{x:.3g}"
-    return f"{x:.1e}"
+    # As people write it: 2.3e-5 and 1e-3, not 2.3e-05 and 1.0e-03.
+    mantissa, exponent = f"{x:.1e}".split("e")
+    return f"{mantissa.removesuffix('.0')}e{int(exponent)}"
+
+
+def times(x: float) -> str:
+    """A multiplier: ×0.71, ×1e-3."""
+    return "×" + fmt(x)
 
 
 def names(layers: list[str], limit: int = 4) -> str:

@@ -36,6 +36,7 @@ from gradwatch.probes.activation_specs import module_spec
 from gradwatch.probes.activations import ActivationProbe
 from gradwatch.probes.backflow import BackflowProbe
 from gradwatch.probes.base import ABSENT, Probe, StepTable
+from gradwatch.probes.loop import LoopProbe
 from gradwatch.probes.params import ParamProbe
 from gradwatch.probes.scaler import ScalerHandle, SkippedProbe, inner_optimizer, inverse_scale_sq
 from gradwatch.probes.through_time import ThroughTimeProbe
@@ -165,6 +166,8 @@ class Watch:
         self._skipped = SkippedProbe(flush_every) if scaler is not None else None
         if self._skipped is not None:
             self._probes.append(self._skipped)
+        self._loop = LoopProbe(self.model, optimizer)  # the loss graph, inputs, zero_grad
+        self._probes.append(self._loop)
         for probe in self._probes:
             self._table.declare(probe.columns, probe.rows())
         self._table.allocate()
@@ -381,8 +384,11 @@ class Watch:
             self.flush()
 
     def log_loss(self, loss: torch.Tensor | float) -> None:
-        """Record the training loss of the current step (call after backward, before the optimizer
-        step). Stays on the device; several calls in one step (accumulation) are averaged."""
+        """Record the training loss of the current step (before or after backward, before the
+        optimizer step). Stays on the device; several calls in one step (accumulation) are
+        averaged. The first loss with a graph has its autograd graph read once (how the output
+        layer meets the loss; before backward the graph still holds the target)."""
+        self._loop.note_loss(loss)
         if not isinstance(loss, torch.Tensor):
             self._losses.append(float(loss))
             return
