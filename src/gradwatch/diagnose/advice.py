@@ -102,8 +102,8 @@ def _init_remedy(view: View, nonlinearity: str) -> Remedy | None:
         return None
     kinds = sorted({inits[n] for n in wrong if inits[n]})
     said = "; ".join(_INIT_WORDS.get(k, k) for k in kinds) if kinds else "a non-standard init"
-    if nonlinearity == "relu" and not _activations(view, RECTIFIERS):
-        return None  # He init is for rectifiers: no advice for it where the model has none
+    if nonlinearity == "relu" and "pytorch_default" in kinds:
+        said += ", which is not He init (variance 2/fan_in)"
     if nonlinearity == "relu":
         call = "nn.init.kaiming_normal_(m.weight, nonlinearity='relu')"
         name = "He (Kaiming) init"
@@ -292,7 +292,10 @@ def dead_remedies(view: View, layers: list[str]) -> tuple[Remedy, ...]:
 def stalled_remedies(view: View, layers: list[str]) -> tuple[Remedy, ...]:
     out = [
         _swap_activation(view, _activations(view, SATURATING)),
-        _init_remedy(view, "relu"),
+        # He init only where the model has rectifiers, or where the swap above gives it some.
+        _init_remedy(view, "relu")
+        if _activations(view, RECTIFIERS | SATURATING - {"softmax"})
+        else None,
         Remedy(
             "lr",
             f"Give {names(layers)} a parameter group with a larger learning rate, or use Adam, "

@@ -154,6 +154,7 @@ class Diagnosis:
         return json.dumps(self.to_dict(), **kw)
 
     def __str__(self) -> str:
+        from gradwatch.display.format import cause_lines
         from gradwatch.display.predicted import prediction_lines, what_if_lines
 
         lines = (
@@ -186,22 +187,6 @@ class Diagnosis:
         from gradwatch.display.notebook import diagnosis_html
 
         return diagnosis_html(self)
-
-
-def cause_lines(findings: list[Finding]) -> list[str]:
-    """ "Root cause X -> leads to Y, Z" for each root that explains something, and the first thing
-    to change (the first remedy of the first finding): what every display shows first."""
-    if not findings:
-        return []
-    lines = []
-    for f in findings:
-        if f.is_root and f.explains:
-            lines.append(f"Root cause: {f.kind} -> leads to {', '.join(f.explains)}")
-    first = findings[0]
-    if first.remedies:
-        r = first.remedies[0]
-        lines.append(f"First thing to change ({r.action}): {r.detail.splitlines()[0]}")
-    return lines
 
 
 def _jsonable(obj: Any) -> Any:

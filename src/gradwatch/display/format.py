@@ -39,3 +39,19 @@ def names(layers: list[str], limit: int = 4) -> str:
 def esc(text: object) -> str:
     # "%" too: plotly would read "%{...}" inside a layer name as a hover-template field.
     return html.escape(str(text), quote=True).replace("%", "&#37;")
+
+
+def cause_lines(findings: list) -> list[str]:
+    """ "Root cause X -> leads to Y, Z" for each root that explains something, and the first thing
+    to change (the first remedy of the first finding): what every display shows first."""
+    if not findings:
+        return []
+    lines = []
+    for f in findings:
+        if f.is_root and f.explains:
+            lines.append(f"Root cause: {f.kind} -> leads to {', '.join(f.explains)}")
+    first = findings[0]
+    if first.remedies:
+        r = first.remedies[0]
+        lines.append(f"First thing to change ({r.action}): {r.detail.splitlines()[0]}")
+    return lines

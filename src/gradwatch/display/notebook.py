@@ -55,7 +55,7 @@ def layer_bars_html(
 def findings_list_html(diagnosis) -> str:
     if not diagnosis.findings:
         return "<p style='color:#2e7d32'><b>No problem found.</b></p>"
-    from gradwatch.diagnose.finding import cause_lines
+    from gradwatch.display.format import cause_lines
 
     items = [f"<p><b>{esc(line)}</b></p>" for line in cause_lines(diagnosis.findings)]
     for f in diagnosis.findings:

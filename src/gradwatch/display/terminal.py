@@ -95,7 +95,7 @@ def findings_view(diagnosis, title: str | None = None, remedies: int = 2):
             where or "-",
             f.summary,
         )
-    from gradwatch.diagnose.finding import cause_lines
+    from gradwatch.display.format import cause_lines
 
     parts: list = [Text(line, style="bold") for line in cause_lines(diagnosis.findings)]
     parts.append(table)
