@@ -158,6 +158,7 @@ def _run(model: nn.Module, inputs: Any, target: Any, loss_fn: Callable | None, p
             loss = _loss(output, target, loss_fn)
             if predict:
                 traced.keep_single_use(loss)
+            w.log_loss(loss)  # before backward: the loss's graph still holds the target
             try:
                 loss.backward()
             except Exception as exc:  # noqa: BLE001
@@ -165,7 +166,6 @@ def _run(model: nn.Module, inputs: Any, target: Any, loss_fn: Callable | None, p
                     f"Backward failed ({type(exc).__name__}: {_first_line(exc)}); "
                     "the loss must be a differentiable scalar."
                 ) from None
-            w.log_loss(loss.detach())
             w.step()
         finally:
             w.forget_update()

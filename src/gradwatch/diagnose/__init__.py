@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from gradwatch.diagnose.causes import order_by_cause
 from gradwatch.diagnose.depth import depth_trend, detect_depth
 from gradwatch.diagnose.finding import KINDS, Diagnosis, Finding, Remedy
 from gradwatch.diagnose.layerwise import (
@@ -17,11 +18,23 @@ from gradwatch.diagnose.layerwise import (
     detect_stalled,
     detect_unstable,
 )
+from gradwatch.diagnose.loop import (
+    detect_no_gradient,
+    detect_output_loss,
+    detect_uncleared,
+    detect_unscaled,
+)
 from gradwatch.diagnose.progress import detect_constant, detect_idle
+from gradwatch.diagnose.rate import detect_learning_rate
 from gradwatch.diagnose.temporal import detect_plateau, detect_through_time
 from gradwatch.diagnose.view import View
 
 DETECTORS = (
+    detect_uncleared,
+    detect_output_loss,
+    detect_unscaled,
+    detect_no_gradient,
+    detect_learning_rate,
     detect_nonfinite,
     detect_depth,
     detect_saturation,
@@ -37,7 +50,8 @@ _RANK = {"error": 0, "warning": 1, "info": 2}
 
 
 def diagnose(stats: pd.DataFrame, meta: dict | None = None) -> Diagnosis:
-    """Run every detector over a stats table; findings come errors first."""
+    """Run every detector over a stats table; findings come root cause first (each consequence
+    names its cause in `caused_by`)."""
     view = View(stats, meta or {})
     if stats.empty:
         return Diagnosis([], {"steps": 0, "layers": 0}, stats, meta)
@@ -47,8 +61,7 @@ def diagnose(stats: pd.DataFrame, meta: dict | None = None) -> Diagnosis:
     if any(f.kind == "nonfinite" for f in findings):
         # Once values are NaN, trends computed from them say nothing new.
         findings = [f for f in findings if f.kind not in ("vanishing_gradient",)]
-    findings = _one_per_kind(findings)
-    findings.sort(key=lambda f: _RANK[f.severity])
+    findings = order_by_cause(_one_per_kind(findings))
     summary = {
         "steps": view.n_steps,
         "first_step": view.steps[0],

@@ -10,13 +10,13 @@ import numpy as np
 
 from gradwatch.diagnose.finding import Remedy
 from gradwatch.diagnose.view import RECTIFIERS, RECURRENT_TYPES, SATURATING, View
-from gradwatch.display.format import fmt, names
+from gradwatch.display.format import fmt, names, times
 
 _INIT_WORDS = {
-    "pytorch_default": "PyTorch's default init (kaiming_uniform_ with a=√5: variance "
-    "1/(3·fan_in)), which is not He init (variance 2/fan_in)",
+    "pytorch_default": "PyTorch's default init (kaiming_uniform_ with a=√5: variance 1/(3·fan_in))",
     "small": "weights smaller than any standard init",
     "large": "weights larger than He init",
+    "other": "a scale that matches no standard init",
     "xavier": "Xavier/Glorot init (variance 2/(fan_in+fan_out)), which halves the signal's "
     "variance at every ReLU",
     "lecun_or_xavier": "LeCun/Xavier-scale init (variance 1/fan_in), which halves the signal's "
@@ -102,6 +102,8 @@ def _init_remedy(view: View, nonlinearity: str) -> Remedy | None:
         return None
     kinds = sorted({inits[n] for n in wrong if inits[n]})
     said = "; ".join(_INIT_WORDS.get(k, k) for k in kinds) if kinds else "a non-standard init"
+    if nonlinearity == "relu" and "pytorch_default" in kinds:
+        said += ", which is not He init (variance 2/fan_in)"
     if nonlinearity == "relu":
         call = "nn.init.kaiming_normal_(m.weight, nonlinearity='relu')"
         name = "He (Kaiming) init"
@@ -118,7 +120,7 @@ def _init_remedy(view: View, nonlinearity: str) -> Remedy | None:
         )
     return Remedy(
         "init",
-        f"Re-initialise {names(wrong)} with {name}; they use {said}:\n"
+        f"Re-initialise {names(wrong)} with {name} (they now use {said}):\n"
         f"    for m in model.modules():\n"
         f"        if isinstance(m, (nn.Linear, nn.Conv2d)):\n"
         f"            {call}\n"
@@ -174,7 +176,7 @@ def vanishing_remedies(view: View, trend: dict) -> tuple[Remedy, ...]:
     return tuple(r for r in out if r is not None) or (
         Remedy(
             "depth",
-            f"Reduce depth: the signal loses x{trend['per_layer']:.2f} per layer.",
+            f"Reduce depth: the signal changes {times(trend['per_layer'])} per layer.",
             why="each layer multiplies the gradient by its own factor",
         ),
     )
@@ -290,7 +292,10 @@ def dead_remedies(view: View, layers: list[str]) -> tuple[Remedy, ...]:
 def stalled_remedies(view: View, layers: list[str]) -> tuple[Remedy, ...]:
     out = [
         _swap_activation(view, _activations(view, SATURATING)),
-        _init_remedy(view, "relu"),
+        # He init only where the model has rectifiers, or where the swap above gives it some.
+        _init_remedy(view, "relu")
+        if _activations(view, RECTIFIERS | SATURATING - {"softmax"})
+        else None,
         Remedy(
             "lr",
             f"Give {names(layers)} a parameter group with a larger learning rate, or use Adam, "
@@ -414,5 +419,164 @@ def constant_remedies(view: View) -> tuple[Remedy, ...]:
             expected="activations that vary with the input and non-zero gradients in every layer",
             why="a layer whose output is constant passes back no gradient, so nothing before it "
             "can learn",
+        ),
+    )
+
+
+def plateau_remedies(view: View) -> tuple[Remedy, ...]:
+    """The loss stopped falling, with no other finding to explain it."""
+    lrs = view.optimizer.get("lr") or []
+    now = f" (now {fmt(lrs[0])})" if lrs else ""
+    return (
+        Remedy(
+            "lr",
+            f"Try the learning rate 3x higher and 3x lower{now} for a few hundred steps and keep "
+            "the one whose loss falls fastest; add a schedule that lowers it once the loss levels.",
+            expected="a loss that keeps falling, or evidence that the model has learnt what it can",
+            why="a flat loss with healthy gradients is most often a step size that is too small "
+            "to move or too large to settle",
+        ),
+        Remedy(
+            "loss",
+            "Check that the loss compares what it should: logits into nn.CrossEntropyLoss / "
+            "BCEWithLogitsLoss, targets of the shape and range the output can reach.",
+            why="a loss that cannot be met plateaus whatever the optimizer does",
+        ),
+    )
+
+
+def lr_remedies(view: View, ratio: float, high: bool) -> tuple[Remedy, ...]:
+    """A learning rate with its basis: scale it so the median layer's update/weight ratio comes
+    to LR_TARGET_UPDATE."""
+    from gradwatch.diagnose.thresholds import LR_TARGET_UPDATE
+
+    factor = LR_TARGET_UPDATE / ratio if ratio > 0 else (0.1 if high else 10.0)
+    factor = min(factor, 0.3) if high else max(factor, 3.0)
+    lrs = view.optimizer.get("lr") or []
+    name = view.optimizer.get("type") or view.meta.get("settings", {}).get("optimizer") or ""
+    verb = "Lower" if high else "Raise"
+    target = (
+        f" from {fmt(lrs[0])} to {fmt(_round_lr(lrs[0] * factor))}"
+        if lrs
+        else f" by {times(factor)}"
+    )
+    basis = (
+        f"the median layer moved {fmt(ratio)} of its weights per step; {times(factor)} brings "
+        f"that to about {fmt(LR_TARGET_UPDATE)} (healthy: 1e-3 to 1e-2)"
+    )
+    out = [
+        Remedy(
+            "lr",
+            f"{verb} the learning rate{target}{' for ' + name if name else ''}: {basis}.",
+            expected="a loss that falls without spikes"
+            if high
+            else "a loss that falls several times faster",
+            why=basis,
+        )
+    ]
+    if high:
+        out.append(_clip(view, "bounds each step while the learning rate is being tuned"))
+    return tuple(out)
+
+
+def _round_lr(x: float) -> float:
+    """A learning rate as people choose one: 1, 2 or 5 times a power of ten."""
+    if not x > 0:
+        return x
+    e = np.floor(np.log10(x))
+    m = x / 10**e
+    m = min((1, 2, 5, 10), key=lambda c: abs(np.log(m / c)))
+    return float(m * 10**e)
+
+
+def mismatch_remedies(view: View, problem: str, head: list[str]) -> tuple[Remedy, ...]:
+    text = {
+        "twice": "Return the raw scores (logits) from forward() and let the loss apply its own "
+        "softmax/sigmoid: drop the final nn.Softmax/nn.Sigmoid (or use nn.NLLLoss on "
+        "log_softmax, nn.BCELoss on a sigmoid).",
+        "one_unit": "A single output unit needs a sigmoid, not a softmax: use nn.Sigmoid with "
+        "nn.BCELoss, or return the logit into nn.BCEWithLogitsLoss (a softmax needs one unit "
+        "per class).",
+        "unbounded": "Give the output layer an activation that makes probabilities: softmax "
+        "(or logits into nn.CrossEntropyLoss) for classes, sigmoid (or logits into "
+        "nn.BCEWithLogitsLoss) for binary labels; a ReLU or linear output is for regression.",
+        "range": "Make the output layer and the loss fit the targets: one unit per class with "
+        "softmax / nn.CrossEntropyLoss for class indices, sigmoid + BCE only for targets in "
+        "[0, 1] (several labels per sample: one sigmoid each), a linear output for targets "
+        "outside [-1, 1].",
+    }[problem]
+    return (
+        Remedy(
+            "loss",
+            text,
+            expected="a loss that can reach 0 and gradients that do not vanish at the output",
+            why="the output layer and the loss must agree on what the output means "
+            f"(the loss's graph: {' <- '.join(op.removesuffix('Backward0') for op in head[:6])})",
+        ),
+    )
+
+
+def no_gradient_remedies(view: View, layers: list[str], reason: str) -> tuple[Remedy, ...]:
+    if reason == "constant":
+        return (
+            Remedy(
+                "loss",
+                "Make the output depend on the input: no softmax over a single unit, no ReLU "
+                "on an output that starts negative; then check the loss's graph with "
+                "torch.autograd.grad(loss, list(model.parameters()), allow_unused=True).",
+                why="a constant output passes back an exact zero to every layer",
+            ),
+        )
+    if reason == "zero":
+        return (
+            Remedy(
+                "loop",
+                f"Find why {names(layers)} get exactly 0: print [(n, p.grad) for n, p in "
+                "model.named_parameters()] after backward(); units off for every sample (a "
+                "dead ReLU) or a factor of 0 in the forward give this.",
+                why="a parameter whose gradient is always 0 never changes",
+            ),
+        )
+    detail = {
+        "no_grad": "Run the block with autograd on: remove the torch.no_grad() around it, or "
+        "call torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False) (the reentrant "
+        "form gives no gradient to its parameters when its input does not require grad).",
+        "cut": "Keep the loss in the graph: no .item(), float(), .detach(), .data or "
+        "torch.tensor([...]) on the way to the loss (torch.stack / torch.cat keep the graph); "
+        "build the loss from the model's output tensors.",
+    }[reason]
+    return (
+        Remedy(
+            "loop",
+            detail,
+            expected=f"non-zero gradients in {names(layers)}",
+            why="autograd only sends gradients along the operations it recorded",
+        ),
+    )
+
+
+def uncleared_remedies(view: View) -> tuple[Remedy, ...]:
+    return (
+        Remedy(
+            "loop",
+            "Call optimizer.zero_grad() once per optimizer step, before backward() (for "
+            "gradient accumulation: after each optimizer.step()).",
+            expected="each update uses this step's gradient only; update sizes stop growing",
+            why="backward() adds to .grad; without zero_grad every step sums all gradients so far",
+        ),
+    )
+
+
+def unscaled_remedies(view: View, inputs: bool, targets: bool) -> tuple[Remedy, ...]:
+    what = " and ".join(w for w, on in (("inputs", inputs), ("targets", targets)) if on)
+    return (
+        Remedy(
+            "data",
+            f"Standardise the {what}: subtract the training set's mean and divide by its "
+            "standard deviation, per feature (sklearn.preprocessing.StandardScaler, or "
+            "x = (x - mean) / std); images: divide by 255 and normalise per channel.",
+            expected="pre-activations of order 1 at the first layer and gradients of order 1",
+            why="the default init assumes inputs of unit scale; a feature of 1e5 saturates every "
+            "unit it feeds and dwarfs the others",
         ),
     )

@@ -29,7 +29,7 @@ from gradwatch.diagnose.thresholds import (
     VANISH_WARN,
 )
 from gradwatch.diagnose.view import View
-from gradwatch.display.format import fmt
+from gradwatch.display.format import fmt, times
 
 
 def _profile_table(view: View) -> tuple[str, pd.DataFrame] | None:
@@ -199,8 +199,8 @@ def _vanishing(view: View, held: list) -> Finding:
     severity = "error" if t["total"] < VANISH_ERROR else "warning"
     signal = "back-propagated signal" if t["metric"] == "backflow_norm" else "weight gradient"
     summary = (
-        f"The {signal} shrinks x{t['per_layer']:.2f} per layer towards the input: the first layer "
-        f"gets {fmt(t['total'])} of what the last gets over {t['n_layers']} layers, so early "
+        f"The {signal} shrinks {times(t['per_layer'])} per layer towards the input: the first "
+        f"layer gets {fmt(t['total'])} of what the last gets over {t['n_layers']} layers, so early "
         "layers barely learn."
     )
     evidence = {
@@ -233,7 +233,7 @@ def _exploding(view: View, held: list) -> Finding:
     if "trend" in ev:
         t = ev["trend"]
         parts.append(
-            f"the back-propagated signal grows x{t['per_layer']:.2f} per layer towards the input "
+            f"the back-propagated signal grows {times(t['per_layer'])} per layer towards the input "
             f"({fmt(t['total'])} over {t['n_layers']} layers)"
         )
         worst = max(worst, t["total"])
@@ -241,7 +241,7 @@ def _exploding(view: View, held: list) -> Finding:
     if ev.get("activations"):
         a = ev["activations"]
         parts.append(
-            f"activations grow x{a['per_layer']:.2f} per layer ({fmt(a['total'])} from first to "
+            f"activations grow {times(a['per_layer'])} per layer ({fmt(a['total'])} from first to "
             "last)"
         )
         worst = max(worst, a["total"])

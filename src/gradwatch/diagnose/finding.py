@@ -22,6 +22,28 @@ KINDS = (
     "vanishing_through_time",
     "exploding_through_time",
     "loss_plateau",
+    "no_gradient",
+    "output_loss_mismatch",
+    "uncleared_gradients",
+    "unscaled_data",
+    "bad_learning_rate",
+)
+# What `Remedy.action` says: the kind of change (documented in docs/diagnosis.md).
+ACTIONS = (
+    "lr",
+    "init",
+    "activation",
+    "normalization",
+    "residual",
+    "clipping",
+    "gating",
+    "forget_bias",
+    "depth",
+    "precision",
+    "optimizer",
+    "loss",
+    "data",
+    "loop",
 )
 SEVERITIES = ("info", "warning", "error")
 
@@ -56,6 +78,18 @@ class Finding:
     evidence: dict = field(default_factory=dict)
     remedies: tuple[Remedy, ...] = ()
     step: int | None = None  # first step at which it held
+    # Root cause first: the id (kind) of the finding that explains this one, and of those it
+    # explains. A finding's id is its kind (a diagnosis holds one finding per kind).
+    caused_by: str | None = None
+    explains: tuple[str, ...] = ()
+
+    @property
+    def id(self) -> str:
+        return self.kind
+
+    @property
+    def is_root(self) -> bool:
+        return self.caused_by is None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -72,6 +106,9 @@ class Finding:
             "evidence": jsonable(self.evidence),
             "remedies": [r.to_dict() for r in self.remedies],
             "step": self.step,
+            "id": self.id,
+            "caused_by": self.caused_by,
+            "explains": list(self.explains),
         }
 
     @classmethod
@@ -84,6 +121,8 @@ class Finding:
             evidence=d.get("evidence", {}),
             remedies=tuple(Remedy(**r) for r in d.get("remedies", ())),
             step=d.get("step"),
+            caused_by=d.get("caused_by"),
+            explains=tuple(d.get("explains", ())),
         )
 
 
@@ -125,6 +164,7 @@ class Diagnosis:
         return json.dumps(self.to_dict(), **kw)
 
     def __str__(self) -> str:
+        from gradwatch.display.format import cause_lines
         from gradwatch.display.predicted import prediction_lines, what_if_lines
 
         lines = (
@@ -135,8 +175,10 @@ class Diagnosis:
                 + ("" if self.ok else ", errors among them")
             ]
         )
+        lines += [f"  {line}" for line in cause_lines(self.findings)]
         for f in self.findings:
-            lines.append(f"  [{f.severity}] {f.kind}: {f.summary}")
+            because = f" (a consequence of {f.caused_by})" if f.caused_by else ""
+            lines.append(f"  [{f.severity}] {f.kind}{because}: {f.summary}")
             for r in f.remedies[:2]:
                 lines.append(f"      -> {r.detail.splitlines()[0]}")
         lines += [f"  {line}" for line in prediction_lines(self.summary)]

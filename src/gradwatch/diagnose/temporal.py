@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradwatch.diagnose.advice import through_time_remedies
+from gradwatch.diagnose.advice import plateau_remedies, through_time_remedies
 from gradwatch.diagnose.finding import Finding
 from gradwatch.diagnose.thresholds import (
     MIN_TIME_STEPS,
@@ -17,7 +17,7 @@ from gradwatch.diagnose.thresholds import (
     TIME_VANISH_WARN,
 )
 from gradwatch.diagnose.view import View, fit_log_slope
-from gradwatch.display.format import fmt, names
+from gradwatch.display.format import fmt, names, times
 
 GATED = {"LSTM", "GRU", "LSTMCell", "GRUCell"}
 
@@ -89,7 +89,7 @@ def detect_through_time(view: View) -> list[Finding]:
             else max(found.values(), key=lambda e: e["ratio"])
         )
         summary = (
-            f"In {names(layers)} the gradient {word} x{worst['per_step_factor']:.2f} per time "
+            f"In {names(layers)} the gradient {word} {times(worst['per_step_factor'])} per time "
             f"step: the first of {worst['length']} steps gets {fmt(worst['ratio'])} of what the "
             "last gets."
         )
@@ -154,6 +154,12 @@ def detect_plateau(view: View) -> list[Finding]:
     evidence = {"start_loss": start, "recent_loss": recent, "best_loss": best, "steps": len(values)}
     return [
         Finding(
-            "loss_plateau", "warning", (), summary, evidence, (), int(loss.index[PLATEAU_STEPS - 1])
+            "loss_plateau",
+            "warning",
+            (),
+            summary,
+            evidence,
+            plateau_remedies(view),
+            int(loss.index[PLATEAU_STEPS - 1]),
         )
     ]

@@ -71,3 +71,36 @@ PLATEAU_GAIN = 0.05
 IDLE = 3e-4
 # ‖g‖/‖w‖, median layer: below it an idle run is starved of gradient, not of learning rate.
 SMALL_GRADIENT = 1e-2
+
+# ---------------------------------------------------------- the loop around the model (loop.py)
+
+# Inputs (root-mean-square over the first batch autograd records): standardised data sits near 1,
+# pixels in [0, 1] near 0.5. At 100 a default-init first layer's pre-activations are ~100x too
+# large (tanh/sigmoid saturate, softmax becomes one-hot); at 1e4 raw counts or currencies.
+UNSCALED_WARN, UNSCALED_ERROR = 1e2, 1e4
+# Below this the inputs are a hundred-thousandth of unit scale (a unit mistake, e.g. /255 twice).
+UNSCALED_TINY = 1e-3
+# Regression targets (rms) this far from 1 make an MSE loss and its gradients 1e4x too large.
+TARGET_UNSCALED = 1e2
+# Optimizer steps checked for uncleared gradients before it is judged, and the share of them at
+# which the parameter's .grad still held the previous step's gradient (any share is a bug; half
+# allows for a loop that skips zero_grad once, e.g. on its first step).
+UNCLEARED_MIN_STEPS, UNCLEARED_SHARE = 2, 0.5
+# A log-likelihood of probabilities is >= 0: a logged loss below this means targets outside the
+# output's range (labels 0, 1, 2 under a sigmoid and binary cross-entropy).
+NEGATIVE_LIKELIHOOD = -1e-3
+
+# ---------------------------------------------------------------- learning rate (rate.py)
+
+# Update/weight per step, median layer, median over the first LR_EARLY steps: above 3e-2 a few
+# steps rewrite the weights. With a loss that spikes above LR_SPIKE x its first value (or goes
+# non-finite) the step is too large for the loss surface.
+LR_EARLY, LR_HIGH_UPDATE, LR_SPIKE = 10, 3e-2, 1.1
+# The update/weight ratio a remedy aims for: between Karpathy's 1e-3 and the 1e-2 that Adam at its
+# default 1e-3 gives a freshly initialised net.
+LR_TARGET_UPDATE = 3e-3
+# Too low: the median layer's updates stay below LR_LOW_UPDATE, the loss is still falling at the
+# end as fast as on average (the last quarter's slope >= LR_STILL_FALLING x the run's) and it has
+# not yet fallen by half.
+LR_LOW_UPDATE, LR_STILL_FALLING, LR_LOW_GAIN = 3e-3, 0.5, 0.5
+LR_MIN_STEPS = 20

@@ -16,7 +16,14 @@ def fmt(x: float) -> str:
         return "0"
     if 1e-2 <= abs(x) < 1e4:
         return f"{x:.3g}"
-    return f"{x:.1e}"
+    # As people write it: 2.3e-5 and 1e-3, not 2.3e-05 and 1.0e-03.
+    mantissa, exponent = f"{x:.1e}".split("e")
+    return f"{mantissa.removesuffix('.0')}e{int(exponent)}"
+
+
+def times(x: float) -> str:
+    """A multiplier: ×0.71, ×1e-3."""
+    return "×" + fmt(x)
 
 
 def names(layers: list[str], limit: int = 4) -> str:
@@ -33,3 +40,19 @@ def names(layers: list[str], limit: int = 4) -> str:
 def esc(text: object) -> str:
     # "%" too: plotly would read "%{...}" inside a layer name as a hover-template field.
     return html.escape(str(text), quote=True).replace("%", "&#37;")
+
+
+def cause_lines(findings: list) -> list[str]:
+    """ "Root cause X -> leads to Y, Z" for each root that explains something, and the first thing
+    to change (the first remedy of the first finding): what every display shows first."""
+    if not findings:
+        return []
+    lines = []
+    for f in findings:
+        if f.is_root and f.explains:
+            lines.append(f"Root cause: {f.kind} -> leads to {', '.join(f.explains)}")
+    first = findings[0]
+    if first.remedies:
+        r = first.remedies[0]
+        lines.append(f"First thing to change ({r.action}): {r.detail.splitlines()[0]}")
+    return lines

@@ -61,7 +61,9 @@ def layer_bars_html(
 def findings_list_html(diagnosis) -> str:
     if not diagnosis.findings:
         return "<p style='color:#2e7d32'><b>No problem found.</b></p>"
-    items = []
+    from gradwatch.display.format import cause_lines
+
+    items = [f"<p><b>{esc(line)}</b></p>" for line in cause_lines(diagnosis.findings)]
     for f in diagnosis.findings:
         fix = f"<br><i>fix</i>: {esc(f.remedies[0].detail.splitlines()[0])}" if f.remedies else ""
         where = (
@@ -71,9 +73,13 @@ def findings_list_html(diagnosis) -> str:
         )
         items.append(
             f"<div class='f {esc(f.severity)}'><b>{esc(f.severity)} · {esc(f.kind)}</b>"
-            f"{where}<br>{esc(f.summary)}{fix}</div>"
+            f"{_from(f)}{where}<br>{esc(f.summary)}{fix}</div>"
         )
     return "".join(items)
+
+
+def _from(f) -> str:
+    return f" <i>(a consequence of {esc(f.caused_by)})</i>" if f.caused_by else ""
 
 
 def diagnosis_html(diagnosis) -> str:

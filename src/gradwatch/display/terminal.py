@@ -94,9 +94,15 @@ def findings_view(diagnosis, title: str | None = None, remedies: int = 2):
     for f in diagnosis.findings:
         where = ", ".join(f.layers[:3]) + (f" +{len(f.layers) - 3}" if len(f.layers) > 3 else "")
         table.add_row(
-            Text(f.severity, style=_SEVERITY_STYLE[f.severity]), f.kind, where or "-", f.summary
+            Text(f.severity, style=_SEVERITY_STYLE[f.severity]),
+            f.kind + (f"\n(from {f.caused_by})" if f.caused_by else ""),
+            where or "-",
+            f.summary,
         )
-    parts: list = [table]
+    from gradwatch.display.format import cause_lines
+
+    parts: list = [Text(line, style="bold") for line in cause_lines(diagnosis.findings)]
+    parts.append(table)
     fixes = []
     for f in diagnosis.findings:
         for i, r in enumerate(f.remedies[:remedies]):

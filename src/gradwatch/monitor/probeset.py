@@ -14,6 +14,7 @@ from gradwatch.probes.activation_specs import module_spec
 from gradwatch.probes.activations import ActivationProbe
 from gradwatch.probes.backflow import BackflowProbe
 from gradwatch.probes.base import Probe, StepTable
+from gradwatch.probes.loop import LoopProbe
 from gradwatch.probes.params import ParamProbe
 from gradwatch.probes.scaler import SkippedProbe
 from gradwatch.probes.through_time import ThroughTimeProbe
@@ -25,6 +26,7 @@ class ProbeSet:
     params: ParamProbe
     update: UpdateProbe
     skipped: SkippedProbe | None  # only with a GradScaler: the steps it skipped
+    loop: LoopProbe  # the training loop around the model: loss graph, inputs, zero_grad
     all: list[Probe]  # every probe, in the order they record (see ParamProbe.record)
     table: StepTable  # allocated, every probe bound to it
 
@@ -66,12 +68,14 @@ def attach_probes(
     skipped = SkippedProbe(options.flush_every) if scaler is not None else None
     if skipped is not None:
         probes.append(skipped)
+    loop = LoopProbe(model, optimizer)
+    probes.append(loop)
     for probe in probes:
         table.declare(probe.columns, probe.rows())
     table.allocate()
     for probe in probes:
         probe.bind(table)
-    return ProbeSet(params, update, skipped, probes, table)
+    return ProbeSet(params, update, skipped, loop, probes, table)
 
 
 def _module(model: nn.Module, name: str) -> nn.Module:

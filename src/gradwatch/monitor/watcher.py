@@ -267,8 +267,11 @@ class Watch:
             self.flush()
 
     def log_loss(self, loss: torch.Tensor | float) -> None:
-        """Record the training loss of the current step (call after backward, before the optimizer
-        step). Stays on the device; several calls in one step (accumulation) are averaged."""
+        """Record the training loss of the current step (before or after backward, before the
+        optimizer step). Stays on the device; several calls in one step (accumulation) are
+        averaged. The first loss with a graph has its autograd graph read once (how the output
+        layer meets the loss; before backward the graph still holds the target)."""
+        self._probeset.loop.note_loss(loss)
         self._buffer.log_loss(loss)
 
     # ----------------------------------------------------------------- results

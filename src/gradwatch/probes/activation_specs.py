@@ -72,11 +72,19 @@ def _fn(name: str, p: tuple) -> callable:
     }[name]
 
 
+def _same(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
 @functools.lru_cache(maxsize=256)
 def spec(name: str, params: tuple = ()) -> ActivationSpec:
     """The spec of activation `name` with its parameters (slope, alpha, bounds...)."""
-    x = torch.linspace(-60, 60, 240_001, dtype=torch.float64, requires_grad=True)
-    (d,) = torch.autograd.grad(_fn(name, params)(x).sum(), x)
+    # The first call can come from inside the user's forward: under no_grad (a reentrant
+    # torch.utils.checkpoint) or under saved-tensor hooks (a non-reentrant one, which would keep
+    # this grid and then find it missing when it recomputes). Our own autograd, our own hooks.
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_same, _same):
+        x = torch.linspace(-60, 60, 240_001, dtype=torch.float64, requires_grad=True)
+        (d,) = torch.autograd.grad(_fn(name, params)(x).sum(), x)
     d = d.abs()
     flat = d < FLAT * float(d.max())
     xs = x.detach()

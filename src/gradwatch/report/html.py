@@ -157,7 +157,9 @@ def findings_html(run_i: int, run: ReportRun, link: bool = True) -> str:
     d = run.diagnosis
     if not d.findings:
         return "<p class='ok'>No problem found.</p>"
-    out = []
+    from gradwatch.display.format import cause_lines
+
+    out = [f"<p class='cause'><b>{esc(line)}</b></p>" for line in cause_lines(d.findings)]
     for k, f in enumerate(d.findings):
         first = k == 0  # the worst finding's remedies open; the rest one click away
         layers = ", ".join(

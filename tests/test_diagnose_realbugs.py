@@ -1,0 +1,171 @@
+"""Each finding the diagnosis work added, on a small buggy program and on its fix: the buggy
+program gets the finding (first, as the root cause), the fix does not."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+import gradwatch as gw
+
+
+def _data(n=128, d=8, classes=3, seed=0, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g) * scale
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long() if classes == 3 else (x[:, 0] > 0).float()
+    return x, y
+
+
+def _train(model, loss_fn, x, y, steps=40, lr=1e-2, opt=None, zero_grad=True, forward=None):
+    torch.manual_seed(0)
+    opt = opt or torch.optim.Adam(model.parameters(), lr=lr)
+    with gw.watch(model, opt) as w:
+        for _ in range(steps):
+            if zero_grad:
+                opt.zero_grad()
+            out = forward(x) if forward else model(x)
+            loss = loss_fn(out, y)
+            loss.backward()
+            w.log_loss(loss)
+            opt.step()
+    return w.diagnose()
+
+
+def _first(d):
+    severe = [f for f in d.findings if f.severity in ("warning", "error")]
+    return severe[0].kind if severe else None
+
+
+def _mlp(out=3, last=None):
+    torch.manual_seed(0)
+    layers = [nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, out)]
+    return nn.Sequential(*layers, *([last] if last is not None else []))
+
+
+@pytest.mark.parametrize("buggy", [True, False])
+def test_softmax_before_cross_entropy_is_an_output_loss_mismatch(buggy):
+    x, y = _data()
+    d = _train(_mlp(last=nn.Softmax(dim=1) if buggy else None), nn.CrossEntropyLoss(), x, y)
+    assert (_first(d) == "output_loss_mismatch") is buggy
+    assert ("output_loss_mismatch" in d.kinds()) is buggy
+    if buggy:
+        assert d.findings[0].remedies[0].action == "loss"
+
+
+@pytest.mark.parametrize("buggy", [True, False])
+def test_softmax_over_one_unit_explains_no_gradient(buggy):
+    x, y = _data(classes=2)
+    model = _mlp(out=1, last=nn.Softmax(dim=1) if buggy else nn.Sigmoid())
+    d = _train(model, lambda o, t: nn.functional.binary_cross_entropy(o.squeeze(1), t), x, y)
+    assert (_first(d) == "output_loss_mismatch") is buggy
+    if buggy:
+        nograd = next(f for f in d.findings if f.kind == "no_gradient")
+        assert nograd.caused_by == "output_loss_mismatch"
+    else:
+        assert not d.kinds() & {"no_gradient", "output_loss_mismatch"}
+
+
+@pytest.mark.parametrize("buggy", [True, False])
+def test_missing_zero_grad_is_uncleared_gradients(buggy):
+    x, y = _data()
+    d = _train(_mlp(), nn.CrossEntropyLoss(), x, y, zero_grad=not buggy, opt=None, lr=1e-3)
+    assert (_first(d) == "uncleared_gradients") is buggy
+    assert ("uncleared_gradients" in d.kinds()) is buggy
+
+
+def test_gradient_accumulation_is_not_uncleared_gradients():
+    x, y = _data()
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    with gw.watch(model, opt) as w:
+        for _ in range(10):
+            for half in (x[:64], x[64:]):  # two micro-batches per step, cleared after the step
+                nn.functional.cross_entropy(model(half), y[: len(half)]).backward()
+            opt.step()
+            opt.zero_grad()
+    assert "uncleared_gradients" not in w.diagnose().kinds()
+
+
+@pytest.mark.parametrize("buggy", [True, False])
+def test_reentrant_checkpoint_without_grad_input_is_no_gradient(buggy):
+    x, y = _data()
+    torch.manual_seed(0)
+    block, head = nn.Sequential(nn.Linear(8, 16), nn.Tanh()), nn.Linear(16, 3)
+    model = nn.ModuleDict({"block": block, "head": head})
+
+    def forward(inp):
+        return head(checkpoint(block, inp, use_reentrant=buggy))
+
+    d = _train(model, nn.CrossEntropyLoss(), x, y, forward=forward)
+    assert (_first(d) == "no_gradient") is buggy
+    if buggy:
+        f = d.findings[0]
+        assert "block.0" in f.layers and f.remedies[0].action == "loop"
+
+
+@pytest.mark.parametrize("buggy", [True, False])
+def test_detached_branch_is_no_gradient(buggy):
+    x, y = _data()
+    torch.manual_seed(0)
+    a, b = nn.Linear(8, 16), nn.Linear(16, 3)
+    model = nn.ModuleDict({"a": a, "b": b})
+
+    def forward(inp):
+        h = torch.tanh(a(inp))
+        return b(h.detach() if buggy else h)
+
+    d = _train(model, nn.CrossEntropyLoss(), x, y, forward=forward)
+    assert (_first(d) == "no_gradient") is buggy
+
+
+@pytest.mark.parametrize("buggy", [True, False])
+def test_unscaled_inputs_are_unscaled_data(buggy):
+    x, y = _data(scale=1e4 if buggy else 1.0)
+    d = _train(_mlp(), nn.CrossEntropyLoss(), x, y)
+    assert (_first(d) == "unscaled_data") is buggy
+    if buggy:
+        assert d.findings[0].remedies[0].action == "data"
+
+
+@pytest.mark.parametrize("buggy", [True, False])
+def test_learning_rate_far_too_high_is_bad_learning_rate(buggy):
+    x, y = _data()
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 3)
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=20.0 if buggy else 0.5)
+    d = _train(model, nn.CrossEntropyLoss(), x, y, opt=opt)
+    assert (_first(d) == "bad_learning_rate") is buggy
+    if buggy:
+        r = d.findings[0].remedies[0]
+        assert r.action == "lr" and "to " in r.detail
+
+
+def test_check_sees_the_output_loss_mismatch_and_the_target_range():
+    x, y = _data(classes=3)
+    model = _mlp(out=1, last=nn.Sigmoid())
+    d = gw.check(model, x, y.float()[:, None], nn.functional.mse_loss, predict=False)
+    assert "output_loss_mismatch" in d.kinds()
+    fixed = gw.check(_mlp(), x, y, nn.CrossEntropyLoss(), predict=False)
+    assert "output_loss_mismatch" not in fixed.kinds()
+
+
+def test_findings_name_their_cause_and_print_the_root_first():
+    x, y = _data(classes=2)
+    model = _mlp(out=1, last=nn.Softmax(dim=1))
+    d = _train(model, lambda o, t: nn.functional.binary_cross_entropy(o.squeeze(1), t), x, y)
+    text = str(d)
+    assert "Root cause: output_loss_mismatch -> leads to" in text
+    assert "First thing to change (loss)" in text
+    assert d.to_dict()["findings"][0]["explains"]
+
+
+def test_every_kind_has_a_remedy_vocabulary():
+    from gradwatch.diagnose.finding import ACTIONS, KINDS
+
+    for kind in ("no_gradient", "output_loss_mismatch", "uncleared_gradients", "unscaled_data"):
+        assert kind in KINDS
+    assert "bad_learning_rate" in KINDS and {"loss", "data", "loop"} <= set(ACTIONS)
