@@ -59,7 +59,8 @@ def broken():
     layers = []
     for _ in range(15):
         layers += [nn.Linear(32, 32), nn.Sigmoid()]
-    return nn.Sequential(*layers, nn.Linear(32, 10)), torch.randn(32, 32), torch.randint(0, 10, (32,))
+    model = nn.Sequential(*layers, nn.Linear(32, 10))
+    return model, torch.randn(32, 32), torch.randint(0, 10, (32,))
 
 def healthy():
     return nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10)), torch.randn(32, 32)

@@ -1,5 +1,5 @@
-"""`gradwatch run SCRIPT.py ARGS`: an unmodified script is watched through PyTorch's global optimizer
-hooks; its output, exit code and traceback stay its own."""
+"""`gradwatch run SCRIPT.py ARGS`: an unmodified script is watched through PyTorch's global
+optimizer hooks; its output, exit code and traceback stay its own."""
 
 from __future__ import annotations
 

@@ -92,7 +92,8 @@ class ScriptWatcher:
             if optimizer is not self.watch.optimizer and id(optimizer) not in self._others:
                 self._others.add(id(optimizer))
                 warnings.warn(
-                    f"gradwatch run watches the first optimizer only; {type(optimizer).__name__} #{len(self._others) + 1} is not watched.",
+                    "gradwatch run watches the first optimizer only; "
+                    f"{type(optimizer).__name__} #{len(self._others) + 1} is not watched.",
                     stacklevel=2,
                 )
             return

@@ -62,7 +62,8 @@ def empty_stats() -> pd.DataFrame:
 
 
 def long_table(blocks: list, steps: np.ndarray) -> pa.Table:
-    """Turn a flush's `(metric, rows, values)` blocks into long-format rows, skipping absent entries.
+    """Turn a flush's `(metric, rows, values)` blocks into long-format rows, skipping absent
+    entries.
 
     values are `[steps, rows]` (index -1) or `[steps, rows, index]` (a series within a step); a
     negative entry is "not measured" (a measured NaN compares False and stays), unless the block
@@ -370,7 +371,8 @@ def load(path: str | os.PathLike) -> Run:
     root = Path(path)
     if not root.exists():
         raise RunNotFoundError(
-            f"No gradwatch run at '{root}': the path does not exist; pass the log_dir given to gw.watch()."
+            f"No gradwatch run at '{root}': the path does not exist; "
+            "pass the log_dir given to gw.watch()."
         )
     if not root.is_dir():
         raise RunNotFoundError(
@@ -379,7 +381,8 @@ def load(path: str | os.PathLike) -> Run:
     stats_dir = root / STATS_DIR
     if not (root / META).exists() and not stats_dir.exists():
         raise RunNotFoundError(
-            f"'{root}' is not a gradwatch run (no {META} or {STATS_DIR} inside); pass the log_dir given to gw.watch()."
+            f"'{root}' is not a gradwatch run (no {META} or {STATS_DIR} inside); "
+            "pass the log_dir given to gw.watch()."
         )
     meta = _read_json(root / META, default={})
     findings = _read_json(root / FINDINGS, default=[])
@@ -391,7 +394,8 @@ def load(path: str | os.PathLike) -> Run:
             frames.append(pd.read_parquet(stats_dir))
         except Exception as exc:
             raise CorruptRunError(
-                f"'{stats_dir}' cannot be read as Parquet ({type(exc).__name__}); the file is damaged."
+                f"'{stats_dir}' cannot be read as Parquet ({type(exc).__name__}); "
+                "the file is damaged."
             ) from None
     elif meta.get("steps_seen"):
         problems.append(
@@ -444,6 +448,7 @@ def _read_json(path: Path, default: Any) -> Any:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise CorruptRunError(
-            f"'{path}' is not valid JSON; the run directory was damaged (gradwatch writes it atomically), "
+            f"'{path}' is not valid JSON; the run directory was damaged "
+            "(gradwatch writes it atomically), "
             "so restore it or delete the file to load the stats alone."
         ) from None
