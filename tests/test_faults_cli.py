@@ -308,3 +308,44 @@ def test_theory_prints_a_bracketed_plot_path_literally(tmp_path):
     out = gradwatch("theory", "--plot", f"{ODD}.png", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert f"{ODD}.png" in out.stdout and (tmp_path / f"{ODD}.png").exists()
+
+
+def test_names_with_brackets_are_printed_literally_in_the_terminal_views():
+    import pandas as pd
+
+    # Run, layer and finding text come from the user: rich must not read "[/x]" as markup
+    # (MarkupError) nor swallow "[x]" as a style.
+    from rich.console import Console
+
+    from gradwatch.diagnose import Diagnosis, Finding, Remedy
+    from gradwatch.display.terminal import compare_table, findings_view
+
+    finding = Finding(
+        "dead_units",
+        "warning",
+        ("blocks[/x].relu",),
+        "layer blocks[/x].relu [bold]dies",
+        remedies=(Remedy("init", "re-init blocks[/x] [red]now"),),
+    )
+    console = Console(width=200, record=True)
+    console.print(findings_view(Diagnosis([finding]), title="Diagnosis of run[/a]"))
+    table = pd.DataFrame(
+        {
+            "step": [0],
+            "layer": ["blocks[/x].fc"],
+            "metric": ["grad_norm"],
+            "value": [1.0],
+            "index": [-1],
+        }
+    )
+    console.print(compare_table({"run[/b]": table}, ["blocks[/x].fc"], {"blocks[/x].fc": "Li[x]"}))
+    text = console.export_text()
+    for literal in (
+        "run[/a]",
+        "blocks[/x].relu [bold]dies",
+        "re-init blocks[/x] [red]now",
+        "run[/b]",
+        "blocks[/x].fc",
+        "Li[x]",
+    ):
+        assert literal in text, literal

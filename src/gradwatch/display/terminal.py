@@ -45,7 +45,7 @@ def compare_table(
     positive = [v for m in medians.values() for v in m.to_numpy() if np.isfinite(v) and v > 0]
     lo, hi = (min(positive), max(positive)) if positive else (1e-12, 1.0)
     table = Table(
-        title=title,
+        title=_literal(title),
         title_justify="left",
         caption=f"{metric}, bars on a log scale from {lo:.0e} to {hi:.0e}",
         caption_justify="left",
@@ -56,19 +56,25 @@ def compare_table(
     if types:
         table.add_column("type", style="dim", no_wrap=True)
     for name in runs:
-        table.add_column(name, justify="right", no_wrap=True)
+        table.add_column(Text(name), justify="right", no_wrap=True)
         table.add_column("", no_wrap=True, min_width=BAR_WIDTH)
     for layer in layers:
         if not any(layer in m.index for m in medians.values()):
             continue
-        cells: list[str | Text] = [layer]
+        cells: list[str | Text] = [Text(layer)]
         if types:
-            cells.append(types.get(layer, ""))
+            cells.append(Text(types.get(layer, "")))
         for m in medians.values():
             v = float(m.get(layer, float("nan")))
             cells += [f"{v:.2e}" if not math.isnan(v) else "-", log_bar(v, lo, hi)]
         table.add_row(*cells)
     return table
+
+
+def _literal(title: str | Text | None) -> Text | None:
+    """A title printed as written: run and layer names may hold `[` and `]`, which rich would
+    otherwise read as markup (and raise on, or drop)."""
+    return Text(title) if isinstance(title, str) else title
 
 
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
@@ -86,7 +92,9 @@ def findings_view(diagnosis, title: str | None = None, remedies: int = 2):
         return Group(
             Text(f"{title + ': ' if title else ''}no problem found.", style="bold green"), *extras
         )
-    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False, expand=False)
+    table = Table(
+        title=_literal(title), title_justify="left", show_edge=False, pad_edge=False, expand=False
+    )
     table.add_column("", no_wrap=True)
     table.add_column("finding", no_wrap=True, style="bold")
     table.add_column("where", max_width=24)
@@ -95,9 +103,9 @@ def findings_view(diagnosis, title: str | None = None, remedies: int = 2):
         where = ", ".join(f.layers[:3]) + (f" +{len(f.layers) - 3}" if len(f.layers) > 3 else "")
         table.add_row(
             Text(f.severity, style=_SEVERITY_STYLE[f.severity]),
-            f.kind + (f"\n(from {f.caused_by})" if f.caused_by else ""),
-            where or "-",
-            f.summary,
+            Text(f.kind + (f"\n(from {f.caused_by})" if f.caused_by else "")),
+            Text(where or "-"),
+            Text(f.summary),
         )
     from gradwatch.display.format import cause_lines
 
