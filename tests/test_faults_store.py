@@ -169,3 +169,20 @@ def test_a_deleted_stats_directory_is_a_problem_and_the_stored_findings_stay(tmp
 def test_a_sound_run_has_no_problems(tmp_path):
     _train(tmp_path / "run", flush_every=2)
     assert gw.load(tmp_path / "run").problems == []
+
+
+def test_the_library_report_of_a_run_without_stats_shows_its_stored_findings(tmp_path):
+    # gw.report.html_report reads runs as `gradwatch report` does: a run whose stats are gone is
+    # shown by the findings it stored, not as "no problem found".
+    _train(tmp_path / "run")
+    write_json(
+        tmp_path / "run" / FINDINGS,
+        [{"kind": "nonfinite", "severity": "error", "summary": "NaN in 'fc' since step 3"}],
+    )
+    for part in (tmp_path / "run" / STATS_DIR).iterdir():
+        part.unlink()
+    (tmp_path / "run" / STATS_DIR).rmdir()
+    with pytest.warns(UserWarning, match="stats.parquet is missing"):
+        path = gw.report.html_report(tmp_path / "run", tmp_path / "r.html")
+    page = path.read_text()
+    assert "NaN in &#x27;fc&#x27; since step 3" in page or "NaN in 'fc' since step 3" in page

@@ -232,7 +232,7 @@ def _load_report_runs(run_dirs: list[Path]):
     import warnings
 
     from gradwatch.errors import RunNotFoundError
-    from gradwatch.report.data import from_stats
+    from gradwatch.report.data import from_run
     from gradwatch.store import FINDINGS, load
 
     runs, names, damaged = [], set(), False
@@ -247,18 +247,17 @@ def _load_report_runs(run_dirs: list[Path]):
         while name in names:  # runs/a/seed0 and runs/b/seed0 must stay apart
             name = f"{run.path.parent.name}/{name}"
         names.add(name)
-        stored = None
         if run.problems:
             damaged = True
             shown = "showing what could be read"
             if run.stats.empty and run.findings:
-                stored, shown = run.findings, f"showing the findings stored in its {FINDINGS}"
+                shown = f"showing the findings stored in its {FINDINGS}"
             err.print(
                 f"[bold yellow]warning:[/] run '{escape(str(p))}' is damaged "
                 f"({escape('; '.join(run.problems))}); {shown}.",
                 highlight=False,
             )
-        runs.append(from_stats(run.stats, run.meta, name=name, findings=stored, path=run.path))
+        runs.append(from_run(run, name))
     return runs, damaged
 
 

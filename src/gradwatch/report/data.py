@@ -116,7 +116,12 @@ def from_watch(w, name: str = "run") -> ReportRun:
 
 
 def from_run(run: Run, name: str | None = None) -> ReportRun:
-    return from_stats(run.stats, run.meta, name=name or run.path.name, path=run.path)
+    """A loaded run as the report shows it. A damaged run whose stats cannot be read at all
+    (`run.problems`, no rows) is shown by the findings it stored, not as "no problem found"."""
+    stored = run.findings if run.problems and run.stats.empty and run.findings else None
+    return from_stats(
+        run.stats, run.meta, name=name or run.path.name, findings=stored, path=run.path
+    )
 
 
 def load_runs(paths: list[str | os.PathLike]) -> list[ReportRun]:
