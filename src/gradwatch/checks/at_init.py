@@ -141,13 +141,13 @@ def check(
             raise CheckError(
                 'what_if="train" rehearses training, so pass optimizer= (the one training uses).'
             )
-        from gradwatch.checks.rehearsed import STEPS, rehearse_what_if
+        from gradwatch.checks.rehearsed import STEPS, rehearse_what_if, training_loss
 
         diagnosis.summary["rehearsed_what_if"] = rehearse_what_if(
             model,
             optimizer,
             batches if batches is not None else (inputs, target),
-            loss_fn=lambda out, tgt: _loss(out, tgt, loss_fn, cotangent=False),
+            loss_fn=training_loss(loss_fn),
             diagnosis=diagnosis,
             steps=STEPS if steps is None else steps,
             seeds=seeds,

@@ -116,6 +116,25 @@ class RehearsedWhatIf:
     max_seconds: float | None  # the budget; None for none
     stopped_early: bool  # the budget ran out before every change ran
 
+    def __str__(self) -> str:
+        from gradwatch.display.predicted import rehearsed_lines
+
+        return "\n".join(rehearsed_lines(self))
+
+    def figure(self):
+        """The loss curves, one plotly panel per change with the baseline in each."""
+        # report sits beside checks, not below: imported here, as monitor does for w.report().
+        from gradwatch.report.figures import rehearsed_curves
+
+        return rehearsed_curves(self)
+
+    def _repr_html_(self) -> str:
+        from gradwatch.display.format import esc
+
+        fig = self.figure()
+        table = f"<pre>{esc(str(self))}</pre>"
+        return table + (fig.to_html(full_html=False, include_plotlyjs="cdn") if fig else "")
+
     @property
     def top(self) -> RehearsedChange | None:
         """The best change when it beats the baseline beyond seed noise, else None."""
@@ -196,6 +215,14 @@ def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0][:160] if text else 'no message'}"
 
 
+def training_loss(loss_fn: Callable | None) -> Callable[[Any, Any], torch.Tensor]:
+    """(output, target) -> the loss a check would train with: `loss_fn`, else cross-entropy for
+    integer targets and mean squared error for float ones."""
+    from gradwatch.checks.at_init import _loss
+
+    return lambda out, target: _loss(out, target, loss_fn, cotangent=False)
+
+
 # ----------------------------------------------------------------------------- one run
 
 
@@ -207,7 +234,10 @@ def _train(setup: Setup, steps: int, watch: bool, metric) -> tuple[list[float], 
     if setup.lr_scale != 1.0:
         for g in opt.param_groups:
             g["lr"] = g["lr"] * setup.lr_scale
-    handles = [opt.register_step_pre_hook(lambda o, a, k, f=f: f(model)) for f in setup.before_step]
+    handles = [
+        opt.register_step_pre_hook(lambda o, a, k, f=f: (f(model), None)[1])
+        for f in setup.before_step
+    ]
     w = (
         Watch(
             model,
