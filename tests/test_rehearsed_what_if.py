@@ -37,7 +37,9 @@ def test_learning_rate_too_high_ranks_a_smaller_rate_first():
     x, y = _blobs()
     model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
     r = _rehearse(model, torch.optim.SGD(model.parameters(), lr=20.0), x, y)
-    assert r.top is not None and r.top.action == "lr", str(r)
+    # The baseline diverges, so clipping is rehearsed too; AGC measurably rescues it as well.
+    assert r.top is not None and r.top.action in ("lr", "clipping"), str(r)
+    assert any(c.name == "lr x0.1" and c.verdict == "better" for c in r.changes), str(r)
 
 
 def test_softmax_before_cross_entropy_ranks_dropping_it_first():

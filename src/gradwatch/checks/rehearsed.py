@@ -361,7 +361,7 @@ def rehearse_what_if(
             raise CheckError(f"The baseline rehearsal failed ({base_err}); fix the step first.")
         base_final = [_tail_mean(c) for c in base_curves]
         first = float(np.mean([c[0] for c in base_curves]))
-        if math.isfinite(first) and min(base_final) > BARELY_MOVES * first:
+        if math.isfinite(first) and BARELY_MOVES * first < max(base_final) < math.inf:
             auto.append(lr_up())
         if not any(c.action == "clipping" for c in auto) and not all(
             math.isfinite(v) for v in base_final
