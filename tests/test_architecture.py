@@ -32,7 +32,14 @@ ALLOWED = {
 }
 # Imports inside a function that go against the flow, each for a reason: a live Watch writes its
 # own report and draws itself in a notebook (w.report(), w._repr_html_()).
-UPWARD_IN_FUNCTIONS = {("monitor", "report"), ("monitor", "display")}
+# w.report() and w._repr_html_(); w.what_if() rehearses with checks; a rehearsed what-if draws
+# its curves with report's figures.
+UPWARD_IN_FUNCTIONS = {
+    ("monitor", "report"),
+    ("monitor", "display"),
+    ("monitor", "checks"),
+    ("checks", "report"),
+}
 
 
 def _modules() -> dict[str, Path]:

@@ -63,6 +63,11 @@ def check(
     what_if: bool = _flag(
         "--what-if", help="Try every remedy that fits on a copy of the model and rank them."
     ),
+    steps: int = typer.Option(
+        None,
+        "--steps",
+        help="With --what-if and an optimizer: train each change N steps on copies and rank them.",
+    ),
 ) -> None:
     """Diagnose a model at initialisation. Exit 0 when ok, 1 on an error finding, 2 on bad input.
 
@@ -75,7 +80,12 @@ def check(
     from gradwatch.display.terminal import diagnosis_view
 
     model, inputs, tgt, loss_fn, optimizer = load_factory(target)
-    diagnosis = run_check(model, inputs, tgt, loss_fn, what_if=what_if, optimizer=optimizer)
+    if steps is not None and (not what_if or optimizer is None):
+        err.print("--steps rehearses training: pass --what-if and return an optimizer.")
+        raise typer.Exit(2)
+    mode = "train" if steps is not None else what_if
+    extra = {"steps": steps} if steps is not None else {}
+    diagnosis = run_check(model, inputs, tgt, loss_fn, what_if=mode, optimizer=optimizer, **extra)
     if json_out:
         print(diagnosis.to_json())
     else:

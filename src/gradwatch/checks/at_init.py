@@ -76,11 +76,17 @@ def check(
     inputs: Any,
     target: Any = None,
     loss_fn: Callable[..., torch.Tensor] | None = None,
-    what_if: bool = False,
+    what_if: bool | str = False,
     *,
     predict: bool = True,
     optimizer: torch.optim.Optimizer | None = None,
     rehearsal_steps: int = REHEARSAL_STEPS,
+    steps: int | None = None,
+    batches: Any = None,
+    seeds: tuple[int, ...] = (0, 1),
+    max_seconds: float | None = None,
+    train_step: Callable | None = None,
+    metric: Callable[[nn.Module], float] | None = None,
 ) -> Diagnosis:
     """Diagnose `model` at initialisation from one forward and one backward pass on `inputs`.
 
@@ -106,6 +112,16 @@ def check(
     move anything. Its findings say they come from the rehearsal; summary["rehearsal"] holds the
     losses and learning rate. It needs a training loss (a target, a loss_fn, or a model that
     returns its own loss) and twice the model's memory. The model and optimizer are untouched.
+
+    `what_if="train"` (needs `optimizer`) rehearses instead of re-checking: the baseline and each
+    change that can be made automatically (every remedy that fits, the learning rate x0.1/x0.01
+    (x10 when the loss barely moves), Adam, standardised inputs, an output activation the loss
+    applies again, clearing gradients, clipping) train `steps` (100) steps on copies, on
+    `batches` (one (inputs, target) pair or an iterable of them; default the check's batch), at
+    each of `seeds`, and are ranked by the loss reached against the baseline's, beyond seed noise:
+    summary["rehearsed_what_if"] (`checks.rehearsed.RehearsedWhatIf`). `max_seconds` stops early
+    with what was measured; `train_step(model, optimizer, batch) -> loss` is the user's loop body
+    when known; `metric(model) -> float` (lower is better) ranks instead of the training loss.
     """
     if optimizer is not None and (not isinstance(rehearsal_steps, int) or rehearsal_steps < 1):
         raise CheckError(f"rehearsal_steps must be a positive integer, got {rehearsal_steps!r}.")
@@ -122,7 +138,28 @@ def check(
                 rehearsal_steps,
             )
         diagnosis = merged(diagnosis, rehearsed, summary)
-    if what_if:
+    if what_if == "train":
+        if optimizer is None:
+            raise CheckError(
+                'what_if="train" rehearses training, so pass optimizer= (the one training uses).'
+            )
+        from gradwatch.checks.rehearsed import STEPS, rehearse_what_if, training_loss
+
+        diagnosis.summary["rehearsed_what_if"] = rehearse_what_if(
+            model,
+            optimizer,
+            batches if batches is not None else (inputs, target),
+            loss_fn=training_loss(loss_fn),
+            diagnosis=diagnosis,
+            steps=STEPS if steps is None else steps,
+            seeds=seeds,
+            max_seconds=max_seconds,
+            train_step=train_step,
+            metric=metric,
+        )
+    elif isinstance(what_if, str):
+        raise CheckError(f'what_if must be True, False or "train", got {what_if!r}.')
+    elif what_if:
         from gradwatch.checks.what_if import what_if as run_what_if
 
         diagnosis.what_if = run_what_if(model, inputs, target, loss_fn, diagnosis, stats)

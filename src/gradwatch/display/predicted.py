@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from gradwatch.checks.at_init import JacobianAtInit
     from gradwatch.checks.rehearsal import RehearsalSummary
+    from gradwatch.checks.rehearsed import RehearsedWhatIf
     from gradwatch.checks.what_if import RemedyTrial
     from gradwatch.theory.model import TheoryComparison
 
@@ -46,7 +47,45 @@ def prediction_lines(summary: dict) -> list[str]:
             f"rehearsal: {rh.steps} {rh.optimizer} steps (lr {lr}) on a copy, on this batch: loss "
             f"{rh.loss_first:.4g} -> {rh.loss_last:.4g}; found {found}"
         )
+    rw: RehearsedWhatIf | None = summary.get("rehearsed_what_if")
+    if rw:
+        lines += rehearsed_lines(rw)
     return lines
+
+
+def _num(v: float | None) -> str:
+    return "n/a" if v is None else "diverged" if v == float("inf") else f"{v:.4g}"
+
+
+def rehearsed_lines(r: RehearsedWhatIf) -> list[str]:
+    """The rehearsed what-if as a ranked table: change, loss after N steps (± seed spread) against
+    the baseline's, verdict, findings cleared."""
+    by = "metric" if r.ranked_by == "metric" else f"loss after {r.steps} steps"
+    b = r.baseline
+    value = (lambda c: (c.metric, c.metric_spread)) if r.ranked_by == "metric" else None
+    value = value or (lambda c: (c.final, c.spread))
+    rows = [
+        f"rehearsed what-if: each change trained {r.steps} steps on copies at seeds "
+        f"{', '.join(map(str, r.seeds))}, {r.seconds:.1f} s; ranked by {by}",
+        f"  {'change':46s} {by:>22s}  {'vs baseline':12s} cleared",
+        f"  {'baseline':46s} {_num(value(b)[0]):>12s} ± {_num(value(b)[1]):<7s}",
+    ]
+    for c in r.changes:
+        v, s = value(c)
+        rel = "" if c.relative is None else f" (x{c.relative:.2g})"
+        what = c.error if c.error else ", ".join(c.cleared) or "-"
+        new = f"; new: {', '.join(c.introduced)}" if c.introduced else ""
+        rows.append(
+            f"  {c.name[:46]:46s} {_num(v):>12s} ± {_num(s):<7s} {c.verdict}{rel} {what}{new}"
+        )
+    for m in r.manual:
+        rows.append(f"  not automatic ({m.action}): {m.code.splitlines()[0]}")
+    if r.stopped_early:
+        rows.append(
+            f"  stopped early: the {r.max_seconds:g} s budget ran out; "
+            f"not run: {', '.join(r.not_run)}"
+        )
+    return rows
 
 
 def what_if_lines(what_if: list[RemedyTrial] | None, shown: int = WHAT_IF_SHOWN) -> list[str]:

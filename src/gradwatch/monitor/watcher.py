@@ -292,6 +292,37 @@ class Watch:
             return self._final
         return diagnose(self.stats(), self.meta())
 
+    def what_if(
+        self,
+        batches,
+        steps: int = 100,
+        *,
+        loss_fn: Callable | None = None,
+        seeds: tuple[int, ...] = (0, 1),
+        max_seconds: float | None = None,
+        train_step: Callable | None = None,
+    ):
+        """Rehearse the remedies of this watch's diagnosis on `batches` ((inputs, target) pairs):
+        the model as it is now and each change, `steps` steps each, on copies; training goes on
+        untouched. Returns a `gradwatch.checks.rehearsed.RehearsedWhatIf`, best change first.
+        `loss_fn(output, target)` defaults to cross-entropy for integer targets, else MSE."""
+        # checks sit above monitor: imported here, as report is for w.report()
+        from gradwatch.checks.rehearsed import rehearse_what_if, training_loss
+
+        if self.optimizer is None:
+            raise WatchError("w.what_if() rehearses optimizer steps: watch with optimizer=.")
+        return rehearse_what_if(
+            self.model,
+            self.optimizer,
+            batches,
+            loss_fn=training_loss(loss_fn),
+            diagnosis=self.diagnose(),
+            steps=steps,
+            seeds=seeds,
+            max_seconds=max_seconds,
+            train_step=train_step,
+        )
+
     def report(self, path: str | os.PathLike = "report.html", name: str | None = None) -> Path:
         """Write the self-contained HTML report of everything recorded so far; returns its path."""
         from gradwatch.report.data import from_watch

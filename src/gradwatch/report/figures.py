@@ -392,3 +392,45 @@ def through_time(runs: list[ReportRun]) -> go.Figure | None:
         log=True,
         hover="log10 ‖∂L/∂h_t‖ %{z:.2f}",
     )
+
+
+def rehearsed_curves(rehearsal, columns: int = 3) -> go.Figure | None:
+    """One small panel per rehearsed change: its loss curve at each seed, the baseline's in grey
+    in every panel (`checks.rehearsed.RehearsedWhatIf`)."""
+    changes = [c for c in rehearsal.changes if c.losses]
+    if not changes:
+        return None
+    rows = math.ceil(len(changes) / columns)
+    fig = make_subplots(
+        rows=rows,
+        cols=columns,
+        subplot_titles=[f"{esc(c.name[:40])} ({c.verdict})" for c in changes],
+        shared_yaxes=True,
+        vertical_spacing=0.5 / max(rows, 1) if rows > 1 else 0.1,
+    )
+    steps = list(range(rehearsal.steps))
+    for i, c in enumerate(changes):
+        row, col = i // columns + 1, i % columns + 1
+        for k, curve in enumerate(rehearsal.baseline.losses):
+            fig.add_trace(
+                go.Scatter(
+                    x=steps, y=curve, mode="lines", line={"color": "#999", "width": 1},
+                    name="baseline", legendgroup="baseline", showlegend=i == 0 and k == 0,
+                ),
+                row=row, col=col,
+            )  # fmt: skip
+        for k, curve in enumerate(c.losses):
+            fig.add_trace(
+                go.Scatter(
+                    x=steps, y=curve, mode="lines", line={"color": "#1f77b4", "width": 1.5},
+                    name="change", legendgroup="change", showlegend=i == 0 and k == 0,
+                ),
+                row=row, col=col,
+            )  # fmt: skip
+    fig.update_yaxes(type="log")
+    fig.update_layout(
+        height=max(260, 190 * rows),
+        margin={"l": 50, "r": 20, "t": 40, "b": 30},
+        title=f"Rehearsed what-if: loss over {rehearsal.steps} steps, baseline in grey",
+    )
+    return fig

@@ -47,6 +47,15 @@ pre{white-space:pre-wrap;margin:2px 0;font-size:12px;background:#f4f4f4;padding:
 """
 
 
+def _rehearsed(runs: list[ReportRun]):
+    """The first run's rehearsed what-if, if its diagnosis holds one."""
+    for r in runs:
+        rw = r.diagnosis.summary.get("rehearsed_what_if") if r.diagnosis else None
+        if rw is not None:
+            return figures.rehearsed_curves(rw)
+    return None
+
+
 def render(runs: list[ReportRun]) -> str:
     """The report page for one or more runs, as one string."""
     sections: list[tuple[str, str, str]] = [("findings", "Findings", _findings(runs))]
@@ -76,6 +85,7 @@ def render(runs: list[ReportRun]) -> str:
         ("loss", "Loss", figures.loss_curve(runs)),
         ("activations", "Activations", figures.activation_histograms(runs)),
         ("time", "Through time", figures.through_time(runs)),
+        ("rehearsed", "Rehearsed what-if", _rehearsed(runs)),
     ]
     first = True
     for key, name, fig in plots:
