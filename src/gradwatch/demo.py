@@ -1,8 +1,9 @@
 """The main job on built-in data: break a deep net, watch its gradients vanish, fix it, compare.
 
-A 12-layer sigmoid MLP with PyTorch's default init trains on scikit-learn's digits under
-`gw.watch`; its first layer's gradient is about 1e-9 of its last. The same net with ReLU and He
-init trains to ~95% accuracy with gradients level across depth. Both runs are written to disk.
+A sigmoid MLP of 12 hidden layers (13 Linear layers) with PyTorch's default init trains on
+scikit-learn's digits under `gw.watch`; its first layer's gradient is about 1e-9 of its last. The
+same net with ReLU and He init trains to ~95% accuracy with gradients level across depth. Both
+runs are written to disk.
 """
 
 from __future__ import annotations
@@ -102,7 +103,8 @@ def run_demo(
     check_out(out, overwrite)
     data = digits(seed)
     console.print(
-        f"[bold]gradwatch demo[/]: a {DEPTH}-layer MLP on scikit-learn's digits "
+        f"[bold]gradwatch demo[/]: an MLP of {DEPTH} hidden layers ({DEPTH + 1} Linear) on "
+        "scikit-learn's digits "
         f"({len(data.x_train)} train / {len(data.x_test)} test images), {EPOCHS} epochs of SGD."
     )
     runs = []
