@@ -6,47 +6,62 @@ hidden temporary name and renamed into place (atomic on POSIX), so a reader neve
 part. On close the parts are compacted into one; a part whose flush range lies inside another's
 is a leftover of a compaction that was interrupted and is skipped when reading.
 `pandas.read_parquet(run_dir / "stats.parquet")` works on it directly.
+
+pandas and pyarrow are imported where they are first used, not with this module: a watch imports
+it, and should not pay for them (a quarter of a second, more than the rest of gradwatch) before its
+first flush.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from gradwatch.errors import CorruptRunError, RunExistsError, RunNotFoundError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
 
 STATS_DIR = "stats.parquet"
 META = "meta.json"
 FINDINGS = "findings.json"
 COLUMNS = ("step", "layer", "metric", "value", "index")
 _PART = re.compile(r"^part-(\d{8})-(\d{8})\.parquet$")
-_SCHEMA = pa.schema(
-    [
-        ("step", pa.int64()),
-        ("layer", pa.string()),
-        ("metric", pa.string()),
-        ("value", pa.float64()),
-        ("index", pa.int64()),
-    ]
-)
+
+
+@functools.cache
+def _schema() -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("step", pa.int64()),
+            ("layer", pa.string()),
+            ("metric", pa.string()),
+            ("value", pa.float64()),
+            ("index", pa.int64()),
+        ]
+    )
 
 
 def empty_stats() -> pd.DataFrame:
+    import pandas as pd
+
     return normalize(pd.DataFrame({c: [] for c in COLUMNS}))
 
 
 def long_table(blocks: list, steps: np.ndarray) -> pa.Table:
-    """Turn a flush's `(metric, rows, values)` blocks into long-format rows, skipping absent entries.
+    """Turn a flush's `(metric, rows, values)` blocks into long-format rows, skipping absent
+    entries.
 
     values are `[steps, rows]` (index -1) or `[steps, rows, index]` (a series within a step); a
     negative entry is "not measured" (a measured NaN compares False and stays), unless the block
@@ -54,6 +69,8 @@ def long_table(blocks: list, steps: np.ndarray) -> pa.Table:
     negative). Built with numpy and Arrow's `take` so that no Python string object is made per
     row: a flush happens inside the training loop.
     """
+    import pyarrow as pa
+
     parts: dict[str, list[np.ndarray]] = {c: [] for c in COLUMNS}
     names: dict[str, int] = {}
     metrics: list[str] = []
@@ -74,7 +91,7 @@ def long_table(blocks: list, steps: np.ndarray) -> pa.Table:
         )
         metrics.append(metric)
     if not metrics:
-        return _SCHEMA.empty_table()
+        return _schema().empty_table()
     cols = {c: np.concatenate(v) for c, v in parts.items()}
     order = np.argsort(cols["step"], kind="stable")
     cols = {c: v[order] for c, v in cols.items()}
@@ -86,7 +103,7 @@ def long_table(blocks: list, steps: np.ndarray) -> pa.Table:
             "value": pa.array(cols["value"], pa.float64()),
             "index": pa.array(cols["index"], pa.int64()),
         },
-        schema=_SCHEMA,
+        schema=_schema(),
     )
 
 
@@ -99,6 +116,8 @@ _DTYPES = {"step": "int64", "layer": "str", "metric": "str", "value": "float64",
 
 def normalize(df: pd.DataFrame) -> pd.DataFrame:
     """The one dtype layout of a stats table, whether it came from memory or from disk."""
+    import pandas as pd
+
     if list(df.columns) == list(COLUMNS) and all(str(df[c].dtype) == t for c, t in _DTYPES.items()):
         return (
             df.reset_index(drop=True)
@@ -173,10 +192,13 @@ class RunWriter:
         self._next += 1
 
     def _write_part(self, rows: pa.Table | pd.DataFrame, lo: int, hi: int) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         table = (
             rows
             if isinstance(rows, pa.Table)
-            else pa.Table.from_pandas(rows, schema=_SCHEMA, preserve_index=False)
+            else pa.Table.from_pandas(rows, schema=_schema(), preserve_index=False)
         )
         final = self._stats / f"part-{lo:08d}-{hi:08d}.parquet"
         tmp = self._stats / f".{final.name}.tmp"
@@ -185,6 +207,8 @@ class RunWriter:
 
     def compact(self) -> None:
         """Merge the parts into one file (so long runs do not leave thousands of small files)."""
+        import pandas as pd
+
         parts = _live_parts(self._stats)
         if len(parts) < 2:
             return
@@ -233,10 +257,13 @@ def load(path: str | os.PathLike) -> Run:
 
     A run whose process was killed still loads, with every step flushed before it died.
     """
+    import pandas as pd
+
     root = Path(path)
     if not root.exists():
         raise RunNotFoundError(
-            f"No gradwatch run at '{root}': the path does not exist; pass the log_dir given to gw.watch()."
+            f"No gradwatch run at '{root}': the path does not exist; "
+            "pass the log_dir given to gw.watch()."
         )
     if not root.is_dir():
         raise RunNotFoundError(
@@ -245,7 +272,8 @@ def load(path: str | os.PathLike) -> Run:
     stats_dir = root / STATS_DIR
     if not (root / META).exists() and not stats_dir.exists():
         raise RunNotFoundError(
-            f"'{root}' is not a gradwatch run (no {META} or {STATS_DIR} inside); pass the log_dir given to gw.watch()."
+            f"'{root}' is not a gradwatch run (no {META} or {STATS_DIR} inside); "
+            "pass the log_dir given to gw.watch()."
         )
     meta = _read_json(root / META, default={})
     findings = _read_json(root / FINDINGS, default=[])
@@ -263,7 +291,8 @@ def load(path: str | os.PathLike) -> Run:
             frames.append(pd.read_parquet(stats_dir))
         except Exception as exc:
             raise CorruptRunError(
-                f"'{stats_dir}' cannot be read as Parquet ({type(exc).__name__}); the file is damaged."
+                f"'{stats_dir}' cannot be read as Parquet ({type(exc).__name__}); "
+                "the file is damaged."
             ) from None
     stats = normalize(pd.concat(frames, ignore_index=True)) if frames else empty_stats()
     return Run(root, meta, stats, findings)
@@ -276,6 +305,7 @@ def _read_json(path: Path, default: Any) -> Any:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise CorruptRunError(
-            f"'{path}' is not valid JSON; the run directory was damaged (gradwatch writes it atomically), "
+            f"'{path}' is not valid JSON; the run directory was damaged "
+            "(gradwatch writes it atomically), "
             "so restore it or delete the file to load the stats alone."
         ) from None
