@@ -41,7 +41,7 @@ from gradwatch.probes.activation_specs import (
     functional_spec,
     module_spec,
 )
-from gradwatch.probes.base import ABSENT, Probe
+from gradwatch.probes.base import ABSENT, Probe, no_grad
 from gradwatch.probes.forward import Hooks, recording_forward
 
 HIST_SAMPLE = 1024
@@ -401,7 +401,7 @@ class ActivationProbe(Probe):
             idx = self._strides[key] = torch.arange(0, n, -(-n // HIST_SAMPLE), device=y.device)
         return idx
 
-    @torch.no_grad()
+    @no_grad
     def record(self, slot: int) -> None:
         """Reduce the step's calls to a few device tensors (a dozen kernels, whatever the number
         of calls); pooling them into rows waits for the flush, where it costs no kernel launches."""

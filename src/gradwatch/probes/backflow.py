@@ -21,7 +21,7 @@ from torch import nn
 
 from gradwatch._tensor import WIDE_FLOATS, to_host
 from gradwatch.probes import kernels as _cpu_kernels
-from gradwatch.probes.base import ABSENT, Probe, StepTable
+from gradwatch.probes.base import ABSENT, Probe, StepTable, no_grad
 from gradwatch.probes.forward import Hooks, batch_size, first_tensor, recording_forward, time_major
 
 
@@ -100,7 +100,7 @@ class BackflowProbe(Probe):
         )
         self._norms.append((i, norm, scale))
 
-    @torch.no_grad()
+    @no_grad
     def record(self, slot: int) -> None:
         """One kernel per step (the norms stacked); squaring, scaling and pooling wait for the
         flush."""

@@ -6,12 +6,33 @@ Nothing reaches the host until the monitor flushes the table (one copy for all p
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from gradwatch._tensor import stat_dtype
+
+
+def no_grad(fn):
+    """`fn` run with autograd off, as `@torch.no_grad()` does, for a method that runs every step.
+
+    `torch.no_grad()` as a decorator builds a new context manager at each call (about 3 µs on
+    the CPU, a tenth of a small model's whole watch cost per step); this sets the flag directly.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        prev = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch._C._set_grad_enabled(prev)
+
+    return wrapper
+
 
 ABSENT = -1.0
 """Raw columns hold non-negative numbers (squares, counts, fractions), NaN or +inf; a negative
