@@ -321,3 +321,18 @@ def test_a_sparse_gradient_takes_the_general_path_and_is_measured_coalesced():
     s = w.stats()
     got = s[(s.metric == "grad_norm") & (s.layer == "0")].sort_values("step").value.iloc[-1]
     assert got == pytest.approx(expected, rel=1e-6)
+
+
+def test_many_layers_of_one_shape_are_normed_stacked_and_match_the_reference():
+    # 20 weights and 20 biases of one shape each: over STACK_ALIKE, so on the CPU their norms
+    # are taken by one stack and one norm per shape instead of one _foreach_norm entry each.
+    from gradwatch.probes.base import STACK_ALIKE
+
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(max(20, STACK_ALIKE)):
+        layers += [nn.Linear(8, 8), nn.Tanh()]
+    model = nn.Sequential(*layers, nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    x = torch.randn(16, 8)
+    _compare_with_naive(model, opt, lambda: model(x).pow(2).mean(), steps=3)
