@@ -115,7 +115,7 @@ def layers_part(layer_counts: list[int], rounds: int, seed: int) -> list[dict]:
 
 
 _MEMORY_CHILD = r"""
-import json, os, resource, sys, torch
+import json, os, sys, torch
 sys.path.insert(0, os.path.dirname(sys.argv[4]))
 import scale
 steps, watched, log_dir = int(sys.argv[1]), sys.argv[2] == "1", sys.argv[3]
@@ -124,13 +124,15 @@ torch.manual_seed(0)
 kw = {"log_dir": log_dir} if watched else {}
 t = scale._Trainer(scale._narrow(100, 8), watched, width=8, **kw)
 t.step()
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def hwm():  # this process's peak RSS (ru_maxrss would carry the parent's across exec)
+    with open("/proc/self/status") as f:
+        return int(next(l for l in f if l.startswith("VmHWM")).split()[1])
+base = hwm()
 for _ in range(steps):
     t.step()
 if t.watch is not None:
     t.watch.close()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"base_kb": base, "peak_kb": peak}))
+print(json.dumps({"base_kb": base, "peak_kb": hwm()}))
 """
 
 

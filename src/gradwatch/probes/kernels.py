@@ -39,7 +39,7 @@ def load(wait: bool = True) -> SimpleNamespace | None:
         return None
     with _lock:
         if _state.thread is None:
-            if importlib.util.find_spec("numba") is None:  # no thread for nothing
+            if not _installed("numba"):  # no thread for nothing
                 _state.kernels, _state.done = None, True
                 _state.thread = threading.current_thread()
             else:
@@ -50,6 +50,13 @@ def load(wait: bool = True) -> SimpleNamespace | None:
     if not _state.done and wait:
         _state.thread.join()
     return _state.kernels if _state.done else None
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a finder that refuses it, a broken install
+        return False
 
 
 def loading() -> bool:
