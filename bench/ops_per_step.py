@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     free_reads, kernels = params.FREE_READS, _cpu_kernels.load
     if args.as_accelerator:
         params.FREE_READS = set()
-        _cpu_kernels.load = lambda: None
+        _cpu_kernels.load = lambda wait=True: None
     try:
         return _count_models(args)
     finally:

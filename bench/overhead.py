@@ -113,6 +113,21 @@ def _mlp() -> nn.Module:
     return nn.Sequential(*layers, nn.Linear(256, 10))
 
 
+def _tiny() -> nn.Module:
+    """The small model people debug on (issue 23): where a fixed per-step cost shows most."""
+    return nn.Sequential(
+        nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)
+    )
+
+
+def _deep() -> nn.Module:
+    """1000 narrow layers (bench/scale.py's deepest): where a cost per layer per step shows."""
+    layers: list[nn.Module] = []
+    for _ in range(1000):
+        layers += [nn.Linear(16, 16), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(16, 10))
+
+
 def _token_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten())
 
@@ -130,6 +145,16 @@ MODELS: dict[str, ModelSpec] = {
         "mlp",
         _mlp,
         lambda g: (torch.randn(128, 256, generator=g), torch.randint(0, 10, (128,), generator=g)),
+    ),
+    "tiny": ModelSpec(
+        "tiny",
+        _tiny,
+        lambda g: (torch.randn(64, 64, generator=g), torch.randint(0, 10, (64,), generator=g)),
+    ),
+    "deep": ModelSpec(
+        "deep",
+        _deep,
+        lambda g: (torch.randn(32, 16, generator=g), torch.randint(0, 10, (32,), generator=g)),
     ),
     "cnn": ModelSpec(
         "cnn",

@@ -20,7 +20,7 @@ def cpu_path(request, monkeypatch):
         if _cpu_kernels.load() is None:
             pytest.skip("numba is not installed (pip install gradwatch[fast])")
     else:
-        monkeypatch.setattr(_cpu_kernels, "load", lambda: None)
+        monkeypatch.setattr(_cpu_kernels, "load", lambda wait=True: None)
     return request.param
 
 

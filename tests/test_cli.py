@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,25 @@ def gradwatch(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         timeout=timeout,
         env={"COLUMNS": "100", "PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0", "PYTHONPATH": SRC},
     )
+
+
+def gradwatch_many(*argvs: list[str], timeout: float = 600) -> list[subprocess.CompletedProcess]:
+    """Several command lines in one subprocess (`workers/cli_batch.py`): each through the CLI's
+    own `main()`, with its own output and exit code; one start of Python and torch for all."""
+    worker = Path(__file__).resolve().parent / "workers" / "cli_batch.py"
+    out = subprocess.run(
+        [sys.executable, str(worker)],
+        input=json.dumps([list(a) for a in argvs]),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={"COLUMNS": "100", "PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0", "PYTHONPATH": SRC},
+    )
+    assert out.returncode == 0, out.stderr
+    return [
+        subprocess.CompletedProcess(a, r["returncode"], r["stdout"], r["stderr"])
+        for a, r in zip(argvs, json.loads(out.stdout.strip().splitlines()[-1]), strict=True)
+    ]
 
 
 def test_version_prints_the_package_version():
@@ -92,24 +112,27 @@ def misspelt():
 
 
 def test_check_exit_codes_and_json(tmp_path):
-    import json
-
     (tmp_path / "models.py").write_text(FACTORIES)
     target = str(tmp_path / "models.py")
+    # The first alone, as a user runs it; the others share one process (gradwatch_many).
     broken = gradwatch("check", f"{target}:broken")
     assert broken.returncode == 1 and "vanishing_gradient" in broken.stdout
     assert "bars on a log scale" in broken.stdout  # the per-layer table comes before the findings
-    healthy = gradwatch("check", f"{target}:healthy", "--json")
+    healthy, broken_json, fast = gradwatch_many(
+        ["check", f"{target}:healthy", "--json"],
+        ["check", f"{target}:broken", "--json"],
+        ["check", f"{target}:adam_too_fast", "--json"],
+    )
     assert healthy.returncode == 0
     assert json.loads(healthy.stdout) == {
         "ok": True,
         "findings": [],
         "summary": json.loads(healthy.stdout)["summary"],
     }
-    doc = json.loads(gradwatch("check", f"{target}:broken", "--json").stdout)
+    doc = json.loads(broken_json.stdout)
+    assert broken_json.returncode == 1
     assert doc["ok"] is False and doc["findings"][0]["kind"] == "vanishing_gradient"
     # A dict factory with an optimizer: the rehearsal finds the learning rate the model alone hides.
-    fast = gradwatch("check", f"{target}:adam_too_fast", "--json")
     doc = json.loads(fast.stdout)
     assert fast.returncode == (0 if doc["ok"] else 1) and doc["summary"]["rehearsal"]["lr"] == [0.1]
     assert "unstable_updates" in doc["summary"]["rehearsal"]["findings"]
@@ -128,8 +151,10 @@ def test_check_bad_targets_get_one_sentence_and_exit_2(tmp_path):
         "no_such_package_xyz:f": "No module",
         target: "names no factory",
     }
-    for arg, message in cases.items():
-        out = gradwatch("check", arg)
+    # The first alone, as a user runs it; the others share one process (gradwatch_many).
+    first, *rest = cases
+    outs = [gradwatch("check", first), *gradwatch_many(*(["check", arg] for arg in rest))]
+    for (arg, message), out in zip(cases.items(), outs, strict=True):
         assert out.returncode == 2, (arg, out.stdout, out.stderr)
         assert message in " ".join(out.stderr.split()), (arg, out.stderr)
         assert "Traceback" not in out.stderr

@@ -305,3 +305,34 @@ def test_float64_model_keeps_norms_beyond_float32_range(reads):
     for step in range(2):
         got = as_dict(stats, step)
         assert got[("0", "grad_norm")] > 1e39 and got[("1", "weight_norm")] > 1e39
+
+
+def test_a_sparse_gradient_takes_the_general_path_and_is_measured_coalesced():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 4, sparse=True), nn.Flatten(), nn.Linear(12, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.tensor([[1, 1, 3], [3, 1, 7]])  # repeated indices: an uncoalesced gradient
+    with gw.watch(model, opt) as w:
+        for _ in range(3):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            expected = model[0].weight.grad.to_dense().norm().item()
+            opt.step()
+    s = w.stats()
+    got = s[(s.metric == "grad_norm") & (s.layer == "0")].sort_values("step").value.iloc[-1]
+    assert got == pytest.approx(expected, rel=1e-6)
+
+
+def test_many_layers_of_one_shape_are_normed_stacked_and_match_the_reference():
+    # 20 weights and 20 biases of one shape each: over STACK_ALIKE, so on the CPU their norms
+    # are taken by one stack and one norm per shape instead of one _foreach_norm entry each.
+    from gradwatch.probes.base import STACK_ALIKE
+
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(max(20, STACK_ALIKE)):
+        layers += [nn.Linear(8, 8), nn.Tanh()]
+    model = nn.Sequential(*layers, nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    x = torch.randn(16, 8)
+    _compare_with_naive(model, opt, lambda: model(x).pow(2).mean(), steps=3)

@@ -13,10 +13,15 @@ from its start to its finished `meta.json`, so a second live writer on the same 
 refused instead of mixing its rows with the first's; the lock of a process that died is taken
 over. Reading never hides damage: `Run.problems` names every part that could not be read or is
 missing, and the parts that can be read are still read.
+
+pandas and pyarrow are imported where they are first used, not with this module: a watch imports
+it, and should not pay for them (a quarter of a second, more than the rest of gradwatch) before its
+first flush.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -25,12 +30,9 @@ import warnings
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from gradwatch.errors import (
     CorruptRunError,
@@ -40,24 +42,36 @@ from gradwatch.errors import (
     RunNotFoundError,
 )
 
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
 STATS_DIR = "stats.parquet"
 META = "meta.json"
 FINDINGS = "findings.json"
 LOCK = ".gradwatch.lock"
 COLUMNS = ("step", "layer", "metric", "value", "index")
 _PART = re.compile(r"^part-(\d{8})-(\d{8})\.parquet$")
-_SCHEMA = pa.schema(
-    [
-        ("step", pa.int64()),
-        ("layer", pa.string()),
-        ("metric", pa.string()),
-        ("value", pa.float64()),
-        ("index", pa.int64()),
-    ]
-)
+
+
+@functools.cache
+def _schema() -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("step", pa.int64()),
+            ("layer", pa.string()),
+            ("metric", pa.string()),
+            ("value", pa.float64()),
+            ("index", pa.int64()),
+        ]
+    )
 
 
 def empty_stats() -> pd.DataFrame:
+    import pandas as pd
+
     return normalize(pd.DataFrame({c: [] for c in COLUMNS}))
 
 
@@ -71,6 +85,8 @@ def long_table(blocks: list, steps: np.ndarray) -> pa.Table:
     negative). Built with numpy and Arrow's `take` so that no Python string object is made per
     row: a flush happens inside the training loop.
     """
+    import pyarrow as pa
+
     parts: dict[str, list[np.ndarray]] = {c: [] for c in COLUMNS}
     names: dict[str, int] = {}
     metrics: list[str] = []
@@ -91,7 +107,7 @@ def long_table(blocks: list, steps: np.ndarray) -> pa.Table:
         )
         metrics.append(metric)
     if not metrics:
-        return _SCHEMA.empty_table()
+        return _schema().empty_table()
     cols = {c: np.concatenate(v) for c, v in parts.items()}
     order = np.argsort(cols["step"], kind="stable")
     cols = {c: v[order] for c, v in cols.items()}
@@ -103,7 +119,7 @@ def long_table(blocks: list, steps: np.ndarray) -> pa.Table:
             "value": pa.array(cols["value"], pa.float64()),
             "index": pa.array(cols["index"], pa.int64()),
         },
-        schema=_SCHEMA,
+        schema=_schema(),
     )
 
 
@@ -116,6 +132,8 @@ _DTYPES = {"step": "int64", "layer": "str", "metric": "str", "value": "float64",
 
 def normalize(df: pd.DataFrame) -> pd.DataFrame:
     """The one dtype layout of a stats table, whether it came from memory or from disk."""
+    import pandas as pd
+
     if list(df.columns) == list(COLUMNS) and all(str(df[c].dtype) == t for c, t in _DTYPES.items()):
         return (
             df.reset_index(drop=True)
@@ -228,10 +246,13 @@ class RunWriter:
         self._next += 1
 
     def _write_part(self, rows: pa.Table | pd.DataFrame, lo: int, hi: int) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         table = (
             rows
             if isinstance(rows, pa.Table)
-            else pa.Table.from_pandas(rows, schema=_SCHEMA, preserve_index=False)
+            else pa.Table.from_pandas(rows, schema=_schema(), preserve_index=False)
         )
         final = self._stats / f"part-{lo:08d}-{hi:08d}.parquet"
         tmp = _temp_name(final)
@@ -244,6 +265,8 @@ class RunWriter:
 
     def compact(self) -> None:
         """Merge the parts into one file (so long runs do not leave thousands of small files)."""
+        import pandas as pd
+
         parts = _live_parts(self._stats)
         if len(parts) < 2:
             return
@@ -368,6 +391,8 @@ def load(path: str | os.PathLike) -> Run:
 
     A run whose process was killed still loads, with every step flushed before it died.
     """
+    import pandas as pd
+
     root = Path(path)
     if not root.exists():
         raise RunNotFoundError(
@@ -415,6 +440,8 @@ def load(path: str | os.PathLike) -> Run:
 def _read_parts(stats_dir: Path, meta: dict) -> tuple[list[pd.DataFrame], list[str]]:
     """Every readable part, and a sentence for each part that is unreadable or missing (a gap in
     the flush numbers the part names carry)."""
+    import pandas as pd
+
     flush_every = meta.get("settings", {}).get("flush_every")
     every = meta.get("settings", {}).get("every") or 1
 

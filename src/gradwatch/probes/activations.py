@@ -41,7 +41,7 @@ from gradwatch.probes.activation_specs import (
     functional_spec,
     module_spec,
 )
-from gradwatch.probes.base import ABSENT, Probe
+from gradwatch.probes.base import ABSENT, Probe, no_grad
 from gradwatch.probes.forward import Hooks, recording_forward
 
 HIST_SAMPLE = 1024
@@ -196,11 +196,17 @@ class ActivationProbe(Probe):
         super().bind(table)
         self._plans: dict[tuple, _Plan] = {}
         self._steps: list[_Step] = []  # recorded since the last flush
-        self._kernels = _cpu_kernels.load() if table.device.type == "cpu" else None
-        if self._kernels is not None:
-            self._pre_stats, self._post_stats = self._pre_host, self._post_host
-            self._bounds: dict[tuple[ActivationSpec, torch.dtype], tuple] = {}
-            self._peaks: dict[tuple[int, np.dtype], np.ndarray] = {}
+        self._bounds: dict[tuple[ActivationSpec, torch.dtype], tuple] = {}
+        self._peaks: dict[tuple[int, np.dtype], np.ndarray] = {}
+        self._kernels = None
+        self._paths = _cpu_kernels.Paths(table.device)
+        if self._paths.kernels is not None:
+            self._use_kernels(self._paths.kernels)
+
+    def _use_kernels(self, kernels) -> None:
+        """Measure with the CPU kernels from the next forward on (a step boundary)."""
+        self._kernels = kernels
+        self._pre_stats, self._post_stats = self._pre_host, self._post_host
 
     # ------------------------------------------------------------ rows grow as activations appear
 
@@ -395,7 +401,7 @@ class ActivationProbe(Probe):
             idx = self._strides[key] = torch.arange(0, n, -(-n // HIST_SAMPLE), device=y.device)
         return idx
 
-    @torch.no_grad()
+    @no_grad
     def record(self, slot: int) -> None:
         """Reduce the step's calls to a few device tensors (a dozen kernels, whatever the number
         of calls); pooling them into rows waits for the flush, where it costs no kernel launches."""
@@ -403,9 +409,13 @@ class ActivationProbe(Probe):
             # Every activation is a module: the function mode and module stack cost for nothing.
             self._mode_hooks.remove()
         calls, self._calls = self._calls, []
+        if self._paths.waiting and self._paths.poll(slot):
+            # The kernels finished loading in the background: this step was measured by torch
+            # operations, the next forward is measured by the kernels.
+            self._use_kernels(self._paths.kernels)
         if not calls:
             return
-        if self._kernels is not None:
+        if isinstance(calls[0], _HostCall):
             self._steps.append(self._host_step(slot, calls))
             return
         # Each list once per step: the plan's key, the dead units and the histograms all read them.
@@ -578,6 +588,7 @@ class ActivationProbe(Probe):
                 hist,
                 [s.slot for s in group],
             )
+        self._paths.flushed(n)
         if not self._found_functional:
             # A forward may start calling activation functions later (a branch, a schedule): the
             # first measured forward after each flush looks again, at the function mode's cost.
@@ -609,6 +620,7 @@ class ActivationProbe(Probe):
             },
             "hist_bins": HIST_BINS,
             "kernels": _cpu_kernels.name(self._kernels),
+            "activation_kernels": self._paths.history(),
         }
 
     def close(self) -> None:

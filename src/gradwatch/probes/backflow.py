@@ -21,7 +21,7 @@ from torch import nn
 
 from gradwatch._tensor import WIDE_FLOATS, to_host
 from gradwatch.probes import kernels as _cpu_kernels
-from gradwatch.probes.base import ABSENT, Probe, StepTable
+from gradwatch.probes.base import ABSENT, Probe, StepTable, no_grad
 from gradwatch.probes.forward import Hooks, batch_size, first_tensor, recording_forward, time_major
 
 
@@ -44,7 +44,8 @@ class BackflowProbe(Probe):
     def bind(self, table: StepTable) -> None:
         super().bind(table)
         self._table_rows = table.row_index(self.rows()).cpu().numpy()
-        self._kernels = _cpu_kernels.load() if table.device.type == "cpu" else None
+        self._paths = _cpu_kernels.Paths(table.device)
+        self._kernels = self._paths.kernels
 
     def arm(self) -> None:
         if self._hooks:
@@ -99,17 +100,20 @@ class BackflowProbe(Probe):
         )
         self._norms.append((i, norm, scale))
 
-    @torch.no_grad()
+    @no_grad
     def record(self, slot: int) -> None:
         """One kernel per step (the norms stacked); squaring, scaling and pooling wait for the
         flush."""
         norms, self._norms = self._norms, []
         calls, self._calls = np.array(self._calls, dtype=np.float64), [0] * len(self.modules)
+        kernels = self._kernels  # the path this step's norms were computed by
+        if self._paths.waiting and self._paths.poll(slot):
+            self._kernels = self._paths.kernels  # from the next backward on
         if not calls.any():
             return
         rows = np.array([r for r, _, _ in norms], dtype=np.int64)
         scales = np.array([s for _, _, s in norms], dtype=np.float64)
-        if self._kernels is not None:  # on the CPU: numbers, or tensors that need no sync to read
+        if kernels is not None:  # on the CPU: numbers, or tensors that need no sync to read
             stacked = np.array(
                 [n if type(n) is float else n.item() for _, n, _ in norms], dtype=np.float64
             )
@@ -131,18 +135,18 @@ class BackflowProbe(Probe):
         self._inv_sq = {k: v for k, v in self._inv_sq.items() if k >= n}
         out = np.full((n, len(self.table.rows)), ABSENT)
         # Every step's norms reach the host in one copy (in their own dtype: MPS has no float64).
-        norms = [s[4].reshape(-1) for s in steps if s[4] is not None]
-        host = (
-            np.concatenate(norms)
-            if self._kernels is not None and norms
-            else to_host(norms, join=torch.cat)
-        )
+        # (Numbers already, for steps the CPU kernels measured.)
+        norms = [s[4].reshape(-1) for s in steps if isinstance(s[4], torch.Tensor)]
+        host = to_host(norms, join=torch.cat) if norms else None
         at, width = 0, len(self.modules)
         for slot, rows, scales, calls, stacked in steps:
             acc = np.zeros(width)
-            if stacked is not None:
+            if isinstance(stacked, np.ndarray):
+                norm = stacked
+            elif stacked is not None:
                 norm = host[at : at + len(rows)]
                 at += len(rows)
+            if stacked is not None:
                 acc = np.bincount(rows, weights=norm * norm * scales, minlength=width)
             # The mean over the step's calls; a row without a call is absent.
             out[slot, self._table_rows] = np.where(calls > 0, acc / np.maximum(calls, 1), ABSENT)
@@ -151,6 +155,7 @@ class BackflowProbe(Probe):
             for slot, value in zip(inv_sq, values, strict=True):
                 measured = out[slot] >= 0
                 out[slot, measured] *= value
+        self._paths.flushed(n)
         return {"backflow_sq": out}
 
     def finalize(self, raw: dict[str, np.ndarray]) -> list:
@@ -160,7 +165,10 @@ class BackflowProbe(Probe):
         return [("backflow_norm", self.table.rows, value)]
 
     def meta(self) -> dict:
-        return {"kernels": _cpu_kernels.name(self._kernels)}
+        return {
+            "kernels": _cpu_kernels.name(self._kernels),
+            "backflow_kernels": self._paths.history(),
+        }
 
     def close(self) -> None:
         self.disarm()

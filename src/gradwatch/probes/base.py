@@ -6,12 +6,33 @@ Nothing reaches the host until the monitor flushes the table (one copy for all p
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from gradwatch._tensor import stat_dtype
+
+
+def no_grad(fn):
+    """`fn` run with autograd off, as `@torch.no_grad()` does, for a method that runs every step.
+
+    `torch.no_grad()` as a decorator builds a new context manager at each call (about 3 µs on
+    the CPU, a tenth of a small model's whole watch cost per step); this sets the flag directly.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        prev = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch._C._set_grad_enabled(prev)
+
+    return wrapper
+
 
 ABSENT = -1.0
 """Raw columns hold non-negative numbers (squares, counts, fractions), NaN or +inf; a negative
@@ -98,8 +119,10 @@ class NormLog:
         norms are grouped by those, one `_foreach_norm` per group.
         """
         assert tensors, "a plan writes at least one norm"
-        groups = by_kind(tensors)
-        order = [k for idx in groups.values() for k in idx]
+        groups = [(dev, dtype, idx, None) for (dev, dtype), idx in by_kind(tensors).items()]
+        if not self.counts:
+            groups = _stack_alike(groups, tensors)
+        order = [k for _, _, idx, _ in groups for k in idx]
         rows = rows[torch.tensor(order, dtype=torch.long, device=rows.device)]
         rows = rows.cpu().numpy()
         cleared = np.unique(rows)
@@ -112,8 +135,10 @@ class NormLog:
         self._plans.append(
             _NormPlan(
                 width=len(order),
-                groups=[(dev, dtype, idx) for (dev, dtype), idx in groups.items()],
-                whole=len(groups) == 1 and tensors[0].device == self.table.device,
+                groups=groups,
+                whole=len(groups) == 1
+                and groups[0][3] is None
+                and tensors[0].device == self.table.device,
                 sums=(np.full(len(order), column), rows),
                 clear=clear,
             )
@@ -124,17 +149,28 @@ class NormLog:
         """The norms of `tensors` (in the order the plan was made with) into `slot`'s row; returns
         that row (grouped as the plan groups them)."""
         plan = self._plans[plan_id]
-        if plan.whole:
-            norms = foreach_norms(tensors, plan.groups[0][1])
-        else:
-            norms = []
-            for dev, dtype, idx in plan.groups:
-                part = foreach_norms([tensors[k] for k in idx], dtype)
-                norms += (
-                    part if dev == self.table.device else [x.to(self.table.device) for x in part]
-                )
         row = self._buf[slot, : plan.width]
-        torch.stack(norms, out=row)
+        if plan.whole:
+            torch.stack(foreach_norms(tensors, plan.groups[0][1]), out=row)
+        else:
+            at = 0
+            for dev, dtype, idx, dims in plan.groups:
+                part = [tensors[k] for k in idx]
+                if dims is not None:  # same shape: one stack, one norm
+                    acc = accumulator(dtype)
+                    stacked = torch.stack(part)
+                    norms = (
+                        torch.linalg.vector_norm(stacked, dim=dims)
+                        if acc == dtype
+                        else torch.linalg.vector_norm(stacked, dim=dims, dtype=acc)
+                    )
+                    row[at : at + len(idx)].copy_(norms)
+                else:
+                    norms = foreach_norms(part, dtype)
+                    if dev != self.table.device:
+                        norms = [x.to(self.table.device) for x in norms]
+                    torch.stack(norms, out=row[at : at + len(idx)])
+                at += len(idx)
         self._used[slot] = plan_id
         return row
 
@@ -183,12 +219,42 @@ class NormLog:
         self._used[:n] = -1
 
 
+STACK_ALIKE = 16
+"""On the CPU, `_foreach_norm` runs one norm per tensor (about 4-6 µs each to dispatch); this many
+tensors of one shape or more are stacked and normed in one call instead (5x faster for 1000
+gradients of a `Linear(16, 16)`; the stack copies them, a cost in elements, not in tensors, that
+a model of many small layers does not notice)."""
+
+
+def _stack_alike(groups: list[tuple], tensors: list[torch.Tensor]) -> list[tuple]:
+    """Split each CPU (device, dtype) group: shapes shared by `STACK_ALIKE` tensors or more get a
+    group of their own, normed over `dims` (all but the stacking one); the rest stays a foreach
+    group (dims None). Elsewhere `_foreach_norm` is one fused kernel: nothing to gain."""
+    out = []
+    for dev, dtype, idx, _ in groups:
+        if dev.type != "cpu":
+            out.append((dev, dtype, idx, None))
+            continue
+        shapes: dict[tuple, list[int]] = {}
+        for k in idx:
+            shapes.setdefault(tuple(tensors[k].shape), []).append(k)
+        rest = [k for k in idx if not (len(shapes[tuple(tensors[k].shape)]) >= STACK_ALIKE)]
+        for shape, members in shapes.items():
+            if len(members) >= STACK_ALIKE and len(shape) >= 1:
+                out.append((dev, dtype, members, tuple(range(1, len(shape) + 1))))
+            elif len(members) >= STACK_ALIKE:  # 0-d tensors: not stacked
+                rest += members
+        if rest:
+            out.append((dev, dtype, sorted(rest), None))
+    return out
+
+
 @dataclass
 class _NormPlan:
     width: int
     groups: list[
-        tuple[torch.device, torch.dtype, list[int]]
-    ]  # the tensors' device and dtype, their positions
+        tuple[torch.device, torch.dtype, list[int], tuple[int, ...] | None]
+    ]  # the tensors' device and dtype, their positions, the dims to norm over if stacked
     whole: bool  # one group, in the order given: no reordering at write
     sums: tuple[
         np.ndarray, np.ndarray

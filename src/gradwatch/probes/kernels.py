@@ -9,26 +9,82 @@ waits for the step's end. They compute what `ActivationProbe` computes with torc
 (the same bounds, rounded the same way; the same histogram sample and bins), with sums
 accumulated in float64.
 
-`load()` returns the kernels, compiled for float32 and float64 (a few seconds the first time,
-then read from numba's cache), or None where numba is missing (`pip install gradwatch[fast]`),
-switched off with GRADWATCH_NUMBA=0, or fails to compile (with a warning); the probes then use
-torch operations.
+`load()` returns the kernels, compiled for float32 and float64, or None where numba is missing
+(`pip install gradwatch[fast]`), switched off with GRADWATCH_NUMBA=0, or fails to compile (with a
+warning); the probes then use torch operations. Getting them ready takes seconds: about 4 s to
+compile the first time on a machine, and still 1-3 s in every new process with numba's on-disk
+cache warm (importing numba, starting LLVM, loading the cached code). So a watch never waits for
+them: it asks with `load(wait=False)`, which starts the loading in a background thread and
+returns None until it is done, and its probes use torch operations until then and switch to the
+kernels at a step boundary (their metadata says from which recorded step). Loading them lazily
+per kernel instead (numba compiles or reads a kernel at its first call) was measured and blocks
+the first measured forward for most of the same time: the first kernel pays numba's start-up.
 """
 
 from __future__ import annotations
 
-import functools
+import importlib.util
 import os
+import threading
 import warnings
 from types import SimpleNamespace
 
 import numpy as np
 
 
-@functools.cache
-def load() -> SimpleNamespace | None:
+def load(wait: bool = True) -> SimpleNamespace | None:
+    """The kernels, or None where they cannot be had. `wait=False`: never block; None while they
+    are still loading (`loading()` says whether to ask again), the first call starts that."""
     if os.environ.get("GRADWATCH_NUMBA", "1") == "0":
         return None
+    with _lock:
+        if _state.thread is None:
+            if not _installed("numba"):  # no thread for nothing
+                _state.kernels, _state.done = None, True
+                _state.thread = threading.current_thread()
+            else:
+                _state.thread = threading.Thread(
+                    target=_load_into_state, name="gradwatch-numba", daemon=True
+                )
+                _state.thread.start()
+    if not _state.done and wait:
+        _state.thread.join()
+    return _state.kernels if _state.done else None
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a finder that refuses it, a broken install
+        return False
+
+
+def loading() -> bool:
+    """Whether the kernels are still being loaded (a later `load(wait=False)` may return them)."""
+    return _state.thread is not None and not _state.done
+
+
+def reset() -> None:
+    """Forget the loaded kernels (tests): the next `load()` loads them again."""
+    with _lock:
+        if _state.thread is not None and not _state.done:
+            _state.thread.join()
+        _state.thread, _state.kernels, _state.done = None, None, False
+
+
+_lock = threading.Lock()
+# thread: the loader (None: not started); kernels: its result, valid once `done`.
+_state = SimpleNamespace(thread=None, kernels=None, done=False)
+
+
+def _load_into_state() -> None:
+    try:
+        _state.kernels = _load()
+    finally:
+        _state.done = True
+
+
+def _load() -> SimpleNamespace | None:
     try:
         import numba
     except ImportError:
@@ -46,6 +102,41 @@ def load() -> SimpleNamespace | None:
         )
         return None
     return kernels
+
+
+class Paths:
+    """Which path computes a probe's numbers on a device, and since which recorded step.
+
+    On the CPU the probe starts with the kernels if they are loaded already, else with torch
+    operations while they load; `poll()` at each recorded step's end says when to switch. The
+    switch is at a step boundary, so every step is computed by one path; `history()` is the run
+    metadata's record of it: `[[first recorded step, path], ...]`, where recorded steps count
+    from 0 across flushes (with `every=1`, the optimizer step).
+    """
+
+    def __init__(self, device) -> None:
+        cpu = getattr(device, "type", device) == "cpu"
+        self.kernels = load(wait=False) if cpu else None
+        self.waiting = cpu and self.kernels is None and loading()
+        self._flushed = 0  # recorded steps flushed before the current window
+        self._history = [[0, name(self.kernels)]]
+
+    def poll(self, slot: int) -> bool:
+        """At the end of recorded step `slot` (of the current window): whether the kernels have
+        become ready, to be used from the next step on."""
+        kernels = load(wait=False)
+        if kernels is None:
+            self.waiting = loading()
+            return False
+        self.kernels, self.waiting = kernels, False
+        self._history.append([self._flushed + slot + 1, name(kernels)])
+        return True
+
+    def flushed(self, n: int) -> None:
+        self._flushed += n
+
+    def history(self) -> list[list]:
+        return [list(h) for h in self._history]
 
 
 def name(kernels: SimpleNamespace | None) -> str:

@@ -17,6 +17,7 @@ from gradwatch.probes.base import (
     StepTable,
     by_kind,
     foreach_norms,
+    no_grad,
     widest_accumulator,
 )
 
@@ -147,7 +148,7 @@ class ParamProbe(Probe):
             self._cache[(with_grad, weights)] = hit
         return hit
 
-    @torch.no_grad()
+    @no_grad
     def record(self, slot: int) -> None:
         """Gradient norms and non-finite counts at every recorded step.
 
@@ -196,12 +197,14 @@ class ParamProbe(Probe):
         accelerator the non-finite entries of every gradient are counted here, two kernels each:
         g·0 is 0 where g is finite and NaN where it is not, and its L0 norm counts the NaNs."""
         grads = [p.grad for p in self._params]
-        if not all(
-            g is not None and g.dtype == p.dtype and g.layout == torch.strided
-            for g, p in zip(grads, self._params, strict=True)
-        ):
+        # No check per parameter (Python work per parameter per step, the cost on a model of
+        # many small layers): torch keeps a gradient in its parameter's dtype and on its device,
+        # and `_foreach_norm` refuses what else the general path handles (a missing gradient:
+        # TypeError; a sparse one: NotImplementedError), before anything is written.
+        try:
+            row = self._log.write(slot, self._plan, grads)
+        except (TypeError, NotImplementedError):
             return False
-        row = self._log.write(slot, self._plan, grads)
         if not self._free_reads:
             dtype = self.table.dtype
             self._counts.put(

@@ -17,8 +17,15 @@ import numpy as np
 import torch
 
 from gradwatch._nn import ParamLayer
-from gradwatch._tensor import local
-from gradwatch.probes.base import ABSENT, NormLog, Probe, StepTable, widest_accumulator
+from gradwatch._tensor import is_sharded, local
+from gradwatch.probes.base import (
+    ABSENT,
+    NormLog,
+    Probe,
+    StepTable,
+    no_grad,
+    widest_accumulator,
+)
 
 
 def pack_groups(sizes: list[int], budget: float) -> list[list[int]]:
@@ -58,6 +65,7 @@ class UpdateProbe(Probe):
             [p for p in layers[i].params if not any(p is q for q in ps)] for i, ps in self.layers
         ]
         self.covered = {i for i, _ in self.layers}
+        self._sharded = is_sharded([p for layer in layers for p in layer.params])
         # FSDP2: each rank snapshots its own shards (sizes and views are those of the local
         # tensors).
         sizes = [sum(local(p).numel() * p.element_size() for p in ps) for _, ps in self.layers]
@@ -116,33 +124,43 @@ class UpdateProbe(Probe):
             self._col_w, rows[owners + extra_owners], views + [local(p) for p in extra]
         )
         updates = self._updates.plan(self._col, rows[owners], views)
-        return params, views, extra, weights, updates
+        # What the foreach operations read each step, made once: the parameters themselves (read
+        # under no_grad, so no detach; a per-step list of detached views is Python work per
+        # parameter), or under FSDP2 their local shards, which must be looked up each step.
+        sources = None if self._sharded else list(params)
+        extra_sources = None if self._sharded else views + list(extra)
+        return params, views, extra, weights, updates, sources, extra_sources
 
-    @torch.no_grad()
+    @no_grad
     def record(self, slot: int) -> None:
         """Snapshot this turn's group just before the optimizer changes it."""
         if not self.groups:
             return
         g = self._turn % len(self.groups)
-        params, views, extra, weights, _ = self._plans[g]
-        torch._foreach_copy_(views, [local(p.detach()) for p in params])
-        self._weights.write(
-            slot, weights, views + [local(p.detach()) for p in extra] if extra else views
-        )
+        params, views, extra, weights, _, sources, extra_sources = self._plans[g]
+        if sources is not None:
+            torch._foreach_copy_(views, sources)
+            self._weights.write(slot, weights, extra_sources)
+        else:
+            torch._foreach_copy_(views, [local(p.detach()) for p in params])
+            self._weights.write(
+                slot, weights, views + [local(p.detach()) for p in extra] if extra else views
+            )
         self._updates.forget(slot)
         self._pending = (slot, g)
 
-    @torch.no_grad()
+    @no_grad
     def after_update(self, slot: int) -> None:
         if self._pending is None or self._pending[0] != slot:
             return
         _, g = self._pending
         self._pending = None
         self._turn += 1
-        params, views, _, _, updates = self._plans[g]
+        params, views, _, _, updates, sources, _ = self._plans[g]
+        # views now hold w_before - w_after
         torch._foreach_sub_(
-            views, [local(p.detach()) for p in params]
-        )  # views now hold w_before - w_after
+            views, sources if sources is not None else [local(p.detach()) for p in params]
+        )
         self._updates.write(slot, updates, views)
 
     def settle(self, n: int) -> None:

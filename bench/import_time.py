@@ -1,0 +1,61 @@
+"""What `import gradwatch` costs on top of `import torch`, two fresh processes side by side.
+
+```
+.venv/bin/python bench/import_time.py            # 10 rounds
+.venv/bin/python bench/import_time.py --runs 20 --what "import torch, gradwatch; gradwatch.watch"
+```
+
+Each round runs `python -c "import torch"` and `python -c "import torch, gradwatch;
+gradwatch.watch"` (the names a watch needs) one after the other, in a shuffled order, and times
+each process's wall time. On a shared machine absolute times drift with load; the median
+difference and the ratio of medians, measured in the same rounds, are what to read. For where the
+time goes, `python -X importtime -c "import torch, gradwatch; gradwatch.watch"`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import subprocess
+import sys
+import time
+
+BASE = "import torch"
+WATCH = "import torch, gradwatch; gradwatch.watch"
+
+
+def _time(code: str) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10, help="rounds (one process of each)")
+    parser.add_argument("--what", default=WATCH, help="the code timed against `import torch`")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    _time(BASE)  # fills the page cache for both
+    _time(args.what)
+    times: dict[str, list[float]] = {BASE: [], args.what: []}
+    for _ in range(args.runs):
+        order = [BASE, args.what]
+        rng.shuffle(order)
+        for code in order:
+            times[code].append(_time(code))
+    base, other = statistics.median(times[BASE]), statistics.median(times[args.what])
+    diffs = [b - a for a, b in zip(times[BASE], times[args.what], strict=True)]
+    print(f"{args.runs} rounds, medians of wall time per process:")
+    print(f"  {BASE!r}: {base:.3f} s")
+    print(f"  {args.what!r}: {other:.3f} s")
+    print(
+        f"  difference: median {statistics.median(diffs):+.3f} s per round "
+        f"(min {min(diffs):+.3f}, max {max(diffs):+.3f}); ratio of medians {other / base:.3f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()
