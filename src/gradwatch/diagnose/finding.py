@@ -70,6 +70,16 @@ class Finding:
             "step": self.step,
         }
 
+    def __str__(self) -> str:
+        """A short paragraph a person reads (what `on_finding=print` prints); the evidence and
+        every remedy are in `to_dict()`."""
+        where = f" in {', '.join(self.layers)}" if self.layers else ""
+        since = f" from step {self.step}" if self.step is not None else ""
+        lines = [f"[{self.severity}] {self.kind}{where}{since}: {self.summary}"]
+        if self.remedies:
+            lines.append(f"  -> {_headline(self.remedies[0].detail)}")
+        return "\n".join(lines)
+
     @classmethod
     def from_dict(cls, d: dict) -> Finding:
         return cls(
@@ -128,7 +138,7 @@ class Diagnosis:
         for f in self.findings:
             lines.append(f"  [{f.severity}] {f.kind}: {f.summary}")
             for r in f.remedies[:2]:
-                lines.append(f"      -> {r.detail.splitlines()[0]}")
+                lines.append(f"      -> {_headline(r.detail)}")
         lines += [f"  {line}" for line in prediction_lines(self.summary)]
         if self.what_if:
             lines += ["  what if (each remedy applied to a copy and checked again):"] + [
@@ -145,6 +155,12 @@ class Diagnosis:
         from gradwatch.display.notebook import diagnosis_html
 
         return diagnosis_html(self)
+
+
+def _headline(detail: str) -> str:
+    """A remedy's first line, without the colon that introduced its code snippet."""
+    lines = detail.strip().splitlines()
+    return lines[0].rstrip().rstrip(":").rstrip() if lines else ""
 
 
 def _jsonable(obj: Any) -> Any:
