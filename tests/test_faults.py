@@ -58,3 +58,48 @@ def test_a_printed_finding_is_a_short_paragraph():
     assert finding.summary in text
     assert "evidence" not in text and "Remedy(" not in text
     assert text.splitlines()[-1].startswith("  -> ") and not text.endswith(":")
+
+
+# ----------------------------------------------------------------- the live side tells the truth
+
+
+def _manual_steps(w, model, steps: int, lr: float = 0.5) -> None:
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        model.zero_grad()
+        x = torch.randn(32, 16, generator=g)
+        model(x).pow(2).mean().backward()
+        w.step()
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= lr * p.grad
+
+
+def test_without_an_optimizer_live_stats_and_diagnosis_see_every_step_so_far():
+    model = _sigmoid_net()
+    with gw.watch(model) as w:
+        _manual_steps(w, model, 12)
+        live = w.stats()
+        assert set(live.query("metric == 'grad_norm'")["step"]) == set(range(12))
+        diagnosis = w.diagnose()
+        assert not diagnosis.ok and "vanishing_gradient" in diagnosis.kinds()
+        _manual_steps(w, model, 3)
+    steps = set(w.stats().query("metric == 'grad_norm'")["step"])
+    assert steps == set(range(15))
+
+
+def test_meta_json_follows_each_flush_and_is_finished_only_at_close(tmp_path):
+    import json
+
+    model = mlp([3, 4, 2])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    w = gw.watch(model, opt, flush_every=5, log_dir=tmp_path / "run")
+    for _ in range(12):  # two flushes, then a "kill": no close
+        opt.zero_grad()
+        model(torch.randn(4, 3)).sum().backward()
+        opt.step()
+    meta = json.loads((tmp_path / "run" / "meta.json").read_text())
+    assert meta["steps_seen"] == 10 and meta["finished"] is None
+    w.close()
+    meta = json.loads((tmp_path / "run" / "meta.json").read_text())
+    assert meta["steps_seen"] == 12 and meta["finished"] is not None

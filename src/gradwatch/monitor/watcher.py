@@ -104,7 +104,8 @@ class Watch:
         self._arm()
 
     def _hook(self, optimizer: torch.optim.Optimizer | None, scaler: Any) -> list:
-        """The optimizer's step hooks (and the GradScaler's), each with the handle close() removes."""
+        """The optimizer's step hooks (and the GradScaler's), each with the handle close()
+        removes."""
         handles = []
         if optimizer is not None:
             handles.append(optimizer.register_step_pre_hook(self._on_pre_step))
@@ -164,7 +165,8 @@ class Watch:
         self._advance()
 
     def _stop_if_nonfinite(self, slot: int) -> None:
-        """The opt-in per-step check: reads one flag from the device (a sync, which the user asked for)."""
+        """The opt-in per-step check: reads one flag from the device (a sync, which the user asked
+        for)."""
         # The params probe's side log into the table (earlier slots are in already).
         self._probeset.params.settle(slot + 1)
         counts = self._table.data[slot, self._table.column("nonfinite")]
@@ -179,8 +181,9 @@ class Watch:
         self._in_update = None
         self._buffer.commit(step)
         self.flush()
+        names = ", ".join(repr(n) for n in layers)
         raise NonFiniteGradientError(
-            f"Non-finite gradients at step {step} in layer(s) {', '.join(repr(n) for n in layers)}; "
+            f"Non-finite gradients at step {step} in layer(s) {names}; "
             "the optimizer step was not taken. Lower the learning rate, clip gradients, or run one "
             "step under torch.autograd.detect_anomaly() to find the operation."
         )
@@ -305,7 +308,12 @@ class Watch:
 
     def stats(self) -> pd.DataFrame:
         """Every recorded number so far, long format: step, layer, metric, value, index."""
-        if not self._closed and self._pending is None and not self._buffer.flushing:
+        if not self._closed and not self._buffer.flushing:
+            if self._pending is not None:
+                # Without an optimizer the last step's update ratio waits for the next w.step();
+                # reading now gives that one ratio up (absent) so every step so far can be read.
+                self._probeset.update.discard()
+                self._pending = None
             self.flush()
         return self._buffer.frame(0)
 
@@ -379,12 +387,14 @@ class Watch:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
-        return f"<Watch {type(self.model).__name__} step={self._step} layers={len(self._table.rows)} {state}>"
+        name, n = type(self.model).__name__, len(self._table.rows)
+        return f"<Watch {name} step={self._step} layers={n} {state}>"
 
     # ----------------------------------------------------------------- metadata
 
     def meta(self) -> dict:
-        """What the run directory's meta.json holds (model summary in forward order, settings...)."""
+        """What the run directory's meta.json holds (model summary in forward order,
+        settings...)."""
         return self._run.collect(self.layers(), self._probes, self._step)
 
     def _write_meta(self, finished: bool = False) -> None:
