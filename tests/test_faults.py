@@ -103,3 +103,86 @@ def test_meta_json_follows_each_flush_and_is_finished_only_at_close(tmp_path):
     w.close()
     meta = json.loads((tmp_path / "run" / "meta.json").read_text())
     assert meta["steps_seen"] == 12 and meta["finished"] is not None
+
+
+# ----------------------------------------------------------------- gradwatch never breaks training
+
+
+def _hooks_left(model: nn.Module, opt: torch.optim.Optimizer) -> int:
+    n = len(opt._optimizer_step_pre_hooks) + len(opt._optimizer_step_post_hooks)
+    for m in model.modules():
+        n += len(m._forward_pre_hooks) + len(m._forward_hooks) + len(m._backward_hooks)
+    return n
+
+
+def _fit(model, opt, steps: int = 10) -> list[float]:
+    g = torch.Generator().manual_seed(1)
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = model(torch.randn(8, 3, generator=g)).pow(2).mean()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def _break(monkeypatch, where: str, after: int):
+    """Make gradwatch's own code raise from its `after`-th call on: in a probe, in a flush, or
+    in writing the store."""
+    from gradwatch.monitor.buffer import StepBuffer
+    from gradwatch.probes.params import ParamProbe
+    from gradwatch.store import RunWriter
+
+    cls, name = {
+        "probe": (ParamProbe, "record"),
+        "flush": (StepBuffer, "_flush"),
+        "store": (RunWriter, "append"),
+    }[where]
+    real, calls = getattr(cls, name), []
+
+    def broken(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > after:
+            raise RuntimeError("an error inside gradwatch")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, name, broken)
+
+
+@pytest.mark.parametrize("where", ["probe", "flush", "store"])
+def test_an_error_inside_gradwatch_detaches_it_and_training_goes_on(where, tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = mlp([3, 8, 8, 2])
+    plain = _fit(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    torch.manual_seed(0)
+    model = mlp([3, 8, 8, 2])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    _break(monkeypatch, where, after=4 if where == "probe" else 1)
+    watched = gw.watch(model, opt, flush_every=2, log_dir=tmp_path / "run")
+    with pytest.warns(RuntimeWarning, match="gradwatch stopped watching") as caught, watched as w:
+        losses = _fit(model, opt)
+    assert losses == plain  # training went on, unchanged
+    assert len([c for c in caught if "gradwatch" in str(c.message)]) == 1
+    assert _hooks_left(model, opt) == 0
+    steps = set(w.stats().query("metric == 'grad_norm'")["step"])
+    assert steps and steps <= set(range(4))  # what was recorded before the error stays readable
+
+
+def test_an_error_inside_gradwatch_without_an_optimizer_lets_training_go_on(monkeypatch):
+    model = _sigmoid_net(depth=3)
+    _break(monkeypatch, "probe", after=2)
+    with (
+        pytest.warns(RuntimeWarning, match="stopped watching"),
+        gw.watch(model, flush_every=2) as w,
+    ):
+        _manual_steps(w, model, 6)
+    assert set(w.stats().query("metric == 'grad_norm'")["step"]) == {0, 1}
+
+
+def test_a_requested_stop_still_raises():
+    model = mlp([3, 4, 2])
+    model[0].weight.data[0, 0] = float("nan")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gw.watch(model, opt, raise_on=("nonfinite",)), pytest.raises(NonFiniteGradientError):
+        _fit(model, opt, 2)

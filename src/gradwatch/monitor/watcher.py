@@ -4,6 +4,8 @@ metadata (meta.py) are each their own module."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import sys
 import warnings
@@ -17,7 +19,7 @@ from torch import nn
 
 from gradwatch._nn import ForwardOrder, ParamLayer, param_layers, unwrap
 from gradwatch.diagnose import Diagnosis, Finding, diagnose
-from gradwatch.errors import NonFiniteGradientError, WatchError
+from gradwatch.errors import NonFiniteGradientError, TrainingStoppedError, WatchError
 from gradwatch.monitor import distributed as _dist
 from gradwatch.monitor.buffer import StepBuffer
 from gradwatch.monitor.meta import RunMeta
@@ -27,6 +29,27 @@ from gradwatch.probes.activations import ActivationProbe
 from gradwatch.probes.base import Probe
 from gradwatch.probes.scaler import ScalerHandle, inner_optimizer, inverse_scale_sq
 from gradwatch.store import RunWriter
+
+# Stops the user asked for (raise_on): they reach the training loop. Any other exception raised by
+# gradwatch's own code while training runs detaches the watch instead (see Watch._fail).
+_REQUESTED_STOPS = (NonFiniteGradientError, TrainingStoppedError)
+
+
+def _never_breaks_training(method):
+    """Run a hook or per-step method of the Watch so that an error of gradwatch's own detaches the
+    watch, with one warning, instead of reaching the user's training loop."""
+
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except _REQUESTED_STOPS:
+            raise
+        except Exception as exc:
+            self._fail(exc)
+            return None
+
+    return guarded
 
 
 class Watch:
@@ -152,6 +175,7 @@ class Watch:
             self._stop_if_nonfinite(slot)
         return slot
 
+    @_never_breaks_training
     def _on_skipped(self) -> None:
         """The GradScaler found inf/NaN and skipped the optimizer step: a `skipped` row, no
         gradient statistics (they are those of an overflow in float16, not of the model)."""
@@ -194,8 +218,9 @@ class Watch:
             self.flush()
         self._arm()
 
+    @_never_breaks_training
     def _on_pre_step(self, optimizer, args, kwargs) -> None:
-        frame = sys._getframe(1)
+        frame = sys._getframe(2)  # 1 is the guard, _never_breaks_training
         if self._step_frame is not None and _encloses(self._step_frame, frame):
             # A subclass's step() that calls its parent's: torch runs the hooks again inside (once
             # the parent class has been instantiated anywhere). It is one optimizer step.
@@ -218,7 +243,7 @@ class Watch:
                 out = closure(*a, **kw)
                 if not recorded:
                     recorded = True
-                    self._in_update = self._record()
+                    self._record_update()
                 return out
 
             if "closure" in kwargs:
@@ -227,8 +252,14 @@ class Watch:
         self._in_update = self._record()
         return None
 
+    @_never_breaks_training
+    def _record_update(self) -> None:
+        self._in_update = self._record()
+
+    @_never_breaks_training
     def _on_post_step(self, optimizer, args, kwargs) -> None:
-        if sys._getframe(1) is not self._step_frame:  # the hooks of a nested parent step()
+        # the hooks of a nested parent step() (frame 1 is the guard)
+        if sys._getframe(2) is not self._step_frame:
             return
         self._step_frame = None
         self._steps_taken += 1
@@ -244,11 +275,17 @@ class Watch:
 
         The update ratio of a step is measured at the next call (the weights have changed by then).
         """
+        if self._failed:
+            return  # detached after an error of its own; training goes on unwatched
         self._check_open()
         if self.optimizer is not None:
             raise WatchError(
                 "This watch hooks the optimizer's step already; remove the call to w.step()."
             )
+        self._manual_step()
+
+    @_never_breaks_training
+    def _manual_step(self) -> None:
         self._finish_pending()
         if self._recording():
             slot = self._record()
@@ -349,6 +386,14 @@ class Watch:
         """Flush what is left, remove every hook and finish the run directory. Idempotent."""
         if self._closed:
             return
+        try:
+            self._finish()
+        except _REQUESTED_STOPS:
+            raise
+        except Exception as exc:
+            self._fail(exc)
+
+    def _finish(self) -> None:
         if self._pending is not None:
             slot, self._pending = self._pending, None
             for probe in self._probes:
@@ -369,6 +414,40 @@ class Watch:
             self._write_meta(finished=True)
         for listener in self._buffer.listeners:
             listener.close(self)
+
+    _failed = False
+
+    def _fail(self, exc: Exception) -> None:
+        """An error of gradwatch's own while training: warn once, keep what was recorded, remove
+        every hook and let training go on unwatched."""
+        if self._failed:
+            return
+        self._closed = self._failed = True  # first: nothing below is reported twice
+        warnings.warn(
+            f"gradwatch stopped watching at step {self._step} after an error of its own "
+            f"({type(exc).__name__}: {exc}); training goes on unwatched, and w.stats() keeps "
+            "the steps recorded so far.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        for h in self._handles:
+            with contextlib.suppress(Exception):
+                h.remove()
+        self._handles.clear()
+        self._pending = self._in_update = self._step_frame = None
+        with contextlib.suppress(Exception):
+            self._probeset.update.discard()
+        with contextlib.suppress(Exception):
+            self._buffer.flush(self._step)  # the steps committed before the error, if it can
+        for probe in self._probes:
+            with contextlib.suppress(Exception):
+                probe.disarm()
+            with contextlib.suppress(Exception):
+                probe.close()
+        with contextlib.suppress(Exception):
+            self._order.finish()
+        with contextlib.suppress(Exception):
+            self._write_meta(finished=True)
 
     def add_listener(self, listener) -> None:
         """Integrations (TensorBoard, W&B, MLflow, Lightning) get each flush's rows
