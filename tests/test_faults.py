@@ -186,3 +186,50 @@ def test_a_requested_stop_still_raises():
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with gw.watch(model, opt, raise_on=("nonfinite",)), pytest.raises(NonFiniteGradientError):
         _fit(model, opt, 2)
+
+
+# ----------------------------------------------------------------- runs that trained nothing
+
+
+def _amp_steps(model, opt, scaler, bad: range, steps: int) -> None:
+    g = torch.Generator().manual_seed(1)
+    for i in range(steps):
+        opt.zero_grad()
+        x = torch.randn(8, 3, generator=g)
+        if i in bad:
+            x[0, 0] = float("nan")  # the scaler finds NaN gradients and skips this step
+        scaler.scale(model(x).pow(2).mean()).backward()
+        scaler.step(opt)
+        scaler.update()
+
+
+def test_a_run_whose_every_step_was_skipped_says_nothing_was_trained():
+    model = mlp([3, 8, 2])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu")
+    with gw.watch(model, opt, scaler=scaler, flush_every=5) as w:
+        _amp_steps(model, opt, scaler, bad=range(12), steps=12)
+    diagnosis = w.diagnose()
+    assert "no problem found" not in str(diagnosis)
+    assert "skipped every one of the 12 recorded optimizer steps" in str(diagnosis)
+    assert diagnosis.to_dict()["summary"]["warnings"]
+
+
+def test_skipped_steps_before_the_first_real_one_are_recorded():
+    model = mlp([3, 8, 2])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu")
+    with gw.watch(model, opt, scaler=scaler) as w:
+        _amp_steps(model, opt, scaler, bad=range(3), steps=6)
+    skipped = w.stats().query("metric == 'skipped'").set_index("step")["value"]
+    assert skipped.to_dict() == {0: 1.0, 1: 1.0, 2: 1.0, 3: 0.0, 4: 0.0, 5: 0.0}
+    assert "warnings" not in w.diagnose().summary
+
+
+def test_a_model_with_only_frozen_parameters_is_warned_about_and_diagnosed_so():
+    model = mlp([3, 8, 2]).requires_grad_(False)
+    with pytest.warns(UserWarning, match="No parameter of the model requires grad"):
+        w = gw.watch(model)
+    w.close()
+    text = str(w.diagnose())
+    assert "no problem found" not in text and "requires grad" in text

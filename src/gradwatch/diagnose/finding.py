@@ -127,14 +127,16 @@ class Diagnosis:
     def __str__(self) -> str:
         from gradwatch.display.predicted import prediction_lines, what_if_lines
 
+        warned = [str(w) for w in (self.summary or {}).get("warnings", ())]
         lines = (
-            ["gradwatch: no problem found."]
+            ["gradwatch: no problem found." if not warned else "gradwatch: no finding, but:"]
             if not self.findings
             else [
                 f"gradwatch: {len(self.findings)} finding(s)"
                 + ("" if self.ok else ", errors among them")
             ]
         )
+        lines += [f"  [warning] {w}" for w in warned]
         for f in self.findings:
             lines.append(f"  [{f.severity}] {f.kind}: {f.summary}")
             for r in f.remedies[:2]:

@@ -22,6 +22,7 @@ from gradwatch.diagnose import Diagnosis, Finding, diagnose
 from gradwatch.errors import NonFiniteGradientError, TrainingStoppedError, WatchError
 from gradwatch.monitor import distributed as _dist
 from gradwatch.monitor.buffer import StepBuffer
+from gradwatch.monitor.caveats import FROZEN, caveats
 from gradwatch.monitor.meta import RunMeta
 from gradwatch.monitor.options import WatchOptions
 from gradwatch.monitor.probeset import attach_probes
@@ -104,6 +105,8 @@ class Watch:
         self._player: list[ParamLayer] = param_layers(self.model)
         if not self._player:
             raise WatchError("The model has no parameters, so there is no gradient to watch.")
+        if not any(p.requires_grad for layer in self._player for p in layer.params):
+            warnings.warn(FROZEN, stacklevel=3)
         self._order = ForwardOrder(self.model)
         self._run = RunMeta(
             self.model, optimizer, self._player, options.settings(optimizer, scaler)
@@ -325,9 +328,9 @@ class Watch:
         integration's close among them) gets that diagnosis."""
         if self._closed:
             if self._final is None:
-                self._final = diagnose(self._buffer.frame(0), self.meta())
+                self._final = _with_caveats(diagnose(self._buffer.frame(0), self.meta()))
             return self._final
-        return diagnose(self.stats(), self.meta())
+        return _with_caveats(diagnose(self.stats(), self.meta()))
 
     def report(self, path: str | os.PathLike = "report.html", name: str | None = None) -> Path:
         """Write the self-contained HTML report of everything recorded so far; returns its path."""
@@ -480,6 +483,15 @@ class Watch:
         if self._writer is not None:
             meta = self._run.collect(self.layers(), self._probes, self._step, finished)
             self._writer.write_meta(meta)
+
+
+def _with_caveats(diagnosis: Diagnosis) -> Diagnosis:
+    """`diagnosis` with what the run gave no detector to judge in `summary["warnings"]`."""
+    if diagnosis.stats is not None and diagnosis.meta is not None:
+        found = caveats(diagnosis.stats, diagnosis.meta)
+        if found:
+            diagnosis.summary["warnings"] = found
+    return diagnosis
 
 
 def _encloses(outer, frame) -> bool:
