@@ -3,6 +3,8 @@ arguments are checked with one sentence, and what the watch says is what the run
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -233,3 +235,77 @@ def test_a_model_with_only_frozen_parameters_is_warned_about_and_diagnosed_so():
     w.close()
     text = str(w.diagnose())
     assert "no problem found" not in text and "requires grad" in text
+
+
+# ----------------------------------------------------------------- what backward produced
+
+
+def _clipped_run(clip, steps: int = 6, lr: float = 0.5):
+    """A net whose gradients grow step after step, clipped by `clip(params)`; returns the watch
+    and the total gradient norm backward produced at each step (before clipping)."""
+    torch.manual_seed(0)
+    model = mlp([3, 16, 16, 2], act=nn.ReLU)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(1)
+    backward_norms = []
+    with gw.watch(model, opt, flush_every=4) as w:
+        for i in range(steps):
+            opt.zero_grad()
+            x = torch.randn(8, 3, generator=g) * 10 ** (i / 2)
+            model(x).pow(2).mean().backward()
+            backward_norms.append(
+                math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in model.parameters()))
+            )
+            clip(model.parameters())
+            opt.step()
+    return w, backward_norms
+
+
+def _recorded_total(stats) -> list[float]:
+    grads = stats.query("metric == 'grad_norm'").groupby("step")["value"]
+    return grads.apply(lambda v: math.sqrt((v**2).sum())).tolist()
+
+
+def test_gradient_norms_are_recorded_before_clip_grad_norm_and_the_clip_is_recorded():
+    w, backward = _clipped_run(lambda ps: torch.nn.utils.clip_grad_norm_(ps, max_norm=1.0))
+    stats = w.stats()
+    assert _recorded_total(stats) == pytest.approx(backward, rel=1e-5)
+    coef = stats.query("metric == 'clip_coef' and layer == '(model)'")["value"].tolist()
+    assert coef == pytest.approx([min(1.0, 1.0 / (n + 1e-6)) for n in backward], rel=1e-5)
+
+
+def test_gradient_norms_are_recorded_before_clip_grad_value_():
+    w, backward = _clipped_run(lambda ps: torch.nn.utils.clip_grad_value_(ps, clip_value=0.01))
+    stats = w.stats()
+    assert _recorded_total(stats) == pytest.approx(backward, rel=1e-5)
+    coef = stats.query("metric == 'clip_coef'")["value"]
+    assert len(coef) == 6 and (coef < 1).all() and (coef > 0).all()
+
+
+def test_clipping_outside_a_watch_is_torchs_own_again():
+    real = torch.nn.utils.clip_grad_norm_
+    with gw.watch(mlp([3, 4, 2])):
+        assert torch.nn.utils.clip_grad_norm_ is not real
+    assert torch.nn.utils.clip_grad_norm_ is real
+
+
+def test_a_clipped_step_the_scaler_then_skips_records_no_gradient():
+    model = mlp([3, 8, 2])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu")
+    g = torch.Generator().manual_seed(1)
+    with gw.watch(model, opt, scaler=scaler) as w:
+        for i in range(4):
+            opt.zero_grad()
+            x = torch.randn(8, 3, generator=g)
+            if i == 1:
+                x[0, 0] = float("nan")
+            scaler.scale(model(x).pow(2).mean()).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+            scaler.step(opt)
+            scaler.update()
+    stats = w.stats()
+    assert set(stats.query("metric == 'grad_norm'")["step"]) == {0, 2, 3}
+    assert set(stats.query("metric == 'clip_coef'")["step"]) == {0, 2, 3}
+    assert stats.query("metric == 'skipped' and value == 1")["step"].tolist() == [1]

@@ -138,3 +138,14 @@ def test_lightning_with_accumulation_logs_the_undivided_loss_under_one_key(tmp_p
     metrics = pd.read_csv(next((tmp_path / "logs").rglob("metrics.csv")))
     assert "gradwatch/loss/_model_" in metrics.columns
     assert metrics["gradwatch/loss/_model_"].dropna().tolist() == pytest.approx(want, rel=1e-5)
+
+
+def test_lightning_gradient_clipping_is_recorded_after_the_gradients_it_clipped(tmp_path):
+    _fit(tmp_path, gradient_clip_val=1e-3)
+    stats = gw.load(tmp_path / "gw").stats
+    # step 0 starts from the same weights as the unclipped loop: the same gradients, unclipped
+    got = _table(stats).xs(0, level="step").xs("grad_norm", level="metric")
+    want = _plain().xs(0, level="step").xs("grad_norm", level="metric")
+    pd.testing.assert_series_equal(got, want, rtol=1e-6)
+    coef = stats.query("metric == 'clip_coef' and layer == '(model)'")
+    assert coef["step"].tolist() == list(range(STEPS)) and (coef["value"] < 1).all()

@@ -20,6 +20,7 @@ from torch import nn
 from gradwatch._nn import ForwardOrder, ParamLayer, param_layers, unwrap
 from gradwatch.diagnose import Diagnosis, Finding, diagnose
 from gradwatch.errors import NonFiniteGradientError, TrainingStoppedError, WatchError
+from gradwatch.monitor import clipping as _clipping
 from gradwatch.monitor import distributed as _dist
 from gradwatch.monitor.buffer import StepBuffer
 from gradwatch.monitor.caveats import FROZEN, caveats
@@ -113,6 +114,8 @@ class Watch:
         )
         self._probeset = attach_probes(self.model, self._player, optimizer, options, scaler)
         self._probes, self._table = self._probeset.all, self._probeset.table
+        self._param_ids = {id(p) for layer in self._player for p in layer.params}
+        self._early: int | None = None  # slot whose gradients were recorded before clipping
         # Under torch.distributed every rank measures and reduces; rank 0 alone writes the store.
         write = log_dir is not None and _dist.rank() == 0
         self._writer = RunWriter(log_dir, overwrite=overwrite) if write else None
@@ -126,6 +129,7 @@ class Watch:
         self._pending: int | None = None  # manual mode: slot whose update the next step() measures
         self._closed = False
         self._handles = self._hook(optimizer, scaler)
+        _clipping.track(self)
         self._write_meta()
         self._arm()
 
@@ -164,8 +168,9 @@ class Watch:
         if self._order.active and self._order.seen_any:
             self._order.finish()
         slot = self._buffer.slot
+        early, self._early = self._early == slot, None
         for probe in self._probes:
-            if self._active(probe):
+            if self._active(probe) and not (early and probe is self._probeset.params):
                 probe.record(slot)
         inv_sq = inverse_scale_sq(self._scaler) if self._scaler is not None else None
         if inv_sq is not None:
@@ -186,6 +191,10 @@ class Watch:
             probe.discard()
         self._in_update = None
         slot = self._buffer.slot
+        if self._early == slot:  # recorded before the user clipped: an overflow's gradients
+            self._probeset.params.forget(slot)
+            self._probeset.clip.forget(slot)
+        self._early = None
         self._probeset.skipped.mark_skipped(slot)
         self._buffer.commit_loss(slot)
         self._buffer.commit(self._step)
@@ -295,6 +304,30 @@ class Watch:
             self._buffer.commit(self._step)
             self._pending = slot
         self._advance()
+
+    def before_clip(self, param_ids: set[int]) -> bool:
+        """torch is about to clip the gradients of `param_ids`: record this step's gradient norms
+        now, as backward produced them (see monitor/clipping.py). Whether this watch keeps the
+        clip's coefficient."""
+        params = self._probeset.params
+        if self._closed or param_ids.isdisjoint(self._param_ids) or not self._active(params):
+            return False
+        try:
+            slot = self._buffer.slot
+            if self._early != slot:
+                self._probeset.params.record(slot)
+                self._early = slot
+        except Exception as exc:
+            self._fail(exc)
+            return False
+        return True
+
+    def after_clip(self, coef: torch.Tensor) -> None:
+        """The factor (a device scalar) clipping shrank this step's gradients' total norm by."""
+        try:
+            self._probeset.clip.clipped(self._buffer.slot, coef)
+        except Exception as exc:
+            self._fail(exc)
 
     def forget_update(self) -> None:
         """No optimizer step follows the last `step()` (a check at init, one measured backward):
@@ -407,6 +440,7 @@ class Watch:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        _clipping.untrack(self)
         self._order.finish()
         for probe in self._probes:
             probe.disarm()
@@ -437,6 +471,7 @@ class Watch:
             with contextlib.suppress(Exception):
                 h.remove()
         self._handles.clear()
+        _clipping.untrack(self)
         self._pending = self._in_update = self._step_frame = None
         with contextlib.suppress(Exception):
             self._probeset.update.discard()
