@@ -15,6 +15,7 @@ is not wrapped.
 from __future__ import annotations
 
 import functools
+import weakref
 
 import numpy as np
 import torch
@@ -24,7 +25,9 @@ import torch.nn.utils.clip_grad
 from gradwatch._tensor import to_host
 from gradwatch.probes.base import ABSENT, Probe
 
-_OPEN: list = []  # the watches open now, in the order they opened
+# The watches open now, in the order they opened; weak, so a watch never closed does not keep its
+# model alive (torch's functions come back once none is left).
+_OPEN: list[weakref.ref] = []
 _REAL: dict[str, object] = {}  # torch's functions, while ours stand in their place
 _NAMES = ("clip_grad_norm_", "clip_grad_value_")
 _EPS = 1e-6  # torch's own, in clip_grad_norm_'s coefficient
@@ -64,12 +67,17 @@ def track(watch) -> None:
             _REAL[name] = getattr(torch.nn.utils, name)
             for module in (torch.nn.utils, torch.nn.utils.clip_grad):
                 setattr(module, name, _WRAPPERS[name])
-    _OPEN.append(watch)
+    _OPEN.append(weakref.ref(watch, _untrack_ref))
 
 
 def untrack(watch) -> None:
-    if watch in _OPEN:
-        _OPEN.remove(watch)
+    for ref in [r for r in _OPEN if r() is watch]:
+        _untrack_ref(ref)
+
+
+def _untrack_ref(ref: weakref.ref) -> None:
+    if ref in _OPEN:
+        _OPEN.remove(ref)
         if not _OPEN:
             for name in _NAMES:
                 for module in (torch.nn.utils, torch.nn.utils.clip_grad):
@@ -83,7 +91,8 @@ def _listed(parameters) -> list[torch.Tensor]:
 
 def _watching(params: list[torch.Tensor]) -> list:
     ids = {id(p) for p in params}
-    return [w for w in list(_OPEN) if w.before_clip(ids)]
+    watches = [ref() for ref in list(_OPEN)]
+    return [w for w in watches if w is not None and w.before_clip(ids)]
 
 
 def _total_norm(params: list[torch.Tensor]) -> torch.Tensor | None:
