@@ -12,6 +12,7 @@ brings `flush_every` of them at once; they wait in a queue). `define_metric` plo
 
 from __future__ import annotations
 
+import warnings
 from collections import deque
 
 from gradwatch.integrations._common import Listener, require, scalars
@@ -29,16 +30,29 @@ class WandbExporter(Listener):
         self._wandb = wandb
         self._queue: deque[dict[str, float]] = deque()  # recorded steps not yet handed to W&B
         self._hook = None
+        self._paused = False  # W&B failed once while training: nothing more is sent until close
         run.define_metric("gradwatch/step")
         run.define_metric("gradwatch/*", step_metric="gradwatch/step")
 
     def hook(self, optimizer) -> None:
         """Hand one queued step to W&B after each of `optimizer`'s steps (with the user's row)."""
         if optimizer is not None:
-            self._hook = optimizer.register_step_post_hook(lambda *_: self._hand_one())
+            self._hook = optimizer.register_step_post_hook(lambda *_: self._paced())
+
+    def _paced(self) -> None:
+        try:
+            self._hand_one()
+        except Exception as exc:  # W&B's trouble must not end the user's training
+            self._paused = True
+            warnings.warn(
+                f"gradwatch stopped sending statistics to W&B ({type(exc).__name__}: {exc}); "
+                "the run directory and w.stats() still have them.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     def _hand_one(self) -> None:
-        if self._queue:
+        if self._queue and not self._paused:
             self.run.log(self._queue.popleft(), commit=False)
 
     def rows(self, rows) -> None:
