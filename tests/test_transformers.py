@@ -135,6 +135,8 @@ def test_hf_callback_records_the_loss_and_sends_scalars_to_the_report_to_loggers
     tags = EventAccumulator(str(events)).Reload().Tags()["scalars"]
     assert any(t.endswith("gradwatch/grad_norm/classifier") for t in tags)
     assert any(t.endswith("gradwatch/loss/_model_") for t in tags)
+    # to the loggers only: not printed, not in the history every checkpoint saves
+    assert not any("gradwatch/step" in h for h in trainer.state.log_history)
 
 
 class _Interrupt(transformers.TrainerCallback):

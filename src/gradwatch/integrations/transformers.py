@@ -4,8 +4,8 @@ The Trainer's optimizer (accelerate's wrapper around a torch optimizer) is hooke
 when fp16 is on, is found on the wrapper, so statistics are of unscaled gradients and overflow
 steps are `skipped`. One record per optimizer step, however many accumulation steps it takes, with
 the loss the Trainer itself accumulates for that step. At each flush the latest recorded step's
-scalars go through `Trainer.log`, so every `report_to` logger gets them. The run directory goes to
-`log_dir` (default: `args.output_dir/gradwatch`).
+scalars go to the `on_log` of every `report_to` logger callback (as `Trainer.log` sends them).
+The run directory goes to `log_dir` (default: `args.output_dir/gradwatch`).
 
 A callback sees no event when training ends in an exception or an interrupt, so the callback
 wraps its Trainer's `train` (found from the callback's caller) to flush and detach the watch then.
@@ -33,17 +33,28 @@ def _calling_trainer():
     return None
 
 
-class _TrainerLog(Listener):
-    """Each flush's latest recorded step, through `Trainer.log` (so to every `report_to`)."""
+class _ReportTo(Listener):
+    """Each flush's latest recorded step, to the `on_log` of the Trainer's `report_to` logger
+    callbacks: the mechanism `Trainer.log` uses, minus the console printers (a line of every
+    layer's numbers at each flush) and `state.log_history` (saved in every checkpoint)."""
 
     def __init__(self, trainer):
+        from transformers.integrations import get_reporting_integration_callbacks
+
         self.trainer = trainer
+        kinds = tuple(get_reporting_integration_callbacks(trainer.args.report_to))
+        self.loggers = [
+            cb for cb in trainer.callback_handler.callbacks if kinds and isinstance(cb, kinds)
+        ]
 
     def rows(self, rows) -> None:
         steps = list(scalars(rows))
-        if steps:
-            step, values = steps[-1]
-            self.trainer.log({**values, "gradwatch/step": float(step)})
+        if not steps or not self.loggers:
+            return
+        step, values = steps[-1]
+        t = self.trainer
+        for logger in self.loggers:
+            logger.on_log(t.args, t.state, t.control, logs={**values, "gradwatch/step": step})
 
 
 class GradwatchCallback(_tf.TrainerCallback):
@@ -112,7 +123,7 @@ class GradwatchCallback(_tf.TrainerCallback):
             **options,
         )
         if self.log_to_loggers and self._trainer is not None and state.is_world_process_zero:
-            self.watch.add_listener(_TrainerLog(self._trainer))
+            self.watch.add_listener(_ReportTo(self._trainer))
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         if self.watch is not None and self._loss is not None:
