@@ -4,6 +4,7 @@ arguments are checked with one sentence, and what the watch says is what the run
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -315,3 +316,24 @@ def test_a_clipped_step_the_scaler_then_skips_records_no_gradient():
     assert set(stats.query("metric == 'grad_norm'")["step"]) == {0, 2, 3}
     assert set(stats.query("metric == 'clip_coef'")["step"]) == {0, 2, 3}
     assert stats.query("metric == 'skipped' and value == 1")["step"].tolist() == [1]
+
+
+def test_clipping_without_an_optimizer_is_recorded_across_flushes():
+    model = _sigmoid_net(depth=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # gradwatch must not detach itself
+        with gw.watch(model, flush_every=3) as w:
+            g = torch.Generator().manual_seed(1)
+            for _ in range(8):
+                model.zero_grad()
+                (model(torch.randn(8, 16, generator=g)) * 100).pow(2).mean().backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                w.step()
+                with torch.no_grad():
+                    for p in model.parameters():
+                        p -= 0.01 * p.grad
+    stats = w.stats()
+    assert set(stats.query("metric == 'clip_coef'")["step"]) == set(range(8))
+    assert (stats.query("metric == 'grad_norm'")["value"] > 1).any()  # unclipped norms
+    # the update ratios of a run that does not clip (every other step once settled)
+    assert set(stats.query("metric == 'update_ratio'")["step"]) == {0, 1, 2, 4, 6}

@@ -313,6 +313,9 @@ class Watch:
         if self._closed or param_ids.isdisjoint(self._param_ids) or not self._active(params):
             return False
         try:
+            # Without an optimizer the last w.step()'s update is measured, and a full table
+            # flushed, at the next w.step(); the weights have moved by now, so do it here.
+            self._finish_pending()
             slot = self._buffer.slot
             if self._early != slot:
                 self._probeset.params.record(slot)
