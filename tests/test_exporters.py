@@ -4,6 +4,7 @@ watch recorded: per layer and metric, at the optimizer step they belong to."""
 from __future__ import annotations
 
 import json
+import struct
 
 import pandas as pd
 import pytest
@@ -110,6 +111,90 @@ def test_wandb_offline_run_gets_the_layer_metrics_on_its_own_step_axis(tmp_path,
         ).read_text()
     )
     assert table["columns"] == ["severity", "kind", "layers", "summary"]
+
+
+def _wandb_history(run_dir) -> list[dict]:
+    """The history rows of an offline W&B run, read from its `.wandb` file: W&B's LevelDB-style
+    log (a 7-byte header, 32 KiB blocks of records with a 7-byte header each) of protobuf
+    `Record`s; the SDK has no reader for it."""
+
+    import time
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    path = next(run_dir.glob("*.wandb"))
+    for _ in range(300):  # W&B's service may still be writing after run.finish() returns
+        rows, done = _wandb_records(path.read_bytes(), pb)
+        if done:
+            return rows
+        time.sleep(0.1)
+    raise AssertionError(f"{path} has no exit record")
+
+
+def _wandb_records(data: bytes, pb) -> tuple[list[dict], bool]:
+    """The history rows in `data`, and whether the run's exit record is there."""
+    assert data[:4] == b":W&B"
+    rows, i, record, done = [], 7, b"", False
+    while i + 7 <= len(data):
+        if 32768 - i % 32768 < 7:  # a block's tail too short for a header is padding
+            i += 32768 - i % 32768
+            continue
+        _, size, kind = struct.unpack("<IHB", data[i : i + 7])
+        record, i = record + data[i + 7 : i + 7 + size], i + 7 + size
+        if kind == 0 and size == 0:
+            break
+        if kind in (1, 4):  # a whole record, or the last piece of one
+            r = pb.Record()
+            r.ParseFromString(record)
+            record = b""
+            done = done or r.WhichOneof("record_type") == "exit"
+            if r.WhichOneof("record_type") == "history":
+                row = {"_step": r.history.step.num}
+                for it in r.history.item:
+                    row[it.key or "/".join(it.nested_key)] = json.loads(it.value_json)
+                rows.append(row)
+    return rows, done
+
+
+@pytest.mark.parametrize("user_step", [True, False], ids=["step=s", "plain"])
+def test_wandb_exporter_never_moves_the_users_step(tmp_path, monkeypatch, user_step):
+    wandb = pytest.importorskip("wandb")
+    from gradwatch.integrations import wandb as gw_wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = wandb.init(dir=str(tmp_path), project="gradwatch-test")
+    torch.manual_seed(0)
+    model = mlp([5, 16, 2])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    try:
+        with gw.watch(model, opt, flush_every=5) as w:
+            gw_wandb.attach(w)
+            for s in range(25):
+                opt.zero_grad()
+                loss = model(torch.randn(8, 5)).pow(2).mean()
+                loss.backward()
+                opt.step()
+                if user_step:
+                    run.log({"user/loss": loss.item(), "user/s": s}, step=s)
+                else:
+                    run.log({"user/loss": loss.item(), "user/s": s})
+    finally:
+        run.finish()
+    history = _wandb_history(next(tmp_path.glob("wandb/offline-run-*")))
+    users = [row for row in history if "user/s" in row]
+    assert [(row["_step"], row["user/s"]) for row in users] == [(s, s) for s in range(25)]
+    # every recorded step reached W&B, on gradwatch's own axis, with the numbers recorded
+    stats = w.stats()
+    got = {
+        (k, row["gradwatch/step"]): v
+        for row in history
+        if "gradwatch/step" in row
+        for k, v in row.items()
+        if k.startswith("gradwatch/") and k != "gradwatch/step" and "/findings" not in k
+    }
+    want = _expected(stats[stats["index"] == -1])
+    assert got == pytest.approx(want, rel=1e-12, nan_ok=True)
 
 
 def test_a_missing_framework_is_one_sentence_naming_the_extra(monkeypatch):

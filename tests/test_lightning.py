@@ -116,3 +116,36 @@ def test_lightning_mixed_precision_records_unscaled_gradients(tmp_path):
     # float16 forward: the same order of magnitude as float32, nowhere near the 2**10 scale
     reference = _plain().xs("grad_norm", level="metric")
     assert grads.max() < 10 * reference.max()
+
+
+def test_lightning_with_accumulation_logs_the_undivided_loss_under_one_key(tmp_path):
+    _fit(tmp_path, accumulate=2)
+    run = gw.load(tmp_path / "gw")
+    logged = run.stats.query("metric == 'loss'").set_index("step")["value"]
+    # the plain loop's loss: the mean of the two micro-batches' losses, not divided by 2
+    module, batches, want = Module(), _batches(), []
+    opt = module.configure_optimizers()
+    for i in range(STEPS):
+        opt.zero_grad()
+        losses = []
+        for x, y in batches[i * 2 : i * 2 + 2]:
+            loss = nn.functional.mse_loss(module(x), y)
+            (loss / 2).backward()
+            losses.append(loss.item())
+        opt.step()
+        want.append(sum(losses) / 2)
+    assert logged.tolist() == pytest.approx(want, rel=1e-5)
+    metrics = pd.read_csv(next((tmp_path / "logs").rglob("metrics.csv")))
+    assert "gradwatch/loss/_model_" in metrics.columns
+    assert metrics["gradwatch/loss/_model_"].dropna().tolist() == pytest.approx(want, rel=1e-5)
+
+
+def test_lightning_gradient_clipping_is_recorded_after_the_gradients_it_clipped(tmp_path):
+    _fit(tmp_path, gradient_clip_val=1e-3)
+    stats = gw.load(tmp_path / "gw").stats
+    # step 0 starts from the same weights as the unclipped loop: the same gradients, unclipped
+    got = _table(stats).xs(0, level="step").xs("grad_norm", level="metric")
+    want = _plain().xs(0, level="step").xs("grad_norm", level="metric")
+    pd.testing.assert_series_equal(got, want, rtol=1e-6)
+    coef = stats.query("metric == 'clip_coef' and layer == '(model)'")
+    assert coef["step"].tolist() == list(range(STEPS)) and (coef["value"] < 1).all()

@@ -86,3 +86,78 @@ def test_hf_trainer_with_accumulation_records_each_optimizer_step_like_a_plain_l
     got, want = _table(run.stats), _plain()
     assert list(got.index) == list(want.index)
     assert ((got - want).abs() / want.abs().clip(lower=1e-12)).max() < 1e-4
+
+
+def _args(tmp_path, **kw):
+    base = dict(
+        output_dir=str(tmp_path / "out"),
+        max_steps=STEPS,
+        per_device_train_batch_size=8,
+        gradient_accumulation_steps=2,
+        learning_rate=1e-3,
+        weight_decay=0.0,
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+        optim="adamw_torch",
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+    )
+    return transformers.TrainingArguments(**{**base, **kw})
+
+
+def test_hf_callback_records_the_loss_and_sends_scalars_to_the_report_to_loggers(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from gradwatch.integrations.transformers import GradwatchCallback
+
+    args = _args(tmp_path, report_to=["tensorboard"])
+    trainer = transformers.Trainer(
+        model=_model(), args=args, train_dataset=_data(), callbacks=[GradwatchCallback()]
+    )
+    trainer.train()
+    logged = gw.load(tmp_path / "out" / "gradwatch").stats.query("metric == 'loss'")
+    # the plain loop's loss of each step (two passes over the same batch: their mean)
+    model, data = _model(), _data()
+    batch = {k: torch.stack([d[k] for d in data]) for k in data[0]}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    want = []
+    for _ in range(STEPS):
+        opt.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        want.append(loss.item())
+    assert logged.sort_values("step")["value"].tolist() == pytest.approx(want, rel=1e-4)
+    events = next((tmp_path / "out").rglob("events.out.tfevents.*")).parent
+    tags = EventAccumulator(str(events)).Reload().Tags()["scalars"]
+    assert any(t.endswith("gradwatch/grad_norm/classifier") for t in tags)
+    assert any(t.endswith("gradwatch/loss/_model_") for t in tags)
+    # to the loggers only: not printed, not in the history every checkpoint saves
+    assert not any("gradwatch/step" in h for h in trainer.state.log_history)
+
+
+class _Interrupt(transformers.TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 10:
+            raise KeyboardInterrupt
+
+
+def test_hf_callback_flushes_and_detaches_when_training_is_interrupted(tmp_path):
+    from gradwatch.integrations.transformers import GradwatchCallback
+
+    callback = GradwatchCallback(flush_every=50)
+    trainer = transformers.Trainer(
+        model=_model(),
+        args=_args(tmp_path, max_steps=20, gradient_accumulation_steps=1),
+        train_dataset=_data(),
+        callbacks=[callback, _Interrupt()],
+    )
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    opt = callback.watch.optimizer
+    assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
+    steps = gw.load(tmp_path / "out" / "gradwatch").stats.query("metric == 'grad_norm'")["step"]
+    assert set(steps) == set(range(10))

@@ -111,6 +111,16 @@ class Finding:
             "explains": list(self.explains),
         }
 
+    def __str__(self) -> str:
+        """A short paragraph a person reads (what `on_finding=print` prints); the evidence and
+        every remedy are in `to_dict()`."""
+        where = f" in {', '.join(self.layers)}" if self.layers else ""
+        since = f" from step {self.step}" if self.step is not None else ""
+        lines = [f"[{self.severity}] {self.kind}{where}{since}: {self.summary}"]
+        if self.remedies:
+            lines.append(f"  -> {_headline(self.remedies[0].detail)}")
+        return "\n".join(lines)
+
     @classmethod
     def from_dict(cls, d: dict) -> Finding:
         return cls(
@@ -167,20 +177,22 @@ class Diagnosis:
         from gradwatch.display.format import cause_lines
         from gradwatch.display.predicted import prediction_lines, what_if_lines
 
+        warned = [str(w) for w in (self.summary or {}).get("warnings", ())]
         lines = (
-            ["gradwatch: no problem found."]
+            ["gradwatch: no problem found." if not warned else "gradwatch: no finding, but:"]
             if not self.findings
             else [
                 f"gradwatch: {len(self.findings)} finding(s)"
                 + ("" if self.ok else ", errors among them")
             ]
         )
+        lines += [f"  [warning] {w}" for w in warned]
         lines += [f"  {line}" for line in cause_lines(self.findings)]
         for f in self.findings:
             because = f" (a consequence of {f.caused_by})" if f.caused_by else ""
             lines.append(f"  [{f.severity}] {f.kind}{because}: {f.summary}")
             for r in f.remedies[:2]:
-                lines.append(f"      -> {r.detail.splitlines()[0]}")
+                lines.append(f"      -> {_headline(r.detail)}")
         lines += [f"  {line}" for line in prediction_lines(self.summary)]
         if self.what_if:
             lines += ["  what if (each remedy applied to a copy and checked again):"] + [
@@ -197,3 +209,9 @@ class Diagnosis:
         from gradwatch.display.notebook import diagnosis_html
 
         return diagnosis_html(self)
+
+
+def _headline(detail: str) -> str:
+    """A remedy's first line, without the colon that introduced its code snippet."""
+    lines = detail.strip().splitlines()
+    return lines[0].rstrip().rstrip(":").rstrip() if lines else ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Iterator
 from types import ModuleType
 
@@ -23,7 +24,10 @@ def require(module: str, extra: str) -> ModuleType:
 
 
 def tag(metric: str, layer: str) -> str:
-    return f"gradwatch/{metric}/{layer}"
+    """The one key of a layer's metric on every route (TensorBoard, W&B, MLflow, the trainers'
+    loggers): characters some of them refuse or rewrite become "_", so the model-level loss is
+    `gradwatch/loss/_model_` everywhere."""
+    return re.sub(r"[^\w\-./]", "_", f"gradwatch/{metric}/{layer}")
 
 
 def scalars(rows: pa.Table) -> Iterator[tuple[int, dict[str, float]]]:

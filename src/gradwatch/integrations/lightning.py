@@ -92,6 +92,10 @@ class GradwatchCallback(_pl.Callback):
 
     def on_before_backward(self, trainer, pl_module, loss) -> None:
         if self.watch is not None:
+            if pl_module.automatic_optimization:
+                # Lightning hands over the loss divided by accumulate_grad_batches (what backward
+                # needs); the run records the loss the training step returned.
+                loss = loss.detach() * trainer.accumulate_grad_batches
             self.watch.log_loss(loss)
 
     def _close(self) -> None:

@@ -1,4 +1,5 @@
-"""The Watch: probes attached to a model, recorded at the optimizer's steps, flushed to the store."""
+"""The Watch: probes attached to a model, recorded at the optimizer's steps, flushed to the
+store."""
 
 from gradwatch.monitor.watcher import Watch, watch
 

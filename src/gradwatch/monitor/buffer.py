@@ -114,9 +114,9 @@ class StepBuffer:
         rows = long_table(blocks, steps)
         self.chunks.append(rows)
         if self.writer is not None:
-            if len(self.chunks) == 1:
-                self.write_meta()  # the forward order is known now
             self.writer.append(rows)
+            # Kept current (steps seen, forward order) so a killed run's meta.json is not stale.
+            self.write_meta()
         if self.on_finding is not None or self.raise_on or self.writer is not None:
             self._stream_findings(step)
         for listener in self.listeners:

@@ -77,13 +77,20 @@ class WatchOptions:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise WatchError(f"{name} must be a positive integer, got {value!r}.")
-        raise_on = tuple(self.raise_on)
+        # A single kind given as a string is one kind, not a sequence of letters.
+        raise_on = (self.raise_on,) if isinstance(self.raise_on, str) else tuple(self.raise_on)
         unknown = [k for k in raise_on if k not in KINDS]
         if unknown:
             raise WatchError(
                 f"raise_on names unknown finding kinds {unknown}; choose from {', '.join(KINDS)}."
             )
         object.__setattr__(self, "raise_on", raise_on)
+        memory = self.update_memory
+        if not isinstance(memory, (int, float)) or isinstance(memory, bool) or not 0 < memory <= 1:
+            raise WatchError(
+                "update_memory must be a fraction of the parameter bytes in (0, 1] (0.1 keeps a "
+                f"tenth of the weights per step), got {memory!r}."
+            )
         for name in FORWARD_PROBES:
             value = getattr(self, name)
             if not isinstance(value, Cadence):

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from gradwatch._nn import ROOT_NAME, ParamLayer, model_device
+from gradwatch.monitor.clipping import ClipProbe
 from gradwatch.monitor.options import SETTLED_UPDATE_CADENCE, WatchOptions
 from gradwatch.probes.activation_specs import module_spec
 from gradwatch.probes.activations import ActivationProbe
@@ -27,6 +28,7 @@ class ProbeSet:
     update: UpdateProbe
     skipped: SkippedProbe | None  # only with a GradScaler: the steps it skipped
     loop: LoopProbe  # the training loop around the model: loss graph, inputs, zero_grad
+    clip: ClipProbe  # how much the user's gradient clipping shrank each step's gradients
     all: list[Probe]  # every probe, in the order they record (see ParamProbe.record)
     table: StepTable  # allocated, every probe bound to it
 
@@ -70,12 +72,14 @@ def attach_probes(
         probes.append(skipped)
     loop = LoopProbe(model, optimizer)
     probes.append(loop)
+    clip = ClipProbe()
+    probes.append(clip)
     for probe in probes:
         table.declare(probe.columns, probe.rows())
     table.allocate()
     for probe in probes:
         probe.bind(table)
-    return ProbeSet(params, update, skipped, loop, probes, table)
+    return ProbeSet(params, update, skipped, loop, clip, probes, table)
 
 
 def _module(model: nn.Module, name: str) -> nn.Module:

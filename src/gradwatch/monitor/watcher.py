@@ -4,6 +4,8 @@ metadata (meta.py) are each their own module."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import sys
 import warnings
@@ -17,9 +19,11 @@ from torch import nn
 
 from gradwatch._nn import ForwardOrder, ParamLayer, param_layers, unwrap
 from gradwatch.diagnose import Diagnosis, Finding, diagnose
-from gradwatch.errors import NonFiniteGradientError, WatchError
+from gradwatch.errors import NonFiniteGradientError, TrainingStoppedError, WatchError
+from gradwatch.monitor import clipping as _clipping
 from gradwatch.monitor import distributed as _dist
 from gradwatch.monitor.buffer import StepBuffer
+from gradwatch.monitor.caveats import FROZEN, caveats
 from gradwatch.monitor.meta import RunMeta
 from gradwatch.monitor.options import WatchOptions
 from gradwatch.monitor.probeset import attach_probes
@@ -27,6 +31,27 @@ from gradwatch.probes.activations import ActivationProbe
 from gradwatch.probes.base import Probe
 from gradwatch.probes.scaler import ScalerHandle, inner_optimizer, inverse_scale_sq
 from gradwatch.store import RunWriter
+
+# Stops the user asked for (raise_on): they reach the training loop. Any other exception raised by
+# gradwatch's own code while training runs detaches the watch instead (see Watch._fail).
+_REQUESTED_STOPS = (NonFiniteGradientError, TrainingStoppedError)
+
+
+def _never_breaks_training(method):
+    """Run a hook or per-step method of the Watch so that an error of gradwatch's own detaches the
+    watch, with one warning, instead of reaching the user's training loop."""
+
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except _REQUESTED_STOPS:
+            raise
+        except Exception as exc:
+            self._fail(exc)
+            return None
+
+    return guarded
 
 
 class Watch:
@@ -81,12 +106,16 @@ class Watch:
         self._player: list[ParamLayer] = param_layers(self.model)
         if not self._player:
             raise WatchError("The model has no parameters, so there is no gradient to watch.")
+        if not any(p.requires_grad for layer in self._player for p in layer.params):
+            warnings.warn(FROZEN, stacklevel=3)
         self._order = ForwardOrder(self.model)
         self._run = RunMeta(
             self.model, optimizer, self._player, options.settings(optimizer, scaler)
         )
         self._probeset = attach_probes(self.model, self._player, optimizer, options, scaler)
         self._probes, self._table = self._probeset.all, self._probeset.table
+        self._param_ids = {id(p) for layer in self._player for p in layer.params}
+        self._early: int | None = None  # slot whose gradients were recorded before clipping
         # Under torch.distributed every rank measures and reduces; rank 0 alone writes the store.
         write = log_dir is not None and _dist.rank() == 0
         self._writer = RunWriter(log_dir, overwrite=overwrite) if write else None
@@ -100,11 +129,13 @@ class Watch:
         self._pending: int | None = None  # manual mode: slot whose update the next step() measures
         self._closed = False
         self._handles = self._hook(optimizer, scaler)
+        _clipping.track(self)
         self._write_meta()
         self._arm()
 
     def _hook(self, optimizer: torch.optim.Optimizer | None, scaler: Any) -> list:
-        """The optimizer's step hooks (and the GradScaler's), each with the handle close() removes."""
+        """The optimizer's step hooks (and the GradScaler's), each with the handle close()
+        removes."""
         handles = []
         if optimizer is not None:
             handles.append(optimizer.register_step_pre_hook(self._on_pre_step))
@@ -137,8 +168,9 @@ class Watch:
         if self._order.active and self._order.seen_any:
             self._order.finish()
         slot = self._buffer.slot
+        early, self._early = self._early == slot, None
         for probe in self._probes:
-            if self._active(probe):
+            if self._active(probe) and not (early and probe is self._probeset.params):
                 probe.record(slot)
         inv_sq = inverse_scale_sq(self._scaler) if self._scaler is not None else None
         if inv_sq is not None:
@@ -151,6 +183,7 @@ class Watch:
             self._stop_if_nonfinite(slot)
         return slot
 
+    @_never_breaks_training
     def _on_skipped(self) -> None:
         """The GradScaler found inf/NaN and skipped the optimizer step: a `skipped` row, no
         gradient statistics (they are those of an overflow in float16, not of the model)."""
@@ -158,13 +191,18 @@ class Watch:
             probe.discard()
         self._in_update = None
         slot = self._buffer.slot
+        if self._early == slot:  # recorded before the user clipped: an overflow's gradients
+            self._probeset.params.forget(slot)
+            self._probeset.clip.forget(slot)
+        self._early = None
         self._probeset.skipped.mark_skipped(slot)
         self._buffer.commit_loss(slot)
         self._buffer.commit(self._step)
         self._advance()
 
     def _stop_if_nonfinite(self, slot: int) -> None:
-        """The opt-in per-step check: reads one flag from the device (a sync, which the user asked for)."""
+        """The opt-in per-step check: reads one flag from the device (a sync, which the user asked
+        for)."""
         # The params probe's side log into the table (earlier slots are in already).
         self._probeset.params.settle(slot + 1)
         counts = self._table.data[slot, self._table.column("nonfinite")]
@@ -179,8 +217,9 @@ class Watch:
         self._in_update = None
         self._buffer.commit(step)
         self.flush()
+        names = ", ".join(repr(n) for n in layers)
         raise NonFiniteGradientError(
-            f"Non-finite gradients at step {step} in layer(s) {', '.join(repr(n) for n in layers)}; "
+            f"Non-finite gradients at step {step} in layer(s) {names}; "
             "the optimizer step was not taken. Lower the learning rate, clip gradients, or run one "
             "step under torch.autograd.detect_anomaly() to find the operation."
         )
@@ -191,8 +230,9 @@ class Watch:
             self.flush()
         self._arm()
 
+    @_never_breaks_training
     def _on_pre_step(self, optimizer, args, kwargs) -> None:
-        frame = sys._getframe(1)
+        frame = sys._getframe(2)  # 1 is the guard, _never_breaks_training
         if self._step_frame is not None and _encloses(self._step_frame, frame):
             # A subclass's step() that calls its parent's: torch runs the hooks again inside (once
             # the parent class has been instantiated anywhere). It is one optimizer step.
@@ -215,7 +255,7 @@ class Watch:
                 out = closure(*a, **kw)
                 if not recorded:
                     recorded = True
-                    self._in_update = self._record()
+                    self._record_update()
                 return out
 
             if "closure" in kwargs:
@@ -224,8 +264,14 @@ class Watch:
         self._in_update = self._record()
         return None
 
+    @_never_breaks_training
+    def _record_update(self) -> None:
+        self._in_update = self._record()
+
+    @_never_breaks_training
     def _on_post_step(self, optimizer, args, kwargs) -> None:
-        if sys._getframe(1) is not self._step_frame:  # the hooks of a nested parent step()
+        # the hooks of a nested parent step() (frame 1 is the guard)
+        if sys._getframe(2) is not self._step_frame:
             return
         self._step_frame = None
         self._steps_taken += 1
@@ -241,17 +287,50 @@ class Watch:
 
         The update ratio of a step is measured at the next call (the weights have changed by then).
         """
+        if self._failed:
+            return  # detached after an error of its own; training goes on unwatched
         self._check_open()
         if self.optimizer is not None:
             raise WatchError(
                 "This watch hooks the optimizer's step already; remove the call to w.step()."
             )
+        self._manual_step()
+
+    @_never_breaks_training
+    def _manual_step(self) -> None:
         self._finish_pending()
         if self._recording():
             slot = self._record()
             self._buffer.commit(self._step)
             self._pending = slot
         self._advance()
+
+    def before_clip(self, param_ids: set[int]) -> bool:
+        """torch is about to clip the gradients of `param_ids`: record this step's gradient norms
+        now, as backward produced them (see monitor/clipping.py). Whether this watch keeps the
+        clip's coefficient."""
+        params = self._probeset.params
+        if self._closed or param_ids.isdisjoint(self._param_ids) or not self._active(params):
+            return False
+        try:
+            # Without an optimizer the last w.step()'s update is measured, and a full table
+            # flushed, at the next w.step(); the weights have moved by now, so do it here.
+            self._finish_pending()
+            slot = self._buffer.slot
+            if self._early != slot:
+                self._probeset.params.record(slot)
+                self._early = slot
+        except Exception as exc:
+            self._fail(exc)
+            return False
+        return True
+
+    def after_clip(self, coef: torch.Tensor) -> None:
+        """The factor (a device scalar) clipping shrank this step's gradients' total norm by."""
+        try:
+            self._probeset.clip.clipped(self._buffer.slot, coef)
+        except Exception as exc:
+            self._fail(exc)
 
     def forget_update(self) -> None:
         """No optimizer step follows the last `step()` (a check at init, one measured backward):
@@ -288,9 +367,9 @@ class Watch:
         integration's close among them) gets that diagnosis."""
         if self._closed:
             if self._final is None:
-                self._final = diagnose(self._buffer.frame(0), self.meta())
+                self._final = _with_caveats(diagnose(self._buffer.frame(0), self.meta()))
             return self._final
-        return diagnose(self.stats(), self.meta())
+        return _with_caveats(diagnose(self.stats(), self.meta()))
 
     def what_if(
         self,
@@ -339,7 +418,12 @@ class Watch:
 
     def stats(self) -> pd.DataFrame:
         """Every recorded number so far, long format: step, layer, metric, value, index."""
-        if not self._closed and self._pending is None and not self._buffer.flushing:
+        if not self._closed and not self._buffer.flushing:
+            if self._pending is not None:
+                # Without an optimizer the last step's update ratio waits for the next w.step();
+                # reading now gives that one ratio up (absent) so every step so far can be read.
+                self._probeset.update.discard()
+                self._pending = None
             self.flush()
         return self._buffer.frame(0)
 
@@ -375,6 +459,14 @@ class Watch:
         """Flush what is left, remove every hook and finish the run directory. Idempotent."""
         if self._closed:
             return
+        try:
+            self._finish()
+        except _REQUESTED_STOPS:
+            raise
+        except Exception as exc:
+            self._fail(exc)
+
+    def _finish(self) -> None:
         if self._pending is not None:
             slot, self._pending = self._pending, None
             for probe in self._probes:
@@ -385,6 +477,7 @@ class Watch:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        _clipping.untrack(self)
         self._order.finish()
         for probe in self._probes:
             probe.disarm()
@@ -395,6 +488,41 @@ class Watch:
             self._write_meta(finished=True)
         for listener in self._buffer.listeners:
             listener.close(self)
+
+    _failed = False
+
+    def _fail(self, exc: Exception) -> None:
+        """An error of gradwatch's own while training: warn once, keep what was recorded, remove
+        every hook and let training go on unwatched."""
+        if self._failed:
+            return
+        self._closed = self._failed = True  # first: nothing below is reported twice
+        warnings.warn(
+            f"gradwatch stopped watching at step {self._step} after an error of its own "
+            f"({type(exc).__name__}: {exc}); training goes on unwatched, and w.stats() keeps "
+            "the steps recorded so far.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        for h in self._handles:
+            with contextlib.suppress(Exception):
+                h.remove()
+        self._handles.clear()
+        _clipping.untrack(self)
+        self._pending = self._in_update = self._step_frame = None
+        with contextlib.suppress(Exception):
+            self._probeset.update.discard()
+        with contextlib.suppress(Exception):
+            self._buffer.flush(self._step)  # the steps committed before the error, if it can
+        for probe in self._probes:
+            with contextlib.suppress(Exception):
+                probe.disarm()
+            with contextlib.suppress(Exception):
+                probe.close()
+        with contextlib.suppress(Exception):
+            self._order.finish()
+        with contextlib.suppress(Exception):
+            self._write_meta(finished=True)
 
     def add_listener(self, listener) -> None:
         """Integrations (TensorBoard, W&B, MLflow, Lightning) get each flush's rows
@@ -413,18 +541,29 @@ class Watch:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
-        return f"<Watch {type(self.model).__name__} step={self._step} layers={len(self._table.rows)} {state}>"
+        name, n = type(self.model).__name__, len(self._table.rows)
+        return f"<Watch {name} step={self._step} layers={n} {state}>"
 
     # ----------------------------------------------------------------- metadata
 
     def meta(self) -> dict:
-        """What the run directory's meta.json holds (model summary in forward order, settings...)."""
+        """What the run directory's meta.json holds (model summary in forward order,
+        settings...)."""
         return self._run.collect(self.layers(), self._probes, self._step)
 
     def _write_meta(self, finished: bool = False) -> None:
         if self._writer is not None:
             meta = self._run.collect(self.layers(), self._probes, self._step, finished)
             self._writer.write_meta(meta)
+
+
+def _with_caveats(diagnosis: Diagnosis) -> Diagnosis:
+    """`diagnosis` with what the run gave no detector to judge in `summary["warnings"]`."""
+    if diagnosis.stats is not None and diagnosis.meta is not None:
+        found = caveats(diagnosis.stats, diagnosis.meta)
+        if found:
+            diagnosis.summary["warnings"] = found
+    return diagnosis
 
 
 def _encloses(outer, frame) -> bool:

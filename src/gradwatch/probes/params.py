@@ -216,6 +216,16 @@ class ParamProbe(Probe):
         # The CPU row read in place, no kernel: a float64 sum of float32 norms cannot overflow.
         return math.isfinite(sum(row.tolist()))
 
+    def forget(self, slot: int) -> None:
+        """Drop what `record(slot)` wrote: the step was recorded early (before the user clipped
+        its gradients) and then skipped by the GradScaler."""
+        if self._fast:
+            self._log.forget(slot)
+            if not self._free_reads:
+                self._counts.forget(slot)
+        self.table.data[slot, self._c_first : self._c_first + 3].fill_(ABSENT)
+        self._weights_due = True
+
     def settle(self, n: int) -> None:
         if self._fast:
             self._log.settle(n)
