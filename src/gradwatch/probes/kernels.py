@@ -116,7 +116,10 @@ class Paths:
 
     def __init__(self, device) -> None:
         cpu = getattr(device, "type", device) == "cpu"
-        self.kernels = load(wait=False) if cpu else None
+        # Loaded before the first step, not beside it: numba's compiler enters
+        # warnings.catch_warnings(), which swaps the process-wide warning filters and would race
+        # with the user's own code (and pytest.warns) if it ran in a background thread.
+        self.kernels = load() if cpu else None
         self.waiting = cpu and self.kernels is None and loading()
         self._flushed = 0  # recorded steps flushed before the current window
         self._history = [[0, name(self.kernels)]]
