@@ -153,6 +153,61 @@ def _break(monkeypatch, where: str, after: int):
     monkeypatch.setattr(cls, name, broken)
 
 
+def _break_hook(monkeypatch, where: str, after: int):
+    """Make a probe's hook raise inside the user's forward or backward, from its `after`-th call
+    on."""
+    from gradwatch.probes.activations import ActivationProbe
+    from gradwatch.probes.backflow import BackflowProbe
+
+    cls, name = {
+        "forward hook": (ActivationProbe, "_module_post"),
+        "backward hook": (BackflowProbe, "_accumulate"),
+    }[where]
+    real, calls = getattr(cls, name), []
+
+    def check():
+        calls.append(1)
+        if len(calls) > after:
+            raise RuntimeError("an error inside gradwatch")
+
+    if name == "_accumulate":
+
+        def broken(self, *args, **kwargs):
+            check()
+            return real(self, *args, **kwargs)
+
+    else:  # a factory of hooks: break the hooks it makes
+
+        def broken(self, *args, **kwargs):
+            hook = real(self, *args, **kwargs)
+
+            def breaking(*a, **k):
+                check()
+                return hook(*a, **k)
+
+            return breaking
+
+    monkeypatch.setattr(cls, name, broken)
+
+
+@pytest.mark.parametrize("where", ["forward hook", "backward hook"])
+def test_an_error_in_a_probes_hook_detaches_gradwatch_and_training_goes_on(where, monkeypatch):
+    torch.manual_seed(0)
+    model = mlp([3, 8, 8, 2])
+    plain = _fit(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    torch.manual_seed(0)
+    model = mlp([3, 8, 8, 2])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    _break_hook(monkeypatch, where, after=12)  # a few steps in
+    watched = gw.watch(model, opt, activations=True, backflow=True, flush_every=2)
+    with pytest.warns(RuntimeWarning, match="gradwatch stopped watching") as caught, watched as w:
+        losses = _fit(model, opt)
+    assert losses == plain  # the user's forward and backward never saw the error
+    assert len([c for c in caught if "gradwatch" in str(c.message)]) == 1
+    assert _hooks_left(model, opt) == 0
+    assert not w.stats().empty  # what was recorded before the error stays readable
+
+
 @pytest.mark.parametrize("where", ["probe", "flush", "store"])
 def test_an_error_inside_gradwatch_detaches_it_and_training_goes_on(where, tmp_path, monkeypatch):
     torch.manual_seed(0)

@@ -114,6 +114,8 @@ class Watch:
         )
         self._probeset = attach_probes(self.model, self._player, optimizer, options, scaler)
         self._probes, self._table = self._probeset.all, self._probeset.table
+        for probe in self._probes:  # an error in a forward or backward hook detaches the watch
+            probe.fault = self._fail
         self._param_ids = {id(p) for layer in self._player for p in layer.params}
         self._early: int | None = None  # slot whose gradients were recorded before clipping
         # Under torch.distributed every rank measures and reduces; rank 0 alone writes the store.

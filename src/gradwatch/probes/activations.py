@@ -150,17 +150,21 @@ class _FunctionalMode(TorchFunctionMode):
         ):
             return func(*args, **kwargs)
         x = args[0]
-        pre = self.probe._pre_stats(spec, x.detach()) if isinstance(x, torch.Tensor) else None
+        probe = self.probe
+        pre = (
+            probe.guard(probe._pre_stats)(spec, x.detach()) if isinstance(x, torch.Tensor) else None
+        )
         y = func(*args, **kwargs)
         if pre is not None and isinstance(y, torch.Tensor):
-            self.probe._found_functional = True
-            self.probe._post_stats(
-                self.probe._row_for(self.probe._stack[-1], spec), pre, y.detach()
-            )
+            probe._found_functional = True
+            probe.guard(probe._post_functional)(spec, pre, y.detach())
         return y
 
 
 class ActivationProbe(Probe):
+    def _post_functional(self, spec, pre, y: torch.Tensor) -> None:
+        self._post_stats(self._row_for(self._stack[-1], spec), pre, y)
+
     def __init__(self, model: nn.Module, cadence: int = 1, histograms: bool = True):
         self.model = model
         self.cadence = cadence
@@ -225,16 +229,20 @@ class ActivationProbe(Probe):
                 # intact; an in-place one needs its input read by a pre-hook before it is
                 # overwritten.
                 if getattr(m, "inplace", False) or id(m) in self._inplace:
-                    self._hooks.add(m.register_forward_pre_hook(self._module_pre(name)))
-                self._hooks.add(m.register_forward_hook(self._module_post(name), always_call=True))
+                    self._hooks.add(m.register_forward_pre_hook(self.guard(self._module_pre(name))))
+                self._hooks.add(
+                    m.register_forward_hook(self.guard(self._module_post(name)), always_call=True)
+                )
         if (self._found_functional or not self._discovered) and not self._mode_hooks:
             for name, m in self.model.named_modules():
                 name = name or ROOT_NAME
-                self._mode_hooks.add(m.register_forward_pre_hook(self._push(name)))
-                self._mode_hooks.add(m.register_forward_hook(self._pop, always_call=True))
-            self._mode_hooks.add(self.model.register_forward_pre_hook(self._enter_mode))
+                self._mode_hooks.add(m.register_forward_pre_hook(self.guard(self._push(name))))
+                self._mode_hooks.add(
+                    m.register_forward_hook(self.guard(self._pop), always_call=True)
+                )
+            self._mode_hooks.add(self.model.register_forward_pre_hook(self.guard(self._enter_mode)))
             self._mode_hooks.add(
-                self.model.register_forward_hook(self._exit_mode, always_call=True)
+                self.model.register_forward_hook(self.guard(self._exit_mode), always_call=True)
             )
 
     def disarm(self) -> None:
@@ -298,7 +306,9 @@ class ActivationProbe(Probe):
                     # In place without saying so (no `inplace=True`): its input is gone, so this
                     # call goes unmeasured; from its next call on a pre-hook reads the input.
                     self._inplace.add(id(module))
-                    self._hooks.add(module.register_forward_pre_hook(self._module_pre(name)))
+                    self._hooks.add(
+                        module.register_forward_pre_hook(self.guard(self._module_pre(name)))
+                    )
                     return
                 spec = fixed if fixed is not None else self._spec(name, module)
                 pre = self._pre_stats(spec, x)

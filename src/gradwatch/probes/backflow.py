@@ -51,7 +51,9 @@ class BackflowProbe(Probe):
         if self._hooks:
             return
         for i, m in enumerate(self.modules.values()):
-            self._hooks.add(m.register_forward_hook(self._forward_hook(i, time_major(m))))
+            self._hooks.add(
+                m.register_forward_hook(self.guard(self._forward_hook(i, time_major(m))))
+            )
 
     def disarm(self) -> None:
         self._hooks.remove()
@@ -65,13 +67,15 @@ class BackflowProbe(Probe):
             self._calls[i] += 1
             node = out.grad_fn
             if node is None:  # a leaf that requires grad (an input passed straight through)
-                out.register_hook(lambda g: self._accumulate(i, g, scale))
+                out.register_hook(self.guard(lambda g: self._accumulate(i, g, scale)))
             else:
                 # A pre-hook on the node that produced `out` sees the same gradient as a tensor
                 # hook on `out` (the node's output `output_nr`), at a third of the registration
                 # cost: no Python handle, no per-tensor hook dict.
                 k = out.output_nr
-                node.register_prehook(lambda grads: self._accumulate(i, grads[k], scale))
+                node.register_prehook(
+                    self.guard(lambda grads: self._accumulate(i, grads[k], scale))
+                )
 
         return hook
 

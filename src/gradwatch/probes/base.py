@@ -7,6 +7,7 @@ Nothing reaches the host until the monitor flushes the table (one copy for all p
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -303,6 +304,9 @@ class Probe:
     """
 
     columns: tuple[str, ...] = ()
+    # Called with an error raised inside one of the probe's hooks (the watch detaches itself);
+    # None: the error propagates (a probe used without a watch).
+    fault: Callable[[Exception], None] | None = None
     cadence: int = 1  # measure on one recorded step in `cadence`
     settled: int | None = (
         None  # the cadence once the run is past its first flush window (None: `cadence`)
@@ -310,6 +314,21 @@ class Probe:
 
     def rows(self) -> list[str]:
         return []
+
+    def guard(self, fn: Callable) -> Callable:
+        """`fn` as a hook that cannot break the user's forward or backward: an error of the
+        probe's own goes to `fault`, and the hook then changes nothing (returns None)."""
+
+        def hook(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                if self.fault is None:
+                    raise
+                self.fault(exc)
+                return None
+
+        return hook
 
     def bind(self, table: StepTable) -> None:
         self.table = table

@@ -94,16 +94,18 @@ class LoopProbe(Probe):
         self._armed = False
         self._checked = 0  # optimizer steps after which the watched parameter's gradient came
         self._stale: torch.Tensor | None = None  # of those, steps where .grad was not cleared
-        self._hooks.add(model.register_forward_pre_hook(self._enter))
-        self._hooks.add(model.register_forward_hook(self._exit, always_call=True))
+        self._hooks.add(model.register_forward_pre_hook(self.guard(self._enter)))
+        self._hooks.add(model.register_forward_hook(self.guard(self._exit), always_call=True))
         for name, m in model.named_modules():
             if name and any(p.requires_grad for p in m.parameters(recurse=False)):
-                self._module_hooks.add(m.register_forward_pre_hook(self._module_check(name)))
+                self._module_hooks.add(
+                    m.register_forward_pre_hook(self.guard(self._module_check(name)))
+                )
         watched = next((p for p in reversed(list(model.parameters())) if p.requires_grad), None)
         if optimizer is not None and watched is not None:
             self._watched = watched
             self._hooks.add(optimizer.register_step_post_hook(self._arm_check))
-            self._hooks.add(watched.register_hook(self._first_gradient))
+            self._hooks.add(watched.register_hook(self.guard(self._first_gradient)))
 
     # ------------------------------------------------------------------ forward
 

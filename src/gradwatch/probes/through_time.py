@@ -52,10 +52,10 @@ class ThroughTimeProbe(Probe):
     def arm(self) -> None:
         if self._hooks or not self.modules:
             return
-        self._hooks.add(self.model.register_forward_pre_hook(self._new_pass))
+        self._hooks.add(self.model.register_forward_pre_hook(self.guard(self._new_pass)))
         for name, m in self.modules.items():
             hook = self._cell_hook(name) if isinstance(m, CELLS) else self._sequence_hook(name)
-            self._hooks.add(m.register_forward_pre_hook(hook))
+            self._hooks.add(m.register_forward_pre_hook(self.guard(hook)))
 
     def disarm(self) -> None:
         self._hooks.remove()
@@ -84,7 +84,9 @@ class ThroughTimeProbe(Probe):
                 n_t, b = len(x.batch_sizes), int(x.batch_sizes[0])
                 piece, slot = passes[-1], len(passes[-1])
                 piece.append(None)
-                data.register_hook(lambda g: self._packed(piece, slot, g, steps, n_t, b))
+                data.register_hook(
+                    self.guard(lambda g: self._packed(piece, slot, g, steps, n_t, b))
+                )
                 packed = PackedSequence(data, x.batch_sizes, x.sorted_indices, x.unsorted_indices)
                 return (packed, *args[1:])
             if not isinstance(x, torch.Tensor) or x.dim() < 2:
@@ -99,7 +101,7 @@ class ThroughTimeProbe(Probe):
             piece, slot = passes[-1], len(passes[-1])
             piece.append(None)
             dims = [d for d in range(x.dim()) if d != time_dim]
-            alias.register_hook(lambda g: self._dense(piece, slot, g, dims, batch))
+            alias.register_hook(self.guard(lambda g: self._dense(piece, slot, g, dims, batch)))
             return (alias, *args[1:])
 
         return hook
@@ -115,7 +117,9 @@ class ThroughTimeProbe(Probe):
             slot = len(piece)
             piece.append(None)
             alias.register_hook(
-                lambda g: self._dense(piece, slot, g, list(range(g.dim())), batch, scalar=True)
+                self.guard(
+                    lambda g: self._dense(piece, slot, g, list(range(g.dim())), batch, scalar=True)
+                )
             )
             return (alias, *args[1:])
 
