@@ -17,6 +17,7 @@ from gradwatch.diagnose.finding import Finding
 from gradwatch.diagnose.thresholds import (
     COLLAPSE,
     COLLAPSE_AFTER,
+    DEAD_AT_INIT,
     DEAD_ERROR,
     DEAD_WARN,
     EARLY_REWRITE,
@@ -85,10 +86,18 @@ def detect_saturation(view: View) -> list[Finding]:
         return []
     recent = _recent(table).dropna()
     hot = recent[recent > SATURATED_WARN]
+    falling, halved = _loss_falls(view), _loss_halved(view)
+    if falling:
+        # An output sigmoid/softmax feeding its loss saturates because the model is confident:
+        # while the loss falls that is the goal, not a fault.
+        hot = hot[[n not in _output_activations(view) for n in hot.index]]
     if hot.empty:
         return []
     layers = [n for n in view.order if n in hot.index]
     error = hot.max() > SATURATED_ERROR or len(hot) > len(recent) / 2
+    # A net whose loss fell below half its start learns through its saturated units: the
+    # saturation is worth knowing (info), not a fault.
+    severity = "info" if halved else ("error" if error else "warning")
     held = table[(table[layers] > SATURATED_WARN).any(axis=1)]
     summary = (
         f"{len(layers)} of {len(recent)} saturating activations spend most of their time in the "
@@ -99,7 +108,7 @@ def detect_saturation(view: View) -> list[Finding]:
     return [
         Finding(
             "saturated_activation",
-            "error" if error else "warning",
+            severity,
             tuple(layers),
             summary,
             evidence,
@@ -114,7 +123,11 @@ def detect_dead(view: View) -> list[Finding]:
     if table.empty:
         return []
     recent = _recent(table).dropna()
-    dead = recent[recent > DEAD_WARN]
+    # Before any update a zero-mean pre-activation is off for a given input with chance 1/2, and
+    # for correlated rows (graph nodes mixed by near-uniform attention, one sequence's steps) off
+    # for all of them with that same chance: at init only more than DEAD_AT_INIT is evidence.
+    at_init = view.metric("update_ratio").empty
+    dead = recent[recent > (DEAD_AT_INIT if at_init else DEAD_WARN)]
     if dead.empty:
         return []
     layers = [n for n in view.order if n in dead.index]
@@ -232,7 +245,16 @@ def _stalled_at_init(view: View) -> list[Finding]:
     stalled = rel[rel < STALLED_AT_INIT * top]
     if stalled.empty:
         return []
-    layers = [n for n in view.order if n in stalled.index]
+    # Depth starves the layers nearest the input first. A small gradient on a layer while a layer
+    # before it in the forward pass gets a normal one is the layer's own (attention's query and
+    # key projections while attention is near uniform, a gate's branch), not starvation: the
+    # signal reached below it, and any optimizer that scales per parameter moves it normally.
+    ordered = [n for n in view.order if n in rel.index]
+    first_moving = next((i for i, n in enumerate(ordered) if n not in stalled.index), None)
+    layers = ordered[:first_moving] if first_moving is not None else ordered
+    stalled = stalled[layers]
+    if stalled.empty:
+        return []
     summary = (
         f"{names(layers)} would barely change under SGD: gradient/weight "
         f"{fmt(float(stalled.median()))}, against {fmt(top)} for the layer with the largest (an "
@@ -277,7 +299,9 @@ def detect_unstable(view: View) -> list[Finding]:
         return []
     high = per_step[per_step > UNSTABLE_WARN]
     early = per_step.iloc[:EARLY_STEPS]
-    rewrote = len(early) >= EARLY_STEPS and float(early.sum()) >= EARLY_REWRITE
+    rewrote = (
+        len(early) >= EARLY_STEPS and float(early.sum()) >= EARLY_REWRITE and not _loss_halved(view)
+    )
     collapse = _collapse(view, per_step)
     often = len(high) >= len(per_step) / 4 or per_step.max() > UNSTABLE_ERROR
     if not (often or rewrote or collapse):
@@ -342,16 +366,42 @@ def _collapse(view: View, per_step) -> dict | None:
     before, after = float(rel.iloc[:3].median()), float(rel.iloc[-EARLY_STEPS:].median())
     if not (after > 0 and before / after > COLLAPSE):
         return None
-    loss = view.metric("loss")
-    if not loss.empty:
-        values = loss.iloc[:, 0].to_numpy(dtype=float)
-        values = values[np.isfinite(values)]
-        if len(values) >= 2 * EARLY_STEPS and np.mean(values[-EARLY_STEPS:]) < 0.5 * np.mean(
-            values[:5]
-        ):
-            return None  # a net that fits its data may well end with small gradients
+    if _loss_halved(view):
+        return None  # a net that fits its data may well end with small gradients
     return {
         "grad_over_weight_first": before,
         "grad_over_weight_recent": after,
         "fall": before / after,
     }
+
+
+def _loss_halved(view: View) -> bool:
+    """The logged loss's last steps average under half its first ones: the run fits its data.
+    Early updates as large as the weights are then weights growing into their scale from a small
+    init (logistic regression from zero), not instability."""
+    loss = view.metric("loss")
+    if loss.empty:
+        return False
+    values = loss.iloc[:, 0].to_numpy(dtype=float)
+    values = values[np.isfinite(values)]
+    return len(values) >= 2 * EARLY_STEPS and bool(
+        np.mean(values[-EARLY_STEPS:]) < 0.5 * np.mean(values[:5])
+    )
+
+
+def _loss_falls(view: View) -> bool:
+    """The logged loss's last tenth averages below its first tenth."""
+    loss = view.metric("loss")
+    if loss.empty:
+        return False
+    values = loss.iloc[:, 0].to_numpy(dtype=float)
+    values = values[np.isfinite(values)]
+    k = max(1, len(values) // 10)
+    return len(values) >= 2 * EARLY_STEPS and bool(np.mean(values[-k:]) < np.mean(values[:k]))
+
+
+def _output_activations(view: View) -> set[str]:
+    """Activation layers after the last layer with parameters: the model's output activation."""
+    params = set(view.param_layers)
+    last = max((i for i, n in enumerate(view.order) if n in params), default=-1)
+    return {n for n in view.order[last + 1 :] if n in view.activations}

@@ -38,6 +38,16 @@ LIKELIHOOD = {
     "BinaryCrossEntropyBackward0",
     "LogSoftmaxBackward0",
 }
+# Losses whose target is a class index (0..C-1), and every loss op that saves a target.
+CLASS_INDEX_LOSSES = {"NllLossBackward0", "NllLoss2DBackward0"}
+_TARGET_LOSSES = CLASS_INDEX_LOSSES | {
+    "BinaryCrossEntropyBackward0",
+    "BinaryCrossEntropyWithLogitsBackward0",
+    "MseLossBackward0",
+    "L1LossBackward0",
+    "SmoothL1LossBackward0",
+    "HuberLossBackward0",
+}
 # Ops that carry values to the loss without changing what they are (reshape, clamp, scale...).
 PASS = {
     "ClampBackward1",
@@ -135,6 +145,9 @@ def detect_output_loss(view: View) -> list[Finding]:
             )
             break
     target = graph.get("target") or {}
+    if next((op for op in head if op in _TARGET_LOSSES), None) in CLASS_INDEX_LOSSES:
+        # The target a negative log-likelihood saved holds class indices, not values to match.
+        target = {}
     bounded = next((op for op in head if op in BOUNDS), None)
     if bounded and target and target.get("min") is not None:
         lo, hi = BOUNDS[bounded]
