@@ -291,9 +291,25 @@ def dead_remedies(view: View, layers: list[str]) -> tuple[Remedy, ...]:
     return tuple(r for r in out if r is not None)
 
 
+def _blocking(view: View) -> dict[str, list[str]]:
+    """Saturating activations that can starve a layer: sigmoids (derivative at most 1/4 anywhere)
+    and any other measured in its flat region for most inputs; a tanh that is not saturated (a
+    transformer pooler's) passes the gradient with a derivative near 1."""
+    from gradwatch.diagnose.thresholds import SATURATED_WARN
+
+    sat = view.metric("saturated_frac")
+    hot = set(sat.columns[(sat.median() > SATURATED_WARN).to_numpy()]) if not sat.empty else set()
+    out: dict[str, list[str]] = {}
+    for fn, layers in _activations(view, SATURATING - {"softmax"}).items():
+        kept = [n for n in layers if fn == "sigmoid" or n in hot]
+        if kept:
+            out[fn] = kept
+    return out
+
+
 def stalled_remedies(view: View, layers: list[str]) -> tuple[Remedy, ...]:
     out = [
-        _swap_activation(view, _activations(view, SATURATING)),
+        _swap_activation(view, _blocking(view)),
         # He init only where the model has rectifiers, or where the swap above gives it some.
         _init_remedy(view, "relu")
         if _activations(view, RECTIFIERS | SATURATING - {"softmax"})

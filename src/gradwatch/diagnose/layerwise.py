@@ -86,7 +86,7 @@ def detect_saturation(view: View) -> list[Finding]:
         return []
     recent = _recent(table).dropna()
     hot = recent[recent > SATURATED_WARN]
-    falling, halved = _loss_falls(view), _loss_halved(view)
+    falling, halved = loss_falls(view), loss_halved(view)
     if falling:
         # An output sigmoid/softmax feeding its loss saturates because the model is confident:
         # while the loss falls that is the goal, not a fault.
@@ -241,7 +241,9 @@ def _stalled_at_init(view: View) -> list[Finding]:
     rel = _relative_gradients_at_start(view)
     if rel is None:
         return []
-    top = float(rel.max())
+    # Against the typical layer, not the largest: a head near the loss with small weights (a
+    # transformer's classifier, std 0.02) can sit 1e3x above every other layer.
+    top = float(rel.median())
     stalled = rel[rel < STALLED_AT_INIT * top]
     if stalled.empty:
         return []
@@ -257,12 +259,12 @@ def _stalled_at_init(view: View) -> list[Finding]:
         return []
     summary = (
         f"{names(layers)} would barely change under SGD: gradient/weight "
-        f"{fmt(float(stalled.median()))}, against {fmt(top)} for the layer with the largest (an "
-        "SGD step moves each layer in that proportion)."
+        f"{fmt(float(stalled.median()))}, against {fmt(top)} for the median layer (an SGD step "
+        "moves each layer in that proportion)."
     )
     evidence = {
         "grad_over_weight": {n: float(rel[n]) for n in layers},
-        "largest": top,
+        "median": top,
         "threshold_fraction": STALLED_AT_INIT,
     }
     return [
@@ -300,7 +302,7 @@ def detect_unstable(view: View) -> list[Finding]:
     high = per_step[per_step > UNSTABLE_WARN]
     early = per_step.iloc[:EARLY_STEPS]
     rewrote = (
-        len(early) >= EARLY_STEPS and float(early.sum()) >= EARLY_REWRITE and not _loss_halved(view)
+        len(early) >= EARLY_STEPS and float(early.sum()) >= EARLY_REWRITE and not loss_halved(view)
     )
     collapse = _collapse(view, per_step)
     often = len(high) >= len(per_step) / 4 or per_step.max() > UNSTABLE_ERROR
@@ -366,7 +368,7 @@ def _collapse(view: View, per_step) -> dict | None:
     before, after = float(rel.iloc[:3].median()), float(rel.iloc[-EARLY_STEPS:].median())
     if not (after > 0 and before / after > COLLAPSE):
         return None
-    if _loss_halved(view):
+    if loss_halved(view):
         return None  # a net that fits its data may well end with small gradients
     return {
         "grad_over_weight_first": before,
@@ -375,7 +377,7 @@ def _collapse(view: View, per_step) -> dict | None:
     }
 
 
-def _loss_halved(view: View) -> bool:
+def loss_halved(view: View) -> bool:
     """The logged loss's last steps average under half its first ones: the run fits its data.
     Early updates as large as the weights are then weights growing into their scale from a small
     init (logistic regression from zero), not instability."""
@@ -389,7 +391,7 @@ def _loss_halved(view: View) -> bool:
     )
 
 
-def _loss_falls(view: View) -> bool:
+def loss_falls(view: View) -> bool:
     """The logged loss's last tenth averages below its first tenth."""
     loss = view.metric("loss")
     if loss.empty:

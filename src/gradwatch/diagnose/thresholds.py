@@ -25,7 +25,8 @@ DEAD_AT_INIT = 0.75
 # A layer's update ratio ‖Δw‖/‖w‖ below this fraction of the busiest layer's: it barely learns
 # while others do (the "early layers barely change" sign of vanishing gradients).
 STALLED = 5e-3
-# Before any update: ‖g‖/‖w‖ below this fraction of the largest layer's.
+# Before any update: ‖g‖/‖w‖ below this fraction of the median layer's (not the largest's: a head
+# near the loss with small weights, as in transformers, sits far above every other layer).
 STALLED_AT_INIT = 3e-3
 # Recorded updates a layer needs before its update ratio is judged.
 MIN_UPDATE_STEPS = 5
