@@ -48,13 +48,14 @@ def _all(d) -> dict[str, str]:
 # --- stalled at init -----------------------------------------------------------------------------
 
 
-def test_at_init_a_small_gradient_above_a_layer_that_gets_a_normal_one_is_not_a_stall():
+def test_at_init_a_small_gradient_above_a_layer_the_signal_reaches_is_not_a_stall():
     # BERT: attention's query/key projections get ~1e-5 of their weights at init (near-uniform
-    # attention) while the embeddings below them get 1e-1: the signal reaches below them.
+    # attention) while the signal reaches the embeddings below them at full strength.
     grads = {"0": [0.1], "1": [3e-5], "2": [0.3], "3": [0.3]}
     weights = {n: [1.0] for n in LINEARS}
-    d = diagnose(_table({"grad_norm": grads, "weight_norm": weights}), _meta(LINEARS))
-    assert "stalled_layer" not in _severe(d)
+    backflow = {"0": [1.0], "1": [1e-4], "2": [1.0], "3": [1.0]}
+    table = _table({"grad_norm": grads, "weight_norm": weights, "backflow_norm": backflow})
+    assert "stalled_layer" not in _severe(diagnose(table, _meta(LINEARS)))
 
 
 def test_at_init_the_layers_nearest_the_input_starved_of_gradient_still_stall():
@@ -190,6 +191,27 @@ def test_at_init_half_of_relu_units_off_for_alike_rows_is_not_dead():
     x = torch.randn(1, 16).repeat(32, 1) + 1e-3 * torch.randn(32, 16)
     d = gw.check(model, x, torch.randn(32, 1))
     assert "dead_units" not in _severe(d)
+
+
+def test_at_init_layers_behind_a_zero_initialised_one_get_no_gradient_by_design():
+    # Fixup / ReZero: the last layer of a branch starts at 0 and passes back 0 until it moves.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU())
+    model.append(nn.Linear(32, 1, bias=False))
+    nn.init.zeros_(model[4].weight)
+    d = gw.check(model, torch.randn(32, 16), torch.randn(32, 1))
+    assert "no_gradient" not in _severe(d)
+
+
+def test_a_single_saturated_hidden_layer_of_a_net_whose_loss_fell_is_info_several_are_not():
+    types = {"0": "Linear", "1": "Sigmoid", "2": "Linear", "3": "Sigmoid", "4": "Linear"}
+    acts = {"1": "sigmoid", "3": "sigmoid"}
+    loss = list(np.geomspace(6.4, 1.2, 60))
+    grads = {"grad_norm": {n: [1.0] * 60 for n in ("0", "2", "4")}}
+    one = _table({"saturated_frac": {"1": [0.7] * 60, "3": [0.1] * 60}, **grads}, loss)
+    both = _table({"saturated_frac": {"1": [0.7] * 60, "3": [0.7] * 60}, **grads}, loss)
+    assert _all(diagnose(one, _meta(types, acts))).get("saturated_activation") == "info"
+    assert _severe(diagnose(both, _meta(types, acts))).get("saturated_activation") == "error"
 
 
 # --- theory in the verdict ----------------------------------------------------------------------

@@ -15,6 +15,7 @@ from gradwatch.diagnose.advice import (
 )
 from gradwatch.diagnose.finding import Finding
 from gradwatch.diagnose.thresholds import (
+    BRANCH_REACHED,
     COLLAPSE,
     COLLAPSE_AFTER,
     DEAD_AT_INIT,
@@ -22,6 +23,7 @@ from gradwatch.diagnose.thresholds import (
     DEAD_WARN,
     EARLY_REWRITE,
     EARLY_STEPS,
+    LR_SPIKE,
     MIN_UPDATE_STEPS,
     SATURATED_ERROR,
     SATURATED_WARN,
@@ -30,7 +32,7 @@ from gradwatch.diagnose.thresholds import (
     UNSTABLE_ERROR,
     UNSTABLE_WARN,
 )
-from gradwatch.diagnose.view import View
+from gradwatch.diagnose.view import NORM_TYPES, View
 from gradwatch.display.format import fmt, names
 
 
@@ -95,9 +97,11 @@ def detect_saturation(view: View) -> list[Finding]:
         return []
     layers = [n for n in view.order if n in hot.index]
     error = hot.max() > SATURATED_ERROR or len(hot) > len(recent) / 2
-    # A net whose loss fell below half its start learns through its saturated units: the
-    # saturation is worth knowing (info), not a fault.
-    severity = "info" if halved else ("error" if error else "warning")
+    # One layer saturated part of the time costs the gradient one factor; a net whose loss fell
+    # below half its start learns through it: worth knowing (info), not a fault. Several saturated
+    # layers compound, and past SATURATED_ERROR almost nothing passes: still a fault.
+    mild = halved and len(hot) == 1 and hot.max() <= SATURATED_ERROR
+    severity = "info" if mild else ("error" if error else "warning")
     held = table[(table[layers] > SATURATED_WARN).any(axis=1)]
     summary = (
         f"{len(layers)} of {len(recent)} saturating activations spend most of their time in the "
@@ -241,30 +245,24 @@ def _stalled_at_init(view: View) -> list[Finding]:
     rel = _relative_gradients_at_start(view)
     if rel is None:
         return []
-    # Against the typical layer, not the largest: a head near the loss with small weights (a
-    # transformer's classifier, std 0.02) can sit 1e3x above every other layer.
-    top = float(rel.median())
+    top = float(rel.max())
     stalled = rel[rel < STALLED_AT_INIT * top]
-    if stalled.empty:
-        return []
-    # Depth starves the layers nearest the input first. A small gradient on a layer while a layer
-    # before it in the forward pass gets a normal one is the layer's own (attention's query and
-    # key projections while attention is near uniform, a gate's branch), not starvation: the
-    # signal reached below it, and any optimizer that scales per parameter moves it normally.
-    ordered = [n for n in view.order if n in rel.index]
-    first_moving = next((i for i, n in enumerate(ordered) if n not in stalled.index), None)
-    layers = ordered[:first_moving] if first_moving is not None else ordered
+    # Depth starves the layers nearest the input first. A small gradient on a layer while the
+    # back-propagated signal reaches a layer before it at full strength is the layer's own
+    # (attention's query and key projections while attention is near uniform), not starvation.
+    reached = _reached_below(view)
+    layers = [n for n in view.order if n in stalled.index and n not in reached]
     stalled = stalled[layers]
     if stalled.empty:
         return []
     summary = (
         f"{names(layers)} would barely change under SGD: gradient/weight "
-        f"{fmt(float(stalled.median()))}, against {fmt(top)} for the median layer (an SGD step "
-        "moves each layer in that proportion)."
+        f"{fmt(float(stalled.median()))}, against {fmt(top)} for the layer with the largest (an "
+        "SGD step moves each layer in that proportion)."
     )
     evidence = {
         "grad_over_weight": {n: float(rel[n]) for n in layers},
-        "median": top,
+        "largest": top,
         "threshold_fraction": STALLED_AT_INIT,
     }
     return [
@@ -302,7 +300,9 @@ def detect_unstable(view: View) -> list[Finding]:
     high = per_step[per_step > UNSTABLE_WARN]
     early = per_step.iloc[:EARLY_STEPS]
     rewrote = (
-        len(early) >= EARLY_STEPS and float(early.sum()) >= EARLY_REWRITE and not loss_halved(view)
+        len(early) >= EARLY_STEPS
+        and float(early.sum()) >= EARLY_REWRITE
+        and not (loss_halved(view) and not _loss_spiked(view))
     )
     collapse = _collapse(view, per_step)
     often = len(high) >= len(per_step) / 4 or per_step.max() > UNSTABLE_ERROR
@@ -386,9 +386,23 @@ def loss_halved(view: View) -> bool:
         return False
     values = loss.iloc[:, 0].to_numpy(dtype=float)
     values = values[np.isfinite(values)]
-    return len(values) >= 2 * EARLY_STEPS and bool(
-        np.mean(values[-EARLY_STEPS:]) < 0.5 * np.mean(values[:5])
+    # Halving means something only for a loss bounded below by 0 (a GAN generator's log(1 - D)
+    # is negative).
+    return (
+        len(values) >= 2 * EARLY_STEPS
+        and bool((values >= 0).all())
+        and bool(np.mean(values[-EARLY_STEPS:]) < 0.5 * np.mean(values[:5]))
     )
+
+
+def _loss_spiked(view: View) -> bool:
+    """The logged loss rose above LR_SPIKE x its first value at some step."""
+    loss = view.metric("loss")
+    if loss.empty:
+        return False
+    values = loss.iloc[:, 0].to_numpy(dtype=float)
+    values = values[np.isfinite(values)]
+    return len(values) >= 2 and values[0] > 0 and bool(values[1:].max() > LR_SPIKE * values[0])
 
 
 def loss_falls(view: View) -> bool:
@@ -407,3 +421,23 @@ def _output_activations(view: View) -> set[str]:
     params = set(view.param_layers)
     last = max((i for i, n in enumerate(view.order) if n in params), default=-1)
     return {n for n in view.order[last + 1 :] if n in view.activations}
+
+
+def _reached_below(view: View) -> set[str]:
+    """Layers after (in the forward pass) some layer whose back-propagated signal at the first
+    step is at least BRANCH_REACHED of the median layer's: the signal got below them."""
+    b = view.metric("backflow_norm")
+    if b.empty:
+        return set()
+    first = b.iloc[0].dropna()
+    first = first[[n for n in first.index if view.type_of(n) not in NORM_TYPES]]
+    first = first[first > 0]
+    if len(first) < 2:
+        return set()
+    strong = set(first.index[first >= BRANCH_REACHED * float(first.median())])
+    out, seen = set(), False
+    for n in view.order:
+        if seen:
+            out.add(n)
+        seen = seen or n in strong
+    return out

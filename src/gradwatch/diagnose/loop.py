@@ -242,6 +242,13 @@ def detect_no_gradient(view: View) -> list[Finding]:
         if not zero:
             return []
     why, reason = _why(zero, cut, no_grad, graph, every)
+    if reason == "zero" and _zero_initialised(view):
+        # A layer initialised to exactly 0 (Fixup, ReZero, a zero-init residual branch) passes
+        # back 0 to the layers before it until its first update: by design, not a bug, while no
+        # update has been recorded yet.
+        upd = view.metric("update_ratio")
+        if upd.empty:
+            return []
     severity = "error" if every or reason in ("no_grad", "cut") else "warning"
     summary = (
         f"{'Every layer' if every else names(zero)} got no gradient at any of {view.n_steps} "
@@ -365,3 +372,9 @@ def detect_unscaled(view: View) -> list[Finding]:
             view.steps[0],
         )
     ]
+
+
+def _zero_initialised(view: View) -> bool:
+    """Some layer's weights are exactly 0 at the first recorded step."""
+    w = view.metric("weight_norm")
+    return not w.empty and bool((w.iloc[0] == 0).any())

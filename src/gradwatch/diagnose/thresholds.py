@@ -25,9 +25,12 @@ DEAD_AT_INIT = 0.75
 # A layer's update ratio ‖Δw‖/‖w‖ below this fraction of the busiest layer's: it barely learns
 # while others do (the "early layers barely change" sign of vanishing gradients).
 STALLED = 5e-3
-# Before any update: ‖g‖/‖w‖ below this fraction of the median layer's (not the largest's: a head
-# near the loss with small weights, as in transformers, sits far above every other layer).
+# Before any update: ‖g‖/‖w‖ below this fraction of the largest layer's.
 STALLED_AT_INIT = 3e-3
+# ... unless the back-propagated signal reaches a layer before it at this fraction of the median
+# layer's or more: then the gradient got below it and its small gradient is its own (BERT's
+# query/key projections at near-uniform attention), not a signal vanishing with depth.
+BRANCH_REACHED = 0.1
 # Recorded updates a layer needs before its update ratio is judged.
 MIN_UPDATE_STEPS = 5
 # Update/weight per step, median layer. Around 1e-3 is healthy (Karpathy's rule of thumb);
