@@ -252,3 +252,39 @@ def test_a_tanh_stack_on_the_critical_line_has_no_finding():
 def test_a_relu_stack_with_he_init_has_no_finding():
     d = gw.check(_tanh_stack(2.0, relu=True), X, Y)
     assert _severe(d) == {}
+
+
+# --- root cause first ---------------------------------------------------------------------------
+
+
+def _finding(kind: str, step: int, severity: str = "warning"):
+    from gradwatch.diagnose import Finding
+
+    return Finding(kind, severity, ("0",), kind, {}, (), step)
+
+
+def test_gradients_exploding_before_any_update_explain_the_learning_rate_verdict():
+    # so48385830: N(0, 1) weights without activations under MSE explode at step 0; lr 3 then
+    # diverges. The fix is the output and loss, not the rate.
+    from gradwatch.diagnose.causes import order_by_cause
+
+    found = order_by_cause([_finding("bad_learning_rate", 0), _finding("exploding_gradient", 0)])
+    assert [f.kind for f in found] == ["exploding_gradient", "bad_learning_rate"]
+    assert found[1].caused_by == "exploding_gradient"
+
+
+def test_gradients_exploding_after_updates_are_the_learning_rates_doing():
+    from gradwatch.diagnose.causes import order_by_cause
+
+    found = order_by_cause([_finding("exploding_gradient", 5), _finding("bad_learning_rate", 0)])
+    assert [f.kind for f in found] == ["bad_learning_rate", "exploding_gradient"]
+    assert found[1].caused_by == "bad_learning_rate"
+
+
+def test_a_gradient_vanished_through_time_from_the_start_comes_before_the_rate():
+    from gradwatch.diagnose.causes import order_by_cause
+
+    found = order_by_cause(
+        [_finding("bad_learning_rate", 0), _finding("vanishing_through_time", 0)]
+    )
+    assert found[0].kind == "vanishing_through_time" and found[1].caused_by == found[0].kind

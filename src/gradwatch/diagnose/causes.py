@@ -42,7 +42,7 @@ MECHANISM: dict[str, set[str]] = {
     "dead_units": {"vanishing_gradient", "no_gradient", "stalled_layer", "loss_plateau"},
     "saturated_activation": {"vanishing_gradient", "stalled_layer", "loss_plateau"},
     "vanishing_gradient": {"stalled_layer", "loss_plateau"},
-    "vanishing_through_time": {"loss_plateau", "stalled_layer"},
+    "vanishing_through_time": {"loss_plateau", "stalled_layer", "bad_learning_rate"},
 }
 ROOTNESS = {
     "uncleared_gradients": 0,
@@ -64,6 +64,8 @@ ROOTNESS = {
 _RANK = {"error": 0, "warning": 1, "info": 2}
 # Findings about the size of the optimizer's steps: they act only through updates.
 _STEP_SIZE = {"bad_learning_rate", "unstable_updates"}
+# Findings of the model itself that, held at step 0, explain a learning-rate verdict.
+_AT_INIT_CAUSES = {"exploding_gradient", "vanishing_through_time"}
 # Findings read from updates or the loss over time: their step 0 already includes the first update.
 _OVER_TIME = _STEP_SIZE | {"stalled_layer", "loss_plateau"}
 
@@ -79,9 +81,10 @@ def _can_explain(cause: Finding, effect: Finding) -> bool:
         # Step 0 is measured before the first update: what already held there is the model's
         # (its init, its loss, its data), and no learning rate made it.
         return False
-    if effect.kind in _STEP_SIZE and cause.kind == "exploding_gradient" and cause.step != 0:
+    if effect.kind in _STEP_SIZE and cause.kind in _AT_INIT_CAUSES and cause.step != 0:
         # Gradients that explode only after updates may be the step size's doing; gradients that
-        # explode before any update make every learning rate too large.
+        # explode before any update make every learning rate too large, and a gradient that
+        # vanished through time from the start keeps the loss at chance whatever the rate.
         return False
     # A cause holds no later than what it explains.
     return cause.step is None or effect.step is None or cause.step <= effect.step
