@@ -288,3 +288,14 @@ def test_a_gradient_vanished_through_time_from_the_start_comes_before_the_rate()
         [_finding("bad_learning_rate", 0), _finding("vanishing_through_time", 0)]
     )
     assert found[0].kind == "vanishing_through_time" and found[1].caused_by == found[0].kind
+
+
+def test_nan_from_the_log_of_a_probability_is_not_the_step_sizes_doing():
+    # skorch #481: NLLLoss(torch.log(softmax)) underflows to log 0 at any learning rate.
+    from dataclasses import replace
+
+    from gradwatch.diagnose.causes import order_by_cause
+
+    nan = replace(_finding("nonfinite", 79, "error"), evidence={"log_of_probability": True})
+    found = order_by_cause([_finding("unstable_updates", 0), nan])
+    assert found[0].kind == "nonfinite" and found[0].caused_by is None

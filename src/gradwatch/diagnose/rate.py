@@ -50,7 +50,7 @@ def detect_learning_rate(view: View) -> list[Finding]:
     nonfinite = bool((~np.isfinite(logged)).any())
     finite = logged[np.isfinite(logged)]
     peak = float(finite[1:].max()) if len(finite) > 1 else first
-    if nonfinite and _log_of_probability(view):
+    if nonfinite and log_of_probability(view):
         # log(softmax) / log(sigmoid) underflows to log 0 at any learning rate: the loss's
         # numerics, not the step size, make it non-finite (the nonfinite finding says so).
         nonfinite = False
@@ -121,7 +121,8 @@ def detect_learning_rate(view: View) -> list[Finding]:
     return []
 
 
-def _log_of_probability(view: View) -> bool:
+def log_of_probability(view: View) -> bool:
+    """The loss's graph takes the log of a softmax or sigmoid output (clamps aside)."""
     head = ((view.meta.get("probes", {}).get("loop") or {}).get("graph") or {}).get("head") or []
     for i, op in enumerate(head[:-1]):
         if op == "LogBackward0":
