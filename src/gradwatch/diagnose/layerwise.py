@@ -98,7 +98,9 @@ def detect_saturation(view: View) -> list[Finding]:
     if hot.empty:
         return []
     layers = [n for n in view.order if n in hot.index]
-    error = hot.max() > SATURATED_ERROR or len(hot) > len(recent) / 2
+    # Most of several saturating layers is an error: their factors compound. One layer alone at
+    # 55% costs one factor: a warning until it passes SATURATED_ERROR.
+    error = hot.max() > SATURATED_ERROR or (len(hot) >= 2 and len(hot) > len(recent) / 2)
     # One layer saturated part of the time costs the gradient one factor; a net whose loss fell
     # below half its start learns through it: worth knowing (info), not a fault. Several saturated
     # layers compound, and past SATURATED_ERROR almost nothing passes: still a fault.
