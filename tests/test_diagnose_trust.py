@@ -299,3 +299,11 @@ def test_nan_from_the_log_of_a_probability_is_not_the_step_sizes_doing():
     nan = replace(_finding("nonfinite", 79, "error"), evidence={"log_of_probability": True})
     found = order_by_cause([_finding("unstable_updates", 0), nan])
     assert found[0].kind == "nonfinite" and found[0].caused_by is None
+
+
+def test_a_slow_start_under_a_warm_up_schedule_is_not_a_rate_too_low():
+    # Post-LN transformer with warm-up: the first rate is a tenth of the one it returns to.
+    loss = list(np.linspace(2.34, 2.17, 60))
+    meta = _meta(LINEARS)
+    meta["optimizer"] = {"class": "Adam", "lr": [1e-5], "initial_lr": [1e-4]}
+    assert "bad_learning_rate" not in _severe(diagnose(_lr_run(loss, 3e-5), meta))

@@ -85,6 +85,8 @@ def detect_learning_rate(view: View) -> list[Finding]:
         ]
     if len(finite) < LR_MIN_STEPS or len(finite) != len(logged) or first <= 0:
         return []
+    if _warming_up(view):
+        return []  # a scheduler's warm-up starts low by design and raises the rate itself
     late = float(np.median(med[len(med) // 2 :]))
     quarter = max(2, len(finite) // 4)
     x = np.arange(len(finite), dtype=float)
@@ -130,3 +132,10 @@ def log_of_probability(view: View) -> bool:
             if below in ("SoftmaxBackward0", "SigmoidBackward0"):
                 return True
     return False
+
+
+def _warming_up(view: View) -> bool:
+    """A scheduler's warm-up is under way: some group's rate is below the one it returns to."""
+    opt = view.meta.get("optimizer") or {}
+    lrs, initial = opt.get("lr") or [], opt.get("initial_lr") or []
+    return any(i > 1.5 * lr for lr, i in zip(lrs, initial, strict=False))
