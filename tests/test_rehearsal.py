@@ -78,7 +78,9 @@ def test_overflow_and_a_rate_too_small_are_found():
     idle = gw.check(
         model, X, Y, predict=False, optimizer=torch.optim.SGD(model.parameters(), lr=1e-6)
     )
-    assert rehearsed(idle) == {"loss_plateau"}
+    # The rate is the root cause (far below 1e-3 updates); the plateau is its consequence.
+    assert rehearsed(idle) == {"bad_learning_rate", "loss_plateau"}
+    assert idle.findings[0].kind == "bad_learning_rate"
 
 
 def test_model_optimizer_scheduler_and_rng_are_untouched():

@@ -16,6 +16,7 @@ from torch import nn
 from gradwatch._nn import call as _call
 from gradwatch._nn import untouched
 from gradwatch.diagnose import Diagnosis, diagnose
+from gradwatch.diagnose.phase import with_theory
 from gradwatch.errors import CheckError
 from gradwatch.monitor import Watch
 from gradwatch.theory.jacobian import JacobianSpectrum, jacobian_spectrum
@@ -210,7 +211,7 @@ def _run(model: nn.Module, inputs: Any, target: Any, loss_fn: Callable | None, p
         stats = w.stats()
         meta = w.meta()
         extras = _predictions(model, inputs, traced, stats) if predict else {}
-    diagnosis = diagnose(stats, meta)
+    diagnosis = with_theory(diagnose(stats, meta), extras.get("theory"))
     diagnosis.summary.update(extras)
     return diagnosis, stats
 

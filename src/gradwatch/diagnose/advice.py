@@ -6,6 +6,8 @@ observed norms) and returns concrete changes with a snippet to paste.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from gradwatch.diagnose.finding import Remedy
@@ -289,9 +291,25 @@ def dead_remedies(view: View, layers: list[str]) -> tuple[Remedy, ...]:
     return tuple(r for r in out if r is not None)
 
 
+def _blocking(view: View) -> dict[str, list[str]]:
+    """Saturating activations that can starve a layer: sigmoids (derivative at most 1/4 anywhere)
+    and any other measured in its flat region for most inputs; a tanh that is not saturated (a
+    transformer pooler's) passes the gradient with a derivative near 1."""
+    from gradwatch.diagnose.thresholds import SATURATED_WARN
+
+    sat = view.metric("saturated_frac")
+    hot = set(sat.columns[(sat.median() > SATURATED_WARN).to_numpy()]) if not sat.empty else set()
+    out: dict[str, list[str]] = {}
+    for fn, layers in _activations(view, SATURATING - {"softmax"}).items():
+        kept = [n for n in layers if fn == "sigmoid" or n in hot]
+        if kept:
+            out[fn] = kept
+    return out
+
+
 def stalled_remedies(view: View, layers: list[str]) -> tuple[Remedy, ...]:
     out = [
-        _swap_activation(view, _activations(view, SATURATING)),
+        _swap_activation(view, _blocking(view)),
         # He init only where the model has rectifiers, or where the swap above gives it some.
         _init_remedy(view, "relu")
         if _activations(view, RECTIFIERS | SATURATING - {"softmax"})
@@ -579,4 +597,29 @@ def unscaled_remedies(view: View, inputs: bool, targets: bool) -> tuple[Remedy, 
             why="the default init assumes inputs of unit scale; a feature of 1e5 saturates every "
             "unit it feeds and dwarfs the others",
         ),
+    )
+
+
+def critical_init_remedy(view: View, theory: dict) -> Remedy:
+    """Re-initialise the stack on the critical line of its own activation and biases (χ₁ = 1)."""
+    from gradwatch.theory import critical_sigma_w2
+
+    act, sigma_b2 = theory["activation"], theory["sigma_b2"]
+    try:
+        target = critical_sigma_w2(act, sigma_b2=sigma_b2)
+    except Exception:  # noqa: BLE001 - no critical point for this activation and bias scale
+        target = critical_sigma_w2(act, sigma_b2=0.0)
+        sigma_b2 = 0.0
+    layers = theory["layers"]
+    return Remedy(
+        "init",
+        f"Re-initialise {names(layers)} on the critical line of {act} (σ_w² = {fmt(target)} at "
+        f"σ_b² = {fmt(sigma_b2)}; they now have σ_w² = {fmt(theory['sigma_w2'])}):\n"
+        f"    for m in model.modules():\n"
+        f"        if isinstance(m, nn.Linear):\n"
+        f"            nn.init.normal_(m.weight, 0.0, ({fmt(target)} / m.in_features) ** 0.5)\n"
+        f"            nn.init.normal_(m.bias, 0.0, {fmt(math.sqrt(sigma_b2))})",
+        expected="χ₁ = 1: the gradient keeps its size through every layer",
+        why=f"χ₁ = {fmt(theory['chi1'])} per layer compounds over {theory['links']} layers "
+        "(Schoenholz et al. 2017)",
     )

@@ -31,12 +31,18 @@ MECHANISM: dict[str, set[str]] = {
     "no_gradient": {"stalled_layer", "loss_plateau", "vanishing_gradient"},
     "bad_learning_rate": _SYMPTOMS,
     "exploding_through_time": {"nonfinite", "unstable_updates", "exploding_gradient"},
-    "exploding_gradient": {"nonfinite", "dead_units", "unstable_updates", "saturated_activation"},
+    "exploding_gradient": {
+        "nonfinite",
+        "dead_units",
+        "unstable_updates",
+        "saturated_activation",
+        "bad_learning_rate",
+    },
     "unstable_updates": {"nonfinite", "dead_units", "loss_plateau", "saturated_activation"},
     "dead_units": {"vanishing_gradient", "no_gradient", "stalled_layer", "loss_plateau"},
     "saturated_activation": {"vanishing_gradient", "stalled_layer", "loss_plateau"},
     "vanishing_gradient": {"stalled_layer", "loss_plateau"},
-    "vanishing_through_time": {"loss_plateau", "stalled_layer"},
+    "vanishing_through_time": {"loss_plateau", "stalled_layer", "bad_learning_rate"},
 }
 ROOTNESS = {
     "uncleared_gradients": 0,
@@ -56,6 +62,12 @@ ROOTNESS = {
     "loss_plateau": 11,
 }
 _RANK = {"error": 0, "warning": 1, "info": 2}
+# Findings about the size of the optimizer's steps: they act only through updates.
+_STEP_SIZE = {"bad_learning_rate", "unstable_updates"}
+# Findings of the model itself that, held at step 0, explain a learning-rate verdict.
+_AT_INIT_CAUSES = {"exploding_gradient", "vanishing_through_time"}
+# Findings read from updates or the loss over time: their step 0 already includes the first update.
+_OVER_TIME = _STEP_SIZE | {"stalled_layer", "loss_plateau"}
 
 
 def _can_explain(cause: Finding, effect: Finding) -> bool:
@@ -65,6 +77,17 @@ def _can_explain(cause: Finding, effect: Finding) -> bool:
         return False
     if effect.kind == "no_gradient" and effect.evidence.get("reason") not in ("constant", "zero"):
         return False  # a graph cut is a cause of its own
+    if cause.kind in _STEP_SIZE and effect.evidence.get("log_of_probability"):
+        return False  # the log of a probability underflows to log 0 at any step size
+    if cause.kind in _STEP_SIZE and effect.step == 0 and effect.kind not in _OVER_TIME:
+        # Step 0 is measured before the first update: what already held there is the model's
+        # (its init, its loss, its data), and no learning rate made it.
+        return False
+    if effect.kind in _STEP_SIZE and cause.kind in _AT_INIT_CAUSES and cause.step != 0:
+        # Gradients that explode only after updates may be the step size's doing; gradients that
+        # explode before any update make every learning rate too large, and a gradient that
+        # vanished through time from the start keeps the loss at chance whatever the rate.
+        return False
     # A cause holds no later than what it explains.
     return cause.step is None or effect.step is None or cause.step <= effect.step
 

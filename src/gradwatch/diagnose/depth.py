@@ -167,8 +167,11 @@ def detect_depth(view: View) -> list[Finding]:
             and trend["quartile_ratio"] > EXPLODE_WARN / QUARTILE_MARGIN
         ):
             explode.append((step, {"trend": trend}))
+    # Gradients that dwarf their weights mean explosion through depth only in a deep net; in a
+    # shallow one they come from the loss's or the data's scale, which have their own findings.
+    deep = len(view.param_layers) >= MIN_LAYERS
     for step, r in rel.items():
-        if r > RELATIVE_GRAD_WARN and step not in growth:
+        if deep and r > RELATIVE_GRAD_WARN and step not in growth:
             explode.append((int(step), {"relative_gradient": float(r)}))
     for step, g in growth.items():
         r = rel.get(step)

@@ -14,9 +14,12 @@ from gradwatch.diagnose.advice import (
     unstable_remedies,
 )
 from gradwatch.diagnose.finding import Finding
+from gradwatch.diagnose.rate import log_of_probability
 from gradwatch.diagnose.thresholds import (
+    BRANCH_REACHED,
     COLLAPSE,
     COLLAPSE_AFTER,
+    DEAD_AT_INIT,
     DEAD_ERROR,
     DEAD_WARN,
     EARLY_REWRITE,
@@ -29,7 +32,7 @@ from gradwatch.diagnose.thresholds import (
     UNSTABLE_ERROR,
     UNSTABLE_WARN,
 )
-from gradwatch.diagnose.view import View
+from gradwatch.diagnose.view import NORM_TYPES, View
 from gradwatch.display.format import fmt, names
 
 
@@ -66,6 +69,8 @@ def detect_nonfinite(view: View) -> list[Finding]:
         "counts_at_first_step": counts,
         "steps_affected": len(steps),
         "metrics": sorted(set(at_first["metric"])),
+        # log(softmax) / log(sigmoid) in the loss underflows to log 0 at any step size.
+        "log_of_probability": log_of_probability(view),
     }
     return [
         Finding(
@@ -85,10 +90,22 @@ def detect_saturation(view: View) -> list[Finding]:
         return []
     recent = _recent(table).dropna()
     hot = recent[recent > SATURATED_WARN]
+    falling, halved = loss_falls(view), loss_halved(view)
+    if falling:
+        # An output sigmoid/softmax feeding its loss saturates because the model is confident:
+        # while the loss falls that is the goal, not a fault.
+        hot = hot[[n not in _output_activations(view) for n in hot.index]]
     if hot.empty:
         return []
     layers = [n for n in view.order if n in hot.index]
-    error = hot.max() > SATURATED_ERROR or len(hot) > len(recent) / 2
+    # Most of several saturating layers is an error: their factors compound. One layer alone at
+    # 55% costs one factor: a warning until it passes SATURATED_ERROR.
+    error = hot.max() > SATURATED_ERROR or (len(hot) >= 2 and len(hot) > len(recent) / 2)
+    # One layer saturated part of the time costs the gradient one factor; a net whose loss fell
+    # below half its start learns through it: worth knowing (info), not a fault. Several saturated
+    # layers compound, and past SATURATED_ERROR almost nothing passes: still a fault.
+    mild = halved and len(hot) == 1 and hot.max() <= SATURATED_ERROR
+    severity = "info" if mild else ("error" if error else "warning")
     held = table[(table[layers] > SATURATED_WARN).any(axis=1)]
     summary = (
         f"{len(layers)} of {len(recent)} saturating activations spend most of their time in the "
@@ -99,7 +116,7 @@ def detect_saturation(view: View) -> list[Finding]:
     return [
         Finding(
             "saturated_activation",
-            "error" if error else "warning",
+            severity,
             tuple(layers),
             summary,
             evidence,
@@ -114,7 +131,11 @@ def detect_dead(view: View) -> list[Finding]:
     if table.empty:
         return []
     recent = _recent(table).dropna()
-    dead = recent[recent > DEAD_WARN]
+    # Before any update a zero-mean pre-activation is off for a given input with chance 1/2, and
+    # for correlated rows (graph nodes mixed by near-uniform attention, one sequence's steps) off
+    # for all of them with that same chance: at init only more than DEAD_AT_INIT is evidence.
+    at_init = view.metric("update_ratio").empty
+    dead = recent[recent > (DEAD_AT_INIT if at_init else DEAD_WARN)]
     if dead.empty:
         return []
     layers = [n for n in view.order if n in dead.index]
@@ -230,9 +251,14 @@ def _stalled_at_init(view: View) -> list[Finding]:
         return []
     top = float(rel.max())
     stalled = rel[rel < STALLED_AT_INIT * top]
+    # Depth starves the layers nearest the input first. A small gradient on a layer while the
+    # back-propagated signal reaches a layer before it at full strength is the layer's own
+    # (attention's query and key projections while attention is near uniform), not starvation.
+    reached = _reached_below(view)
+    layers = [n for n in view.order if n in stalled.index and n not in reached]
+    stalled = stalled[layers]
     if stalled.empty:
         return []
-    layers = [n for n in view.order if n in stalled.index]
     summary = (
         f"{names(layers)} would barely change under SGD: gradient/weight "
         f"{fmt(float(stalled.median()))}, against {fmt(top)} for the layer with the largest (an "
@@ -277,7 +303,9 @@ def detect_unstable(view: View) -> list[Finding]:
         return []
     high = per_step[per_step > UNSTABLE_WARN]
     early = per_step.iloc[:EARLY_STEPS]
-    rewrote = len(early) >= EARLY_STEPS and float(early.sum()) >= EARLY_REWRITE
+    rewrote = (
+        len(early) >= EARLY_STEPS and float(early.sum()) >= EARLY_REWRITE and not loss_halved(view)
+    )
     collapse = _collapse(view, per_step)
     often = len(high) >= len(per_step) / 4 or per_step.max() > UNSTABLE_ERROR
     if not (often or rewrote or collapse):
@@ -342,16 +370,68 @@ def _collapse(view: View, per_step) -> dict | None:
     before, after = float(rel.iloc[:3].median()), float(rel.iloc[-EARLY_STEPS:].median())
     if not (after > 0 and before / after > COLLAPSE):
         return None
-    loss = view.metric("loss")
-    if not loss.empty:
-        values = loss.iloc[:, 0].to_numpy(dtype=float)
-        values = values[np.isfinite(values)]
-        if len(values) >= 2 * EARLY_STEPS and np.mean(values[-EARLY_STEPS:]) < 0.5 * np.mean(
-            values[:5]
-        ):
-            return None  # a net that fits its data may well end with small gradients
+    if loss_halved(view):
+        return None  # a net that fits its data may well end with small gradients
     return {
         "grad_over_weight_first": before,
         "grad_over_weight_recent": after,
         "fall": before / after,
     }
+
+
+def loss_halved(view: View) -> bool:
+    """The logged loss's last steps average under half its first ones: the run fits its data.
+    Early updates as large as the weights are then weights growing into their scale from a small
+    init (logistic regression from zero), not instability."""
+    loss = view.metric("loss")
+    if loss.empty:
+        return False
+    values = loss.iloc[:, 0].to_numpy(dtype=float)
+    values = values[np.isfinite(values)]
+    # Halving means something only for a loss bounded below by 0 (a GAN generator's log(1 - D)
+    # is negative).
+    return (
+        len(values) >= 2 * EARLY_STEPS
+        and bool((values >= 0).all())
+        # Medians: one spike among the first steps (Adam at too high a rate) must not make a loss
+        # that ends where it started look halved.
+        and bool(np.median(values[-EARLY_STEPS:]) < 0.5 * np.median(values[:5]))
+    )
+
+
+def loss_falls(view: View) -> bool:
+    """The logged loss's last tenth averages below its first tenth."""
+    loss = view.metric("loss")
+    if loss.empty:
+        return False
+    values = loss.iloc[:, 0].to_numpy(dtype=float)
+    values = values[np.isfinite(values)]
+    k = max(1, len(values) // 10)
+    return len(values) >= 2 * EARLY_STEPS and bool(np.mean(values[-k:]) < np.mean(values[:k]))
+
+
+def _output_activations(view: View) -> set[str]:
+    """Activation layers after the last layer with parameters: the model's output activation."""
+    params = set(view.param_layers)
+    last = max((i for i, n in enumerate(view.order) if n in params), default=-1)
+    return {n for n in view.order[last + 1 :] if n in view.activations}
+
+
+def _reached_below(view: View) -> set[str]:
+    """Layers after (in the forward pass) some layer whose back-propagated signal at the first
+    step is at least BRANCH_REACHED of the median layer's: the signal got below them."""
+    b = view.metric("backflow_norm")
+    if b.empty:
+        return set()
+    first = b.iloc[0].dropna()
+    first = first[[n for n in first.index if view.type_of(n) not in NORM_TYPES]]
+    first = first[first > 0]
+    if len(first) < 2:
+        return set()
+    strong = set(first.index[first >= BRANCH_REACHED * float(first.median())])
+    out, seen = set(), False
+    for n in view.order:
+        if seen:
+            out.add(n)
+        seen = seen or n in strong
+    return out

@@ -38,6 +38,16 @@ LIKELIHOOD = {
     "BinaryCrossEntropyBackward0",
     "LogSoftmaxBackward0",
 }
+# Losses whose target is a class index (0..C-1), and every loss op that saves a target.
+CLASS_INDEX_LOSSES = {"NllLossBackward0", "NllLoss2DBackward0"}
+_TARGET_LOSSES = CLASS_INDEX_LOSSES | {
+    "BinaryCrossEntropyBackward0",
+    "BinaryCrossEntropyWithLogitsBackward0",
+    "MseLossBackward0",
+    "L1LossBackward0",
+    "SmoothL1LossBackward0",
+    "HuberLossBackward0",
+}
 # Ops that carry values to the loss without changing what they are (reshape, clamp, scale...).
 PASS = {
     "ClampBackward1",
@@ -135,6 +145,9 @@ def detect_output_loss(view: View) -> list[Finding]:
             )
             break
     target = graph.get("target") or {}
+    if next((op for op in head if op in _TARGET_LOSSES), None) in CLASS_INDEX_LOSSES:
+        # The target a negative log-likelihood saved holds class indices, not values to match.
+        target = {}
     bounded = next((op for op in head if op in BOUNDS), None)
     if bounded and target and target.get("min") is not None:
         lo, hi = BOUNDS[bounded]
@@ -229,6 +242,13 @@ def detect_no_gradient(view: View) -> list[Finding]:
         if not zero:
             return []
     why, reason = _why(zero, cut, no_grad, graph, every)
+    if reason == "zero" and _zero_initialised(view):
+        # A layer initialised to exactly 0 (Fixup, ReZero, a zero-init residual branch) passes
+        # back 0 to the layers before it until its first update: by design, not a bug, while no
+        # update has been recorded yet.
+        upd = view.metric("update_ratio")
+        if upd.empty:
+            return []
     severity = "error" if every or reason in ("no_grad", "cut") else "warning"
     summary = (
         f"{'Every layer' if every else names(zero)} got no gradient at any of {view.n_steps} "
@@ -352,3 +372,9 @@ def detect_unscaled(view: View) -> list[Finding]:
             view.steps[0],
         )
     ]
+
+
+def _zero_initialised(view: View) -> bool:
+    """Some layer's weights are exactly 0 at the first recorded step."""
+    w = view.metric("weight_norm")
+    return not w.empty and bool((w.iloc[0] == 0).any())

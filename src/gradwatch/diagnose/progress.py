@@ -7,6 +7,7 @@ import numpy as np
 
 from gradwatch.diagnose.advice import constant_remedies, idle_remedies
 from gradwatch.diagnose.finding import Finding
+from gradwatch.diagnose.layerwise import loss_halved
 from gradwatch.diagnose.thresholds import (
     IDLE,
     MIN_UPDATE_STEPS,
@@ -62,7 +63,9 @@ def detect_idle(view: View) -> list[Finding]:
     if len(med) < 2:
         return []
     top = float(med.max())
-    if not (0 < top < IDLE):
+    if not (0 < top < IDLE) or loss_halved(view):
+        # A loss that fell below half its start was fitted: small gradients and updates are
+        # what a fitted net has, not a gradient lost at the loss.
         return []
     g, w = view.metric("grad_norm"), view.metric("weight_norm")
     cols = [c for c in med.index if c in g.columns and c in w.columns]

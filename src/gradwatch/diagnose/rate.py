@@ -12,7 +12,9 @@ from gradwatch.diagnose.thresholds import (
     LR_HIGH_UPDATE,
     LR_LOW_GAIN,
     LR_LOW_UPDATE,
+    LR_LOW_WARN,
     LR_MIN_STEPS,
+    LR_NO_PROGRESS,
     LR_SPIKE,
     LR_STILL_FALLING,
     UNSTABLE_ERROR,
@@ -31,7 +33,8 @@ def _median_updates(view: View) -> np.ndarray:
 
 def detect_learning_rate(view: View) -> list[Finding]:
     """Too high: over the first steps the median layer moves more than 3e-2 of its weights per
-    step and the loss spikes above 1.1x its first value or goes non-finite. Too low: updates stay
+    step and the loss spikes above 1.1x its first value and ends above 0.8x it (no lasting
+    progress), or goes non-finite. Too low: updates stay
     below 3e-3, the loss has not fallen by half and is still falling at the end as fast as on
     average (training stopped long before it converged)."""
     med = _median_updates(view)
@@ -47,12 +50,17 @@ def detect_learning_rate(view: View) -> list[Finding]:
     nonfinite = bool((~np.isfinite(logged)).any())
     finite = logged[np.isfinite(logged)]
     peak = float(finite[1:].max()) if len(finite) > 1 else first
-    if nonfinite and _log_of_probability(view):
+    if nonfinite and log_of_probability(view):
         # log(softmax) / log(sigmoid) underflows to log 0 at any learning rate: the loss's
         # numerics, not the step size, make it non-finite (the nonfinite finding says so).
         nonfinite = False
     spike = nonfinite or (first > 0 and peak > LR_SPIKE * first)
-    if early > LR_HIGH_UPDATE and spike:
+    # A spike the loss recovers from, ending well below where it started, is the noise of a large
+    # but workable step: the evidence for "too high" is a loss that spikes and makes no lasting
+    # progress (or goes non-finite).
+    tail = finite[-max(1, len(finite) // 10) :]
+    stuck = nonfinite or (first > 0 and float(np.mean(tail)) > LR_NO_PROGRESS * first)
+    if early > LR_HIGH_UPDATE and spike and stuck:
         severity = (
             "error" if nonfinite or early > UNSTABLE_ERROR / 3 or peak > 10 * first else "warning"
         )
@@ -77,6 +85,8 @@ def detect_learning_rate(view: View) -> list[Finding]:
         ]
     if len(finite) < LR_MIN_STEPS or len(finite) != len(logged) or first <= 0:
         return []
+    if _warming_up(view):
+        return []  # a scheduler's warm-up starts low by design and raises the rate itself
     late = float(np.median(med[len(med) // 2 :]))
     quarter = max(2, len(finite) // 4)
     x = np.arange(len(finite), dtype=float)
@@ -90,6 +100,9 @@ def detect_learning_rate(view: View) -> list[Finding]:
         and end <= LR_STILL_FALLING * overall
         and last > LR_LOW_GAIN * first
     ):
+        # Updates near the healthy 1e-3 are slow evidence: a rate that may be merely careful is
+        # said (info), not warned about; far below it (LR_LOW_WARN) nothing can move.
+        severity = "warning" if late < LR_LOW_WARN else "info"
         summary = (
             f"The learning rate looks too low: the median layer moves {fmt(late)} of its weights "
             f"per step and the loss is still falling as fast at the end as on average, at "
@@ -99,7 +112,7 @@ def detect_learning_rate(view: View) -> list[Finding]:
         return [
             Finding(
                 "bad_learning_rate",
-                "warning",
+                severity,
                 tuple(view.param_layers),
                 summary,
                 evidence,
@@ -110,7 +123,8 @@ def detect_learning_rate(view: View) -> list[Finding]:
     return []
 
 
-def _log_of_probability(view: View) -> bool:
+def log_of_probability(view: View) -> bool:
+    """The loss's graph takes the log of a softmax or sigmoid output (clamps aside)."""
     head = ((view.meta.get("probes", {}).get("loop") or {}).get("graph") or {}).get("head") or []
     for i, op in enumerate(head[:-1]):
         if op == "LogBackward0":
@@ -118,3 +132,10 @@ def _log_of_probability(view: View) -> bool:
             if below in ("SoftmaxBackward0", "SigmoidBackward0"):
                 return True
     return False
+
+
+def _warming_up(view: View) -> bool:
+    """A scheduler's warm-up is under way: some group's rate is below the one it returns to."""
+    opt = view.meta.get("optimizer") or {}
+    lrs, initial = opt.get("lr") or [], opt.get("initial_lr") or []
+    return any(i > 1.5 * lr for lr, i in zip(lrs, initial, strict=False))

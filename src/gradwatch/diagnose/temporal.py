@@ -42,6 +42,7 @@ def detect_through_time(view: View) -> list[Finding]:
     judged: dict[str, int] = {}  # series per layer
     vanished: dict[str, int] = {}  # of which vanishing
     worst_seen: dict[str, dict] = {}
+    first_judged: dict[str, bool] = {}  # whether the first series judged had vanished
     for (step, layer), group in rows.groupby(["step", "layer"], sort=True):
         values = group.sort_values("index")["value"].to_numpy(dtype=float)
         if len(values) < MIN_TIME_STEPS or not np.isfinite(values).all():
@@ -54,6 +55,7 @@ def detect_through_time(view: View) -> list[Finding]:
             "step": int(step),
         }
         judged[layer] = judged.get(layer, 0) + 1
+        first_judged.setdefault(layer, ratio < TIME_VANISH_WARN)
         if ratio < TIME_VANISH_WARN:
             vanishing[layer] = entry
             vanished[layer] = vanished.get(layer, 0) + 1
@@ -67,11 +69,13 @@ def detect_through_time(view: View) -> list[Finding]:
             # Vanishing is judged on the latest step that has a series (training may cure it);
             # an explosion already happened and its overshooting steps are done, so it stays.
             vanishing.pop(layer, None)
-    # Kept when it held on most recorded steps and training has not made up for it since.
+    # Kept when it held from the start or on most recorded steps, and training has not made up
+    # for it since: a vanilla RNN under Adam grows its recurrent weights until the ratio passes the
+    # threshold while the loss stays at chance (the steps lost early are not undone).
     lapsed = {
         n: first_step[f"v{n}"]
         for n in worst_seen
-        if n not in vanishing and 2 * vanished[n] >= judged[n]
+        if n not in vanishing and (first_judged[n] or 2 * vanished[n] >= judged[n])
     }
     for layer in _loss_not_halved(view, lapsed):
         vanishing[layer] = {**worst_seen[layer], "cured": False}

@@ -18,11 +18,19 @@ SATURATED_WARN, SATURATED_ERROR = 0.5, 0.9
 # Fraction of a rectifier's units that are flat for every sample of the batch.
 # AUTOTRAINER flags 70%; half already costs a layer half its width, 90% leaves it nearly dead.
 DEAD_WARN, DEAD_ERROR = 0.5, 0.9
+# Before any update (gw.check) a zero-mean pre-activation is off for half the inputs, and for all
+# rows of a batch whose rows are alike (graph nodes, one sequence) with that same chance of 1/2:
+# only a share well above a half is evidence at init.
+DEAD_AT_INIT = 0.75
 # A layer's update ratio ‖Δw‖/‖w‖ below this fraction of the busiest layer's: it barely learns
 # while others do (the "early layers barely change" sign of vanishing gradients).
 STALLED = 5e-3
 # Before any update: ‖g‖/‖w‖ below this fraction of the largest layer's.
 STALLED_AT_INIT = 3e-3
+# ... unless the back-propagated signal reaches a layer before it at this fraction of the median
+# layer's or more: then the gradient got below it and its small gradient is its own (BERT's
+# query/key projections at near-uniform attention), not a signal vanishing with depth.
+BRANCH_REACHED = 0.1
 # Recorded updates a layer needs before its update ratio is judged.
 MIN_UPDATE_STEPS = 5
 # Update/weight per step, median layer. Around 1e-3 is healthy (Karpathy's rule of thumb);
@@ -96,6 +104,11 @@ NEGATIVE_LIKELIHOOD = -1e-3
 # steps rewrite the weights. With a loss that spikes above LR_SPIKE x its first value (or goes
 # non-finite) the step is too large for the loss surface.
 LR_EARLY, LR_HIGH_UPDATE, LR_SPIKE = 10, 3e-2, 1.1
+# ... and the loss made no lasting progress: the mean of the last tenth of the logged losses is
+# above this fraction of the first. A healthy large step spikes and recovers (pytorch/examples'
+# time_sequence_prediction, realbugs fixed versions at their fixed rates: 0.5x to 1e-2x of the
+# first loss at the end); a rate that is too high leaves the loss where it started or worse.
+LR_NO_PROGRESS = 0.8
 # The update/weight ratio a remedy aims for: between Karpathy's 1e-3 and the 1e-2 that Adam at its
 # default 1e-3 gives a freshly initialised net.
 LR_TARGET_UPDATE = 3e-3
@@ -103,4 +116,23 @@ LR_TARGET_UPDATE = 3e-3
 # end as fast as on average (the last quarter's slope >= LR_STILL_FALLING x the run's) and it has
 # not yet fallen by half.
 LR_LOW_UPDATE, LR_STILL_FALLING, LR_LOW_GAIN = 3e-3, 0.5, 0.5
+# Updates near 1e-3 are healthy by the same rule of thumb: a slow loss there may be a careful
+# rate or a hard task, so "too low" is only said (info); below this (as IDLE) it is a warning.
+LR_LOW_WARN = 3e-4
 LR_MIN_STEPS = 20
+
+# ---------------------------------------------------------------- theory at init (phase.py)
+
+# A traced chain (weight layers joined by one elementwise activation) must hold this share of the
+# model's weight layers for the theory to speak for the model: below it residuals, norms or
+# attention carry the gradient along paths mean-field theory does not describe.
+THEORY_COVERAGE = 0.75
+# The theory's per-layer factor and the measured one (geometric means over the chain) must agree
+# within this factor: at width >= 100 they agree within a few percent (DOMAIN.md), so a larger gap
+# means the model is not the stack the theory assumes.
+THEORY_AGREE = 1.25
+# Chaotic phase (χ₁ > 1): a gradient that grows tenfold from the last layer to the first. Growth
+# there comes with a forward map that decorrelates nearby inputs (c* < 1), so it is judged more
+# strictly than the measured EXPLODE_WARN (1e3), which must also tolerate healthy nets' spread.
+# A chain deeper than the trainable depth 6ξ_c (Schoenholz et al. 2017) is an error.
+THEORY_CHAOS_WARN = 10.0

@@ -100,7 +100,12 @@ def optimizer_summary(optimizer: torch.optim.Optimizer | None) -> dict | None:
     for group in optimizer.param_groups:
         lr = group.get("lr")
         lrs.append(float(lr) if not isinstance(lr, torch.Tensor) else float(lr.detach().cpu()))
-    return {"class": type(optimizer).__name__, "lr": lrs}
+    out = {"class": type(optimizer).__name__, "lr": lrs}
+    # A scheduler keeps the rate it will return to (warm-up starts below it).
+    initial = [g["initial_lr"] for g in optimizer.param_groups if "initial_lr" in g]
+    if initial and all(isinstance(x, (int, float)) for x in initial):
+        out["initial_lr"] = [float(x) for x in initial]
+    return out
 
 
 def model_summary(
