@@ -69,7 +69,8 @@ class RehearsedChange:
     final: float  # mean over seeds of the mean loss of the last 10% of steps (inf if non-finite)
     spread: float  # standard deviation of that over seeds (same units)
     relative: float | None  # final / the baseline's final; None for the baseline or when undefined
-    verdict: str  # "baseline", "better", "worse", "within noise", "failed"
+    # "baseline", "better", "better, with new findings", "worse", "within noise", "failed"
+    verdict: str
     findings: tuple[str, ...] = ()  # warning/error finding kinds of the rehearsal (first seed)
     cleared: tuple[str, ...] = ()  # kinds the baseline's rehearsal had and this one has not
     introduced: tuple[str, ...] = ()  # kinds this one has and the baseline's had not
@@ -449,6 +450,11 @@ def _result(
             if metric is not None
             else (baseline.final, baseline.spread),
         )
+    introduced = tuple(k for k in found if k not in base_found)
+    if verdict == "better" and introduced:
+        # A lower loss bought with a problem the program did not have (AGC on a healthy net that
+        # then takes unstable steps) is a trade-off to weigh, not a fix to apply first.
+        verdict = "better, with new findings"
     return RehearsedChange(
         name,
         action,
@@ -460,7 +466,7 @@ def _result(
         verdict,
         findings=found,
         cleared=tuple(k for k in base_found if k not in found),
-        introduced=tuple(k for k in found if k not in base_found),
+        introduced=introduced,
         metric=m,
         metric_spread=m_spread,
         seconds=seconds,
@@ -482,7 +488,7 @@ def _verdict(this: tuple, base: tuple) -> str:
     return "within noise"
 
 
-_ORDER = {"better": 0, "within noise": 1, "worse": 2, "failed": 3}
+_ORDER = {"better": 0, "better, with new findings": 1, "within noise": 2, "worse": 3, "failed": 4}
 
 
 def _rank(r: RehearsedChange) -> tuple:
