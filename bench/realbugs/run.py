@@ -37,26 +37,11 @@ if str(BENCH) not in sys.path:
 
 import gradwatch as gw  # noqa: E402
 from diagnosis import autotrainer  # noqa: E402
+from gradwatch.diagnose.finding import ACTIONS  # noqa: E402 - the vocabulary labels use
 from realbugs.program import Program  # noqa: E402
 
 MEASURED = HERE / "measured.json"
 SEVERE = ("warning", "error")
-ACTIONS = (
-    "lr",
-    "init",
-    "activation",
-    "normalization",
-    "residual",
-    "clipping",
-    "gating",
-    "forget_bias",
-    "depth",
-    "precision",
-    "optimizer",
-    "loss",
-    "data",
-    "loop",
-)
 KINDS = (
     "no_gradient",
     "output_loss_mismatch",
