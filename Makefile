@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# --overwrite: a second `make demo` replaces the runs the first one left in runs/demo.
 demo: setup
-	$(BIN)/gradwatch demo
+	$(BIN)/gradwatch demo --overwrite
 
 test: setup
 	$(BIN)/python -m pytest -q
