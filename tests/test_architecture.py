@@ -215,6 +215,32 @@ def test_import_gradwatch_loads_nothing_a_watch_does_not_need(heavy):
     assert out.stdout.strip() == "False"
 
 
+_WATCH_IMPORTS = """
+import sys, torch
+model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+opt = torch.optim.SGD(model.parameters(), lr=0.1)  # torch's own imports, before gradwatch's
+before = set(sys.modules)
+import gradwatch as gw
+w = gw.watch(model, opt, flush_every=8)
+for _ in range(3):  # steps before the first flush
+    opt.zero_grad()
+    model(torch.randn(16, 4)).pow(2).mean().backward()
+    opt.step()
+heavy = ("pandas", "pyarrow", "plotly", "torch.distributed.tensor", "gradwatch.diagnose.detect")
+print(sorted(m for m in set(sys.modules) - before if m in heavy))
+"""
+
+
+def test_watching_imports_no_table_library_before_the_first_flush():
+    """`import gradwatch`, `gw.watch(...)` and the steps before the first flush import neither
+    pandas nor pyarrow (nor plotly, DTensor or the detectors): they cost more to import than the
+    rest of gradwatch, and only the flush needs them."""
+    out = subprocess.run(
+        [sys.executable, "-c", _WATCH_IMPORTS], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout
+
+
 def test_public_names_resolve_lazily():
     code = (
         "import gradwatch as gw\n"

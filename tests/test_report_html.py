@@ -378,3 +378,60 @@ def test_a_report_mid_training_leaves_training_as_it_was(tmp_path):
         return losses
 
     assert run(True) == run(False)
+
+
+def test_a_report_of_a_closed_watch_reads_its_stored_findings(runs, monkeypatch):
+    """A closed watch stores the whole run's findings (and which rows they judged); a report of
+    its directory reads them instead of running the detectors, and they are the watch's own."""
+    root, broken, _ = runs
+    import gradwatch.report.data as data
+
+    def no_detectors(*args, **kwargs):
+        raise AssertionError("the report ran the detectors again")
+
+    monkeypatch.setattr(data, "diagnose", no_detectors)
+    (run,) = load_runs([root / "broken"])
+    assert run.diagnosis.findings, "the broken run has findings"
+    assert [f.to_dict() for f in run.diagnosis.findings] == [
+        f.to_dict() for f in broken.diagnose().findings
+    ]
+
+
+def test_stored_findings_that_judged_other_rows_are_not_used(runs, tmp_path, monkeypatch):
+    """findings.json of a run whose stats changed since (here: fewer rows) is diagnosed again."""
+    import shutil
+
+    import gradwatch.report.data as data
+
+    root, _, _ = runs
+    copy = tmp_path / "copy"
+    shutil.copytree(root / "broken", copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    assert meta["findings_of"]["rows"] == len(gw.load(copy).stats)
+    meta["findings_of"]["rows"] += 1
+    (copy / "meta.json").write_text(json.dumps(meta))
+    calls = []
+    real = data.diagnose
+    monkeypatch.setattr(data, "diagnose", lambda *a, **k: calls.append(1) or real(*a, **k))
+    load_runs([copy])
+    assert calls == [1]
+
+
+def test_downsampling_a_categorical_table_equals_downsampling_its_strings():
+    rng = np.random.default_rng(0)
+    n = 2000
+    stats = pd.DataFrame(
+        {
+            "step": np.repeat(np.arange(n), 3),
+            "layer": np.tile(np.array(["a", "b", "(model)"], dtype=object), n),
+            "metric": np.tile(np.array(["grad_norm", "nonfinite", "loss"], dtype=object), n),
+            "value": rng.uniform(size=3 * n),
+            "index": -1,
+        }
+    )
+    plain = downsample(stats, max_steps=50)
+    coded = downsample(stats.astype({"layer": "category", "metric": "category"}), max_steps=50)
+    key = ["step", "layer", "metric"]
+    a = plain.sort_values(key).reset_index(drop=True)
+    b = coded.astype({"layer": object, "metric": object}).sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a.astype({"layer": object, "metric": object}), b)

@@ -14,6 +14,12 @@ refused instead of mixing its rows with the first's; the lock of a process that 
 over. Reading never hides damage: `Run.problems` names every part that could not be read or is
 missing, and the parts that can be read are still read.
 
+`findings.json` holds the findings the watch last streamed (those of its recent flushes) and, once
+the watch is closed, the whole run's; meta.json's `findings_of` names the rows they judged (first
+and last step, row count), so that a report reads them when they judged exactly the stored stats
+and runs the detectors itself otherwise. A live watch with a run directory reads its `w.stats()`
+back from here (`RunWriter.read`) instead of keeping every flushed row in memory.
+
 pandas and pyarrow are imported where they are first used, not with this module: a watch imports
 it, and should not pay for them (a quarter of a second, more than the rest of gradwatch) before its
 first flush.
@@ -151,6 +157,22 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
     ).astype({"layer": "str", "metric": "str"})
 
 
+def judged(stats: pd.DataFrame) -> dict | None:
+    """What identifies the stats table a diagnosis was made from: its first and last step and its
+    number of rows (None for an empty table)."""
+    if stats.empty:
+        return None
+    step = stats["step"].to_numpy()
+    return {"first_step": int(step.min()), "last_step": int(step.max()), "rows": len(stats)}
+
+
+def findings_current(run: Run) -> bool:
+    """Whether the run's stored findings are the diagnosis of exactly the stats it holds (the
+    watch stores the whole run's at close): then a report need not run the detectors again."""
+    of = run.meta.get("findings_of")
+    return bool(of) and not run.problems and of == judged(run.stats)
+
+
 def _temp_name(path: Path) -> Path:
     """A hidden temporary name next to `path`, unique to this process and call: two writers
     never share one (a shared name let one writer rename the other's file away)."""
@@ -230,13 +252,21 @@ class RunWriter:
         self._release()
 
     def write_meta(self, meta: dict) -> None:
+        if self._judged is not None:
+            meta = {**meta, "findings_of": self._judged}
         write_json(self.path / META, meta)
         if meta.get("finished"):
             # The finished meta is a run's last word (Watch.close writes it after compacting).
             self.close()
 
-    def write_findings(self, findings: list) -> None:
+    _judged: dict | None = None
+
+    def write_findings(self, findings: list, of: dict | None = None) -> None:
+        """findings.json; `of` (`judged(stats)`) says which rows the detectors judged, and goes
+        to meta.json's `findings_of` at its next write: written after findings.json, so that it
+        never claims rows for findings that are not yet there."""
         write_json(self.path / FINDINGS, findings)
+        self._judged = of
 
     def append(self, rows: pa.Table | pd.DataFrame) -> None:
         """Add one flush's rows as a new part file."""
@@ -262,6 +292,24 @@ class RunWriter:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+    def read(self) -> pd.DataFrame:
+        """Every row stored so far, in flush order: what a watch with a run directory returns from
+        `w.stats()`, so that it need not keep the rows in memory as well."""
+        return to_frame(self.read_table())
+
+    def read_table(self) -> pa.Table:
+        """`read()` as an Arrow table."""
+        import pyarrow.dataset as ds
+
+        try:
+            parts = [str(p) for _, _, p in _live_parts(self._stats)]
+            return ds.dataset(parts, schema=_schema(), format="parquet").to_table()
+        except (OSError, ValueError) as exc:
+            raise RunError(
+                f"The stats stored in log_dir '{self.path}' cannot be read back "
+                f"({type(exc).__name__}: {exc}); was the directory changed while watching?"
+            ) from None
 
     def compact(self) -> None:
         """Merge the parts into one file (so long runs do not leave thousands of small files)."""
@@ -391,6 +439,13 @@ def load(path: str | os.PathLike) -> Run:
 
     A run whose process was killed still loads, with every step flushed before it died.
     """
+    return read_run(path)
+
+
+def read_run(path: str | os.PathLike, categories: bool = False) -> Run:
+    """`load(path)`; with `categories`, the layer and metric columns of `.stats` stay pandas
+    categoricals, as Parquet stores them (a report of a long run reads them a fifth as fast, and
+    groups on their codes), instead of strings."""
     import pandas as pd
 
     root = Path(path)
@@ -413,10 +468,10 @@ def load(path: str | os.PathLike) -> Run:
     findings = _read_json(root / FINDINGS, default=[])
     frames, problems = [], []
     if stats_dir.is_dir():
-        frames, problems = _read_parts(stats_dir, meta)
+        frames, problems = _read_parts(stats_dir, meta, categories)
     elif stats_dir.exists():
         try:
-            frames.append(pd.read_parquet(stats_dir))
+            frames.append(_read_parquet(stats_dir, categories))
         except Exception as exc:
             raise CorruptRunError(
                 f"'{stats_dir}' cannot be read as Parquet ({type(exc).__name__}); "
@@ -427,7 +482,12 @@ def load(path: str | os.PathLike) -> Run:
             f"{STATS_DIR} is missing, so none of the {meta['steps_seen']} optimizer steps' "
             "stats can be read"
         )
-    stats = normalize(pd.concat(frames, ignore_index=True)) if frames else empty_stats()
+    if not frames:
+        stats = empty_stats()
+    elif categories:
+        stats = _concat_categories(frames)
+    else:
+        stats = normalize(pd.concat(frames, ignore_index=True))
     if not frames and not problems and meta.get("steps_seen"):
         problems.append(
             f"{STATS_DIR} holds no stats although {meta['steps_seen']} optimizer steps were seen"
@@ -437,11 +497,41 @@ def load(path: str | os.PathLike) -> Run:
     return Run(root, meta, stats, findings, problems)
 
 
-def _read_parts(stats_dir: Path, meta: dict) -> tuple[list[pd.DataFrame], list[str]]:
-    """Every readable part, and a sentence for each part that is unreadable or missing (a gap in
-    the flush numbers the part names carry)."""
+def _read_parquet(path: Path, categories: bool) -> pd.DataFrame:
     import pandas as pd
 
+    if not categories:
+        return pd.read_parquet(path)
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, read_dictionary=["layer", "metric"])
+    return table.to_pandas()
+
+
+def _concat_categories(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """One frame from parts whose text columns are categoricals (their categories unified)."""
+    import pandas as pd
+    from pandas.api.types import union_categoricals
+
+    if len(frames) == 1:
+        df = frames[0]
+    else:
+        text = {
+            c: union_categoricals([f[c].astype("category") for f in frames], ignore_order=True)
+            for c in ("layer", "metric")
+        }
+        df = pd.concat([f.drop(columns=list(text)) for f in frames], ignore_index=True)
+        for c, values in text.items():
+            df[c] = values
+    df = df[list(COLUMNS)]
+    return df.reset_index(drop=True)
+
+
+def _read_parts(
+    stats_dir: Path, meta: dict, categories: bool = False
+) -> tuple[list[pd.DataFrame], list[str]]:
+    """Every readable part, and a sentence for each part that is unreadable or missing (a gap in
+    the flush numbers the part names carry)."""
     flush_every = meta.get("settings", {}).get("flush_every")
     every = meta.get("settings", {}).get("every") or 1
 
@@ -460,7 +550,7 @@ def _read_parts(stats_dir: Path, meta: dict) -> tuple[list[pd.DataFrame], list[s
             problems.append(f"Stats of {lost(expected, lo - 1)} are missing")
         expected = max(expected, hi + 1)
         try:
-            frames.append(pd.read_parquet(part))
+            frames.append(_read_parquet(part, categories))
         except Exception as exc:  # noqa: BLE001 - a damaged part must not hide the others
             problems.append(
                 f"Skipped unreadable part {part.name} ({type(exc).__name__}): {lost(lo, hi)} lost"

@@ -1,24 +1,46 @@
 """The recorded steps on their way to the host: the slots of the on-device step table, the losses
-logged for them, the flush that copies them in one transfer, the chunks it keeps (and the stats
-frames built from them on demand), and the findings streamed at each flush."""
+logged for them, the flush that copies them in one transfer, what it keeps for `w.stats()`, and
+the findings streamed at each flush.
+
+What is kept for `w.stats()` (memory flat in steps when there is a run directory):
+- with a `log_dir`, nothing beyond the last `RECENT` flushes (the streamed diagnosis's window):
+  every flushed step is in the store, and `w.stats()` reads it back from there;
+- without one (or once a write to the store failed), every flushed step, in memory, each flush
+  as the Parquet bytes a run directory would hold (about one byte a row, against some 90 for an
+  Arrow table and the pandas frame made from it: ~0.3 KB a step for 100 layers instead of
+  ~50 KB). A watch without a run directory keeps all it recorded, since nothing else does; it
+  grows that slowly, and a run directory makes it flat.
+
+pandas and pyarrow are imported at the first flush, not with this module.
+"""
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
 import torch
 
 from gradwatch._tensor import is_sharded, to_host
-from gradwatch.diagnose import diagnose
+from gradwatch.diagnose import Diagnosis, diagnose
 from gradwatch.errors import TrainingStoppedError, WatchError
 from gradwatch.monitor import distributed as _dist
 from gradwatch.monitor.options import WatchOptions
 from gradwatch.monitor.probeset import ProbeSet
 from gradwatch.probes.base import ABSENT
-from gradwatch.store import RunWriter, empty_stats, long_table, normalize, to_frame
+from gradwatch.store import RunWriter, empty_stats, judged, long_table, normalize, to_frame
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+# Flushes the streamed diagnosis looks back over: its cost per flush stays flat however long the
+# run is, and so does what it keeps.
+RECENT = 10
+# Rows up to which consecutive flushes held in memory share one compressed buffer.
+HELD_ROWS = 1 << 16
 
 
 class StepBuffer:
@@ -47,8 +69,13 @@ class StepBuffer:
         self.slot = 0  # the next free slot of the table
         self.slot_steps: list[int] = []  # the optimizer step each filled slot holds
         self.flushing = False
-        self.chunks: list[pa.Table] = []  # one per flush; pandas frames are built on demand
-        self.frames: list[pd.DataFrame] = []
+        # The last RECENT flushes' rows, each with its pandas frame once one was built.
+        self.recent: deque[list] = deque(maxlen=RECENT)
+        # Whether every flushed row is in the store (then w.stats() reads it from there), and
+        # otherwise the flushed rows held here, compacted (see the module's docstring).
+        self.stored = writer is not None
+        self.held: list[pa.Buffer] = []
+        self.held_rows: list[int] = []  # rows in each held buffer
         # Losses logged since the last recorded step (device scalars or floats), then per slot;
         # averaged on the host at flush. A loss may be negative (a log-likelihood, a GAN's
         # critic), so it stays out of the table, whose "negative is absent" marker cannot tell.
@@ -112,9 +139,16 @@ class StepBuffer:
         blocks = [block for probe in self.probes for block in probe.finalize(raw)]
         blocks.append(("loss", ["(model)"], loss[:, None], loss_present[:, None]))
         rows = long_table(blocks, steps)
-        self.chunks.append(rows)
+        self.recent.append([rows, None])
+        if not self.stored:
+            self._hold(rows)
         if self.writer is not None:
-            self.writer.append(rows)
+            try:
+                self.writer.append(rows)
+            except BaseException:
+                if self.stored:
+                    self._hold_stored(rows)
+                raise
             # Kept current (steps seen, forward order) so a killed run's meta.json is not stale.
             self.write_meta()
         if self.on_finding is not None or self.raise_on or self.writer is not None:
@@ -143,10 +177,10 @@ class StepBuffer:
 
         A window of the last ten flushes keeps the cost per flush flat however long the run is.
         """
-        recent = self.frame(len(self.chunks) - 10)
+        recent = self.recent_frame()
         diagnosis = diagnose(recent, self.meta())
         if self.writer is not None:
-            self.writer.write_findings([f.to_dict() for f in diagnosis.findings])
+            self.writer.write_findings([f.to_dict() for f in diagnosis.findings], judged(recent))
         for finding in diagnosis.findings:
             key = (finding.kind, finding.layers)
             if key in self.reported:
@@ -166,13 +200,60 @@ class StepBuffer:
                     "remedies."
                 )
 
+    def _hold(self, rows: pa.Table) -> None:
+        """Keep `rows` compressed; small flushes are merged into one Parquet buffer of up to
+        HELD_ROWS rows, so that each buffer's fixed cost (its footer) stays small beside it."""
+        if self.held and self.held_rows[-1] + len(rows) <= HELD_ROWS:
+            import pyarrow as pa
+
+            rows = pa.concat_tables([_expand(self.held.pop()), rows])
+            self.held_rows.pop()
+        self.held.append(_compact(rows))
+        self.held_rows.append(len(rows))
+
+    final: Diagnosis | None = None
+
+    def finish(self) -> None:
+        """At close, with a run directory: the diagnosis of the whole run to findings.json (and
+        meta.json's `findings_of`), so that a report of the directory reads it instead of running
+        the detectors again; `w.diagnose()` on the closed watch returns it."""
+        if not self.stored:
+            return
+        stats = self.frame()
+        self.final = diagnose(stats, self.meta())
+        self.writer.write_findings([f.to_dict() for f in self.final.findings], judged(stats))
+
+    def _hold_stored(self, rows: pa.Table) -> None:
+        """A write to the store failed: from now on the flushed rows are held here, starting with
+        those the store has (read back, so that w.stats() still has every step) and `rows`."""
+        self.stored = False
+        try:
+            stored = self.writer.read_table()
+            self.held, self.held_rows = [_compact(stored)], [len(stored)]
+        except Exception:  # noqa: BLE001 - the store is failing; keep what can be kept
+            self.held, self.held_rows = [], []
+        self._hold(rows)
+
     # ----------------------------------------------------------------- reading
 
-    def frame(self, first: int) -> pd.DataFrame:
-        """The flushed rows from chunk `first` on, as a DataFrame (converted once per chunk)."""
-        while len(self.frames) < len(self.chunks):
-            self.frames.append(to_frame(self.chunks[len(self.frames)]))
-        frames = self.frames[max(first, 0) :]
+    def frame(self) -> pd.DataFrame:
+        """Every flushed row, as a DataFrame: read from the store, or from the rows held here."""
+        if self.stored:
+            return self.writer.read()
+        if not self.held:
+            return empty_stats()
+        import pyarrow as pa
+
+        return to_frame(pa.concat_tables([_expand(t) for t in self.held]))
+
+    def recent_frame(self) -> pd.DataFrame:
+        """The last RECENT flushes' rows, as a DataFrame (each converted once)."""
+        import pandas as pd
+
+        for entry in self.recent:
+            if entry[1] is None:
+                entry[1] = to_frame(entry[0])
+        frames = [entry[1] for entry in self.recent]
         if not frames:
             return empty_stats()
         return (
@@ -180,3 +261,21 @@ class StepBuffer:
             if len(frames) == 1
             else normalize(pd.concat(frames, ignore_index=True))
         )
+
+
+def _compact(rows: pa.Table) -> pa.Buffer:
+    """`rows` as Parquet bytes: the run directory's encoding, compressed, held in memory."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(rows, sink)
+    return sink.getvalue()
+
+
+def _expand(held: pa.Buffer) -> pa.Table:
+    """The rows `_compact` encoded."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return pq.read_table(pa.BufferReader(held))

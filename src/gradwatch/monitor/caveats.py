@@ -5,7 +5,10 @@ with no parameter that requires grad (nothing to watch). Each is one sentence fo
 
 from __future__ import annotations
 
-import pandas as pd
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FROZEN = (
     "No parameter of the model requires grad, so nothing is trained and there is no gradient "

@@ -11,9 +11,8 @@ import sys
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import torch
 from torch import nn
 
@@ -31,6 +30,9 @@ from gradwatch.probes.activations import ActivationProbe
 from gradwatch.probes.base import Probe
 from gradwatch.probes.scaler import ScalerHandle, inner_optimizer, inverse_scale_sq
 from gradwatch.store import RunWriter
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Stops the user asked for (raise_on): they reach the training loop. Any other exception raised by
 # gradwatch's own code while training runs detaches the watch instead (see Watch._fail).
@@ -369,7 +371,10 @@ class Watch:
         integration's close among them) gets that diagnosis."""
         if self._closed:
             if self._final is None:
-                self._final = _with_caveats(diagnose(self._buffer.frame(0), self.meta()))
+                final = self._buffer.final
+                if final is None:
+                    final = diagnose(self._buffer.frame(), self.meta())
+                self._final = _with_caveats(final)
             return self._final
         return _with_caveats(diagnose(self.stats(), self.meta()))
 
@@ -427,7 +432,7 @@ class Watch:
                 self._probeset.update.discard()
                 self._pending = None
             self.flush()
-        return self._buffer.frame(0)
+        return self._buffer.frame()
 
     def layers(self) -> list[str]:
         """Layer names in forward order (registration order until the first forward pass).
@@ -486,6 +491,7 @@ class Watch:
             probe.close()
         self._closed = True
         if self._writer is not None:
+            self._buffer.finish()  # the whole run's findings, for reports of the directory
             self._writer.compact()
             self._write_meta(finished=True)
         for listener in self._buffer.listeners:

@@ -15,7 +15,7 @@ import pandas as pd
 
 from gradwatch.diagnose import Diagnosis, Finding, diagnose
 from gradwatch.errors import ReportError, RunNotFoundError
-from gradwatch.store import Run, load
+from gradwatch.store import Run, findings_current, normalize, read_run
 
 MAX_STEPS = 400  # display columns per heatmap: a screen is ~1000 px wide, more is noise and bytes
 LOSS_LAYER = "(model)"
@@ -88,7 +88,7 @@ def from_stats(
     meta = meta or {}
     if diagnosis is None:
         diagnosis = (
-            diagnose(stats, meta)
+            diagnose(normalize(stats), meta)
             if findings is None
             else Diagnosis([_finding(f) for f in findings])
         )
@@ -97,7 +97,7 @@ def from_stats(
     order += [n for n in stats["layer"].unique() if n not in seen and n != LOSS_LAYER]
     types = {d["name"]: d.get("type", "") for d in meta.get("model", {}).get("layers", [])}
     n_steps = len(pd.unique(stats["step"].to_numpy())) if len(stats) else 0
-    shown = downsample(stats, max_steps)
+    shown = normalize(downsample(stats, max_steps))  # text columns as strings, if categoricals
     return ReportRun(
         name,
         shown,
@@ -116,9 +116,12 @@ def from_watch(w, name: str = "run") -> ReportRun:
 
 
 def from_run(run: Run, name: str | None = None) -> ReportRun:
-    """A loaded run as the report shows it. A damaged run whose stats cannot be read at all
-    (`run.problems`, no rows) is shown by the findings it stored, not as "no problem found"."""
-    stored = run.findings if run.problems and run.stats.empty and run.findings else None
+    """A loaded run as the report shows it, with the findings the watch stored when they judged
+    exactly these stats (a closed watch stores the whole run's), else diagnosed here. A damaged
+    run whose stats cannot be read at all (`run.problems`, no rows) is shown by the findings it
+    stored, not as "no problem found"."""
+    damaged = run.problems and run.stats.empty and run.findings
+    stored = run.findings if damaged or findings_current(run) else None
     return from_stats(
         run.stats, run.meta, name=name or run.path.name, findings=stored, path=run.path
     )
@@ -130,7 +133,7 @@ def load_runs(paths: list[str | os.PathLike]) -> list[ReportRun]:
     names: set[str] = set()
     for p in paths:
         try:
-            run = load(p)
+            run = read_run(p, categories=True)
         except RunNotFoundError:
             raise ReportError(
                 f"'{p}' is not a gradwatch run directory; pass the log_dir given to gw.watch()."
@@ -167,8 +170,8 @@ def downsample(stats: pd.DataFrame, max_steps: int = MAX_STEPS) -> pd.DataFrame:
     labels = steps[np.searchsorted(steps, last) - 1]
     # One integer key per (bucket, layer, metric, index): grouping on it is far cheaper than on
     # three string columns of a million-step table.
-    layer_codes, layer_names = pd.factorize(stats["layer"])
-    metric_codes, metric_names = pd.factorize(stats["metric"])
+    layer_codes, layer_names = _codes(stats["layer"])
+    metric_codes, metric_names = _codes(stats["metric"])
     index = stats["index"].to_numpy()
     n_idx = int(index.max()) + 2
     key = (
@@ -176,11 +179,8 @@ def downsample(stats: pd.DataFrame, max_steps: int = MAX_STEPS) -> pd.DataFrame:
         + metric_codes
     ) * n_idx + (index + 1)
     value = pd.Series(stats["value"].to_numpy())
-    is_max = (
-        np.isin(metric_names[metric_codes], list(_MAX_METRICS))
-        if _MAX_METRICS & set(metric_names)
-        else np.zeros(len(key), bool)
-    )
+    counts = [i for i, m in enumerate(metric_names) if m in _MAX_METRICS]
+    is_max = np.isin(metric_codes, counts) if counts else np.zeros(len(key), bool)
     parts = []
     for mask, how in ((~is_max, "median"), (is_max, "max")):
         if mask.any():
@@ -200,3 +200,12 @@ def downsample(stats: pd.DataFrame, max_steps: int = MAX_STEPS) -> pd.DataFrame:
         }
     )
     return out.sort_values("step", kind="stable").reset_index(drop=True)
+
+
+def _codes(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Integer codes of a text column and the names they stand for: a categorical's own (free),
+    else factorized."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        return column.cat.codes.to_numpy(), np.asarray(column.cat.categories, dtype=object)
+    codes, names = pd.factorize(column)
+    return codes, np.asarray(names, dtype=object)
