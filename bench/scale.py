@@ -13,17 +13,21 @@
   the thread's CPU clock with one torch thread (as `overhead.py --interleave --clock cpu`); the
   watched copy runs its first flush window untimed, and the mean covers whole flush periods.
   Ratio flat in L is the target: a cost per layer that Python pays per step would make it grow.
-* `memory`: a 100-layer model trained N steps under a default watch with a `log_dir`, N in
-  `--memory-steps` (one process each, so that one run's memory does not hide in another's):
-  the process's peak RSS over a plain run of the same steps, and the run directory's size, per
-  step. What grows is the stats the watch keeps in memory for `w.stats()` and writes to disk:
-  the per-step figure should settle, not grow.
+* `memory`: a 100-layer model (`Linear(8, 8)`) trained under a default watch with a `log_dir`,
+  under one without, and plain, one process each (side by side), each reading its RSS (and
+  Arrow's memory pool) at every step count in `--memory-steps`: the RSS over plain's, and what
+  it grew per step since the previous count; `w.stats()` is read once at the end (it returns
+  every step, so it is not what the watch keeps). With a `log_dir` the watch keeps nothing per
+  step (flat); without one it keeps every step, compressed (about a byte a row).
 * `report`: a run of N steps (N in `--run-steps`) synthesized as a stats table with the default
   schedule's density (every layer's `grad_norm` and `nonfinite` each step, `update_ratio` every
   other, `weight_norm` once per 100 steps, the activation metrics every 50) for `--run-layers`
   layers, written to a run directory; timed: `gw.load`, `diagnose()`, and the HTML report of that
-  directory, with its size. The report should draw a downsampled table (≤ 10 MB, ≤ 10 s at 1e5
-  steps) while the store keeps every step.
+  directory (its own load included), with its size: once with the findings stored as a closed
+  watch stores them (the whole run's, with meta.json's `findings_of`), which the report reads
+  instead of diagnosing, and once without them (the report runs the detectors). The report
+  should draw a downsampled table (≤ 10 MB, ≤ 10 s at 1e5 steps) while the store keeps every
+  step.
 
 Absolute times are those of this machine at that moment; read ratios and trends.
 """
@@ -118,71 +122,92 @@ _MEMORY_CHILD = r"""
 import json, os, sys, torch
 sys.path.insert(0, os.path.dirname(sys.argv[4]))
 import scale
-steps, watched, log_dir = int(sys.argv[1]), sys.argv[2] == "1", sys.argv[3]
+marks, mode, log_dir = [int(x) for x in sys.argv[1].split(",")], sys.argv[2], sys.argv[3]
 torch.set_num_threads(1)
 torch.manual_seed(0)
-kw = {"log_dir": log_dir} if watched else {}
-t = scale._Trainer(scale._narrow(100, 8), watched, width=8, **kw)
+kw = {"log_dir": log_dir} if mode == "log_dir" else {}
+t = scale._Trainer(scale._narrow(100, 8), mode != "plain", width=8, **kw)
 t.step()
-def hwm():  # this process's peak RSS (ru_maxrss would carry the parent's across exec)
+def status():  # this process's RSS now and at its peak, kB; Arrow's pool, bytes
     with open("/proc/self/status") as f:
-        return int(next(l for l in f if l.startswith("VmHWM")).split()[1])
-base = hwm()
-for _ in range(steps):
-    t.step()
+        d = {l.split(":")[0]: int(l.split()[1]) for l in f if l.startswith(("VmRSS", "VmHWM"))}
+    pa = sys.modules.get("pyarrow")
+    return d["VmRSS"], d["VmHWM"], pa.total_allocated_bytes() if pa else 0
+done = 1
+for mark in marks:
+    while done < mark:
+        t.step()
+        done += 1
+    rss, hwm, arrow = status()
+    print(json.dumps({"steps": mark, "rss_kb": rss, "hwm_kb": hwm, "arrow": arrow}), flush=True)
+# w.stats() once, at the end: it returns every step (so its own size grows with the run), and
+# the allocator would keep its pages, hiding what the watch holds at the marks above.
+rows = len(t.watch.stats()) if t.watch is not None else 0
 if t.watch is not None:
     t.watch.close()
-print(json.dumps({"base_kb": base, "peak_kb": hwm()}))
+print(json.dumps({"rows": rows}), flush=True)
 """
+
+MEMORY_MODES = ("plain", "log_dir", "memory")
 
 
 def memory_part(step_counts: list[int]) -> list[dict]:
-    rows = []
+    """One process per mode (plain training; a default watch with a log_dir; one without), run in
+    parallel (memory does not depend on timing), each reporting its RSS at every step count after
+    reading `w.stats()` there."""
     here = os.path.abspath(__file__)
-    for n in step_counts:
-        out = {}
-        for watched in (False, True):
-            tmp = tempfile.mkdtemp(prefix="gw-scale-")
-            log_dir = os.path.join(tmp, "run")
-            res = subprocess.run(
-                [sys.executable, "-c", _MEMORY_CHILD, str(n), str(int(watched)), log_dir, here],
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            out[watched] = json.loads(res.stdout.strip().splitlines()[-1])
-            out[watched]["disk"] = (
-                sum(f.stat().st_size for f in Path(log_dir).rglob("*") if f.is_file())
-                if watched
-                else 0
-            )
-            shutil.rmtree(tmp, ignore_errors=True)
-        extra = (out[True]["peak_kb"] - out[False]["peak_kb"]) * 1024
-        rows.append(
-            {
-                "steps": n,
-                "plain_peak_mb": out[False]["peak_kb"] / 1024,
-                "watch_peak_mb": out[True]["peak_kb"] / 1024,
-                "extra_bytes_per_step": extra / n,
-                "disk_mb": out[True]["disk"] / 1e6,
-                "disk_bytes_per_step": out[True]["disk"] / n,
-            }
+    tmp = tempfile.mkdtemp(prefix="gw-scale-")
+    marks = ",".join(str(n) for n in sorted(step_counts))
+    procs = {
+        mode: subprocess.Popen(
+            [sys.executable, "-c", _MEMORY_CHILD, marks, mode, os.path.join(tmp, "run"), here],
+            stdout=subprocess.PIPE,
+            text=True,
         )
-        r = rows[-1]
+        for mode in MEMORY_MODES
+    }
+    out = {mode: [json.loads(line) for line in p.stdout] for mode, p in procs.items()}
+    final_rows = {mode: out[mode].pop()["rows"] for mode in out}
+    for p in procs.values():
+        if p.wait() != 0:
+            raise SystemExit("a memory child failed")
+    disk = sum(f.stat().st_size for f in Path(tmp, "run").rglob("*") if f.is_file())
+    shutil.rmtree(tmp, ignore_errors=True)
+    rows = []
+    for i, n in enumerate(sorted(step_counts)):
+        row = {"steps": n}
+        for mode in MEMORY_MODES:
+            row[f"{mode}_rss_mb"] = out[mode][i]["rss_kb"] / 1024
+            row[f"{mode}_hwm_mb"] = out[mode][i]["hwm_kb"] / 1024
+            row[f"{mode}_arrow_mb"] = out[mode][i]["arrow"] / 2**20
+        rows.append(row)
+    print(
+        "| steps | plain RSS | log_dir: RSS over plain | "
+        "no log_dir: RSS over plain | log_dir: B/step since previous | "
+        "no log_dir: B/step since previous | Arrow pool, log_dir / no log_dir |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    prev = None
+    for r in rows:
+        extra = {m: r[f"{m}_rss_mb"] - r["plain_rss_mb"] for m in ("log_dir", "memory")}
+        grow = {
+            m: (extra[m] - prev[m]) * 2**20 / (r["steps"] - prev["steps"]) if prev else None
+            for m in extra
+        }
+        fmt = lambda v: "" if v is None else f"{v:+.0f}"  # noqa: E731
         print(
-            f"  {n} steps: peak RSS plain {r['plain_peak_mb']:.0f} MB, watched "
-            f"{r['watch_peak_mb']:.0f} MB ({r['extra_bytes_per_step']:.0f} B/step more); "
-            f"run dir {r['disk_mb']:.2f} MB ({r['disk_bytes_per_step']:.0f} B/step)",
+            f"| {r['steps']} | {r['plain_rss_mb']:.0f} MB | "
+            f"{extra['log_dir']:+.1f} MB | {extra['memory']:+.1f} MB | "
+            f"{fmt(grow['log_dir'])} | {fmt(grow['memory'])} | "
+            f"{r['log_dir_arrow_mb']:.2f} / {r['memory_arrow_mb']:.2f} MB |",
             flush=True,
         )
-    for a, b in zip(rows, rows[1:], strict=False):
-        # The constant parts (imports, buffers, the first flush) cancel between two run lengths.
-        grow = (b["watch_peak_mb"] - b["plain_peak_mb"]) - (a["watch_peak_mb"] - a["plain_peak_mb"])
-        per_step = grow * 2**20 / (b["steps"] - a["steps"])
-        print(
-            f"  from {a['steps']} to {b['steps']} steps: {per_step:.0f} B per further step",
-            flush=True,
-        )
+        prev = {**extra, "steps": r["steps"]}
+    print(f"rows in w.stats() at the end: {final_rows}")
+    print(
+        f"run directory after {rows[-1]['steps']} steps: {disk / 1e6:.2f} MB "
+        f"({disk / rows[-1]['steps']:.0f} B/step)"
+    )
     return rows
 
 
@@ -229,9 +254,10 @@ def _synthetic_stats(steps: int, layers: int, seed: int = 0):
 
 def report_part(step_counts: list[int], layers: int) -> list[dict]:
     import gradwatch as gw
+    import gradwatch.report.html  # noqa: F401 - plotly's import, once, outside the timings
     from gradwatch.diagnose import diagnose
     from gradwatch.report import html_report
-    from gradwatch.store import RunWriter
+    from gradwatch.store import RunWriter, judged, write_json
 
     rows = []
     for n in step_counts:
@@ -253,26 +279,38 @@ def report_part(step_counts: list[int], layers: int) -> list[dict]:
         t0 = time.perf_counter()
         run = gw.load(tmp / "run")
         t1 = time.perf_counter()
-        diagnose(run.stats, run.meta)
+        diagnosis = diagnose(run.stats, run.meta)
         t2 = time.perf_counter()
-        path = html_report([tmp / "run"], tmp / "report.html")
+        # As a closed watch leaves its directory: the whole run's findings, and which rows they
+        # judged (meta.json's findings_of).
+        writer.write_findings([f.to_dict() for f in diagnosis.findings], judged(run.stats))
+        writer.write_meta(meta)
+        del run, diagnosis
         t3 = time.perf_counter()
+        path = html_report([tmp / "run"], tmp / "report.html")
+        t4 = time.perf_counter()
         size = path.stat().st_size
+        # The same directory without findings_of: the report runs the detectors itself.
+        write_json(tmp / "run" / "meta.json", meta)
+        t5 = time.perf_counter()
+        html_report([tmp / "run"], tmp / "report2.html")
+        t6 = time.perf_counter()
         rows.append(
             {
                 "steps": n,
                 "rows": rows_n,
                 "load_s": t1 - t0,
                 "diagnose_s": t2 - t1,
-                "report_s": t3 - t2,
+                "report_s": t4 - t3,
+                "report_diagnosing_s": t6 - t5,
                 "html_mb": size / 1e6,
             }
         )
         r = rows[-1]
         print(
             f"  {n} steps ({rows_n} rows): load {r['load_s']:.2f} s, diagnose "
-            f"{r['diagnose_s']:.2f} s, report {r['report_s']:.2f} s (its own load and diagnosis "
-            f"included), HTML {r['html_mb']:.2f} MB",
+            f"{r['diagnose_s']:.2f} s, report {r['report_s']:.2f} s with the stored findings "
+            f"({r['report_diagnosing_s']:.2f} s diagnosing again), HTML {r['html_mb']:.2f} MB",
             flush=True,
         )
         shutil.rmtree(tmp, ignore_errors=True)
@@ -284,7 +322,7 @@ def main() -> None:
     parser.add_argument("--parts", default="layers,memory,report")
     parser.add_argument("--layers", default="10,100,1000")
     parser.add_argument("--rounds", type=int, default=100, help="timed steps per layer count")
-    parser.add_argument("--memory-steps", default="1000,10000")
+    parser.add_argument("--memory-steps", default="1000,2000,5000,10000")
     parser.add_argument("--run-steps", default="1000,10000,100000")
     parser.add_argument("--run-layers", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
@@ -296,7 +334,7 @@ def main() -> None:
         print("per-step overhead against depth (default watch, CPU clock, 1 thread):")
         layers_part(ints(args.layers), args.rounds, args.seed)
     if "memory" in parts:
-        print("memory against steps (100 x Linear(8, 8), default watch with a log_dir):")
+        print("memory against steps (100 x Linear(8, 8), default watch):")
         memory_part(ints(args.memory_steps))
     if "report" in parts:
         print(f"load, diagnose and report against run length ({args.run_layers} layers):")

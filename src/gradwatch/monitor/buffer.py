@@ -69,7 +69,9 @@ class StepBuffer:
         self.slot = 0  # the next free slot of the table
         self.slot_steps: list[int] = []  # the optimizer step each filled slot holds
         self.flushing = False
-        # The last RECENT flushes' rows, each with its pandas frame once one was built.
+        # Whether each flush runs the detectors over the last RECENT flushes' rows (kept here,
+        # each with its pandas frame once one was built).
+        self.streams = bool(self.on_finding is not None or self.raise_on or writer is not None)
         self.recent: deque[list] = deque(maxlen=RECENT)
         # Whether every flushed row is in the store (then w.stats() reads it from there), and
         # otherwise the flushed rows held here, compacted (see the module's docstring).
@@ -139,7 +141,8 @@ class StepBuffer:
         blocks = [block for probe in self.probes for block in probe.finalize(raw)]
         blocks.append(("loss", ["(model)"], loss[:, None], loss_present[:, None]))
         rows = long_table(blocks, steps)
-        self.recent.append([rows, None])
+        if self.streams:
+            self.recent.append([rows, None])
         if not self.stored:
             self._hold(rows)
         if self.writer is not None:
@@ -151,7 +154,7 @@ class StepBuffer:
                 raise
             # Kept current (steps seen, forward order) so a killed run's meta.json is not stale.
             self.write_meta()
-        if self.on_finding is not None or self.raise_on or self.writer is not None:
+        if self.streams:
             self._stream_findings(step)
         for listener in self.listeners:
             listener.rows(rows)
