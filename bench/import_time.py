@@ -4,6 +4,7 @@
 .venv/bin/python bench/import_time.py            # 10 rounds
 .venv/bin/python bench/import_time.py --runs 20 --what "import torch, gradwatch; gradwatch.watch"
 .venv/bin/python bench/import_time.py --clock cpu   # CPU time used: steadier on a busy machine
+.venv/bin/python bench/import_time.py --importtime  # what is imported after torch, by package
 ```
 
 Each round runs `python -c "import torch"` and `python -c "import torch, gradwatch;
@@ -39,6 +40,22 @@ def _time(code: str, cpu: bool = False) -> float:
     return used if cpu else wall
 
 
+def after_torch(code: str = WATCH) -> tuple[float, dict[str, float]]:
+    """`python -X importtime`: the self time of every module `code` imports after torch, summed,
+    and by top-level package (seconds)."""
+    err = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, check=True
+    ).stderr.splitlines()
+    first = max(i for i, line in enumerate(err) if line.rstrip().endswith("| torch")) + 1
+    by: dict[str, float] = {}
+    for line in err[first:]:
+        parts = line.split("|")
+        if len(parts) == 3:
+            top = parts[2].strip().split(".")[0]
+            by[top] = by.get(top, 0.0) + int(parts[0].split(":")[1]) / 1e6
+    return sum(by.values()), dict(sorted(by.items(), key=lambda kv: -kv[1]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10, help="rounds (one process of each)")
@@ -47,7 +64,16 @@ def main() -> None:
     parser.add_argument(
         "--clock", choices=("wall", "cpu"), default="wall", help="wall time, or CPU time used"
     )
+    parser.add_argument(
+        "--importtime", action="store_true", help="sum -X importtime after torch, 3 runs"
+    )
     args = parser.parse_args()
+    if args.importtime:
+        for _ in range(3):
+            total, by = after_torch(args.what)
+            top = ", ".join(f"{k} {v:.3f}" for k, v in list(by.items())[:4])
+            print(f"imported after torch: {total:.3f} s ({top})")
+        return
     cpu = args.clock == "cpu"
     rng = random.Random(args.seed)
     _time(BASE)  # fills the page cache for both

@@ -252,7 +252,7 @@ def _synthetic_stats(steps: int, layers: int, seed: int = 0):
     return pd.concat(blocks, ignore_index=True), names
 
 
-def report_part(step_counts: list[int], layers: int) -> list[dict]:
+def report_part(step_counts: list[int], layers: int, keep: str | None = None) -> list[dict]:
     import gradwatch as gw
     import gradwatch.report.html  # noqa: F401 - plotly's import, once, outside the timings
     from gradwatch.diagnose import diagnose
@@ -283,7 +283,8 @@ def report_part(step_counts: list[int], layers: int) -> list[dict]:
         t2 = time.perf_counter()
         # As a closed watch leaves its directory: the whole run's findings, and which rows they
         # judged (meta.json's findings_of).
-        writer.write_findings([f.to_dict() for f in diagnosis.findings], judged(run.stats))
+        diagnosis_findings, judged_rows = diagnosis.findings, judged(run.stats)
+        writer.write_findings([f.to_dict() for f in diagnosis_findings], judged_rows)
         writer.write_meta(meta)
         del run, diagnosis
         t3 = time.perf_counter()
@@ -295,6 +296,11 @@ def report_part(step_counts: list[int], layers: int) -> list[dict]:
         t5 = time.perf_counter()
         html_report([tmp / "run"], tmp / "report2.html")
         t6 = time.perf_counter()
+        if keep:  # the last run's directory, its findings stored, for bench/report_time.py
+            writer.write_findings([f.to_dict() for f in diagnosis_findings], judged_rows)
+            writer.write_meta(meta)
+            shutil.rmtree(keep, ignore_errors=True)
+            shutil.copytree(tmp / "run", keep)
         rows.append(
             {
                 "steps": n,
@@ -326,6 +332,7 @@ def main() -> None:
     parser.add_argument("--run-steps", default="1000,10000,100000")
     parser.add_argument("--run-layers", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep", help="copy the longest run's directory there (report part)")
     args = parser.parse_args()
     ints = lambda s: [int(float(x)) for x in s.split(",")]  # noqa: E731 - 1e5 is welcome
     parts = args.parts.split(",")
@@ -338,7 +345,7 @@ def main() -> None:
         memory_part(ints(args.memory_steps))
     if "report" in parts:
         print(f"load, diagnose and report against run length ({args.run_layers} layers):")
-        report_part(ints(args.run_steps), args.run_layers)
+        report_part(ints(args.run_steps), args.run_layers, args.keep)
 
 
 if __name__ == "__main__":
