@@ -169,3 +169,73 @@ def test_every_kind_has_a_remedy_vocabulary():
     for kind in ("no_gradient", "output_loss_mismatch", "uncleared_gradients", "unscaled_data"):
         assert kind in KINDS
     assert "bad_learning_rate" in KINDS and {"loss", "data", "loop"} <= set(ACTIONS)
+
+
+def _multilabel(n=128, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 8, generator=g)
+    y = torch.stack([x[:, 0] > 0, x[:, 1] > 0, x[:, 2] > 0], 1).float()  # rows sum to 0..3
+    return x, y
+
+
+@pytest.mark.parametrize("buggy", [True, False])
+def test_softmax_for_several_labels_under_a_written_out_mse_logged_after_backward(buggy):
+    """The loss `((p - y) ** 2).mean()` keeps no target in its graph, and backward frees the graph
+    before `log_loss`: the target is read back from the gradient at the output."""
+    x, y = _multilabel()
+    model = _mlp(last=nn.Softmax(dim=1) if buggy else nn.Sigmoid())
+
+    def written_out_mse(p, t):
+        return ((p - t) ** 2).mean()
+
+    loss_fn = written_out_mse if buggy else nn.functional.binary_cross_entropy
+    d = _train(model, loss_fn, x, y, opt=torch.optim.SGD(model.parameters(), lr=1e-2))
+    assert (_first(d) == "output_loss_mismatch") is buggy
+    assert ("output_loss_mismatch" in d.kinds()) is buggy
+    if buggy:
+        f = d.findings[0]
+        assert f.evidence["problem"] == "multilabel" and f.remedies[0].action == "loss"
+        assert abs(f.evidence["target_row_sum_max"] - float(y.sum(1).max())) < 1e-4
+    # check() reads it the same way
+    c = gw.check(model, x, y, loss_fn, predict=False)
+    assert ("output_loss_mismatch" in c.kinds()) is buggy
+
+
+def test_implied_target_is_the_target_and_refuses_other_losses():
+    from gradwatch.probes.loop import implied_target
+
+    g = torch.Generator().manual_seed(1)
+    p = torch.randn(16, 4, generator=g, requires_grad=True)
+    t = torch.randn(16, 4, generator=g) * 3
+    for reduction in ("mean", "sum"):
+        loss = nn.functional.mse_loss(p, t, reduction=reduction)
+        (grad,) = torch.autograd.grad(loss, p)
+        got = implied_target(p.detach(), grad, loss.detach())
+        assert got is not None
+        assert abs(got["max"] - float(t.max())) < 1e-4 and abs(got["min"] - float(t.min())) < 1e-4
+        assert abs(got["rms"] - float(t.pow(2).mean().sqrt())) < 1e-4
+    loss = nn.functional.l1_loss(p, t)  # not a squared error: the identity fails
+    (grad,) = torch.autograd.grad(loss, p)
+    assert implied_target(p.detach(), grad, loss.detach()) is None
+    loss = nn.functional.mse_loss(p, t) + 0.1 * p.pow(2).sum()  # a penalty added: refused
+    (grad,) = torch.autograd.grad(loss, p)
+    assert implied_target(p.detach(), grad, loss.detach()) is None
+
+
+def test_gradients_of_parameters_another_optimizer_steps_are_not_uncleared():
+    """A GAN's generator step back-propagates through the discriminator, whose gradients the
+    generator's optimizer neither steps nor clears: only the optimizer's own are judged."""
+    torch.manual_seed(0)
+    gen, disc = nn.Linear(4, 2), nn.Linear(2, 1)
+    model = nn.Sequential(gen, disc)
+    opt = torch.optim.SGD(gen.parameters(), lr=1e-2)
+    z = torch.randn(32, 4)
+    for clear in (True, False):
+        with gw.watch(model, opt) as w:
+            for _ in range(10):
+                if clear:
+                    opt.zero_grad()
+                nn.functional.softplus(-model(z)).mean().backward()
+                w.log_loss(torch.tensor(0.5))
+                opt.step()
+        assert ("uncleared_gradients" in w.diagnose().kinds()) is (not clear)

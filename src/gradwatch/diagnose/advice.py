@@ -518,6 +518,9 @@ def mismatch_remedies(view: View, problem: str, head: list[str]) -> tuple[Remedy
         "unbounded": "Give the output layer an activation that makes probabilities: softmax "
         "(or logits into nn.CrossEntropyLoss) for classes, sigmoid (or logits into "
         "nn.BCEWithLogitsLoss) for binary labels; a ReLU or linear output is for regression.",
+        "multilabel": "Several labels per sample are independent: end the model in one "
+        "nn.Sigmoid per label with nn.BCELoss (or return the logits into "
+        "nn.BCEWithLogitsLoss) instead of a softmax, which makes the labels compete.",
         "range": "Make the output layer and the loss fit the targets: one unit per class with "
         "softmax / nn.CrossEntropyLoss for class indices, sigmoid + BCE only for targets in "
         "[0, 1] (several labels per sample: one sigmoid each), a linear output for targets "

@@ -164,7 +164,7 @@ def detect_output_loss(view: View) -> list[Finding]:
         elif bounded == "SoftmaxBackward0" and (target.get("row_sum_max") or 1) > 1.01:
             problems.append(
                 (
-                    "range",
+                    "multilabel",
                     "The output is a softmax (each row sums to 1) but target rows sum to up to "
                     f"{fmt(target['row_sum_max'])}: several labels per sample need independent "
                     "sigmoids, not a softmax that makes them compete.",

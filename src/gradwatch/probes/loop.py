@@ -94,6 +94,7 @@ class LoopProbe(Probe):
         self._armed = False
         self._checked = 0  # optimizer steps after which the watched parameter's gradient came
         self._stale: torch.Tensor | None = None  # of those, steps where .grad was not cleared
+        self._implied: list | None = None  # [output, its gradient, loss] once, for implied_target
         self._hooks.add(model.register_forward_pre_hook(self.guard(self._enter)))
         self._hooks.add(model.register_forward_hook(self.guard(self._exit), always_call=True))
         for name, m in model.named_modules():
@@ -101,7 +102,17 @@ class LoopProbe(Probe):
                 self._module_hooks.add(
                     m.register_forward_pre_hook(self.guard(self._module_check(name)))
                 )
-        watched = next((p for p in reversed(list(model.parameters())) if p.requires_grad), None)
+        # Watch a parameter this optimizer steps: one it does not own (a GAN's discriminator under
+        # the generator's optimizer) is cleared by another loop, or never.
+        owned = (
+            {id(q) for g in optimizer.param_groups for q in g["params"]}
+            if optimizer is not None
+            else set()
+        )
+        watched = next(
+            (p for p in reversed(list(model.parameters())) if p.requires_grad and id(p) in owned),
+            None,
+        )
         if optimizer is not None and watched is not None:
             self._watched = watched
             self._hooks.add(optimizer.register_step_post_hook(self._arm_check))
@@ -121,7 +132,12 @@ class LoopProbe(Probe):
                     self._inputs = torch.stack([v.pow(2).mean().sqrt(), v.abs().amax()])
                 self._input_shape = list(x.shape)
 
-    def _exit(self, *unused):
+    def _exit(self, module, args, *rest):
+        if self._outer and self._implied is None and rest and isinstance(rest[-1], torch.Tensor):
+            out = rest[-1]
+            if out.requires_grad and out.is_floating_point():
+                self._implied = [out.detach(), None, None]
+                out.register_hook(self._output_gradient)
         if self._outer:
             self._passes += 1
             if self._passes >= WATCHED_PASSES:
@@ -156,14 +172,25 @@ class LoopProbe(Probe):
 
     # ------------------------------------------------------------------ the loss
 
+    def _output_gradient(self, grad: torch.Tensor) -> None:
+        if self._implied is not None and self._implied[1] is None:
+            self._implied[1] = grad.detach()
+
     def note_loss(self, loss: Any) -> None:
         """Read the logged loss's autograd graph (the first time one comes with a graph)."""
         if self._graph is None and isinstance(loss, torch.Tensor) and loss.grad_fn is not None:
             self._graph = loss_graph(loss, self._names, self._trainable)
+            if self._implied is not None and loss.numel() == 1:
+                self._implied[2] = loss.detach()
 
     # ------------------------------------------------------------------ results
 
     def meta(self) -> dict:
+        if self._graph is not None and self._graph.get("target") is None and self._implied:
+            out_, grad, loss = self._implied
+            if grad is not None and loss is not None:
+                self._graph["target"] = implied_target(out_, grad, loss)
+                self._implied = []  # read once; the tensors go
         out: dict = {
             "graph": self._graph,
             "no_grad_modules": sorted(self._no_grad),
@@ -265,16 +292,41 @@ def _range(node) -> dict | None:
         return None
     if not isinstance(t, torch.Tensor) or not t.numel():
         return None
+    return _stats(t)
+
+
+def _stats(t: torch.Tensor, integer_tol: float = 0.0) -> dict:
     with torch.no_grad():
         v = t.detach().double()
         out = {
             "min": float(v.min()),
             "max": float(v.max()),
             "rms": float(v.pow(2).mean().sqrt()),
-            "integer": bool((v == v.round()).all()),
+            "integer": bool(((v - v.round()).abs() <= integer_tol).all()),
         }
         if v.dim() == 2 and v.shape[1] > 1:
             out["row_sum_max"] = float(v.sum(1).max())
     return {
         k: (x if not isinstance(x, float) or math.isfinite(x) else None) for k, x in out.items()
     }
+
+
+def implied_target(out: torch.Tensor, grad: torch.Tensor, loss: torch.Tensor) -> dict | None:
+    """The target of a squared-error loss on the model's output, read back from the gradient that
+    reached the output after backward freed the target (a loss logged after backward, or written
+    out as `((p - y) ** 2).mean()`): mean((p - t)^2) sends back g = 2 (p - t) / n, so
+    t = p - g n / 2. Accepted only where the loss that was logged equals mean((g n / 2)^2) (or
+    the sum, n = 1) to 1e-3: any other loss, or an output from another step, fails the identity.
+    One computation, once per run."""
+    if out.shape != grad.shape or not out.numel():
+        return None
+    with torch.no_grad():
+        p, g = out.double(), grad.double()
+        value = float(loss.double())
+        if not math.isfinite(value) or value <= 0:
+            return None
+        for n, reduce in ((p.numel(), torch.mean), (1, torch.sum)):
+            err = g * (n / 2)
+            if abs(float(reduce(err.pow(2))) - value) <= 1e-3 * value:
+                return _stats(p - err, integer_tol=1e-4)
+    return None
