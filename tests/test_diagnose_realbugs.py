@@ -239,3 +239,23 @@ def test_gradients_of_parameters_another_optimizer_steps_are_not_uncleared():
                 w.log_loss(torch.tensor(0.5))
                 opt.step()
         assert ("uncleared_gradients" in w.diagnose().kinds()) is (not clear)
+
+
+@pytest.mark.parametrize("buggy", [True, False])
+def test_rate_too_low_whose_steps_agree_is_a_warning(buggy):
+    """Adam at 1e-3 on a small sigmoid net: updates of the healthy size (~1e-3 of the weights)
+    that all walk one way while the loss creeps down: too low. At 1e-2 it trains, unflagged."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat(
+        [torch.rand(100, 2, generator=g) * 0.2 + 0.2, torch.rand(100, 2, generator=g) * 0.2 + 0.5]
+    )
+    y = torch.cat([torch.zeros(100), torch.ones(100)]).long()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 2), nn.Sigmoid(), nn.Linear(2, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3 if buggy else 1e-2)
+    d = _train(model, nn.CrossEntropyLoss(), x, y, steps=100, opt=opt)
+    assert (_first(d) == "bad_learning_rate") is buggy
+    if buggy:
+        f = d.findings[0]
+        assert f.evidence["coherence"] >= 0.5 and f.remedies[0].action == "lr"
+        assert "to 0.01" in f.remedies[0].detail or "to 0.02" in f.remedies[0].detail

@@ -463,16 +463,23 @@ def plateau_remedies(view: View) -> tuple[Remedy, ...]:
     )
 
 
-def lr_remedies(view: View, ratio: float, high: bool) -> tuple[Remedy, ...]:
+def lr_remedies(
+    view: View, ratio: float, high: bool, path: float | None = None
+) -> tuple[Remedy, ...]:
     """A learning rate with its basis: scale it so the median layer's update/weight ratio comes
-    to LR_TARGET_UPDATE."""
-    from gradwatch.diagnose.thresholds import LR_TARGET_UPDATE
+    to LR_TARGET_UPDATE; for a rate too low whose steps agree (`path`: the share of their size
+    the weights walked over the run), so that they walk LR_TRAVEL times their size, if that asks
+    more."""
+    from gradwatch.diagnose.thresholds import LR_TARGET_UPDATE, LR_TRAVEL
 
     factor = LR_TARGET_UPDATE / ratio if ratio > 0 else (0.1 if high else 10.0)
     factor = min(factor, 0.3) if high else max(factor, 3.0)
+    walk = not high and path is not None and path > 0 and LR_TRAVEL / path > factor
     lrs = view.optimizer.get("lr") or []
     name = view.optimizer.get("type") or view.meta.get("settings", {}).get("optimizer") or ""
     verb = "Lower" if high else "Raise"
+    if walk:
+        factor = min(LR_TRAVEL / path, 30.0)
     target = (
         f" from {fmt(lrs[0])} to {fmt(_round_lr(lrs[0] * factor))}"
         if lrs
@@ -482,6 +489,12 @@ def lr_remedies(view: View, ratio: float, high: bool) -> tuple[Remedy, ...]:
         f"the median layer moved {fmt(ratio)} of its weights per step; {times(factor)} brings "
         f"that to about {fmt(LR_TARGET_UPDATE)} (healthy: 1e-3 to 1e-2)"
     )
+    if walk:
+        basis = (
+            f"the steps agree, and over the run they walked the weights {fmt(path)} of their "
+            f"size; {times(factor)} walks them {fmt(LR_TRAVEL)}x their size (their own size by "
+            "half-way, leaving the rest to converge)"
+        )
     out = [
         Remedy(
             "lr",

@@ -119,6 +119,15 @@ LR_LOW_UPDATE, LR_STILL_FALLING, LR_LOW_GAIN = 3e-3, 0.5, 0.5
 # Updates near 1e-3 are healthy by the same rule of thumb: a slow loss there may be a careful
 # rate or a hard task, so "too low" is only said (info); below this (as IDLE) it is a warning.
 LR_LOW_WARN = 3e-4
+# ... or when the steps agree: over the run the weights' norm changed by at least this share of
+# the path the updates walked (Σ‖Δw‖/‖w‖). Steps that cancel (SGD noise, a settled net) give a
+# few percent; a net creeping down one slope at a rate too small for it gives more than half.
+# Then more steps of the same size would only walk further the same way: the rate is too low.
+LR_COHERENT = 0.5
+# A raised rate is aimed to walk the weights this many times their own size over the same run
+# (their own size by half-way, leaving the rest to converge), where that asks more than
+# LR_TARGET_UPDATE does.
+LR_TRAVEL = 2.0
 LR_MIN_STEPS = 20
 
 # ---------------------------------------------------------------- theory at init (phase.py)
