@@ -259,3 +259,69 @@ def test_rate_too_low_whose_steps_agree_is_a_warning(buggy):
         f = d.findings[0]
         assert f.evidence["coherence"] >= 0.5 and f.remedies[0].action == "lr"
         assert "to 0.01" in f.remedies[0].detail or "to 0.02" in f.remedies[0].detail
+
+
+def _normal_init(model, std):
+    with torch.no_grad():
+        for m in model:
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, std)
+                nn.init.normal_(m.bias, 0.0, std)
+    return model
+
+
+def _one_hot_data(n=200, d=32, classes=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, d, generator=g)
+    y = (x[:, :classes] * torch.arange(1, classes + 1)).argmax(1)
+    return x, y, nn.functional.one_hot(y, classes).float()
+
+
+@pytest.mark.parametrize("buggy", [True, False])
+def test_units_killed_by_first_steps_of_a_large_init_point_at_the_init(buggy):
+    """N(0,1) weights (x5 He for fan-in 32) under MSE and SGD lr 3: before any update the
+    gradients dwarf the weights, the first steps rewrite them and kill the ReLUs. The dead units
+    are the root (not the step size, which only carried the init's gradient), init first. With
+    the init x0.1 (the fix) it trains."""
+    x, _, t = _one_hot_data()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 30), nn.ReLU(), nn.Linear(30, 10), nn.ReLU())
+    _normal_init(model, 0.1 if not buggy else 1.0)
+    opt = torch.optim.SGD(model.parameters(), lr=3.0)
+    d = _train(model, nn.functional.mse_loss, x, t, steps=60, opt=opt)
+    assert (_first(d) == "dead_units") is buggy
+    if buggy:
+        f = d.findings[0]
+        assert f.caused_by is None and f.remedies[0].action == "init"
+        unstable = next(g for g in d.findings if g.kind == "unstable_updates")
+        assert unstable.evidence["gradient_at_init"] > 1
+    else:
+        assert not d.kinds() & {"dead_units", "unstable_updates", "bad_learning_rate"}
+
+
+@pytest.mark.parametrize("buggy", [True, False])
+def test_class_targets_under_a_squared_error_explode_from_step_0(buggy):
+    """A linear net with N(0,1) weights fits one-hot targets by MSE at SGD lr 3: the output starts
+    ~20x off the targets, the gradient before any update is several times the weights and the
+    run overflows. The explosion held from step 0 and explains the learning-rate verdict; the
+    first remedy is the loss. Softmax + cross-entropy (the fix) keeps it finite."""
+    x, y, t = _one_hot_data()
+    torch.manual_seed(0)
+    model = _normal_init(nn.Sequential(nn.Linear(32, 30), nn.Linear(30, 10)), 1.0)
+    opt = torch.optim.SGD(model.parameters(), lr=3.0)
+
+    def written_out_mse(p, target):
+        return ((p - target) ** 2).mean()
+
+    if buggy:
+        d = _train(model, written_out_mse, x, t, steps=30, opt=opt)
+    else:
+        model.insert(1, nn.Sigmoid())
+        d = _train(model, nn.functional.cross_entropy, x, y, steps=30, opt=opt)
+    assert (_first(d) == "exploding_gradient") is buggy
+    if buggy:
+        f = d.findings[0]
+        assert f.step == 0 and f.remedies[0].action == "loss"
+        assert "bad_learning_rate" in f.explains
+    else:
+        assert not d.kinds() & {"exploding_gradient", "nonfinite"}

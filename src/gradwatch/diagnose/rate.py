@@ -8,6 +8,7 @@ import numpy as np
 from gradwatch.diagnose.advice import lr_remedies
 from gradwatch.diagnose.finding import Finding
 from gradwatch.diagnose.thresholds import (
+    GRAD_AT_INIT,
     LR_COHERENT,
     LR_EARLY,
     LR_HIGH_UPDATE,
@@ -73,6 +74,9 @@ def detect_learning_rate(view: View) -> list[Finding]:
         )
         evidence = {"early_update_ratio": early, "loss_first": first, "loss_peak": peak}
         evidence["nonfinite_loss"] = nonfinite
+        at_init = view.gradient_at_init
+        if at_init is not None and at_init > GRAD_AT_INIT:
+            evidence["gradient_at_init"] = at_init
         return [
             Finding(
                 "bad_learning_rate",

@@ -41,6 +41,16 @@ EARLY_STEPS, EARLY_REWRITE = 10, 1.0
 # ‖g‖/‖w‖ fell 100x after steps that moved > 3% of the weights: a large step broke the layer.
 COLLAPSE, COLLAPSE_AFTER = 1e2, 0.03
 
+# Median ‖g‖/‖w‖ at step 0, before any update, with an optimizer whose step follows the
+# gradient's size (SGD): above 1 a step of lr 1 replaces the weights. Healthy inits sit at 1e-3 to
+# 1e-1; a gradient this large is the model's (its init, its loss, its data), so the large steps
+# that follow are not the learning rate's doing alone and do not explain what they break
+# (causes.py), and an explosion that follows started at step 0 (depth.py).
+GRAD_AT_INIT = 1.0
+# A squared error whose first value's root exceeds this many times the largest target: the output
+# starts out of the targets' scale, and the loss's gradient (which grows with the error) with it.
+LOSS_OUT_OF_SCALE = 3.0
+
 # ---------------------------------------------------------------- across depth (depth.py)
 
 # A depth trend needs at least this many layers.
