@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradwatch._tensor import stat_dtype
 from gradwatch.probes.base import Probe
 from gradwatch.probes.forward import Hooks, first_tensor
 
@@ -297,7 +298,7 @@ def _range(node) -> dict | None:
 
 def _stats(t: torch.Tensor, integer_tol: float = 0.0) -> dict:
     with torch.no_grad():
-        v = t.detach().double()
+        v = t.detach().to(stat_dtype(t.device))
         out = {
             "min": float(v.min()),
             "max": float(v.max()),
@@ -321,8 +322,9 @@ def implied_target(out: torch.Tensor, grad: torch.Tensor, loss: torch.Tensor) ->
     if out.shape != grad.shape or not out.numel():
         return None
     with torch.no_grad():
-        p, g = out.double(), grad.double()
-        value = float(loss.double())
+        wide = stat_dtype(out.device)  # float64 where the device has it
+        p, g = out.to(wide), grad.to(wide)
+        value = float(loss.detach().to(wide))
         if not math.isfinite(value) or value <= 0:
             return None
         for n, reduce in ((p.numel(), torch.mean), (1, torch.sum)):
