@@ -212,7 +212,10 @@ def rehearsed_main(only: list[str] | None) -> None:
     bugs = [r for r in rows if r["kind"] != "healthy"]
     healthy = [r for r in rows if r["kind"] == "healthy"]
     fixed = sum(r["fixes"] for r in bugs)
-    agree = sum(r["top_action"] == r["diagnosis_action"] for r in bugs)
+    # No top change and no diagnosis action is not an agreement: both say nothing.
+    agree = sum(
+        r["top_action"] is not None and r["top_action"] == r["diagnosis_action"] for r in bugs
+    )
     label = sum(r["top_action"] == r["action"] for r in bugs)
     clean = sum(not r["better"] for r in healthy)
     print(

@@ -193,10 +193,6 @@ def _cross_entropy(out, target):
     return nn.functional.cross_entropy(out, target)
 
 
-def _bce_with_logits(out, target):
-    return nn.functional.binary_cross_entropy_with_logits(out, target.to(out.dtype))
-
-
 def _cross_entropy_one_hot(out, target):
     return nn.functional.cross_entropy(out, target.argmax(-1))
 
@@ -273,17 +269,18 @@ def output_changes(g: OutputGraph) -> tuple[list[Change], list[ManualChange]]:
                 )
         elif g.multi_hot and name is not None and not logs:
 
-            def bce_logits(s: Setup, gen, n=name) -> None:
-                _replace(s.model, n, nn.Identity())
-                s.loss_fn = _bce_with_logits
+            def sigmoid_bce(s: Setup, gen, n=name) -> None:
+                # Sigmoid, not logits: the output stays probabilities, as a metric reads them.
+                _replace(s.model, n, nn.Sigmoid())
+                s.loss_fn = _bce_on_probabilities
 
             auto.append(
                 Change(
-                    f"loss: drop output Softmax '{name}', BCE with logits per label",
+                    f"loss: output Softmax '{name}' -> Sigmoid, binary cross-entropy",
                     "loss",
                     "independent labels (targets that do not sum to 1) need one sigmoid each, "
                     "and a log-loss",
-                    bce_logits,
+                    sigmoid_bce,
                 )
             )
         elif g.multi_hot and name is not None:
