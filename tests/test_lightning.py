@@ -202,6 +202,16 @@ def _fit_classifier(tmp_path, **callback_kw):
     return callback, module, trainer
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models train several times faster on one thread where other jobs share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_thread")
 def test_lightning_what_if_rehearses_at_fit_end_without_touching_the_model(tmp_path):
     callback, module, trainer = _fit_classifier(
         tmp_path, what_if=True, what_if_steps=25, what_if_batches=2
@@ -219,6 +229,7 @@ def test_lightning_what_if_rehearses_at_fit_end_without_touching_the_model(tmp_p
     assert "train_loss" in trainer.logged_metrics  # the copies' self.log went nowhere
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_lightning_what_if_without_batches_is_one_clear_error(tmp_path):
     callback, _, _ = _fit_classifier(tmp_path)
     with pytest.raises(gw.errors.WatchError, match="no batches"):
