@@ -246,3 +246,56 @@ def test_a_script_whose_scaler_skips_every_step_is_told_nothing_trained(tmp_path
     err = " ".join(capsys.readouterr().err.split())
     assert "took no optimizer step" not in err
     assert "skipped every one of the 4 recorded optimizer steps" in err, err
+
+
+WHAT_IF_SCRIPT = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    centres = torch.randn(3, 4, generator=g) * 2
+    # The bug: forward() ends in a softmax that nn.CrossEntropyLoss takes the log of again.
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3), nn.Softmax(dim=-1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    criterion = nn.CrossEntropyLoss()
+    for step in range(6):
+        y = torch.randint(0, 3, (32,), generator=g)
+        x = centres[y] + torch.randn(32, 4, generator=g)
+        opt.zero_grad()
+        loss = criterion(model(x), y)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        print("eval", model(x).shape)  # an evaluation call is not a training batch
+    print("weights", model[0].weight.sum().item())
+    """
+)
+
+
+def test_run_what_if_rehearses_the_scripts_batches_and_loss(tmp_path, capsys):
+    path = tmp_path / "train.py"
+    path.write_text(WHAT_IF_SCRIPT)
+    assert run_script(path, [], log_dir=tmp_path / "plain") == 0
+    plain = capsys.readouterr()
+    assert run_script(path, [], log_dir=tmp_path / "run", what_if_steps=25) == 0
+    out = capsys.readouterr()
+    assert out.out == plain.out  # the script's own output (its final weights) is unchanged
+    assert "rehearsed what-if" in out.err and "trained 25 steps" in out.err
+    lines = out.err[out.err.index("rehearsed what-if") :].splitlines()
+    first = lines[[line.split()[:1] for line in lines].index(["baseline"]) + 1]
+    assert "Softmax" in first and "better" in first, "\n".join(lines)  # the fix ranks first
+    assert not torch.nn.modules.module._global_forward_hooks  # nothing left behind
+    assert not torch.nn.modules.module._global_forward_pre_hooks
+
+
+def test_run_what_if_without_a_loss_module_says_so(script, tmp_path, capsys):
+    assert run_script(script, [], log_dir=tmp_path / "run", what_if_steps=5) == 0
+    err = capsys.readouterr().err
+    assert "nn.*Loss module" in err and "nothing was rehearsed" in err
+
+
+def test_run_what_if_steps_must_be_positive(script, tmp_path):
+    with pytest.raises(gw.errors.GradwatchError, match="--steps must be a positive integer"):
+        run_script(script, [], log_dir=tmp_path / "run", what_if_steps=0)

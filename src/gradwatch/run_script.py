@@ -232,11 +232,18 @@ def run_script(
     every: int = 1,
     console=None,
     overwrite: bool = False,
+    what_if_steps: int | None = None,
 ) -> int | str | None:
     """Run `script` with `args` as `__main__` under watching; return its exit code (SystemExit's
     code as it was, 1 after an uncaught exception, whose traceback is printed as the script's).
+    `what_if_steps`: after the script, rehearse the diagnosis's remedies for that many steps on
+    copies (`WhatIfCapture`).
 
     Bad arguments raise a one-sentence GradwatchError before the script starts."""
+    if what_if_steps is not None and (
+        not isinstance(what_if_steps, int) or isinstance(what_if_steps, bool) or what_if_steps < 1
+    ):
+        raise GradwatchError(f"--steps must be a positive integer, got {what_if_steps!r}.")
     path = Path(script).resolve()
     if not path.is_file():
         raise GradwatchError(f"No script at {script}; give the path of a Python file to run.")
@@ -248,6 +255,7 @@ def run_script(
     sys.argv = [str(path), *args]
     sys.path.insert(0, str(path.parent))
     watcher = ScriptWatcher(log_dir, every, overwrite=overwrite)
+    capture = WhatIfCapture(watcher) if what_if_steps is not None else None
     code: int | str | None = 0
     try:
         runpy.run_path(str(path), run_name="__main__")
@@ -258,12 +266,86 @@ def run_script(
         code = 1
     finally:
         sys.argv, sys.path = saved_argv, saved_path
+        if capture is not None:
+            capture.close()
         watch = watcher.close()
         sys.stdout.flush()
         if watch is None and created and log_dir.is_dir() and not any(log_dir.iterdir()):
             log_dir.rmdir()  # made by the check above, never used
     _report(watch, console, watcher.detached)
+    if capture is not None and watch is not None:
+        capture.report(watch, what_if_steps, console)
     return code
+
+
+class WhatIfCapture:
+    """`gradwatch run --what-if`: once the watch has started, global module hooks keep the last
+    few (inputs, target) pairs the script trained on: the watched model's input, and the target
+    an `nn.*Loss` module compared its output with; that module is the rehearsal's loss. After the
+    script, `report` rehearses the diagnosis's remedies on copies of the model as training left
+    it. A script whose loss is not an nn.*Loss module (a functional loss) gets a sentence."""
+
+    KEEP = 4  # batches kept for the rehearsal, the latest
+
+    def __init__(self, watcher: ScriptWatcher):
+        from collections import deque
+
+        self.watcher = watcher
+        self.batches: deque = deque(maxlen=self.KEEP)
+        self.loss_fn = None
+        self._inputs = None
+        hooks = torch.nn.modules.module
+        self._handles = [
+            hooks.register_module_forward_pre_hook(self._pre),
+            hooks.register_module_forward_hook(self._post),
+        ]
+
+    def _pre(self, module, args) -> None:
+        w = self.watcher.watch
+        if w is not None and module is w.model and torch.is_grad_enabled() and args:
+            self._inputs = args[0] if len(args) == 1 else tuple(args)
+
+    def _post(self, module, args, output) -> None:
+        if (
+            self._inputs is not None
+            and type(module).__module__ == "torch.nn.modules.loss"
+            and len(args) == 2
+            and isinstance(args[1], torch.Tensor)
+        ):
+            self.batches.append((_detached(self._inputs), args[1].detach().clone()))
+            self.loss_fn, self._inputs = module, None
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+    def report(self, watch, steps: int, console) -> None:
+        from rich.console import Console
+        from rich.markup import escape
+
+        console = console or Console(stderr=True)
+        if not self.batches:
+            console.print(
+                "gradwatch: --what-if saw no (inputs, target) batch: it needs the script's loss "
+                "to be an nn.*Loss module (nn.CrossEntropyLoss(), nn.MSELoss(), ...) called on "
+                "the watched model's output; nothing was rehearsed.",
+                highlight=False,
+            )
+            return
+        try:
+            result = watch.what_if(list(self.batches), steps=steps, loss_fn=self.loss_fn)
+        except GradwatchError as exc:
+            console.print(f"gradwatch: the what-if did not run: {escape(str(exc))}")
+            return
+        console.print(escape(str(result)), highlight=False, soft_wrap=True)
+
+
+def _detached(x):
+    if isinstance(x, torch.Tensor):
+        return x.detach().clone()
+    if isinstance(x, tuple):
+        return tuple(_detached(v) for v in x)
+    return x
 
 
 def _print_script_traceback(exc: BaseException, path: Path) -> None:
