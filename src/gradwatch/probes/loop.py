@@ -1,17 +1,24 @@
 """What the training loop around the model does: the loss's autograd graph, the scale of the
 inputs, modules run without autograd, and gradients left in `.grad` across optimizer steps.
 
-None of it costs a host sync per step. The loss graph is read once (the first logged loss with a
-`grad_fn`: Python over the graph's nodes, no tensor work). The inputs are measured on the first
-forward pass that autograd records (two reductions, kept on the device). Modules are watched for
-autograd being off during the first `WATCHED_PASSES` forward passes, then the hooks go. Cleared
-gradients are checked on one parameter, at the first gradient to reach it after each optimizer
-step: one reduction on the device per step, summed into a device counter.
+None of it costs a host sync per step, and once the first `WATCHED_PASSES` forward passes have
+run none of it adds a hook call to the forward or the backward (on a small model each Python hook
+is a point of the step). The loss graph is read once (the first logged loss with a `grad_fn`:
+Python over the graph's nodes, no tensor work). The inputs are measured on the first forward pass
+that autograd records (two reductions, kept on the device). Modules, and the model itself, are
+watched for autograd being off during the first `WATCHED_PASSES` forward passes, then the hooks
+go. Cleared gradients are checked on one parameter after each optimizer step. While that
+parameter's `.grad` is a new tensor at every step (`zero_grad()` sets it to None, the default),
+it was cleared, and one identity test in the optimizer's step hook says so; once the same tensor
+is seen again (cleared in place with `zero_grad(set_to_none=False)`, or not cleared at all) the
+first gradient to reach it after each step is checked by a gradient hook: one reduction on the
+device per step, summed into a device counter.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any
 
 import torch
@@ -96,8 +103,14 @@ class LoopProbe(Probe):
         self._checked = 0  # optimizer steps after which the watched parameter's gradient came
         self._stale: torch.Tensor | None = None  # of those, steps where .grad was not cleared
         self._implied: list | None = None  # [output, its gradient, loss] once, for implied_target
-        self._hooks.add(model.register_forward_pre_hook(self.guard(self._enter)))
-        self._hooks.add(model.register_forward_hook(self.guard(self._exit), always_call=True))
+        # The watched parameter's .grad at the last optimizer step (a weak reference: the tensor
+        # is not kept alive by it); None before the first step, or when it had no gradient.
+        self._last_grad: weakref.ref | None = None
+        self._in_place = False  # .grad was seen kept across a step: the gradient hook checks
+        self._module_hooks.add(model.register_forward_pre_hook(self.guard(self._enter)))
+        self._module_hooks.add(
+            model.register_forward_hook(self.guard(self._exit), always_call=True)
+        )
         for name, m in model.named_modules():
             if name and any(p.requires_grad for p in m.parameters(recurse=False)):
                 self._module_hooks.add(
@@ -116,8 +129,7 @@ class LoopProbe(Probe):
         )
         if optimizer is not None and watched is not None:
             self._watched = watched
-            self._hooks.add(optimizer.register_step_post_hook(self._arm_check))
-            self._hooks.add(watched.register_hook(self.guard(self._first_gradient)))
+            self._hooks.add(optimizer.register_step_post_hook(self.guard(self._after_step)))
 
     # ------------------------------------------------------------------ forward
 
@@ -156,8 +168,22 @@ class LoopProbe(Probe):
 
     # ------------------------------------------------------------------ cleared gradients
 
-    def _arm_check(self, *unused) -> None:
-        self._armed = True
+    def _after_step(self, *unused) -> None:
+        """An optimizer step has run: was the watched `.grad` cleared since the last one?"""
+        if self._in_place:
+            self._armed = True  # the gradient hook checks the first gradient to come
+            return
+        grad = self._watched.grad
+        last = self._last_grad() if self._last_grad is not None else None
+        if grad is not None and last is grad:
+            # The same tensor as at the last step: cleared in place, or not at all. Only its
+            # values at the next gradient tell, so from now on the gradient hook looks.
+            self._in_place, self._armed = True, True
+            self._hooks.add(self._watched.register_hook(self.guard(self._first_gradient)))
+            return
+        if grad is not None and self._last_grad is not None:
+            self._checked += 1  # a new tensor: .grad was set to None in between (cleared)
+        self._last_grad = weakref.ref(grad) if grad is not None else None
 
     def _first_gradient(self, grad: torch.Tensor) -> None:
         if not self._armed:
