@@ -154,6 +154,29 @@ def test_live_watch_rehearses_without_touching_training():
     assert json.loads(json.dumps(gw._json.jsonable(r)))["baseline"]["name"] == "baseline"
 
 
+def test_live_watch_ranks_by_the_users_metric():
+    torch.manual_seed(0)
+    x, y = _blobs()
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3), nn.Softmax(dim=-1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    seen = []
+
+    def error(m):
+        with torch.no_grad():
+            value = float((m(x).argmax(1) != y).float().mean())
+        seen.append(value)
+        return value
+
+    with gw.watch(model, opt) as w:
+        for _ in range(3):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        r = w.what_if([(x, y)], steps=20, metric=error)
+    assert seen and r.baseline.metric in seen  # the ranking read the user's metric
+    assert r.top is not None and r.top.metric <= r.baseline.metric
+
+
 FACTORY = """
 import torch
 from torch import nn

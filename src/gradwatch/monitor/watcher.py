@@ -405,11 +405,14 @@ class Watch:
         seeds: tuple[int, ...] = (0, 1),
         max_seconds: float | None = None,
         train_step: Callable | None = None,
+        metric: Callable | None = None,
     ):
         """Rehearse the remedies of this watch's diagnosis on `batches` ((inputs, target) pairs):
         the model as it is now and each change, `steps` steps each, on copies; training goes on
         untouched. Returns a `gradwatch.checks.rehearsed.RehearsedWhatIf`, best change first.
-        `loss_fn(output, target)` defaults to cross-entropy for integer targets, else MSE."""
+        `loss_fn(output, target)` defaults to cross-entropy for integer targets, else MSE;
+        `train_step(model, optimizer, batch) -> loss` is the loop body; `metric(model) -> float`
+        (lower is better, e.g. a validation error) ranks the changes instead of the loss."""
         # checks sit above monitor: imported here, as report is for w.report()
         from gradwatch.checks.rehearsed import rehearse_what_if, training_loss
 
@@ -425,6 +428,7 @@ class Watch:
             seeds=seeds,
             max_seconds=max_seconds,
             train_step=train_step,
+            metric=metric,
         )
 
     def report(self, path: str | os.PathLike = "report.html", name: str | None = None) -> Path:
