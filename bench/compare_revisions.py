@@ -12,6 +12,10 @@ in `--copies` copies per revision, made in ABBA order, and the copies are averag
 
     python bench/compare_revisions.py bc77eb9                  # mlp, default and all probes
     python bench/compare_revisions.py HEAD~3 --models cnn --rounds 300
+    python bench/compare_revisions.py dbfcc78 a5e1fd7 1a92fe2 --models tiny   # a bisect, one run
+
+Several revisions are timed side by side in the same rounds (a bisect in one process, where
+separate runs would each drift with the machine).
 """
 
 from __future__ import annotations
@@ -100,7 +104,7 @@ class Run:
 
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("rev", help="the earlier revision (a commit, tag or branch)")
+    p.add_argument("rev", nargs="+", help="the earlier revision(s) (commits, tags or branches)")
     p.add_argument("--models", default="mlp", help=f"from {', '.join(overhead.MODELS)}")
     p.add_argument("--configs", default="default,all", help=f"from {', '.join(CONFIGS)}")
     p.add_argument("--rounds", type=int, default=600)
@@ -117,12 +121,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     import gradwatch
 
     with tempfile.TemporaryDirectory(prefix="gwbench-rev-") as tmp:
-        old = import_revision(args.rev, Path(tmp))
+        olds = [(rev, import_revision(rev, Path(tmp) / str(k))) for k, rev in enumerate(args.rev)]
         for name in args.models.split(","):
             task = overhead.Task(overhead.MODELS[name], torch.device("cpu"), calibrate=False)
             runs = [Run("plain", task) for _ in range(args.copies)]
             for config in args.configs.split(","):
-                pair = [(f"{config} @ {args.rev}", old), (f"{config} @ working tree", gradwatch)]
+                pair = [(f"{config} @ {rev}", old) for rev, old in olds]
+                pair.append((f"{config} @ working tree", gradwatch))
                 for k in range(args.copies):
                     for label, module in pair if k % 2 == 0 else pair[::-1]:
                         runs.append(Run(label, task, module, CONFIGS[config]))

@@ -2,16 +2,17 @@
 
 ```
 .venv/bin/python bench/scale.py                      # every part, about 10 minutes on 2 cores
-.venv/bin/python bench/scale.py --parts layers --layers 10,100,1000 --rounds 60
+.venv/bin/python bench/scale.py --parts layers --layers 10,100,1000 --seconds 20
 .venv/bin/python bench/scale.py --parts memory --memory-steps 1000,10000,100000
 .venv/bin/python bench/scale.py --parts report --run-steps 1000,10000,100000
 ```
 
 * `layers`: the per-step overhead ratio of a default watch to plain training, for a stack of L
-  narrow `Linear(16, 16)` + ReLU layers (batch 32, Adam), L in `--layers`. Plain and watched
-  copies of the same model step in turn, one step each per round, in a shuffled order, timed by
-  the thread's CPU clock with one torch thread (as `overhead.py --interleave --clock cpu`); the
-  watched copy runs its first flush window untimed, and the mean covers whole flush periods.
+  narrow `Linear(16, 16)` + ReLU layers (batch 32, Adam), L in `--layers`. `--copies` plain and
+  watched copies of the same model step in turn, one step each per round, in a shuffled order,
+  timed by the thread's CPU clock with one torch thread (as `overhead.py --interleave --clock
+  cpu`); the watched copies run their first flush window untimed, and the mean covers whole flush
+  periods and about `--seconds` of plain steps per depth (at least `--rounds`).
   Ratio flat in L is the target: a cost per layer that Python pays per step would make it grow.
 * `memory`: a 100-layer model (`Linear(8, 8)`) trained under a default watch with a `log_dir`,
   under one without, and plain, one process each (side by side), each reading its RSS (and
@@ -59,9 +60,10 @@ def _narrow(layers: int, width: int = 16) -> nn.Module:
 
 
 class _Trainer:
-    def __init__(self, model: nn.Module, watched: bool, width: int = 16, **kw):
-        import gradwatch as gw
+    def __init__(self, model: nn.Module, watched: bool, width: int = 16, module=None, **kw):
+        import gradwatch
 
+        gw = module or gradwatch  # another revision's gradwatch (--against), or this one
         self.model = model
         self.opt = torch.optim.Adam(model.parameters(), lr=1e-4)
         self.watch = gw.watch(model, self.opt, **kw) if watched else None
@@ -75,44 +77,77 @@ class _Trainer:
         self.opt.step()
 
 
-def layers_part(layer_counts: list[int], rounds: int, seed: int) -> list[dict]:
+def layers_part(
+    layer_counts: list[int],
+    rounds: int,
+    seed: int,
+    seconds: float = 20.0,
+    copies: int = 2,
+    against: tuple[str, object] | None = None,
+) -> list[dict]:
+    """Watched/plain per-step time for each depth. Each depth gets at least `rounds` rounds and
+    enough to take about `seconds` of plain steps (a 10-layer step is ~1 ms: a hundred of them
+    leave a ratio to chance), in whole periods of the settled schedule; `copies` plain and
+    watched copies each step once per round, in a shuffled order, and are averaged. `against`:
+    (revision, its gradwatch), watched copies of which step in the same rounds."""
     torch.set_num_threads(1)
     clock = time.thread_time
+    configs = {"plain": None, "watch": None}
+    if against is not None:
+        configs[f"watch @ {against[0]}"] = against[1]
     rows = []
     for n in layer_counts:
         torch.manual_seed(seed)
         model = _narrow(n)
-        plain, watched = _Trainer(copy.deepcopy(model), False), _Trainer(model, True)
-        flush = watched.watch.flush_every
-        settle = flush * 2  # the dense first window, untimed
-        for _ in range(settle):
-            watched.step()
-        for _ in range(10):
-            plain.step()
+        trainers = [
+            (name, _Trainer(copy.deepcopy(model), name != "plain", module=module))
+            for _ in range(copies)
+            for name, module in configs.items()
+        ]
+        watches = [t for name, t in trainers if name != "plain"]
+        flush = watches[0].watch.flush_every
+        for t in watches:
+            for _ in range(flush * 2):  # the dense first window, untimed
+                t.step()
+        start = clock()
+        for name, t in trainers:
+            if name == "plain":
+                for _ in range(10):
+                    t.step()
+        plain_step = (clock() - start) / (10 * copies)
         # Whole periods of the settled schedule: forward probes 1 in 50, flush every `flush`.
         period = int(np.lcm(50, flush))
-        steps = -(-max(rounds, 1) // period) * period
+        wanted = max(rounds, 1, int(seconds / (2 * copies * max(plain_step, 1e-6))))
+        steps = -(-wanted // period) * period
         rng = random.Random(seed)
-        times = {"plain": 0.0, "watch": 0.0}
+        times = [0.0] * len(trainers)
         for _ in range(steps):
-            order = [("plain", plain), ("watch", watched)]
+            order = list(range(len(trainers)))
             rng.shuffle(order)
-            for name, t in order:
-                start = clock()
-                t.step()
-                times[name] += clock() - start
-        watched.watch.close()
-        rows.append(
-            {
-                "layers": n,
-                "steps": steps,
-                "plain_ms": 1e3 * times["plain"] / steps,
-                "ratio": times["watch"] / times["plain"],
-            }
-        )
+            for k in order:
+                begin = clock()
+                trainers[k][1].step()
+                times[k] += clock() - begin
+        for t in watches:
+            t.watch.close()
+        plain = sum(x for (name, _), x in zip(trainers, times, strict=True) if name == "plain")
+        row = {
+            "layers": n,
+            "steps": steps,
+            "copies": copies,
+            "plain_ms": 1e3 * plain / copies / steps,
+        }
+        text = []
+        for config in list(configs)[1:]:
+            watched = [x for (name, _), x in zip(trainers, times, strict=True) if name == config]
+            each = [w / (plain / copies) for w in watched]
+            key = "ratio" if config == "watch" else f"ratio @ {against[0]}"
+            row[key], row[f"each {config}"] = sum(watched) / plain, each
+            text.append(f"{config}/plain {row[key]:.3f}x ({' / '.join(f'{e:.3f}x' for e in each)})")
+        rows.append(row)
         print(
-            f"  {n} layers: plain {rows[-1]['plain_ms']:.2f} ms/step, "
-            f"watch/plain {rows[-1]['ratio']:.3f}x over {steps} steps",
+            f"  {n} layers: plain {row['plain_ms']:.2f} ms/step over {steps} steps: "
+            + ", ".join(text),
             flush=True,
         )
     return rows
@@ -328,6 +363,18 @@ def main() -> None:
     parser.add_argument("--parts", default="layers,memory,report")
     parser.add_argument("--layers", default="10,100,1000")
     parser.add_argument("--rounds", type=int, default=100, help="timed steps per layer count")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=20.0,
+        help="layers part: at least this much plain stepping per layer count (more rounds)",
+    )
+    parser.add_argument("--copies", type=int, default=2, help="layers part: copies per config")
+    parser.add_argument(
+        "--against",
+        default=None,
+        help="layers part: also time this revision's watch in the same rounds (a commit)",
+    )
     parser.add_argument("--memory-steps", default="1000,2000,5000,10000")
     parser.add_argument("--run-steps", default="1000,10000,100000")
     parser.add_argument("--run-layers", type=int, default=20)
@@ -339,7 +386,13 @@ def main() -> None:
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
     if "layers" in parts:
         print("per-step overhead against depth (default watch, CPU clock, 1 thread):")
-        layers_part(ints(args.layers), args.rounds, args.seed)
+        against = None
+        if args.against:
+            from compare_revisions import import_revision  # bench/, beside this script
+
+            tmp = Path(tempfile.mkdtemp(prefix="gwbench-rev-"))
+            against = (args.against, import_revision(args.against, tmp))
+        layers_part(ints(args.layers), args.rounds, args.seed, args.seconds, args.copies, against)
     if "memory" in parts:
         print("memory against steps (100 x Linear(8, 8), default watch):")
         memory_part(ints(args.memory_steps))

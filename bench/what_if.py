@@ -151,10 +151,12 @@ def rehearsed_case(name: str, seed: int = 0) -> dict:
         "top": top.name if top else None,
         "top_action": top.action if top else None,
         "better": [c.name for c in r.changes if c.verdict == "better"],
+        "minor": [c.name for c in r.changes if c.verdict == "minor gain"],
         "baseline": r.baseline,
         "top_result": top,
         "seconds": seconds,
         "candidates": len(r.changes),
+        "rehearsal": r,
     }
     if fixed is not None:
         if p.error is not None:
@@ -200,6 +202,8 @@ def rehearsed_main(only: list[str] | None) -> None:
         top = row["top"] or "none better than baseline"
         if row["kind"] == "healthy":
             top = ", ".join(row["better"]) or "none better than baseline"
+            if row["minor"]:
+                top += f" (minor gain: {', '.join(row['minor'])})"
         print(
             f"| {name} | {row['action'] or 'healthy'} | {row['diagnosis_action'] or '-'} | {top} "
             f"| {fixes} | {row.get('measure', '-')} | {row['candidates']} | {row['seconds']:.1f} |",
@@ -208,7 +212,10 @@ def rehearsed_main(only: list[str] | None) -> None:
     bugs = [r for r in rows if r["kind"] != "healthy"]
     healthy = [r for r in rows if r["kind"] == "healthy"]
     fixed = sum(r["fixes"] for r in bugs)
-    agree = sum(r["top_action"] == r["diagnosis_action"] for r in bugs)
+    # No top change and no diagnosis action is not an agreement: both say nothing.
+    agree = sum(
+        r["top_action"] is not None and r["top_action"] == r["diagnosis_action"] for r in bugs
+    )
     label = sum(r["top_action"] == r["action"] for r in bugs)
     clean = sum(not r["better"] for r in healthy)
     print(

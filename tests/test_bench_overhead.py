@@ -64,7 +64,7 @@ def test_interleaved_run_steps_every_configuration_once_per_round(overhead):
         assert row.ms == pytest.approx(sum(row.blocks_ms) / 4)
 
 
-def test_compare_revisions_times_a_revision_next_to_the_working_tree(capsys):
+def test_compare_revisions_times_revisions_next_to_the_working_tree(capsys):
     root = Path(__file__).resolve().parents[1]
     if not (root / ".git").exists():
         pytest.skip("needs the git history of a checkout")
@@ -77,10 +77,11 @@ def test_compare_revisions_times_a_revision_next_to_the_working_tree(capsys):
     threads = torch.get_num_threads()
     try:
         spec.loader.exec_module(module)
-        module.main(["HEAD", "--rounds", "4", "--warmup", "1", "--configs", "default"])
+        module.main(["HEAD", "HEAD~1", "--rounds", "4", "--warmup", "1", "--configs", "default"])
     finally:
         torch.set_num_threads(threads)
         sys.modules.pop("gradwatch_HEAD", None)
+        sys.modules.pop("gradwatch_HEAD_1", None)
     out = capsys.readouterr().out
     rows = [
         line.split("|")[1:3] for line in out.splitlines() if line.startswith("| ") and "x |" in line
@@ -88,6 +89,7 @@ def test_compare_revisions_times_a_revision_next_to_the_working_tree(capsys):
     assert [label.strip() for label, _ in rows] == [
         "plain",
         "default @ HEAD",
+        "default @ HEAD~1",
         "default @ working tree",
     ]
     assert all(math.isfinite(float(ratio.strip().rstrip("x"))) for _, ratio in rows)

@@ -3,6 +3,7 @@ arguments are checked with one sentence, and what the watch says is what the run
 
 from __future__ import annotations
 
+import io
 import math
 import warnings
 
@@ -291,6 +292,45 @@ def test_a_model_with_only_frozen_parameters_is_warned_about_and_diagnosed_so():
     w.close()
     text = str(w.diagnose())
     assert "no problem found" not in text and "requires grad" in text
+
+
+def _shown(diagnosis) -> dict[str, str]:
+    """The diagnosis as the terminal, the notebook and the HTML report show it."""
+    from rich.console import Console
+
+    from gradwatch.display.notebook import findings_list_html
+    from gradwatch.display.terminal import findings_view
+    from gradwatch.report.data import ReportRun
+    from gradwatch.report.html import findings_html
+
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(findings_view(diagnosis))
+    run = ReportRun("run", diagnosis.stats, diagnosis.meta, [], diagnosis, 0, 0)
+    return {
+        "terminal": " ".join(console.export_text().split()),
+        "notebook": findings_list_html(diagnosis),
+        "html": findings_html(0, run),
+    }
+
+
+def test_every_view_says_what_the_run_left_undiagnosed():
+    model = mlp([3, 8, 2])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu")
+    with gw.watch(model, opt, scaler=scaler) as w:
+        _amp_steps(model, opt, scaler, bad=range(4), steps=4)
+    skipped = w.diagnose()
+    assert not skipped.findings  # no gradient was recorded on purpose: not "no_gradient"
+    frozen = mlp([3, 8, 2]).requires_grad_(False)
+    with pytest.warns(UserWarning):
+        f = gw.watch(frozen)
+    f.close()
+    frozen_d = f.diagnose()
+    assert not frozen_d.findings
+    for diagnosis, words in [(skipped, "skipped every one of the 4"), (frozen_d, "requires grad")]:
+        for view, shown in _shown(diagnosis).items():
+            assert words in shown, (view, shown)
+            assert "no problem found" not in shown.lower(), view
 
 
 # ----------------------------------------------------------------- what backward produced

@@ -215,6 +215,30 @@ def test_report_into_a_read_only_run_directory_is_one_sentence(tmp_path):
     assert "cannot be written" in out.stderr
 
 
+def test_report_into_a_directory_the_os_refuses_is_one_sentence(tmp_path, monkeypatch, capsys):
+    """The same check as above where it can run as root: the OS's answer is what is refused."""
+    from gradwatch.cli import main
+
+    _train(tmp_path / "run")
+    refused = (tmp_path / "run").resolve()
+    real = os.access
+
+    def access(path, mode, *args, **kwargs):
+        if mode & os.W_OK and Path(path).resolve() == refused:
+            return False
+        return real(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["gradwatch", "report", "run"])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    err = " ".join(capsys.readouterr().err.split())
+    assert stop.value.code == 2 and "Traceback" not in err
+    assert "cannot be written (no permission on" in err
+    assert not (tmp_path / "run" / "report.html").exists()
+
+
 def test_demo_overwrite_replaces_a_previous_demo(tmp_path, monkeypatch):
     from gradwatch import demo
 

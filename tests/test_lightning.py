@@ -149,3 +149,90 @@ def test_lightning_gradient_clipping_is_recorded_after_the_gradients_it_clipped(
     pd.testing.assert_series_equal(got, want, rtol=1e-6)
     coef = stats.query("metric == 'clip_coef' and layer == '(model)'")
     assert coef["step"].tolist() == list(range(STEPS)) and (coef["value"] < 1).all()
+
+
+class SoftmaxClassifier(pl.LightningModule):
+    """A classifier whose forward ends in nn.Softmax before cross_entropy: a real bug."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3), nn.Softmax(-1))
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.cross_entropy(self(x), y)
+        self.log("train_loss", loss)  # the copies must not log to the trainer
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+
+def _blob_batches(n: int = 4, batch: int = 32):
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 4, generator=g) * 2
+    out = []
+    for _ in range(n):
+        y = torch.randint(0, 3, (batch,), generator=g)
+        out.append((centres[y] + torch.randn(batch, 4, generator=g), y))
+    return out
+
+
+def _fit_classifier(tmp_path, **callback_kw):
+    from gradwatch.integrations.lightning import GradwatchCallback
+
+    callback = GradwatchCallback(log_dir=tmp_path / "gw", **callback_kw)
+    trainer = pl.Trainer(
+        max_steps=4,
+        accelerator="cpu",
+        devices=1,
+        callbacks=[callback],
+        logger=pl.loggers.CSVLogger(tmp_path / "logs"),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    module = SoftmaxClassifier()
+    loader = torch.utils.data.DataLoader(_blob_batches(), batch_size=None)
+    trainer.fit(module, train_dataloaders=loader)
+    return callback, module, trainer
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models train several times faster on one thread where other jobs share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_lightning_what_if_rehearses_at_fit_end_without_touching_the_model(tmp_path):
+    callback, module, trainer = _fit_classifier(
+        tmp_path, what_if=True, what_if_steps=25, what_if_batches=2
+    )
+    _, plain, _ = _fit_classifier(tmp_path / "plain")
+    r = callback.what_if_result
+    assert r is not None and r.steps == 25 and r.baseline.name == "baseline"
+    # Dropping the softmax (the copy's own training_step then takes logits) is the fix.
+    assert r.top is not None and r.top.action == "loss" and "Softmax" in r.top.name, str(r)
+    # The rehearsal trained copies: the fitted weights are those of a fit without it.
+    assert all(
+        torch.equal(a, b) for a, b in zip(module.parameters(), plain.parameters(), strict=True)
+    )
+    assert module.trainer is trainer  # the trainer was set aside for the copies, then restored
+    assert "train_loss" in trainer.logged_metrics  # the copies' self.log went nowhere
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_lightning_what_if_without_batches_is_one_clear_error(tmp_path):
+    callback, _, _ = _fit_classifier(tmp_path)
+    with pytest.raises(gw.errors.WatchError, match="no batches"):
+        callback.what_if()
+    r = callback.what_if(_blob_batches(2), steps=5)
+    assert r.steps == 5 and r.changes

@@ -188,3 +188,28 @@ def test_the_rehearsal_tells_each_init_twin_from_its_healthy_twin(broken):
     found = {f.kind for f in _scenario_check(broken).findings if f.severity != "info"}
     assert labels <= found, (labels, found)
     assert _scenario_check(TWINS[broken]).findings == []
+
+
+@pytest.mark.parametrize("clears", [False, True])
+def test_the_rehearsal_runs_the_users_loop_body_and_sees_its_bug(clears):
+    """With train_step= the copy is trained by the user's own loop body, so a loop that never
+    clears its gradients is found by check() before training, and a loop that does is not."""
+    model = he_mlp(depth=3, width=32)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+
+    def train_step(m, o, b):
+        if clears:
+            o.zero_grad()
+        loss = nn.functional.cross_entropy(m(b[0]), b[1])
+        loss.backward()
+        o.step()
+        return loss
+
+    before = copy.deepcopy(model.state_dict())
+    d = gw.check(model, X, Y, nn.CrossEntropyLoss(), optimizer=opt, train_step=train_step)
+    assert ("uncleared_gradients" in d.kinds()) is not clears, d.kinds()
+    if not clears:
+        first = next(f for f in d.findings if f.severity != "info")
+        assert first.kind == "uncleared_gradients" and first.remedies[0].action == "loop"
+    for k, v in model.state_dict().items():  # the user's model is untouched
+        assert torch.equal(v, before[k])

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import torch.nn.modules.module as _module
 import torch.optim.optimizer as _optim
 from torch import nn
 
@@ -65,21 +66,85 @@ def _plain() -> pd.DataFrame:
     return w.stats()
 
 
-def _table(stats: pd.DataFrame) -> pd.Series:
-    rows = stats[stats["metric"].isin(METRICS)]
+def _table(stats: pd.DataFrame, metrics=METRICS) -> pd.Series:
+    rows = stats[stats["metric"].isin(metrics)] if metrics else stats
     return rows.set_index(["step", "layer", "metric"])["value"].sort_index()
 
 
-def test_a_script_is_watched_from_its_first_optimizer_step(script, tmp_path, capsys):
+def test_a_script_is_watched_from_its_first_forward_pass(script, tmp_path, capsys):
     code = run_script(script, [], log_dir=tmp_path / "run")
     assert code == 0
     out = capsys.readouterr()
     assert out.out.count("loss") == 4  # the script's own output, untouched
     run = gw.load(tmp_path / "run")
-    pd.testing.assert_series_equal(_table(run.stats), _table(_plain()))
+    plain = _plain()
+    assert {"act_std", "saturated_frac", "backflow_norm"} <= set(
+        plain["metric"]
+    )  # forward probes at step 0 too
+    # every statistic, forward ones included, as with gw.watch written into the script
+    pd.testing.assert_series_equal(_table(run.stats, None), _table(plain, None))
     assert run.meta["steps_seen"] == 4
     assert "gradwatch" in out.err
     assert not _optim._global_optimizer_pre_hooks  # nothing left behind
+    assert not _module._global_forward_pre_hooks
+
+
+LATE_OPTIMIZER = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 2))
+    with torch.no_grad():
+        model(torch.zeros(1, 5))  # a shape check before any optimizer exists
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(1)
+    for step in range(4):
+        x = torch.randn(8, 5, generator=g)
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()
+    """
+)
+
+TWO_OPTIMIZERS = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    gen, disc = nn.Linear(3, 5), nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 1))
+    opt_g = torch.optim.SGD(gen.parameters(), lr=0.1)
+    opt_d = torch.optim.SGD(disc.parameters(), lr=0.1)
+    for step in range(3):
+        fake = gen(torch.randn(4, 3))  # the generator runs first ...
+        opt_d.zero_grad()
+        disc(fake.detach()).mean().backward()
+        opt_d.step()  # ... but the discriminator's optimizer steps first
+        opt_g.zero_grad()
+        (-disc(fake).mean()).backward()
+        opt_g.step()
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("source", "watched", "steps"),
+    [(LATE_OPTIMIZER, "Sequential", 4), (TWO_OPTIMIZERS, "Sequential", 3)],
+    ids=["optimizer-made-after-a-forward", "two-optimizers"],
+)
+def test_without_one_optimizer_at_the_first_forward_the_first_step_decides(
+    source, watched, steps, tmp_path
+):
+    path = tmp_path / "train.py"
+    path.write_text(source)
+    with pytest.warns(UserWarning, match="first optimizer only") if "opt_g" in source else _none():
+        assert run_script(path, [], log_dir=tmp_path / "run") == 0
+    run = gw.load(tmp_path / "run")
+    assert run.meta["steps_seen"] == steps
+    assert run.meta["model"]["class"] == watched, run.meta["model"]
+    assert not _module._global_forward_pre_hooks
 
 
 def test_the_scripts_exit_code_and_argv_pass_through(script, tmp_path, capsys):
@@ -135,7 +200,7 @@ SCALED_SCRIPT = textwrap.dedent(
         x = torch.randn(8, 5, generator=g)
         opt.zero_grad()
         scaler.scale(model(x).pow(2).mean()).backward()
-        if step == 2:  # an overflow, as float16 would have
+        if step in OVERFLOWS:  # an overflow, as float16 would have
             model[0].weight.grad[0, 0] = float("inf")
         scaler.step(opt)
         scaler.update()
@@ -143,9 +208,15 @@ SCALED_SCRIPT = textwrap.dedent(
 )
 
 
+def _none():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
 def test_a_scripts_grad_scaler_is_found_and_its_skipped_steps_recorded(tmp_path):
     path = tmp_path / "scaled.py"
-    path.write_text(SCALED_SCRIPT)
+    path.write_text("OVERFLOWS = (2,)\n" + SCALED_SCRIPT)
     assert run_script(path, [], log_dir=tmp_path / "run") == 0
     stats = gw.load(tmp_path / "run").stats
     assert stats.query("metric == 'skipped'").set_index("step")["value"].to_dict() == {
@@ -157,3 +228,74 @@ def test_a_scripts_grad_scaler_is_found_and_its_skipped_steps_recorded(tmp_path)
     plain = _table(_plain()).xs("grad_norm", level="metric").xs(0, level="step")
     scaled = _table(stats).xs("grad_norm", level="metric").xs(0, level="step")
     pd.testing.assert_series_equal(scaled, plain)  # unscaled: the same first step as without AMP
+
+
+def test_steps_the_scaler_skips_before_the_first_real_one_are_recorded(tmp_path):
+    path = tmp_path / "scaled.py"
+    path.write_text("OVERFLOWS = (0, 1)\n" + SCALED_SCRIPT)
+    assert run_script(path, [], log_dir=tmp_path / "run") == 0
+    run = gw.load(tmp_path / "run")
+    skipped = run.stats.query("metric == 'skipped'").set_index("step")["value"].to_dict()
+    assert skipped == {0: 1.0, 1: 1.0, 2: 0.0, 3: 0.0}
+
+
+def test_a_script_whose_scaler_skips_every_step_is_told_nothing_trained(tmp_path, capsys):
+    path = tmp_path / "scaled.py"
+    path.write_text("OVERFLOWS = (0, 1, 2, 3)\n" + SCALED_SCRIPT)
+    assert run_script(path, [], log_dir=tmp_path / "run") == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "took no optimizer step" not in err
+    assert "skipped every one of the 4 recorded optimizer steps" in err, err
+
+
+WHAT_IF_SCRIPT = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    centres = torch.randn(3, 4, generator=g) * 2
+    # The bug: forward() ends in a softmax that nn.CrossEntropyLoss takes the log of again.
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3), nn.Softmax(dim=-1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    criterion = nn.CrossEntropyLoss()
+    for step in range(6):
+        y = torch.randint(0, 3, (32,), generator=g)
+        x = centres[y] + torch.randn(32, 4, generator=g)
+        opt.zero_grad()
+        loss = criterion(model(x), y)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        print("eval", model(x).shape)  # an evaluation call is not a training batch
+    print("weights", model[0].weight.sum().item())
+    """
+)
+
+
+def test_run_what_if_rehearses_the_scripts_batches_and_loss(tmp_path, capsys):
+    path = tmp_path / "train.py"
+    path.write_text(WHAT_IF_SCRIPT)
+    assert run_script(path, [], log_dir=tmp_path / "plain") == 0
+    plain = capsys.readouterr()
+    assert run_script(path, [], log_dir=tmp_path / "run", what_if_steps=25) == 0
+    out = capsys.readouterr()
+    assert out.out == plain.out  # the script's own output (its final weights) is unchanged
+    assert "rehearsed what-if" in out.err and "trained 25 steps" in out.err
+    lines = out.err[out.err.index("rehearsed what-if") :].splitlines()
+    first = lines[[line.split()[:1] for line in lines].index(["baseline"]) + 1]
+    assert "Softmax" in first and "better" in first, "\n".join(lines)  # the fix ranks first
+    assert not torch.nn.modules.module._global_forward_hooks  # nothing left behind
+    assert not torch.nn.modules.module._global_forward_pre_hooks
+
+
+def test_run_what_if_without_a_loss_module_says_so(script, tmp_path, capsys):
+    assert run_script(script, [], log_dir=tmp_path / "run", what_if_steps=5) == 0
+    err = capsys.readouterr().err
+    assert "nn.*Loss module" in err and "nothing was rehearsed" in err
+
+
+def test_run_what_if_steps_must_be_positive(script, tmp_path):
+    with pytest.raises(gw.errors.GradwatchError, match="--steps must be a positive integer"):
+        run_script(script, [], log_dir=tmp_path / "run", what_if_steps=0)

@@ -288,6 +288,13 @@ def run(
     ),
     every: int = typer.Option(1, "--every", help="Record every N-th optimizer step."),
     overwrite: bool = _flag("--overwrite", help="Replace a run already in --log-dir."),
+    what_if: bool = _flag(
+        "--what-if",
+        help="After the script, train each remedy of the diagnosis on copies and rank them.",
+    ),
+    steps: int = typer.Option(
+        100, "--steps", help="With --what-if: optimizer steps each change is trained."
+    ),
 ) -> None:
     """Run an unmodified training script with watching attached; print the diagnosis at the end.
 
@@ -296,7 +303,13 @@ def run(
     from gradwatch.run_script import run_script
 
     code = run_script(
-        script, args or [], log_dir=log_dir, every=every, overwrite=overwrite, console=err
+        script,
+        args or [],
+        log_dir=log_dir,
+        every=every,
+        overwrite=overwrite,
+        console=err,
+        what_if_steps=steps if what_if else None,
     )
     raise SystemExit(code)
 

@@ -122,7 +122,8 @@ def check(
     each of `seeds`, and are ranked by the loss reached against the baseline's, beyond seed noise:
     summary["rehearsed_what_if"] (`checks.rehearsed.RehearsedWhatIf`). `max_seconds` stops early
     with what was measured; `train_step(model, optimizer, batch) -> loss` is the user's loop body
-    when known; `metric(model) -> float` (lower is better) ranks instead of the training loss.
+    when known (the rehearsal of the first steps runs it too, so that a bug of the loop shows);
+    `metric(model) -> float` (lower is better) ranks instead of the training loss.
     """
     if optimizer is not None and (not isinstance(rehearsal_steps, int) or rehearsal_steps < 1):
         raise CheckError(f"rehearsal_steps must be a positive integer, got {rehearsal_steps!r}.")
@@ -137,6 +138,8 @@ def check(
                 inputs,
                 lambda out: _loss(out, target, loss_fn, cotangent=False),
                 rehearsal_steps,
+                train_step=train_step,
+                batch=(inputs, target),
             )
         diagnosis = merged(diagnosis, rehearsed, summary)
     if what_if == "train":

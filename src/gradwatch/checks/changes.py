@@ -44,6 +44,8 @@ REMEDY_ACTIONS = {
 UNSTABLE = ("exploding_gradient", "nonfinite", "unstable_updates", "exploding_through_time")
 CLIP_NORM = 1.0  # clip_grad_norm_ threshold of the clipping change (the loss's gradient units)
 AGC_CLIPPING = 0.01  # λ of adaptive clipping, Brock et al. 2021's default
+LOG_EPS = 1e-8  # what torch's PoissonNLLLoss adds inside its log
+LEAKY_SLOPE = 0.1  # negative slope of the LeakyReLU the dead-unit change puts in
 
 
 @dataclass
@@ -58,6 +60,11 @@ class Setup:
     train_step: Callable | None = None  # the user's loop body (model, optimizer, batch) -> loss
     lr_scale: float = 1.0
     before_step: list[Callable[[nn.Module], None]] = field(default_factory=list)  # e.g. clipping
+    # Targets are trained standardised, (target - mean) / std; the loss curve and the metric
+    # read the output mapped back (output * std + mean) so that they stay in the user's units.
+    target_scale: tuple[torch.Tensor, torch.Tensor] | None = None
+    # A context manager around every forward and loss (and the metric): e.g. `LogitsMode`.
+    mode: Callable[[], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,7 @@ class OutputGraph:
     last: tuple[str, nn.Module] | None  # the model's last activation module, by forward order
     target_float: bool  # the target is a floating-point tensor
     multi_hot: bool  # a float target shaped like the output whose rows do not sum to 1
+    one_hot: bool = False  # a float target shaped like the output, rows of 0s and one 1
 
 
 def _ops_between(loss: torch.Tensor, out: torch.Tensor) -> frozenset[str]:
@@ -133,7 +141,8 @@ def output_graph(model: nn.Module, batch: Batch, loss_fn, call) -> OutputGraph |
             h.remove()
     # The last activation module counts as the output layer only when its output is the output.
     last = order[-1] if order else None
-    if last is not None and type(last[1]).__name__ not in out.grad_fn.name():
+    # By name, case aside: nn.ReLU's backward node is "ReluBackward0".
+    if last is not None and type(last[1]).__name__.lower() not in out.grad_fn.name().lower():
         last = None
     is_float = isinstance(target, torch.Tensor) and target.is_floating_point()
     multi = bool(
@@ -143,6 +152,14 @@ def output_graph(model: nn.Module, batch: Batch, loss_fn, call) -> OutputGraph |
         and out.shape[-1] > 1
         and not torch.allclose(target.sum(-1), torch.ones_like(target.sum(-1)))
     )
+    one_hot = bool(
+        is_float
+        and target.shape == out.shape
+        and out.dim() == 2
+        and out.shape[-1] > 1
+        and ((target == 0) | (target == 1)).all()
+        and (target.sum(-1) == 1).all()
+    )
     return OutputGraph(
         out.grad_fn.name(),
         _ops_between(loss, out),
@@ -150,6 +167,7 @@ def output_graph(model: nn.Module, batch: Batch, loss_fn, call) -> OutputGraph |
         last,
         is_float,
         multi,
+        one_hot,
     )
 
 
@@ -175,6 +193,61 @@ def _cross_entropy(out, target):
     return nn.functional.cross_entropy(out, target)
 
 
+def _cross_entropy_one_hot(out, target):
+    return nn.functional.cross_entropy(out, target.argmax(-1))
+
+
+_SOFTMAXES = {torch.softmax, torch.nn.functional.softmax, torch.Tensor.softmax}
+_LOGS = {torch.log, torch.Tensor.log}
+
+
+class LogitsMode(torch.overrides.TorchFunctionMode):
+    """While active, a softmax computed in forward() remembers its input: the log of it becomes
+    log_softmax of that input, and cross_entropy / nll of it takes that input. What the user
+    fixes by returning logits, done to the copy without editing the code."""
+
+    def __init__(self):
+        super().__init__()
+        self.inputs: dict[int, tuple[torch.Tensor, torch.Tensor, Any]] = {}
+
+    def _logits(self, t):
+        hit = self.inputs.get(id(t)) if isinstance(t, torch.Tensor) else None
+        return hit if hit is not None and hit[0] is t else None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _SOFTMAXES and args:
+            out = func(*args, **kwargs)
+            dim = kwargs.get("dim", args[1] if len(args) > 1 else -1)
+            self.inputs[id(out)] = (out, args[0], dim)
+            return out
+        if func in _LOGS and args and self._logits(args[0]) is not None:
+            _, logits, dim = self._logits(args[0])
+            return torch.log_softmax(logits, dim=dim)
+        if func is torch.nn.functional.cross_entropy and args and self._logits(args[0]):
+            _, logits, _ = self._logits(args[0])
+            return func(logits, *args[1:], **kwargs)
+        return func(*args, **kwargs)
+
+
+class GuardedLogMode(torch.overrides.TorchFunctionMode):
+    """While active, every torch.log(x) is torch.log(x + 1e-8)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _LOGS and args and isinstance(args[0], torch.Tensor):
+            return func(args[0] + LOG_EPS, *args[1:], **kwargs)
+        return func(*args, **kwargs)
+
+
+def _logits_mode(s: Setup, g) -> None:
+    s.mode = LogitsMode
+
+
+def _guarded_log_mode(s: Setup, g) -> None:
+    s.mode = GuardedLogMode
+
+
 def output_changes(g: OutputGraph) -> tuple[list[Change], list[ManualChange]]:
     """Changes at the model's end that the loss's graph calls for."""
     auto: list[Change] = []
@@ -194,6 +267,22 @@ def output_changes(g: OutputGraph) -> tuple[list[Change], list[ManualChange]]:
                         _swap_output(name, nn.Sigmoid),
                     )
                 )
+        elif g.multi_hot and name is not None and not logs:
+
+            def sigmoid_bce(s: Setup, gen, n=name) -> None:
+                # Sigmoid, not logits: the output stays probabilities, as a metric reads them.
+                _replace(s.model, n, nn.Sigmoid())
+                s.loss_fn = _bce_on_probabilities
+
+            auto.append(
+                Change(
+                    f"loss: output Softmax '{name}' -> Sigmoid, binary cross-entropy",
+                    "loss",
+                    "independent labels (targets that do not sum to 1) need one sigmoid each, "
+                    "and a log-loss",
+                    sigmoid_bce,
+                )
+            )
         elif g.multi_hot and name is not None:
             auto.append(
                 Change(
@@ -219,11 +308,13 @@ def output_changes(g: OutputGraph) -> tuple[list[Change], list[ManualChange]]:
                     )
                 )
             else:
-                manual.append(
-                    ManualChange(
+                auto.append(
+                    Change(
+                        "loss: cross_entropy on the logits of forward()'s softmax",
                         "loss",
-                        "forward() returns a softmax that the loss takes the log of again",
-                        "return the logits from forward() and use nn.CrossEntropyLoss()",
+                        "forward() returns a softmax that the loss takes the log of again; the "
+                        "copy's loss gets the softmax's input (write: return the logits)",
+                        _logits_mode,
                     )
                 )
     elif op.startswith("SigmoidBackward") and "BinaryCrossEntropyWithLogitsBackward0" in ops:
@@ -278,14 +369,50 @@ def output_changes(g: OutputGraph) -> tuple[list[Change], list[ManualChange]]:
                 )
             )
     elif op.startswith("LogBackward") and ce:
-        manual.append(
-            ManualChange(
+        auto.append(
+            Change(
+                "loss: log_softmax for forward()'s log(softmax)",
                 "loss",
-                "the output is torch.log of a probability, which is -inf where it underflows",
-                "use torch.log_softmax(logits, dim=-1) (or nn.CrossEntropyLoss on the logits)",
+                "torch.log of a softmax is -inf where it underflows; the copy computes "
+                "log_softmax of the softmax's input (write: torch.log_softmax(logits, dim=-1))",
+                _logits_mode,
+            )
+        )
+    sigmoid = op.startswith("SigmoidBackward")
+    if g.one_hot and not ce and not op.startswith("SoftmaxBackward") and (sigmoid or not logs):
+        # One-hot classes fitted by a squared error, or by independent sigmoids: the loss a
+        # classifier of exclusive classes trains with is cross-entropy on the logits.
+        drop = name if last is not None and isinstance(last[1], nn.ReLU | nn.Sigmoid) else None
+
+        def ce_on_logits(s: Setup, gen, n=drop) -> None:
+            if n is not None:
+                _replace(s.model, n, nn.Identity())
+            s.loss_fn = _cross_entropy_one_hot
+
+        auto.append(
+            Change(
+                "loss: cross_entropy on logits for one-hot targets"
+                + (f" (drop output {type(last[1]).__name__} '{drop}')" if drop else ""),
+                "loss",
+                "one-hot class targets fitted with a loss that is not a log-loss",
+                ce_on_logits,
             )
         )
     return auto, manual
+
+
+def log_guard(g: OutputGraph | None) -> list[Change]:
+    """For a run gone non-finite whose loss takes a log of the output: the log guarded."""
+    if g is None or "LogBackward0" not in g.loss_ops or g.out_op.startswith("LogBackward"):
+        return []
+    return [
+        Change(
+            "loss: log(x + 1e-8) for every torch.log",
+            "loss",
+            "a log in the loss is -inf where its input reaches 0; the copy adds 1e-8 inside",
+            _guarded_log_mode,
+        )
+    ]
 
 
 # ----------------------------------------------------------------------------- the rest
@@ -307,18 +434,54 @@ def _clear(s: Setup, g) -> None:
     s.clear_grads = True
 
 
+class Standardise(nn.Module):
+    """A fixed front layer: (x - mean) / std per feature (buffers, no parameters)."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    def forward(self, x):
+        flat = x.reshape(len(x), -1)
+        return ((flat - self.mean) / self.std).to(x.dtype).reshape(x.shape)
+
+
+class _Standardised(nn.Module):
+    """The model behind a `Standardise` front layer: what the model trains and is measured on
+    when the data are standardised, so that a metric reading raw inputs sees the same model."""
+
+    def __init__(self, model: nn.Module, front: Standardise):
+        super().__init__()
+        self.model = model
+        self.front = front
+
+    def forward(self, x):
+        return self.model(self.front(x))
+
+
+def _feature_stats(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    xs = torch.cat([t.reshape(len(t), -1) for t in tensors]).double()
+    return xs.mean(0), xs.std(0).clamp_min(1e-8)
+
+
 def _standardise(s: Setup, g) -> None:
-    xs = torch.cat([b[0].reshape(len(b[0]), -1) for b in s.batches]).double()
-    mean, std = xs.mean(0), xs.std(0).clamp_min(1e-8)
-    s.batches = [
-        (
-            ((b[0].reshape(len(b[0]), -1).double() - mean) / std)
-            .to(b[0].dtype)
-            .reshape(b[0].shape),
-            b[1],
-        )
-        for b in s.batches
-    ]
+    mean, std = _feature_stats([b[0] for b in s.batches])
+    dtype = s.batches[0][0].dtype
+    s.model = _Standardised(s.model, Standardise(mean.to(dtype), std.to(dtype)))
+
+
+def _standardise_targets(s: Setup, g) -> None:
+    mean, std = _feature_stats([b[1] for b in s.batches])
+    t = s.batches[0][1]
+    shape = t.shape[1:]
+    s.target_scale = (mean.to(t.dtype).reshape(shape), std.to(t.dtype).reshape(shape))
+
+
+def _leaky(s: Setup, g) -> None:
+    for name, m in list(s.model.named_modules()):
+        if type(m) is nn.ReLU:
+            _replace(s.model, name, nn.LeakyReLU(LEAKY_SLOPE))
 
 
 def _clip_norm(s: Setup, g) -> None:
@@ -338,13 +501,19 @@ def _remedy(name: str) -> Callable[[Setup, torch.Generator], None]:
     return apply
 
 
-def unscaled(batches: list[Batch]) -> bool:
-    """Float tensor inputs some of whose features are far from mean 0, std 1."""
-    x0 = batches[0][0]
-    if not isinstance(x0, torch.Tensor) or not x0.is_floating_point() or x0.dim() < 2:
+def unscaled(batches: list[Batch], which: int = 0) -> bool:
+    """Float tensor inputs (`which` 0) or targets (1) some of whose features are far from mean 0,
+    std 1."""
+    x0 = batches[0][which]
+    if not isinstance(x0, torch.Tensor) or not x0.is_floating_point() or x0.dim() < which + 1:
         return False
-    xs = torch.cat([b[0].reshape(len(b[0]), -1) for b in batches]).double()
-    mean, std = xs.mean(0), xs.std(0)
+    if which == 0 and x0.dim() < 2:
+        return False
+    if not all(
+        isinstance(b[which], torch.Tensor) and b[which].shape[1:] == x0.shape[1:] for b in batches
+    ):
+        return False
+    mean, std = _feature_stats([b[which] for b in batches])
     return bool((mean.abs() > 1).any() or (std > 3).any())
 
 
@@ -383,7 +552,27 @@ def first_changes(
                 _standardise,
             )
         )
+    regression = graph is not None and not (graph.one_hot or graph.multi_hot)
+    if not loop_known and regression and graph.target_float and unscaled(batches, 1):
+        auto.append(
+            Change(
+                "data: standardise targets",
+                "data",
+                "targets minus their mean over the rehearsal batches, over their std; the "
+                "output mapped back for the loss shown and the metric",
+                _standardise_targets,
+            )
+        )
     kinds = diagnosis.kinds()
+    if "dead_units" in kinds and any(type(m) is nn.ReLU for m in model.modules()):
+        auto.append(
+            Change(
+                f"activation: ReLU -> LeakyReLU({LEAKY_SLOPE:g})",
+                "activation",
+                "every nn.ReLU module a LeakyReLU: a unit with negative input keeps a gradient",
+                _leaky,
+            )
+        )
     if loop_known or "uncleared_gradients" in kinds:
         auto.append(Change("loop: zero_grad every step", "loop", "gradients cleared", _clear))
     if kinds & set(UNSTABLE):

@@ -12,6 +12,7 @@ warm-up rehearses its first, small rate.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -77,12 +78,20 @@ def copy_optimizer(
 
 
 def rehearse(
-    model: nn.Module, optimizer: torch.optim.Optimizer, inputs: Any, loss, steps: int
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    inputs: Any,
+    loss,
+    steps: int,
+    train_step: Callable | None = None,
+    batch: Any = None,
 ) -> tuple[Diagnosis, RehearsalSummary]:
     """Diagnosis of `steps` optimizer steps on a copy, and a summary of what they did.
 
-    `loss(output)` turns the copy's output into the training loss. Raises CheckError when the
-    model or optimizer cannot be copied.
+    `loss(output)` turns the copy's output into the training loss. With the user's loop body,
+    `train_step(model, optimizer, batch) -> loss`, the copy is trained by it on `batch` instead,
+    so that what the loop does wrong (gradients never cleared) is seen too. Raises CheckError
+    when the model or optimizer cannot be copied.
     """
     try:
         clone = copy.deepcopy(model)
@@ -114,6 +123,13 @@ def rehearse(
     losses = []
     try:
         for _ in range(steps):
+            if train_step is not None:
+                value = train_step(clone, twin, batch)
+                if not isinstance(value, torch.Tensor):
+                    value = torch.as_tensor(float(value))
+                w.log_loss(value)
+                losses.append(float(value.detach()))
+                continue
             twin.zero_grad(set_to_none=True)
             value = loss(call(clone, inputs))
             value.backward()

@@ -12,6 +12,7 @@ ends.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import itertools
@@ -27,12 +28,14 @@ from torch import nn
 
 from gradwatch._nn import call, untouched
 from gradwatch.checks.changes import (
+    UNSTABLE,
     Batch,
     Change,
     ManualChange,
     Setup,
     clipping_changes,
     first_changes,
+    log_guard,
     lr_up,
     output_graph,
 )
@@ -45,7 +48,11 @@ STEPS = 100  # default rehearsal length: seconds for a small model on a CPU
 SEEDS = (0, 1)
 TAIL = 0.1  # a run's loss is the mean over its last 10% of steps (less noisy than the last one)
 MIN_GAIN = 0.1  # a change must lower the baseline's loss by 10% as well as by 2 seed spreads
-BARELY_MOVES = 0.9  # baseline's loss above 90% of its first: "lr x10" joins the candidates
+# ...and, where no finding of the diagnosis asks for its kind of change, by 10% of the untrained
+# model's value (the loss at the first step, or the metric before training): the task's own
+# scale. A healthy program that converges faster under a change it did not need is a "minor gain".
+MIN_SCALE = 0.1
+NOISE_SIGMAS = 2.0  # "beyond seed noise": this many standard deviations of the difference
 _PROBLEMS = ("warning", "error")
 _HOOK_DICTS = (
     "_forward_hooks",
@@ -69,7 +76,8 @@ class RehearsedChange:
     final: float  # mean over seeds of the mean loss of the last 10% of steps (inf if non-finite)
     spread: float  # standard deviation of that over seeds (same units)
     relative: float | None  # final / the baseline's final; None for the baseline or when undefined
-    # "baseline", "better", "better, with new findings", "worse", "within noise", "failed"
+    # "baseline", "better", "better, with new findings", "minor gain", "worse", "within noise",
+    # "failed" (see `_verdict`)
     verdict: str
     findings: tuple[str, ...] = ()  # warning/error finding kinds of the rehearsal (first seed)
     cleared: tuple[str, ...] = ()  # kinds the baseline's rehearsal had and this one has not
@@ -78,6 +86,7 @@ class RehearsedChange:
     metric_spread: float | None = None  # its standard deviation over seeds
     seconds: float = 0.0  # wall time of its runs together
     error: str | None = None  # why it could not run; None when it ran
+    asked: bool = False  # a warning or error finding of the diagnosis names this kind of change
 
     def to_dict(self) -> dict:
         return {
@@ -96,6 +105,7 @@ class RehearsedChange:
             "losses": [list(c) for c in self.losses],
             "seconds": self.seconds,
             "error": self.error,
+            "asked": self.asked,
         }
 
 
@@ -254,20 +264,30 @@ def _train(setup: Setup, steps: int, watch: bool, metric) -> tuple[list[float], 
     )
     values: list[torch.Tensor] = []
     batches = setup.batches
+    mode = setup.mode or contextlib.nullcontext
+    scale = setup.target_scale
     try:
         for i in range(steps):
             batch = batches[i % len(batches)]
             if setup.clear_grads:
                 opt.zero_grad(set_to_none=True)
-            if setup.train_step is not None:
-                loss = setup.train_step(model, opt, batch)
-            else:
-                loss = setup.loss_fn(call(model, batch[0]), batch[1])
-                loss.backward()
-                if w is not None:
-                    w.log_loss(loss.detach())
-                opt.step()
-            values.append(loss.detach().reshape(()).float())
+            with mode():
+                if setup.train_step is not None:
+                    loss = setup.train_step(model, opt, batch)
+                    shown = loss
+                else:
+                    out = call(model, batch[0])
+                    if scale is None:
+                        loss = shown = setup.loss_fn(out, batch[1])
+                    else:
+                        loss = setup.loss_fn(out, (batch[1] - scale[0]) / scale[1])
+                        with torch.no_grad():
+                            shown = setup.loss_fn(out.detach() * scale[1] + scale[0], batch[1])
+                    loss.backward()
+                    if w is not None:
+                        w.log_loss(loss.detach())
+                    opt.step()
+            values.append(shown.detach().reshape(()).float())
             # A diverged run is measured: one host sync every 10 steps to stop it early.
             if i % 10 == 9 and not bool(torch.isfinite(values[-1])):
                 break
@@ -281,10 +301,29 @@ def _train(setup: Setup, steps: int, watch: bool, metric) -> tuple[list[float], 
     kinds = _problems(w.diagnose()) if w is not None else ()
     score = None
     if metric is not None:
-        with torch.no_grad():
-            model.eval()
-            score = float(metric(model))
+        score = _measure(setup, metric)
     return curve, kinds, score
+
+
+class _Unstandardised(nn.Module):
+    """The model with its standardised output mapped back to the targets' units."""
+
+    def __init__(self, model: nn.Module, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.model, self.mean, self.std = model, mean, std
+
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs) * self.std + self.mean
+
+
+def _measure(setup: Setup, metric) -> float:
+    """The metric of the setup's model as the change left it (in eval mode, without grad)."""
+    model = setup.model
+    if setup.target_scale is not None:
+        model = _Unstandardised(model, *setup.target_scale)
+    with torch.no_grad(), (setup.mode or contextlib.nullcontext)():
+        model.eval()
+        return float(metric(model))
 
 
 # ----------------------------------------------------------------------------- the rehearsal
@@ -354,33 +393,43 @@ def rehearse_what_if(
             except Exception as exc:  # noqa: BLE001 - any change, any model
                 return curves, found, scores, time.perf_counter() - start, _reason(exc)
             finally:
-                gc.collect()
+                # A full collection costs ~0.1-0.5 s with torch and pandas loaded: after each
+                # change only where the copies hold accelerator memory, once at the end anyway.
+                if on_device:
+                    gc.collect()
             return curves, found, scores, time.perf_counter() - start, None
+
+        on_device = any(p.device.type != "cpu" for p in model.parameters())
 
         base_curves, base_found, base_scores, base_s, base_err = run(None)
         if base_err is not None:
             raise CheckError(f"The baseline rehearsal failed ({base_err}); fix the step first.")
         base_final = [_tail_mean(c) for c in base_curves]
         first = float(np.mean([c[0] for c in base_curves]))
-        if math.isfinite(first) and BARELY_MOVES * first < max(base_final) < math.inf:
+        finite = all(math.isfinite(v) for v in base_final)
+        if finite and not kinds & set(UNSTABLE) and not any(c.name == "lr x10" for c in auto):
+            # A rate too low shows as a loss that falls, slowly: a larger one is always worth
+            # a try where nothing says the steps are too large already.
             auto.append(lr_up())
-        if not any(c.action == "clipping" for c in auto) and not all(
-            math.isfinite(v) for v in base_final
-        ):
-            auto += clipping_changes()
-        baseline = _result(
-            None, base_curves, base_found, base_scores, base_s, None, None, (), metric
-        )
+        if not finite:
+            if not any(c.action == "clipping" for c in auto):
+                auto += clipping_changes()
+            auto += log_guard(graph)
+        untrained = first
+        if metric is not None:
+            untrained = _metric_before(setup_for(seeds[0]), metric)
+        baseline = _result(None, base_curves, base_found, base_scores, base_s, None, (), metric)
         results, not_run = [], []
         for change in auto:
             if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
                 not_run.append(change.name)
                 continue
             curves, found, scores, secs, err = run(change)
-            results.append(
-                _result(change, curves, found, scores, secs, err, baseline, base_found, metric)
-            )
-    ranked = sorted(results, key=_rank)
+            results.append(_result(change, curves, found, scores, secs, err, base_found, metric))
+    gc.collect()
+    asked = _asked(diagnosis)
+    judged = _judge(baseline, results, asked, untrained)
+    ranked = _ranked(judged, asked)
     return RehearsedWhatIf(
         steps=steps,
         seeds=seeds,
@@ -393,6 +442,14 @@ def rehearse_what_if(
         max_seconds=max_seconds,
         stopped_early=bool(not_run),
     )
+
+
+def _metric_before(setup: Setup, metric) -> float:
+    """The metric of the untrained copy (the task's scale for `MIN_SCALE`)."""
+    try:
+        return _measure(setup, metric)
+    except Exception:  # noqa: BLE001 - the baseline's own metric call will say more
+        return math.nan
 
 
 def _graph(model, batch, loss_fn):
@@ -419,16 +476,9 @@ def _stats(values: list[float]) -> tuple[float, float]:
 
 
 def _result(
-    change: Change | None,
-    curves,
-    found,
-    scores,
-    seconds,
-    error,
-    baseline: RehearsedChange | None,
-    base_found,
-    metric,
+    change: Change | None, curves, found, scores, seconds, error, base_found, metric
 ) -> RehearsedChange:
+    """The measured runs of one change (or the baseline); its verdict is `_judge`'s."""
     name = change.name if change else "baseline"
     action = change.action if change else ""
     summary = change.summary if change else "the program as it is"
@@ -440,21 +490,6 @@ def _result(
     m, m_spread = (None, None)
     if metric is not None:
         m, m_spread = _stats(_score([], scores, metric))
-    verdict, relative = "baseline", None
-    if baseline is not None:
-        if math.isfinite(final) and math.isfinite(baseline.final) and baseline.final != 0:
-            relative = final / baseline.final
-        verdict = _verdict(
-            (m, m_spread) if metric is not None else (final, spread),
-            (baseline.metric, baseline.metric_spread)
-            if metric is not None
-            else (baseline.final, baseline.spread),
-        )
-    introduced = tuple(k for k in found if k not in base_found)
-    if verdict == "better" and introduced:
-        # A lower loss bought with a problem the program did not have (AGC on a healthy net that
-        # then takes unstable steps) is a trade-off to weigh, not a fix to apply first.
-        verdict = "better, with new findings"
     return RehearsedChange(
         name,
         action,
@@ -462,36 +497,135 @@ def _result(
         tuple(tuple(c) for c in curves),
         final,
         spread,
-        relative,
-        verdict,
+        None,
+        "baseline" if change is None else "within noise",
         findings=found,
-        cleared=tuple(k for k in base_found if k not in found),
-        introduced=introduced,
+        cleared=tuple(k for k in base_found if k not in found) if change else (),
+        introduced=tuple(k for k in found if k not in base_found) if change else (),
         metric=m,
         metric_spread=m_spread,
         seconds=seconds,
     )
 
 
-def _verdict(this: tuple, base: tuple) -> str:
-    """Better or worse than the baseline beyond 2 seed spreads and MIN_GAIN of its value."""
-    (v, s), (b, sb) = this, base
+def _asked(d: Diagnosis) -> list[str]:
+    """The action words of the diagnosis's warning and error findings' remedies, in its order
+    (the first finding's first remedy first)."""
+    out: list[str] = []
+    for f in d.findings:
+        if f.severity in _PROBLEMS:
+            out += [r.action for r in f.remedies if r.action not in out]
+    return out
+
+
+def _noise_floor(runs: list[RehearsedChange], metric: bool) -> float:
+    """The median seed spread over every run: two seeds give each run a poor estimate of its
+    own spread, the median over a dozen runs a steadier one (a change's own larger spread
+    still counts)."""
+    spreads = [
+        (r.metric_spread if metric else r.spread)
+        for r in runs
+        if r.verdict != "failed" and math.isfinite(r.metric if metric else r.final)
+    ]
+    spreads = [s for s in spreads if s is not None and math.isfinite(s)]
+    return float(np.median(spreads)) if spreads else 0.0
+
+
+def _judge(
+    baseline: RehearsedChange, results: list[RehearsedChange], asked: list[str], untrained: float
+) -> list[RehearsedChange]:
+    from dataclasses import replace
+
+    metric = baseline.metric is not None
+    floor = _noise_floor([baseline, *results], metric)
+    out = []
+    for r in results:
+        if r.verdict == "failed":
+            out.append(replace(r, asked=r.action in asked))
+            continue
+        relative = None
+        if math.isfinite(r.final) and math.isfinite(baseline.final) and baseline.final != 0:
+            relative = r.final / baseline.final
+        verdict = _verdict(r, baseline, floor, untrained, r.action in asked)
+        if verdict == "better" and r.introduced and not r.cleared:
+            # A lower loss bought with a problem the program did not have (AGC on a healthy net
+            # that then takes unstable steps) is a trade-off to weigh, not a fix to apply first;
+            # one that clears a problem the baseline had is judged by the loss it reaches.
+            verdict = "better, with new findings"
+        out.append(replace(r, relative=relative, verdict=verdict, asked=r.action in asked))
+    return out
+
+
+def _value(r: RehearsedChange) -> tuple[float, float]:
+    if r.metric is not None:
+        return r.metric, r.metric_spread or 0.0
+    return r.final, r.spread
+
+
+def _verdict(
+    r: RehearsedChange, base: RehearsedChange, floor: float, untrained: float, asked: bool
+) -> str:
+    """Better or worse than the baseline, or within noise.
+
+    A run whose loss stays finite at every seed is better than a baseline whose loss does not,
+    and worse the other way round. Otherwise a change is better when it lowers the baseline's
+    value (the metric, else the final loss) by more than `NOISE_SIGMAS` seed spreads (each at
+    least the median spread of all runs) and by `MIN_GAIN` of that value. When no finding of the
+    diagnosis asks for its kind of change, it must also gain `MIN_SCALE` of the untrained value;
+    a smaller gain is a "minor gain": real, but not a fix for anything found."""
+    if not math.isfinite(base.final):
+        return "better" if math.isfinite(r.final) else "within noise"
+    if not math.isfinite(r.final):
+        return "worse"
+    (v, s), (b, sb) = _value(r), _value(base)
     if not math.isfinite(b):
         return "better" if math.isfinite(v) else "within noise"
     if not math.isfinite(v):
         return "worse"
-    margin = max(2 * math.hypot(s, sb), MIN_GAIN * abs(b))
-    if v < b - margin:
-        return "better"
+    margin = max(NOISE_SIGMAS * math.hypot(max(s, floor), max(sb, floor)), MIN_GAIN * abs(b))
     if v > b + margin:
         return "worse"
-    return "within noise"
+    if v >= b - margin:
+        return "within noise"
+    if asked or not math.isfinite(untrained) or b - v >= MIN_SCALE * abs(untrained):
+        return "better"
+    return "minor gain"
 
 
-_ORDER = {"better": 0, "better, with new findings": 1, "within noise": 2, "worse": 3, "failed": 4}
+_ORDER = {
+    "better": 0,
+    "better, with new findings": 1,
+    "minor gain": 2,
+    "within noise": 3,
+    "worse": 4,
+    "failed": 5,
+}
 
 
 def _rank(r: RehearsedChange) -> tuple:
-    value = r.metric if r.metric is not None else r.final
+    value = _value(r)[0]
     value = value if value is not None and math.isfinite(value) else math.inf
     return (_ORDER[r.verdict], value, -len(r.cleared) + len(r.introduced))
+
+
+def _ranked(results: list[RehearsedChange], asked: list[str]) -> list[RehearsedChange]:
+    """Best first: by verdict, then by value. Among the better changes, those within seed noise
+    of the best one cannot be told apart by measurement: the diagnosis's order breaks the tie
+    (the kind of change its first finding names first)."""
+    ranked = sorted(results, key=_rank)
+    better = [r for r in ranked if r.verdict == "better"]
+    if len(better) < 2:
+        return ranked
+    floor = _noise_floor(better, better[0].metric is not None)
+    v0, s0 = _value(better[0])
+    tied = [
+        r
+        for r in better
+        if math.isfinite(v0)
+        and _value(r)[0] - v0 <= NOISE_SIGMAS * math.hypot(max(_value(r)[1], floor), max(s0, floor))
+    ]
+    order = {a: i for i, a in enumerate(asked)}
+    tied.sort(key=lambda r: (order.get(r.action, len(order)), _rank(r)))
+    ids = {id(r) for r in tied}
+    rest = [r for r in ranked if id(r) not in ids]
+    return tied + rest

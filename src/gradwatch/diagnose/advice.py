@@ -229,10 +229,50 @@ def exploding_remedies(view: View, evidence: dict) -> tuple[Remedy, ...]:
     )
     if init:
         out.insert(0, init)
+    if evidence.get("gradient_at_init") and (loss := _class_targets_under_squared_error(view)):
+        out.insert(0, loss)
     out.append(_lr(view, 0.1, "a smaller step keeps a large gradient from compounding"))
     if (n := _normalise(view)) is not None:
         out.append(n)
     return tuple(out)
+
+
+def _class_targets_under_squared_error(view: View) -> Remedy | None:
+    """A squared error between an unbounded output and class indicators (one-hot or multi-hot
+    rows of 0/1) whose first value says the output started LOSS_OUT_OF_SCALE times off the
+    targets: the loss's gradient grows with that error, where a cross-entropy's stays below 1."""
+    from gradwatch.diagnose.thresholds import LOSS_OUT_OF_SCALE
+
+    graph = (view.meta.get("probes", {}).get("loop") or {}).get("graph") or {}
+    head, target = list(graph.get("head") or []), graph.get("target") or {}
+    if not ({"MseLossBackward0", "PowBackward0"} & set(head)) or not target.get("integer"):
+        return None
+    if (target.get("min") or 0) < -1e-4 or (target.get("max") or 0) > 1 + 1e-4:
+        return None
+    if {"SigmoidBackward0", "SoftmaxBackward0", "TanhBackward0"} & set(head):
+        return None  # a bounded output cannot start out of the targets' scale
+    table = view.metric("loss")
+    if table.empty:
+        return None
+    first = float(table.iloc[0, 0])
+    if not (np.isfinite(first) and first > 0 and np.sqrt(first) > LOSS_OUT_OF_SCALE):
+        return None
+    several = (target.get("row_sum_max") or 1) > 1.01
+    fix = (
+        "one logit per label into nn.BCEWithLogitsLoss"
+        if several
+        else "logits into nn.CrossEntropyLoss (class indices as targets), i.e. softmax + "
+        "cross-entropy"
+    )
+    return Remedy(
+        "loss",
+        f"Train the class targets with a classification loss, not a squared error: {fix}. The "
+        f"first loss was {fmt(first)}: the output starts about {fmt(float(np.sqrt(first)))} off "
+        "targets that are 0 or 1, and a squared error's gradient grows with that error.",
+        expected="a gradient per output unit bounded by 1 whatever the output's scale",
+        why="the gradient of a squared error is proportional to the error; the gradient of "
+        "softmax + cross-entropy is p - y, between -1 and 1",
+    )
 
 
 def nonfinite_remedies(view: View) -> tuple[Remedy, ...]:
@@ -273,21 +313,33 @@ def dead_remedies(view: View, layers: list[str]) -> tuple[Remedy, ...]:
         for fn, ls in _activations(view, {"relu", "relu6"}).items()
     }
     fns = {k: v for k, v in fns.items() if v}
+    large = [n for n in view.weight_layers if view.init_of(n) == "large"]
+    init = Remedy(
+        "init",
+        "Initialise biases to zero (nn.init.zeros_(m.bias)) and weights with He init: units "
+        "whose input is negative for every sample get no gradient and never recover."
+        + (
+            f" {names(large)} start with weights larger than He init (std x sqrt(fan_in) "
+            "above 2, He: 1.41): the outputs, the gradients and the first steps are as large, "
+            "and those steps kill the units."
+            if large
+            else ""
+        ),
+        expected="about half the units active on any sample",
+        why="a ReLU unit with a negative input for every sample has zero gradient",
+    )
     out = [
         _swap_activation(view, fns, to="nn.LeakyReLU(0.1)") if fns else None,
-        Remedy(
-            "init",
-            "Initialise biases to zero (nn.init.zeros_(m.bias)) and weights with He init: units "
-            "whose input is negative for every sample get no gradient and never recover.",
-            expected="about half the units active on any sample",
-            why="a ReLU unit with a negative input for every sample has zero gradient",
-        ),
+        init,
         _lr(
             view,
             0.3,
             "a too-large step can push a unit's bias so far negative that it never fires again",
         ),
     ]
+    if large:  # weights started too large: the init is what to change first
+        out.remove(init)
+        out.insert(0, init)
     return tuple(r for r in out if r is not None)
 
 
@@ -463,16 +515,23 @@ def plateau_remedies(view: View) -> tuple[Remedy, ...]:
     )
 
 
-def lr_remedies(view: View, ratio: float, high: bool) -> tuple[Remedy, ...]:
+def lr_remedies(
+    view: View, ratio: float, high: bool, path: float | None = None
+) -> tuple[Remedy, ...]:
     """A learning rate with its basis: scale it so the median layer's update/weight ratio comes
-    to LR_TARGET_UPDATE."""
-    from gradwatch.diagnose.thresholds import LR_TARGET_UPDATE
+    to LR_TARGET_UPDATE; for a rate too low whose steps agree (`path`: the share of their size
+    the weights walked over the run), so that they walk LR_TRAVEL times their size, if that asks
+    more."""
+    from gradwatch.diagnose.thresholds import LR_TARGET_UPDATE, LR_TRAVEL
 
     factor = LR_TARGET_UPDATE / ratio if ratio > 0 else (0.1 if high else 10.0)
     factor = min(factor, 0.3) if high else max(factor, 3.0)
+    walk = not high and path is not None and path > 0 and LR_TRAVEL / path > factor
     lrs = view.optimizer.get("lr") or []
     name = view.optimizer.get("type") or view.meta.get("settings", {}).get("optimizer") or ""
     verb = "Lower" if high else "Raise"
+    if walk:
+        factor = min(LR_TRAVEL / path, 30.0)
     target = (
         f" from {fmt(lrs[0])} to {fmt(_round_lr(lrs[0] * factor))}"
         if lrs
@@ -482,6 +541,12 @@ def lr_remedies(view: View, ratio: float, high: bool) -> tuple[Remedy, ...]:
         f"the median layer moved {fmt(ratio)} of its weights per step; {times(factor)} brings "
         f"that to about {fmt(LR_TARGET_UPDATE)} (healthy: 1e-3 to 1e-2)"
     )
+    if walk:
+        basis = (
+            f"the steps agree, and over the run they walked the weights {fmt(path)} of their "
+            f"size; {times(factor)} walks them {fmt(LR_TRAVEL)}x their size (their own size by "
+            "half-way, leaving the rest to converge)"
+        )
     out = [
         Remedy(
             "lr",
@@ -518,6 +583,9 @@ def mismatch_remedies(view: View, problem: str, head: list[str]) -> tuple[Remedy
         "unbounded": "Give the output layer an activation that makes probabilities: softmax "
         "(or logits into nn.CrossEntropyLoss) for classes, sigmoid (or logits into "
         "nn.BCEWithLogitsLoss) for binary labels; a ReLU or linear output is for regression.",
+        "multilabel": "Several labels per sample are independent: end the model in one "
+        "nn.Sigmoid per label with nn.BCELoss (or return the logits into "
+        "nn.BCEWithLogitsLoss) instead of a softmax, which makes the labels compete.",
         "range": "Make the output layer and the loss fit the targets: one unit per class with "
         "softmax / nn.CrossEntropyLoss for class indices, sigmoid + BCE only for targets in "
         "[0, 1] (several labels per sample: one sigmoid each), a linear output for targets "

@@ -79,6 +79,11 @@ def _can_explain(cause: Finding, effect: Finding) -> bool:
         return False  # a graph cut is a cause of its own
     if cause.kind in _STEP_SIZE and effect.evidence.get("log_of_probability"):
         return False  # the log of a probability underflows to log 0 at any step size
+    if cause.kind in _STEP_SIZE and cause.evidence.get("gradient_at_init"):
+        # The gradient already dwarfed the weights before any update (SGD, whose step follows
+        # it): the steps were large because the model's gradient was, so what they broke is
+        # explained by the model (its init, its loss), not by the rate.
+        return False
     if cause.kind in _STEP_SIZE and effect.step == 0 and effect.kind not in _OVER_TIME:
         # Step 0 is measured before the first update: what already held there is the model's
         # (its init, its loss, its data), and no learning rate made it.

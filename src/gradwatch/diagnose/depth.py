@@ -20,6 +20,7 @@ from gradwatch.diagnose.finding import Finding
 from gradwatch.diagnose.thresholds import (
     EXPLODE_ERROR,
     EXPLODE_WARN,
+    GRAD_AT_INIT,
     MIN_LAYERS,
     QUARTILE_MARGIN,
     RELATIVE_GRAD_ERROR,
@@ -184,7 +185,13 @@ def detect_depth(view: View) -> list[Finding]:
     if _persistent(vanish, view, len(trends)):
         findings.append(_vanishing(view, vanish))
     if _persistent(explode, view, max(len(trends), 1)) or spikes:
-        findings.append(_exploding(view, explode + spikes))
+        held = explode + spikes
+        at_init = view.gradient_at_init
+        if at_init is not None and at_init > GRAD_AT_INIT and min(s for s, _ in held) > 0:
+            # Before any update the gradients already dwarfed the weights: the explosion began
+            # at step 0, and the steps that followed only carried it on.
+            held = [(0, {"gradient_at_init": at_init})] + held
+        findings.append(_exploding(view, held))
     return findings
 
 
@@ -253,6 +260,13 @@ def _exploding(view: View, held: list) -> Finding:
             f"gradients are {fmt(ev['relative_gradient'])}x the weights they update (median layer)"
         )
         worst = max(worst, ev["relative_gradient"] * EXPLODE_ERROR / RELATIVE_GRAD_ERROR)
+    at_init = held[0][1].get("gradient_at_init") if held[0][0] == 0 else None
+    if at_init is not None:
+        parts.insert(
+            0,
+            f"before any update the gradients were already {fmt(at_init)}x the weights they "
+            "update (median layer)",
+        )
     if ev.get("spike"):
         s = ev["spike"]
         parts.append(
@@ -264,13 +278,15 @@ def _exploding(view: View, held: list) -> Finding:
     summary = "Gradients explode: " + "; ".join(parts) + "."
     evidence = {k: v for k, v in ev.items() if v is not None}
     evidence["at_step"] = step
+    if at_init is not None:
+        evidence["gradient_at_init"] = at_init
     return Finding(
         "exploding_gradient",
         severity,
         tuple(layers),
         summary,
         evidence,
-        exploding_remedies(view, ev),
+        exploding_remedies(view, evidence),
         first_step,
     )
 

@@ -24,6 +24,7 @@ from gradwatch.diagnose.thresholds import (
     DEAD_WARN,
     EARLY_REWRITE,
     EARLY_STEPS,
+    GRAD_AT_INIT,
     MIN_UPDATE_STEPS,
     SATURATED_ERROR,
     SATURATED_WARN,
@@ -339,6 +340,9 @@ def detect_unstable(view: View) -> list[Finding]:
     }
     if collapse:
         evidence["collapse"] = collapse
+    at_init = view.gradient_at_init
+    if at_init is not None and at_init > GRAD_AT_INIT:
+        evidence["gradient_at_init"] = at_init
     first = int(high.index[0]) if not high.empty else int(per_step.index[0])
     typical = float(high.median()) if not high.empty else worst
     return [

@@ -164,7 +164,7 @@ def detect_output_loss(view: View) -> list[Finding]:
         elif bounded == "SoftmaxBackward0" and (target.get("row_sum_max") or 1) > 1.01:
             problems.append(
                 (
-                    "range",
+                    "multilabel",
                     "The output is a softmax (each row sums to 1) but target rows sum to up to "
                     f"{fmt(target['row_sum_max'])}: several labels per sample need independent "
                     "sigmoids, not a softmax that makes them compete.",
@@ -216,7 +216,10 @@ def detect_no_gradient(view: View) -> list[Finding]:
     autograd (torch.no_grad, a reentrant checkpoint whose input does not require grad), or
     reached but given exactly zero (a constant output)."""
     trainable = _trainable_layers(view)
-    if not trainable or view.n_steps < 1:
+    skipped = view.metric("skipped")
+    # A step the GradScaler skipped records no gradient on purpose: it is not a missing one.
+    taken = view.n_steps - (int((skipped == 1).to_numpy().sum()) if not skipped.empty else 0)
+    if not trainable or taken < 1:
         return []
     g = view.metric("grad_norm")
     zero = []
@@ -251,13 +254,13 @@ def detect_no_gradient(view: View) -> list[Finding]:
             return []
     severity = "error" if every or reason in ("no_grad", "cut") else "warning"
     summary = (
-        f"{'Every layer' if every else names(zero)} got no gradient at any of {view.n_steps} "
+        f"{'Every layer' if every else names(zero)} got no gradient at any of {taken} "
         f"recorded steps (.grad None or exactly 0): {why}"
     )
     evidence = {
         "layers_without_gradient": len(zero),
         "trainable_layers": len(trainable),
-        "steps": view.n_steps,
+        "steps": taken,
         "reason": reason,
         "parameters_not_reached": unreached[:12],
         "ran_without_autograd": sorted(no_grad & set(zero)),

@@ -8,6 +8,8 @@ import numpy as np
 from gradwatch.diagnose.advice import lr_remedies
 from gradwatch.diagnose.finding import Finding
 from gradwatch.diagnose.thresholds import (
+    GRAD_AT_INIT,
+    LR_COHERENT,
     LR_EARLY,
     LR_HIGH_UPDATE,
     LR_LOW_GAIN,
@@ -72,6 +74,9 @@ def detect_learning_rate(view: View) -> list[Finding]:
         )
         evidence = {"early_update_ratio": early, "loss_first": first, "loss_peak": peak}
         evidence["nonfinite_loss"] = nonfinite
+        at_init = view.gradient_at_init
+        if at_init is not None and at_init > GRAD_AT_INIT:
+            evidence["gradient_at_init"] = at_init
         return [
             Finding(
                 "bad_learning_rate",
@@ -101,14 +106,25 @@ def detect_learning_rate(view: View) -> list[Finding]:
         and last > LR_LOW_GAIN * first
     ):
         # Updates near the healthy 1e-3 are slow evidence: a rate that may be merely careful is
-        # said (info), not warned about; far below it (LR_LOW_WARN) nothing can move.
-        severity = "warning" if late < LR_LOW_WARN else "info"
+        # said (info), not warned about, unless the steps agree (they creep one way down a slope
+        # at a size too small for it); far below it (LR_LOW_WARN) nothing can move.
+        path, coherence = _travel(view)
+        coherent = coherence is not None and coherence >= LR_COHERENT
+        severity = "warning" if late < LR_LOW_WARN or coherent else "info"
         summary = (
             f"The learning rate looks too low: the median layer moves {fmt(late)} of its weights "
             f"per step and the loss is still falling as fast at the end as on average, at "
             f"{fmt(last)} from {fmt(first)}: training stops long before it converges."
         )
+        if coherent:
+            summary += (
+                f" The steps agree: over the run the weights' norm changed by "
+                f"{fmt(100 * coherence)}% of the distance the updates walked ({fmt(path)} of "
+                "their size in all), so larger steps would go further the same way."
+            )
         evidence = {"late_update_ratio": late, "loss_first": first, "loss_last": last}
+        if coherence is not None:
+            evidence.update(path=path, coherence=coherence)
         return [
             Finding(
                 "bad_learning_rate",
@@ -116,11 +132,33 @@ def detect_learning_rate(view: View) -> list[Finding]:
                 tuple(view.param_layers),
                 summary,
                 evidence,
-                lr_remedies(view, late, high=False),
+                lr_remedies(view, late, high=False, path=path if coherent else None),
                 view.steps[0],
             )
         ]
     return []
+
+
+def _travel(view: View) -> tuple[float | None, float | None]:
+    """Median over layers of the path the updates walked (Σ‖Δw‖/‖w‖ over the run, from the mean
+    recorded update ratio) and of how much of it went one way (|‖w_end‖ - ‖w_start‖| / ‖w_start‖
+    over that path: a lower bound on the net displacement's share)."""
+    upd, norm = view.metric("update_ratio"), view.metric("weight_norm")
+    if upd.empty or norm.empty:
+        return None, None
+    paths, shares = [], []
+    for col in view.moving(upd.columns):
+        u = upd[col].replace([np.inf, -np.inf], np.nan).dropna()
+        w = norm[col].dropna() if col in norm.columns else None
+        if w is None or len(u) < 2 or len(w) < 2 or not w.iloc[0] > 0:
+            continue
+        path = float(u.mean()) * float(w.index[-1] - w.index[0])
+        if path > 0:
+            paths.append(path)
+            shares.append(abs(float(w.iloc[-1] - w.iloc[0])) / float(w.iloc[0]) / path)
+    if not paths:
+        return None, None
+    return float(np.median(paths)), float(np.median(shares))
 
 
 def log_of_probability(view: View) -> bool:

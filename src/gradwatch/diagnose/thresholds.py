@@ -41,6 +41,16 @@ EARLY_STEPS, EARLY_REWRITE = 10, 1.0
 # ‖g‖/‖w‖ fell 100x after steps that moved > 3% of the weights: a large step broke the layer.
 COLLAPSE, COLLAPSE_AFTER = 1e2, 0.03
 
+# Median ‖g‖/‖w‖ at step 0, before any update, with an optimizer whose step follows the
+# gradient's size (SGD): above 1 a step of lr 1 replaces the weights. Healthy inits sit at 1e-3 to
+# 1e-1; a gradient this large is the model's (its init, its loss, its data), so the large steps
+# that follow are not the learning rate's doing alone and do not explain what they break
+# (causes.py), and an explosion that follows started at step 0 (depth.py).
+GRAD_AT_INIT = 1.0
+# A squared error whose first value's root exceeds this many times the largest target: the output
+# starts out of the targets' scale, and the loss's gradient (which grows with the error) with it.
+LOSS_OUT_OF_SCALE = 3.0
+
 # ---------------------------------------------------------------- across depth (depth.py)
 
 # A depth trend needs at least this many layers.
@@ -119,6 +129,15 @@ LR_LOW_UPDATE, LR_STILL_FALLING, LR_LOW_GAIN = 3e-3, 0.5, 0.5
 # Updates near 1e-3 are healthy by the same rule of thumb: a slow loss there may be a careful
 # rate or a hard task, so "too low" is only said (info); below this (as IDLE) it is a warning.
 LR_LOW_WARN = 3e-4
+# ... or when the steps agree: over the run the weights' norm changed by at least this share of
+# the path the updates walked (Σ‖Δw‖/‖w‖). Steps that cancel (SGD noise, a settled net) give a
+# few percent; a net creeping down one slope at a rate too small for it gives more than half.
+# Then more steps of the same size would only walk further the same way: the rate is too low.
+LR_COHERENT = 0.5
+# A raised rate is aimed to walk the weights this many times their own size over the same run
+# (their own size by half-way, leaving the rest to converge), where that asks more than
+# LR_TARGET_UPDATE does.
+LR_TRAVEL = 2.0
 LR_MIN_STEPS = 20
 
 # ---------------------------------------------------------------- theory at init (phase.py)

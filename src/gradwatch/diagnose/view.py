@@ -24,6 +24,20 @@ NORM_TYPES = {
     "SyncBatchNorm",
 }
 RECURRENT_TYPES = {"RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"}
+# Optimizers whose step is set by the learning rate, not the gradient's size.
+ADAPTIVE = {
+    "Adam",
+    "AdamW",
+    "Adamax",
+    "NAdam",
+    "RAdam",
+    "RMSprop",
+    "Adagrad",
+    "Adadelta",
+    "SparseAdam",
+    "Adafactor",
+    "LBFGS",
+}
 WEIGHT_TYPES = {
     "Linear",
     "Conv1d",
@@ -186,6 +200,23 @@ class View:
             if len(start) and not start.iloc[0] > 0:
                 out.add(c)
         return out
+
+    @cached_property
+    def gradient_at_init(self) -> float | None:
+        """Median over the judged layers of ‖g‖/‖w‖ at step 0 (before any update), where the
+        optimizer's step follows the gradient's size (not Adam-like, whose step is the rate's):
+        None where the run did not start at step 0 or the optimizer normalises its steps."""
+        kind = str(self.optimizer.get("class") or self.optimizer.get("type") or "")
+        if kind in ADAPTIVE or not self.steps or self.steps[0] != 0:
+            return None
+        g, w = self.metric("grad_norm"), self.metric("weight_norm")
+        if g.empty or w.empty or 0 not in g.index or 0 not in w.index:
+            return None
+        cols = [c for c in self.moving(g.columns) if c in w.columns]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = g.loc[0, cols].to_numpy(dtype=float) / w.loc[0, cols].to_numpy(dtype=float)
+        rel = rel[np.isfinite(rel)]
+        return float(np.median(rel)) if len(rel) else None
 
     def moving(self, columns) -> list:
         """The columns that a relative update or gradient can be judged on (see `unjudged`)."""

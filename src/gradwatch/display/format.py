@@ -42,6 +42,12 @@ def esc(text: object) -> str:
     return html.escape(str(text), quote=True).replace("%", "&#37;")
 
 
+def caveat_lines(summary: dict | None) -> list[str]:
+    """What the run gave the detectors nothing to judge on (every step skipped by the GradScaler,
+    only frozen parameters): shown above the findings, and instead of "no problem found"."""
+    return [str(w) for w in (summary or {}).get("warnings", ())]
+
+
 def cause_lines(findings: list) -> list[str]:
     """ "Root cause X -> leads to Y, Z" for each root that explains something, and the first thing
     to change (the first remedy of the first finding): what every display shows first."""

@@ -59,11 +59,15 @@ def layer_bars_html(
 
 
 def findings_list_html(diagnosis) -> str:
-    if not diagnosis.findings:
-        return "<p style='color:#2e7d32'><b>No problem found.</b></p>"
-    from gradwatch.display.format import cause_lines
+    from gradwatch.display.format import cause_lines, caveat_lines
 
-    items = [f"<p><b>{esc(line)}</b></p>" for line in cause_lines(diagnosis.findings)]
+    caveats = [
+        f"<p style='color:#b26a00'><b>{esc(line)}</b></p>"
+        for line in caveat_lines(diagnosis.summary)
+    ]
+    if not diagnosis.findings:
+        return "".join(caveats) or "<p style='color:#2e7d32'><b>No problem found.</b></p>"
+    items = caveats + [f"<p><b>{esc(line)}</b></p>" for line in cause_lines(diagnosis.findings)]
     for f in diagnosis.findings:
         fix = f"<br><i>fix</i>: {esc(f.remedies[0].detail.splitlines()[0])}" if f.remedies else ""
         where = (

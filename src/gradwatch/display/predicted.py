@@ -78,6 +78,11 @@ def rehearsed_lines(r: RehearsedWhatIf) -> list[str]:
         rows.append(
             f"  {c.name[:46]:46s} {_num(v):>12s} ± {_num(s):<7s} {c.verdict}{rel} {what}{new}"
         )
+    if any(c.verdict == "minor gain" for c in r.changes):
+        rows.append(
+            "  minor gain: beyond seed noise, but under 10% of the untrained value and asked for "
+            "by no finding"
+        )
     for m in r.manual:
         rows.append(f"  not automatic ({m.action}): {m.code.splitlines()[0]}")
     if r.stopped_early:

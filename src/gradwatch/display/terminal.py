@@ -87,8 +87,15 @@ def findings_view(diagnosis, title: str | None = None, remedies: int = 2):
     from rich.console import Group
     from rich.padding import Padding
 
+    from gradwatch.display.format import caveat_lines
+
     extras = _predicted(diagnosis)
+    caveats = [Text(line, style="bold yellow") for line in caveat_lines(diagnosis.summary)]
     if not diagnosis.findings:
+        if caveats:
+            return Group(
+                Text(f"{title + ': ' if title else ''}no finding, but:"), *caveats, *extras
+            )
         return Group(
             Text(f"{title + ': ' if title else ''}no problem found.", style="bold green"), *extras
         )
@@ -109,7 +116,10 @@ def findings_view(diagnosis, title: str | None = None, remedies: int = 2):
         )
     from gradwatch.display.format import cause_lines
 
-    parts: list = [Text(line, style="bold") for line in cause_lines(diagnosis.findings)]
+    parts: list = [
+        *caveats,
+        *(Text(line, style="bold") for line in cause_lines(diagnosis.findings)),
+    ]
     parts.append(table)
     fixes = []
     for f in diagnosis.findings:

@@ -118,6 +118,15 @@ class Watch:
         self._probes, self._table = self._probeset.all, self._probeset.table
         for probe in self._probes:  # an error in a forward or backward hook detaches the watch
             probe.fault = self._fail
+        # Per step only the probes that do something at that point are called (in their order):
+        # on a small model each call of a method that does nothing is a tenth of a point.
+        self._recorders = [p for p in self._probes if _overrides(p, "record")]
+        self._updaters = [p for p in self._probes if _overrides(p, "after_update")]
+        self._switched = [p for p in self._probes if _overrides(p, "arm", "disarm")]
+        self._scheduled = list(dict.fromkeys(self._recorders + self._switched))
+        self._due: list[Probe] = []  # the probes that measure at the coming step (see _arm)
+        self._due_record: list[Probe] = []  # those of them whose record() does something
+        self._armed: list[Probe] = []  # the switched probes armed now
         self._param_ids = {id(p) for layer in self._player for p in layer.params}
         self._early: int | None = None  # slot whose gradients were recorded before clipping
         # Under torch.distributed every rank measures and reduces; rank 0 alone writes the store.
@@ -155,26 +164,40 @@ class Watch:
     def _recording(self) -> bool:
         return self._step % self.every == 0
 
-    def _active(self, probe: Probe) -> bool:
-        if not self._recording():
-            return False
-        k = self._step // self.every
-        # Dense while the run is young (its first flush window), when most gradient pathologies
-        # show and the first findings are made; sparser once it has settled.
-        cadence = probe.cadence if k < self.flush_every or probe.settled is None else probe.settled
-        return k % cadence == 0
-
     def _arm(self) -> None:
-        for probe in self._probes:
-            probe.arm() if self._active(probe) else probe.disarm()
+        """Decide, once per step, which probes record at the coming step; arm those of them that
+        hook the forward pass, disarm the others that were armed."""
+        if self._step % self.every:
+            due = []
+        else:
+            k = self._step // self.every
+            # Dense while the run is young (its first flush window), when most gradient
+            # pathologies show and the first findings are made; sparser once it has settled.
+            young = k < self.flush_every
+            due = [
+                p
+                for p in self._scheduled
+                if k % (p.cadence if young or p.settled is None else p.settled) == 0
+            ]
+        self._due = due
+        self._due_record = [p for p in due if p in self._recorders]
+        armed = []
+        for probe in self._switched:
+            if probe in due:
+                probe.arm()
+                armed.append(probe)
+            elif probe in self._armed:
+                probe.disarm()
+        self._armed = armed
 
     def _record(self) -> int:
         if self._order.active and self._order.seen_any:
             self._order.finish()
         slot = self._buffer.slot
         early, self._early = self._early == slot, None
-        for probe in self._probes:
-            if self._active(probe) and not (early and probe is self._probeset.params):
+        params = self._probeset.params
+        for probe in self._due_record:
+            if not (early and probe is params):
                 probe.record(slot)
         inv_sq = inverse_scale_sq(self._scaler) if self._scaler is not None else None
         if inv_sq is not None:
@@ -281,7 +304,7 @@ class Watch:
         self._steps_taken += 1
         if self._in_update is not None:
             slot, self._in_update = self._in_update, None
-            for probe in self._probes:
+            for probe in self._updaters:
                 probe.after_update(slot)
             self._buffer.commit(self._step)
         self._advance()
@@ -314,7 +337,7 @@ class Watch:
         now, as backward produced them (see monitor/clipping.py). Whether this watch keeps the
         clip's coefficient."""
         params = self._probeset.params
-        if self._closed or param_ids.isdisjoint(self._param_ids) or not self._active(params):
+        if self._closed or param_ids.isdisjoint(self._param_ids) or params not in self._due:
             return False
         try:
             # Without an optimizer the last w.step()'s update is measured, and a full table
@@ -344,7 +367,7 @@ class Watch:
     def _finish_pending(self) -> None:
         if self._pending is not None:
             slot, self._pending = self._pending, None
-            for probe in self._probes:
+            for probe in self._updaters:
                 probe.after_update(slot)
         if self._buffer.slot == self.flush_every:
             self.flush()
@@ -387,11 +410,14 @@ class Watch:
         seeds: tuple[int, ...] = (0, 1),
         max_seconds: float | None = None,
         train_step: Callable | None = None,
+        metric: Callable | None = None,
     ):
         """Rehearse the remedies of this watch's diagnosis on `batches` ((inputs, target) pairs):
         the model as it is now and each change, `steps` steps each, on copies; training goes on
         untouched. Returns a `gradwatch.checks.rehearsed.RehearsedWhatIf`, best change first.
-        `loss_fn(output, target)` defaults to cross-entropy for integer targets, else MSE."""
+        `loss_fn(output, target)` defaults to cross-entropy for integer targets, else MSE;
+        `train_step(model, optimizer, batch) -> loss` is the loop body; `metric(model) -> float`
+        (lower is better, e.g. a validation error) ranks the changes instead of the loss."""
         # checks sit above monitor: imported here, as report is for w.report()
         from gradwatch.checks.rehearsed import rehearse_what_if, training_loss
 
@@ -407,6 +433,7 @@ class Watch:
             seeds=seeds,
             max_seconds=max_seconds,
             train_step=train_step,
+            metric=metric,
         )
 
     def report(self, path: str | os.PathLike = "report.html", name: str | None = None) -> Path:
@@ -572,6 +599,11 @@ def _with_caveats(diagnosis: Diagnosis) -> Diagnosis:
         if found:
             diagnosis.summary["warnings"] = found
     return diagnosis
+
+
+def _overrides(probe: Probe, *methods: str) -> bool:
+    """Whether `probe`'s class replaces any of `methods` of `Probe` (whose own do nothing)."""
+    return any(getattr(type(probe), m) is not getattr(Probe, m) for m in methods)
 
 
 def _encloses(outer, frame) -> bool:

@@ -1,22 +1,30 @@
 """What the training loop around the model does: the loss's autograd graph, the scale of the
 inputs, modules run without autograd, and gradients left in `.grad` across optimizer steps.
 
-None of it costs a host sync per step. The loss graph is read once (the first logged loss with a
-`grad_fn`: Python over the graph's nodes, no tensor work). The inputs are measured on the first
-forward pass that autograd records (two reductions, kept on the device). Modules are watched for
-autograd being off during the first `WATCHED_PASSES` forward passes, then the hooks go. Cleared
-gradients are checked on one parameter, at the first gradient to reach it after each optimizer
-step: one reduction on the device per step, summed into a device counter.
+None of it costs a host sync per step, and once the first `WATCHED_PASSES` forward passes have
+run none of it adds a hook call to the forward or the backward (on a small model each Python hook
+is a point of the step). The loss graph is read once (the first logged loss with a `grad_fn`:
+Python over the graph's nodes, no tensor work). The inputs are measured on the first forward pass
+that autograd records (two reductions, kept on the device). Modules, and the model itself, are
+watched for autograd being off during the first `WATCHED_PASSES` forward passes, then the hooks
+go. Cleared gradients are checked on one parameter after each optimizer step. While that
+parameter's `.grad` is a new tensor at every step (`zero_grad()` sets it to None, the default),
+it was cleared, and one identity test in the optimizer's step hook says so; once the same tensor
+is seen again (cleared in place with `zero_grad(set_to_none=False)`, or not cleared at all) the
+first gradient to reach it after each step is checked by a gradient hook: one reduction on the
+device per step, summed into a device counter.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any
 
 import torch
 from torch import nn
 
+from gradwatch._tensor import stat_dtype
 from gradwatch.probes.base import Probe
 from gradwatch.probes.forward import Hooks, first_tensor
 
@@ -94,18 +102,34 @@ class LoopProbe(Probe):
         self._armed = False
         self._checked = 0  # optimizer steps after which the watched parameter's gradient came
         self._stale: torch.Tensor | None = None  # of those, steps where .grad was not cleared
-        self._hooks.add(model.register_forward_pre_hook(self.guard(self._enter)))
-        self._hooks.add(model.register_forward_hook(self.guard(self._exit), always_call=True))
+        self._implied: list | None = None  # [output, its gradient, loss] once, for implied_target
+        # The watched parameter's .grad at the last optimizer step (a weak reference: the tensor
+        # is not kept alive by it); None before the first step, or when it had no gradient.
+        self._last_grad: weakref.ref | None = None
+        self._in_place = False  # .grad was seen kept across a step: the gradient hook checks
+        self._module_hooks.add(model.register_forward_pre_hook(self.guard(self._enter)))
+        self._module_hooks.add(
+            model.register_forward_hook(self.guard(self._exit), always_call=True)
+        )
         for name, m in model.named_modules():
             if name and any(p.requires_grad for p in m.parameters(recurse=False)):
                 self._module_hooks.add(
                     m.register_forward_pre_hook(self.guard(self._module_check(name)))
                 )
-        watched = next((p for p in reversed(list(model.parameters())) if p.requires_grad), None)
+        # Watch a parameter this optimizer steps: one it does not own (a GAN's discriminator under
+        # the generator's optimizer) is cleared by another loop, or never.
+        owned = (
+            {id(q) for g in optimizer.param_groups for q in g["params"]}
+            if optimizer is not None
+            else set()
+        )
+        watched = next(
+            (p for p in reversed(list(model.parameters())) if p.requires_grad and id(p) in owned),
+            None,
+        )
         if optimizer is not None and watched is not None:
             self._watched = watched
-            self._hooks.add(optimizer.register_step_post_hook(self._arm_check))
-            self._hooks.add(watched.register_hook(self.guard(self._first_gradient)))
+            self._hooks.add(optimizer.register_step_post_hook(self.guard(self._after_step)))
 
     # ------------------------------------------------------------------ forward
 
@@ -121,7 +145,12 @@ class LoopProbe(Probe):
                     self._inputs = torch.stack([v.pow(2).mean().sqrt(), v.abs().amax()])
                 self._input_shape = list(x.shape)
 
-    def _exit(self, *unused):
+    def _exit(self, module, args, *rest):
+        if self._outer and self._implied is None and rest and isinstance(rest[-1], torch.Tensor):
+            out = rest[-1]
+            if out.requires_grad and out.is_floating_point():
+                self._implied = [out.detach(), None, None]
+                out.register_hook(self._output_gradient)
         if self._outer:
             self._passes += 1
             if self._passes >= WATCHED_PASSES:
@@ -139,8 +168,22 @@ class LoopProbe(Probe):
 
     # ------------------------------------------------------------------ cleared gradients
 
-    def _arm_check(self, *unused) -> None:
-        self._armed = True
+    def _after_step(self, *unused) -> None:
+        """An optimizer step has run: was the watched `.grad` cleared since the last one?"""
+        if self._in_place:
+            self._armed = True  # the gradient hook checks the first gradient to come
+            return
+        grad = self._watched.grad
+        last = self._last_grad() if self._last_grad is not None else None
+        if grad is not None and last is grad:
+            # The same tensor as at the last step: cleared in place, or not at all. Only its
+            # values at the next gradient tell, so from now on the gradient hook looks.
+            self._in_place, self._armed = True, True
+            self._hooks.add(self._watched.register_hook(self.guard(self._first_gradient)))
+            return
+        if grad is not None and self._last_grad is not None:
+            self._checked += 1  # a new tensor: .grad was set to None in between (cleared)
+        self._last_grad = weakref.ref(grad) if grad is not None else None
 
     def _first_gradient(self, grad: torch.Tensor) -> None:
         if not self._armed:
@@ -156,14 +199,25 @@ class LoopProbe(Probe):
 
     # ------------------------------------------------------------------ the loss
 
+    def _output_gradient(self, grad: torch.Tensor) -> None:
+        if self._implied is not None and self._implied[1] is None:
+            self._implied[1] = grad.detach()
+
     def note_loss(self, loss: Any) -> None:
         """Read the logged loss's autograd graph (the first time one comes with a graph)."""
         if self._graph is None and isinstance(loss, torch.Tensor) and loss.grad_fn is not None:
             self._graph = loss_graph(loss, self._names, self._trainable)
+            if self._implied is not None and loss.numel() == 1:
+                self._implied[2] = loss.detach()
 
     # ------------------------------------------------------------------ results
 
     def meta(self) -> dict:
+        if self._graph is not None and self._graph.get("target") is None and self._implied:
+            out_, grad, loss = self._implied
+            if grad is not None and loss is not None:
+                self._graph["target"] = implied_target(out_, grad, loss)
+                self._implied = []  # read once; the tensors go
         out: dict = {
             "graph": self._graph,
             "no_grad_modules": sorted(self._no_grad),
@@ -265,16 +319,42 @@ def _range(node) -> dict | None:
         return None
     if not isinstance(t, torch.Tensor) or not t.numel():
         return None
+    return _stats(t)
+
+
+def _stats(t: torch.Tensor, integer_tol: float = 0.0) -> dict:
     with torch.no_grad():
-        v = t.detach().double()
+        v = t.detach().to(stat_dtype(t.device))
         out = {
             "min": float(v.min()),
             "max": float(v.max()),
             "rms": float(v.pow(2).mean().sqrt()),
-            "integer": bool((v == v.round()).all()),
+            "integer": bool(((v - v.round()).abs() <= integer_tol).all()),
         }
         if v.dim() == 2 and v.shape[1] > 1:
             out["row_sum_max"] = float(v.sum(1).max())
     return {
         k: (x if not isinstance(x, float) or math.isfinite(x) else None) for k, x in out.items()
     }
+
+
+def implied_target(out: torch.Tensor, grad: torch.Tensor, loss: torch.Tensor) -> dict | None:
+    """The target of a squared-error loss on the model's output, read back from the gradient that
+    reached the output after backward freed the target (a loss logged after backward, or written
+    out as `((p - y) ** 2).mean()`): mean((p - t)^2) sends back g = 2 (p - t) / n, so
+    t = p - g n / 2. Accepted only where the loss that was logged equals mean((g n / 2)^2) (or
+    the sum, n = 1) to 1e-3: any other loss, or an output from another step, fails the identity.
+    One computation, once per run."""
+    if out.shape != grad.shape or not out.numel():
+        return None
+    with torch.no_grad():
+        wide = stat_dtype(out.device)  # float64 where the device has it
+        p, g = out.to(wide), grad.to(wide)
+        value = float(loss.detach().to(wide))
+        if not math.isfinite(value) or value <= 0:
+            return None
+        for n, reduce in ((p.numel(), torch.mean), (1, torch.sum)):
+            err = g * (n / 2)
+            if abs(float(reduce(err.pow(2))) - value) <= 1e-3 * value:
+                return _stats(p - err, integer_tol=1e-4)
+    return None

@@ -37,7 +37,7 @@ h2{font-size:17px;margin:6px 0 8px}.runs{display:flex;gap:16px;flex-wrap:wrap}
 .error{border-color:#c62828}.warning{border-color:#ef8f00}.info{border-color:#1e88e5}
 .sev{font-weight:700;text-transform:uppercase;font-size:11px;margin-right:6px}
 .error .sev{color:#c62828}.warning .sev{color:#ef8f00}.info .sev{color:#1e88e5}
-.ok{color:#2e7d32;font-weight:600}table{border-collapse:collapse;font-size:12.5px}
+.ok{color:#2e7d32;font-weight:600}.caveat{color:#b26a00}table{border-collapse:collapse;font-size:12.5px}
 td,th{padding:2px 8px;border-bottom:1px solid #eee;text-align:left;vertical-align:top}
 tr:target{background:#fff3c4}
 dl{margin:4px 0;display:grid;grid-template-columns:max-content 1fr;gap:0 10px;font-size:12.5px}
@@ -164,12 +164,13 @@ def _value(v) -> str:
 
 def findings_html(run_i: int, run: ReportRun, link: bool = True) -> str:
     """A run's findings: severity, kind, summary, linked layers, evidence, remedies."""
-    d = run.diagnosis
-    if not d.findings:
-        return "<p class='ok'>No problem found.</p>"
-    from gradwatch.display.format import cause_lines
+    from gradwatch.display.format import cause_lines, caveat_lines
 
-    out = [f"<p class='cause'><b>{esc(line)}</b></p>" for line in cause_lines(d.findings)]
+    d = run.diagnosis
+    caveats = [f"<p class='caveat'><b>{esc(line)}</b></p>" for line in caveat_lines(d.summary)]
+    if not d.findings:
+        return "".join(caveats) or "<p class='ok'>No problem found.</p>"
+    out = caveats + [f"<p class='cause'><b>{esc(line)}</b></p>" for line in cause_lines(d.findings)]
     for k, f in enumerate(d.findings):
         first = k == 0  # the worst finding's remedies open; the rest one click away
         layers = ", ".join(
