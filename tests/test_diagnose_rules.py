@@ -301,6 +301,26 @@ def test_large_first_steps_of_a_rehearsal_that_made_no_progress_are_unstable(los
     assert f.evidence["steps_above"] == 6 and f.evidence["first_updates_sum"] > 1
 
 
+def test_large_first_steps_that_killed_units_are_unstable_even_while_the_loss_falls():
+    # Adam at 100x its default rate on a ReLU MLP: the loss falls to 0.65x in 20 steps, but the
+    # large steps killed 70% of a layer's units that were alive before them.
+    stats = pd.concat(
+        [
+            _updates(_REHEARSED_STEPS, _REHEARSED_REL, loss=_PROGRESS),
+            _table({"dead_frac": {"1": [0.05] * 3 + [0.7] * 17}}),
+        ]
+    )
+    assert "unstable_updates" in _kinds(stats, _meta(LINEARS))
+    # Units dead from the start were not killed by the steps.
+    stats = pd.concat(
+        [
+            _updates(_REHEARSED_STEPS, _REHEARSED_REL, loss=_PROGRESS),
+            _table({"dead_frac": {"1": [0.7] * 20}}),
+        ]
+    )
+    assert "unstable_updates" not in _kinds(stats, _meta(LINEARS))
+
+
 def test_a_long_run_still_has_to_halve_its_loss():
     # The same first steps in a 40-step watch: 0.66x of the first loss is not a fitted net.
     steps, rel = _REHEARSED_STEPS + [0.002] * 20, _REHEARSED_REL + [3e-4] * 20

@@ -307,13 +307,21 @@ def detect_unstable(view: View) -> list[Finding]:
         return []
     high = per_step[per_step > UNSTABLE_WARN]
     early = per_step.iloc[:EARLY_STEPS]
-    progressed = loss_progressed(view)
-    rewrote = len(early) >= EARLY_STEPS and float(early.sum()) >= EARLY_REWRITE and not progressed
+    # Large first steps while the loss halved (in a rehearsal's few steps: made progress) are the
+    # weights growing into their scale, unless, short of halving, they left units dead that were
+    # alive before them (Adam at 100x its default rate kills ReLUs while the loss still falls):
+    # that damage is the large steps' doing.
+    grew = loss_progressed(view) and not _killed_units(view)
+    rewrote = (
+        len(early) >= EARLY_STEPS
+        and float(early.sum()) >= EARLY_REWRITE
+        and not (grew or loss_halved(view))
+    )
     collapse = _collapse(view, per_step)
-    # Large steps among the first ten, while the loss made progress, are the weights growing into
-    # their scale (as for `rewrote`): they count towards "often" only when the loss did not. In a
-    # rehearsal of 20 steps five such steps are already a quarter of the run.
-    counted = high[high.index > early.index[-1]] if progressed else high
+    # Large steps among the first ten count towards "often" only when they were not the weights
+    # growing into their scale: in a rehearsal of 20 steps five such steps are already a quarter
+    # of the run.
+    counted = high[high.index > early.index[-1]] if grew else high
     often = len(counted) >= len(per_step) / 4 or per_step.max() > UNSTABLE_ERROR
     if not (often or rewrote or collapse):
         return []
@@ -362,6 +370,17 @@ def detect_unstable(view: View) -> list[Finding]:
             first,
         )
     ]
+
+
+def _killed_units(view: View) -> bool:
+    """Some rectifier layer had at most DEAD_WARN of its units dead when first measured and more
+    than that over its last recorded steps: the steps in between killed them."""
+    table = view.metric("dead_frac")
+    if table.empty:
+        return False
+    first = table.apply(lambda c: c.dropna().iloc[0] if c.notna().any() else np.nan)
+    recent = _recent(table)
+    return bool(((first <= DEAD_WARN) & (recent > DEAD_WARN)).any())
 
 
 def _collapse(view: View, per_step) -> dict | None:
