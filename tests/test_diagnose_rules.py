@@ -274,6 +274,85 @@ def test_gradients_falling_while_the_loss_falls_are_convergence():
     assert "unstable_updates" not in kinds
 
 
+# --- a check's rehearsal: 20 steps -----------------------------------------------------------
+
+# gw.check(..., optimizer=) rehearses 20 steps on one batch. Nielsen's network (N(0,1) weights,
+# sigmoid, softmax + cross-entropy) at SGD lr 3: six large first steps, a spike, then the loss
+# settles at 0.66x of its start with ‖g‖/‖w‖ 300x smaller. It trains (9% error on digits, as at
+# lr 1; realbugs so48385830 fixed): the loss halves only later than 20 steps.
+_REHEARSED_STEPS = [0.3, 0.25, 0.2, 0.15, 0.12, 0.11, 0.08, 0.02, 0.02, 0.02] + [0.002] * 10
+_REHEARSED_REL = [0.09] * 3 + [3e-4] * 17
+_PROGRESS = [5.03, 2.93, 4.93, 4.55, 5.88, 6.60, 5.89, 3.80, 3.58, 3.26] + [3.24] * 10
+_NO_PROGRESS = [5.03, 2.93, 4.93, 4.55, 5.88, 6.60, 5.89, 4.9, 4.8, 4.7] + [4.6] * 10
+
+
+def test_large_first_steps_of_a_rehearsal_whose_loss_made_progress_are_not_unstable():
+    stats = _updates(_REHEARSED_STEPS, _REHEARSED_REL, loss=_PROGRESS)
+    assert "unstable_updates" not in _kinds(stats, _meta(LINEARS))
+
+
+@pytest.mark.parametrize("loss", [_NO_PROGRESS, _PROGRESS[:12] + [float("nan")] * 8])
+def test_large_first_steps_of_a_rehearsal_that_made_no_progress_are_unstable(loss):
+    f = next(
+        f
+        for f in diagnose(_updates(_REHEARSED_STEPS, _REHEARSED_REL, loss), _meta(LINEARS)).findings
+        if f.kind == "unstable_updates"
+    )
+    assert f.evidence["steps_above"] == 6 and f.evidence["first_updates_sum"] > 1
+
+
+def test_large_first_steps_that_killed_units_are_unstable_even_while_the_loss_falls():
+    # Adam at 100x its default rate on a ReLU MLP: the loss falls to 0.65x in 20 steps, but the
+    # large steps killed 70% of a layer's units that were alive before them.
+    stats = pd.concat(
+        [
+            _updates(_REHEARSED_STEPS, _REHEARSED_REL, loss=_PROGRESS),
+            _table({"dead_frac": {"1": [0.05] * 3 + [0.7] * 17}}),
+        ]
+    )
+    assert "unstable_updates" in _kinds(stats, _meta(LINEARS))
+    # Units dead from the start were not killed by the steps.
+    stats = pd.concat(
+        [
+            _updates(_REHEARSED_STEPS, _REHEARSED_REL, loss=_PROGRESS),
+            _table({"dead_frac": {"1": [0.7] * 20}}),
+        ]
+    )
+    assert "unstable_updates" not in _kinds(stats, _meta(LINEARS))
+
+
+def test_a_long_run_still_has_to_halve_its_loss():
+    # The same first steps in a 40-step watch: 0.66x of the first loss is not a fitted net.
+    steps, rel = _REHEARSED_STEPS + [0.002] * 20, _REHEARSED_REL + [3e-4] * 20
+    stats = _updates(steps, rel, loss=_PROGRESS + [3.24] * 20)
+    assert "unstable_updates" in _kinds(stats, _meta(LINEARS))
+
+
+def _one_saturated_hidden_layer(loss: list[float]) -> tuple[pd.DataFrame, dict]:
+    types = {"0": "Linear", "1": "Sigmoid", "2": "Linear"}
+    n = len(loss)
+    stats = _table(
+        {
+            "saturated_frac": {"1": [0.51] * n},
+            "grad_norm": {"0": [0.01] * n, "2": [0.01] * n},
+            "weight_norm": {"0": [1.0] * n, "2": [1.0] * n},
+        },
+        loss,
+    )
+    meta = {**_meta(types), "probes": {"activations": {"1": {"function": "sigmoid"}}}}
+    return stats, meta
+
+
+def test_one_hidden_layer_half_saturated_in_a_rehearsal_that_learns_is_info():
+    d = diagnose(*_one_saturated_hidden_layer(_PROGRESS))
+    assert [f.severity for f in d.findings if f.kind == "saturated_activation"] == ["info"]
+
+
+def test_one_hidden_layer_half_saturated_in_a_rehearsal_that_does_not_learn_warns():
+    d = diagnose(*_one_saturated_hidden_layer(_NO_PROGRESS))
+    assert [f.severity for f in d.findings if f.kind == "saturated_activation"] == ["warning"]
+
+
 # --- gradients large next to the weights -------------------------------------------------------
 
 

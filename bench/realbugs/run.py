@@ -73,6 +73,7 @@ FAST = (
     "forum23261_torch_tensor_of_tensors",
     "so45337371_softmax_one_unit_bce",
     "so47724077_adult_unscaled",
+    "so48385830_linear_mlp_lr3",
     "pytorch3336_poisson_log_of_zero",
     "population68_relu_output_dead",
     "healthy_mlp_digits",

@@ -25,9 +25,11 @@ from gradwatch.diagnose.thresholds import (
     EARLY_REWRITE,
     EARLY_STEPS,
     GRAD_AT_INIT,
+    LR_NO_PROGRESS,
     MIN_UPDATE_STEPS,
     SATURATED_ERROR,
     SATURATED_WARN,
+    SHORT_RUN,
     STALLED,
     STALLED_AT_INIT,
     UNSTABLE_ERROR,
@@ -91,7 +93,7 @@ def detect_saturation(view: View) -> list[Finding]:
         return []
     recent = _recent(table).dropna()
     hot = recent[recent > SATURATED_WARN]
-    falling, halved = loss_falls(view), loss_halved(view)
+    falling, progressed = loss_falls(view), loss_progressed(view)
     if falling:
         # An output sigmoid/softmax feeding its loss saturates because the model is confident:
         # while the loss falls that is the goal, not a fault.
@@ -103,9 +105,10 @@ def detect_saturation(view: View) -> list[Finding]:
     # 55% costs one factor: a warning until it passes SATURATED_ERROR.
     error = hot.max() > SATURATED_ERROR or (len(hot) >= 2 and len(hot) > len(recent) / 2)
     # One layer saturated part of the time costs the gradient one factor; a net whose loss fell
-    # below half its start learns through it: worth knowing (info), not a fault. Several saturated
-    # layers compound, and past SATURATED_ERROR almost nothing passes: still a fault.
-    mild = halved and len(hot) == 1 and hot.max() <= SATURATED_ERROR
+    # below half its start (in a rehearsal's few steps: made progress) learns through it: worth
+    # knowing (info), not a fault. Several saturated layers compound, and past SATURATED_ERROR
+    # almost nothing passes: still a fault.
+    mild = progressed and len(hot) == 1 and hot.max() <= SATURATED_ERROR
     severity = "info" if mild else ("error" if error else "warning")
     held = table[(table[layers] > SATURATED_WARN).any(axis=1)]
     summary = (
@@ -304,11 +307,22 @@ def detect_unstable(view: View) -> list[Finding]:
         return []
     high = per_step[per_step > UNSTABLE_WARN]
     early = per_step.iloc[:EARLY_STEPS]
+    # Large first steps while the loss halved (in a rehearsal's few steps: made progress) are the
+    # weights growing into their scale, unless, short of halving, they left units dead that were
+    # alive before them (Adam at 100x its default rate kills ReLUs while the loss still falls):
+    # that damage is the large steps' doing.
+    grew = loss_progressed(view) and not _killed_units(view)
     rewrote = (
-        len(early) >= EARLY_STEPS and float(early.sum()) >= EARLY_REWRITE and not loss_halved(view)
+        len(early) >= EARLY_STEPS
+        and float(early.sum()) >= EARLY_REWRITE
+        and not (grew or loss_halved(view))
     )
     collapse = _collapse(view, per_step)
-    often = len(high) >= len(per_step) / 4 or per_step.max() > UNSTABLE_ERROR
+    # Large steps among the first ten count towards "often" only when they were not the weights
+    # growing into their scale: in a rehearsal of 20 steps five such steps are already a quarter
+    # of the run.
+    counted = high[high.index > early.index[-1]] if grew else high
+    often = len(counted) >= len(per_step) / 4 or per_step.max() > UNSTABLE_ERROR
     if not (often or rewrote or collapse):
         return []
     med = _update_medians(view)
@@ -358,6 +372,17 @@ def detect_unstable(view: View) -> list[Finding]:
     ]
 
 
+def _killed_units(view: View) -> bool:
+    """Some rectifier layer had at most DEAD_WARN of its units dead when first measured and more
+    than that over its last recorded steps: the steps in between killed them."""
+    table = view.metric("dead_frac")
+    if table.empty:
+        return False
+    first = table.apply(lambda c: c.dropna().iloc[0] if c.notna().any() else np.nan)
+    recent = _recent(table)
+    return bool(((first <= DEAD_WARN) & (recent > DEAD_WARN)).any())
+
+
 def _collapse(view: View, per_step) -> dict | None:
     if (
         len(per_step) < 2 * EARLY_STEPS
@@ -374,7 +399,7 @@ def _collapse(view: View, per_step) -> dict | None:
     before, after = float(rel.iloc[:3].median()), float(rel.iloc[-EARLY_STEPS:].median())
     if not (after > 0 and before / after > COLLAPSE):
         return None
-    if loss_halved(view):
+    if loss_progressed(view):
         return None  # a net that fits its data may well end with small gradients
     return {
         "grad_over_weight_first": before,
@@ -400,6 +425,24 @@ def loss_halved(view: View) -> bool:
         # Medians: one spike among the first steps (Adam at too high a rate) must not make a loss
         # that ends where it started look halved.
         and bool(np.median(values[-EARLY_STEPS:]) < 0.5 * np.median(values[:5]))
+    )
+
+
+def loss_progressed(view: View) -> bool:
+    """The loss made the progress a run of its length should: it halved (`loss_halved`), or, in a
+    run too short to expect that (fewer than SHORT_RUN logged steps: a check's rehearsal), its last
+    steps' median sits below LR_NO_PROGRESS of its first ones', and every value is finite."""
+    if loss_halved(view):
+        return True
+    loss = view.metric("loss")
+    if loss.empty:
+        return False
+    values = loss.iloc[:, 0].to_numpy(dtype=float)
+    return (
+        2 * EARLY_STEPS <= len(values) < SHORT_RUN
+        and bool(np.isfinite(values).all())
+        and bool((values >= 0).all())
+        and bool(np.median(values[-EARLY_STEPS:]) < LR_NO_PROGRESS * np.median(values[:5]))
     )
 
 
