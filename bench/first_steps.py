@@ -8,9 +8,10 @@
 Each round starts one fresh process per mode, in a shuffled order; each process imports torch and
 gradwatch, builds a 3-layer MLP (64-64-64-10, batch 64, Adam) and times its first `--steps`
 training steps (the watch's setup included), with numba's on-disk cache as it is (run once before
-to fill it). Modes: `plain` (no watch), `torch` (a watch with GRADWATCH_NUMBA=0), `background`
-(a watch as it is: the kernels load in a background thread, torch operations meanwhile),
-`blocking` (the kernels loaded before the first step, as gradwatch did before), and `lazy` (each
+to fill it). Modes: `plain` (no watch), `torch` (a watch with GRADWATCH_NUMBA=0), `default`
+(a watch as it is: its forward probes measure too rarely to load the kernels, see
+`probes/kernels.KERNEL_CADENCE`), `blocking` (the kernels loaded before the first step, as a watch
+whose forward probes measure every step does), and `lazy` (each
 kernel compiled or read from the cache at its first call, inside the first measured forward).
 Printed: each mode's median time for the steps and its excess over `plain`, in seconds of the
 same rounds: what a user waits for on top of training.
@@ -27,7 +28,7 @@ import subprocess
 import sys
 import time
 
-MODES = ("plain", "torch", "background", "blocking", "lazy")
+MODES = ("plain", "torch", "default", "blocking", "lazy")
 
 CHILD = r"""
 import json, os, sys, time
@@ -104,9 +105,9 @@ def main() -> None:
         first10 = statistics.median(r["first10"] for r in runs[mode])
         total = statistics.median(r["total"] for r in runs[mode])
         print(f"| {mode} | {first10:.3f} | {total:.3f} | {total - plain:+.3f} |")
-    hist = [r["history"] for r in runs.get("background", [])]
+    hist = [r["history"] for r in runs.get("default", [])]
     if hist:
-        print("background: the activation probe's paths per run:", hist)
+        print("default: the activation probe's paths per run:", hist)
 
 
 if __name__ == "__main__":

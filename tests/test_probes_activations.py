@@ -462,6 +462,16 @@ def test_the_cpu_kernels_never_load_beside_training(cpu_path):
     assert w.meta()["probes"]["activation_kernels"] == [[0, numba]]
 
 
+def test_only_a_probe_measuring_often_loads_the_cpu_kernels(cpu_path):
+    if cpu_path == "torch":
+        pytest.skip("about the numba path")
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    sparse = _one_step(model, torch.randn(16, 4), activations="auto", backflow="auto")
+    assert sparse.meta()["probes"]["kernels"] == "torch"
+    dense = _one_step(model, torch.randn(16, 4), activations=True, backflow=2)
+    assert dense.meta()["probes"]["kernels"].startswith("numba")
+
+
 def test_run_metadata_says_what_computed_the_forward_probes(cpu_path, tmp_path):
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
     w = _one_step(model, torch.randn(16, 4), backflow=True, log_dir=tmp_path / "run")

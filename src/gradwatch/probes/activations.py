@@ -203,7 +203,7 @@ class ActivationProbe(Probe):
         self._bounds: dict[tuple[ActivationSpec, torch.dtype], tuple] = {}
         self._peaks: dict[tuple[int, np.dtype], np.ndarray] = {}
         self._kernels = None
-        self._paths = _cpu_kernels.Paths(table.device)
+        self._paths = _cpu_kernels.Paths(table.device, self.cadence)
         if self._paths.kernels is not None:
             self._use_kernels(self._paths.kernels)
 

@@ -44,7 +44,7 @@ class BackflowProbe(Probe):
     def bind(self, table: StepTable) -> None:
         super().bind(table)
         self._table_rows = table.row_index(self.rows()).cpu().numpy()
-        self._paths = _cpu_kernels.Paths(table.device)
+        self._paths = _cpu_kernels.Paths(table.device, self.cadence)
         self._kernels = self._paths.kernels
 
     def arm(self) -> None:

@@ -13,12 +13,11 @@ accumulated in float64.
 (`pip install gradwatch[fast]`), switched off with GRADWATCH_NUMBA=0, or fails to compile (with a
 warning); the probes then use torch operations. Getting them ready takes seconds: about 4 s to
 compile the first time on a machine, and still 1-3 s in every new process with numba's on-disk
-cache warm (importing numba, starting LLVM, loading the cached code). So a watch never waits for
-them: it asks with `load(wait=False)`, which starts the loading in a background thread and
-returns None until it is done, and its probes use torch operations until then and switch to the
-kernels at a step boundary (their metadata says from which recorded step). Loading them lazily
-per kernel instead (numba compiles or reads a kernel at its first call) was measured and blocks
-the first measured forward for most of the same time: the first kernel pays numba's start-up.
+cache warm (importing numba, starting LLVM, loading the cached code). A background loader was
+tried and taken back (numba's compiler swaps the process-wide warning filters, which raced with
+the user's warnings), and loading lazily per kernel blocks the first measured forward for most
+of the same time. So the kernels are loaded before the first step, and only by a probe that
+measures often enough to earn that back (`KERNEL_CADENCE`): the default watch never loads them.
 """
 
 from __future__ import annotations
@@ -104,6 +103,16 @@ def _load() -> SimpleNamespace | None:
     return kernels
 
 
+# The sparsest cadence (one recorded step in N, in the first flush window) whose probe uses the
+# kernels. Loading them costs 1-5 s in every new process (numba's import and LLVM's start, with
+# the on-disk cache warm: bench/first_steps.py); they save some microseconds per activation call
+# on a measured step. At the default cadence (one step in 10, then 50) the default watch read the
+# same with and without them (bench/RESULTS.md, run J: 1.045x vs 1.043x), so it never loads them,
+# and its first steps cost what the torch path costs; a probe asked for every step (True, or
+# 1-2) loads them, where they took every probe on every step from 1.183x to 1.141x.
+KERNEL_CADENCE = 2
+
+
 class Paths:
     """Which path computes a probe's numbers on a device, and since which recorded step.
 
@@ -114,12 +123,13 @@ class Paths:
     from 0 across flushes (with `every=1`, the optimizer step).
     """
 
-    def __init__(self, device) -> None:
+    def __init__(self, device, cadence: int = 1) -> None:
         cpu = getattr(device, "type", device) == "cpu"
         # Loaded before the first step, not beside it: numba's compiler enters
         # warnings.catch_warnings(), which swaps the process-wide warning filters and would race
-        # with the user's own code (and pytest.warns) if it ran in a background thread.
-        self.kernels = load() if cpu else None
+        # with the user's own code (and pytest.warns) if it ran in a background thread. And only
+        # for a probe that measures often enough to earn back the seconds that loading takes.
+        self.kernels = load() if cpu and cadence <= KERNEL_CADENCE else None
         self.waiting = cpu and self.kernels is None and loading()
         self._flushed = 0  # recorded steps flushed before the current window
         self._history = [[0, name(self.kernels)]]
