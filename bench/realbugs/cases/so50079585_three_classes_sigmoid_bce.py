@@ -21,6 +21,12 @@ BUG = (
 FIX = "Dense(3) + softmax under categorical cross-entropy, class_mode='categorical'."
 KIND = "output_loss_mismatch"
 ACTION = "loss"
+# The fix is not one change a rehearsal can make by itself (issue 21's denominator).
+ONE_CHANGE = False
+NOT_ONE_CHANGE = (
+    "the fix widens the output layer from 1 unit to 3 and changes the program's own error; no"
+    " change of a copy can widen a layer the user's metric reads"
+)
 CHANGES = (
     "digits 0, 1, 2 (8x8, upsampled to 24x24) instead of 150x150 photos of three kinds of car "
     "damage; the same three conv/pool blocks (32, 32, 64) and Dense 64 + dropout 0.5, RMSprop; "
