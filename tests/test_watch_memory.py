@@ -80,15 +80,21 @@ def test_with_a_log_dir_the_watch_keeps_no_flushed_rows_beyond_its_window(tmp_pa
         assert len(buffer.recent) == RECENT
 
 
-def test_without_a_log_dir_the_rows_are_held_compressed(tmp_path):
+def test_without_a_log_dir_the_rows_are_held_compressed(tmp_path, monkeypatch):
+    from gradwatch.monitor import buffer
+
+    monkeypatch.setattr(buffer, "HELD_ROWS", 300)  # a few flushes' rows (~70 each)
     model, opt = _setup()
     with gw.watch(model, opt, flush_every=10) as w:
         ref = _Rows()
         w.add_listener(ref)
         _train(w, model, opt, 200)
-    held = sum(b.size for b in w._buffer.held)
-    as_arrow = sum(t.nbytes for t in ref.tables)
-    assert held < as_arrow / 3, (held, as_arrow)
+        b = w._buffer
+        assert len(b.held) >= 2 and b.pending_rows < 300  # each flush encoded once, together
+        held = sum(x.size for x in b.held)
+        as_arrow = sum(t.nbytes for t in ref.tables[: len(ref.tables) - len(b.pending)])
+        assert held < as_arrow / 3, (held, as_arrow)
+        _same(w.stats(), ref.frame())  # compressed and pending rows, every step
 
 
 def test_a_failed_write_keeps_every_step_in_memory(tmp_path, monkeypatch):
