@@ -140,6 +140,8 @@ def _wandb_records(data: bytes, pb) -> tuple[list[dict], bool]:
             i += 32768 - i % 32768
             continue
         _, size, kind = struct.unpack("<IHB", data[i : i + 7])
+        if i + 7 + size > len(data):
+            break  # a piece W&B's service is still writing: read again later
         record, i = record + data[i + 7 : i + 7 + size], i + 7 + size
         if kind == 0 and size == 0:
             break
