@@ -65,10 +65,14 @@ def import_revision(rev: str, into: Path):
     (into / "src" / "gradwatch").rename(into / name)
     # Revisions since the house moves import themselves absolutely (`from gradwatch.x import y`):
     # point those imports at the revision's own copy, not at the working tree's package.
+    # And the module paths the lazy `__init__` imports by name ("gradwatch.monitor",
+    # f"gradwatch.{name}"): left alone, `gradwatch_<rev>.watch` was the working tree's watch, and
+    # every revision since the lazy __init__ was timed as the working tree itself.
     absolute = re.compile(r"^(\s*(?:from|import) )gradwatch(?=[.\s])", re.M)
+    quoted = re.compile(r"""(f?["'])gradwatch(?=\.)""")
     for path in (into / name).rglob("*.py"):
-        text = path.read_text()
-        path.write_text(absolute.sub(rf"\g<1>{name}", text))
+        text = absolute.sub(rf"\g<1>{name}", path.read_text())
+        path.write_text(quoted.sub(rf"\g<1>{name}", text))
     sys.path.insert(0, str(into))
     return importlib.import_module(name)
 
@@ -84,14 +88,14 @@ class Run:
         kwargs: dict | None = None,
         foreach: bool | None = None,
     ):
-        self.label, self.task, self.i, self.times = label, task, 0, []
+        self.label, self.task, self.i, self.times, self.walls = label, task, 0, [], []
         self.model = copy.deepcopy(task.initial)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3, foreach=foreach)
         self.watch = module.watch(self.model, self.opt, **kwargs) if module is not None else None
 
     def step(self) -> None:
         x, y = self.task.batch(self.i)
-        t0 = time.thread_time()
+        w0, t0 = time.perf_counter(), time.thread_time()
         self.opt.zero_grad(set_to_none=True)
         loss = self.task.loss(self.model(x), y)
         loss.backward()
@@ -99,6 +103,9 @@ class Run:
             self.watch.log_loss(loss)
         self.opt.step()
         self.times.append(time.thread_time() - t0)
+        # The wall clock too: work a library hands to its own threads (pyarrow compresses a
+        # flush in its pool) is not the training thread's CPU time, yet the step waits for it.
+        self.walls.append(time.perf_counter() - w0)
         self.i += 1
 
 
@@ -138,18 +145,27 @@ def main(argv: Sequence[str] | None = None) -> None:
                 for run in order:
                     run.step()
             means: dict[str, list[float]] = {}
+            walls: dict[str, list[float]] = {}
             for run in runs:
                 means.setdefault(run.label, []).append(statistics.mean(run.times[args.warmup :]))
+                walls.setdefault(run.label, []).append(statistics.mean(run.walls[args.warmup :]))
             plain = statistics.mean(means["plain"])
+            plain_wall = statistics.mean(walls["plain"])
             print(
                 f"\n{name}: plain {plain * 1e3:.2f} ms/step, mean of {args.rounds - args.warmup} "
                 f"interleaved steps, {args.copies} copies each"
             )
-            print("| configuration | ratio to plain | ms/step | each copy |\n|---|---:|---:|---|")
+            print(
+                "| configuration | ratio to plain | ms/step | each copy | wall-clock ratio |\n"
+                "|---|---:|---:|---|---:|"
+            )
             for label, each in means.items():
                 mean = statistics.mean(each)
                 copies = " / ".join(f"{m / plain:.3f}x" for m in each)
-                print(f"| {label} | {mean / plain:.3f}x | {mean * 1e3:.2f} | {copies} |")
+                wall = statistics.mean(walls[label]) / plain_wall
+                print(
+                    f"| {label} | {mean / plain:.3f}x | {mean * 1e3:.2f} | {copies} | {wall:.3f}x |"
+                )
             for run in runs:
                 if run.watch is not None:
                     run.watch.close()
