@@ -336,3 +336,31 @@ def test_many_layers_of_one_shape_are_normed_stacked_and_match_the_reference():
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     x = torch.randn(16, 8)
     _compare_with_naive(model, opt, lambda: model(x).pow(2).mean(), steps=3)
+
+
+def test_only_small_tensors_are_stacked():
+    # Stacking copies the tensors: worth it where dispatch dominates (small layers), not for
+    # large ones, whose copy costs more than the norms it replaces.
+    from gradwatch.probes.base import STACK_ALIKE, STACK_MAX_NUMEL, _stack_alike
+
+    cpu, n = torch.device("cpu"), max(20, STACK_ALIKE)
+    side = int(STACK_MAX_NUMEL**0.5) + 1
+    tensors = [torch.zeros(8, 8) for _ in range(n)] + [torch.zeros(side, side) for _ in range(n)]
+    groups = _stack_alike([(cpu, torch.float32, list(range(2 * n)), None)], tensors)
+    stacked = [g for g in groups if g[3] is not None]
+    assert [sorted(g[2]) for g in stacked] == [list(range(n))]
+    assert [g[2] for g in groups if g[3] is None] == [list(range(n, 2 * n))]
+
+
+def test_many_large_layers_of_one_shape_match_the_reference():
+    from gradwatch.probes.base import STACK_ALIKE, STACK_MAX_NUMEL
+
+    width = int(STACK_MAX_NUMEL**0.5) + 1
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(STACK_ALIKE):
+        layers += [nn.Linear(width, width), nn.Tanh()]
+    model = nn.Sequential(*layers, nn.Linear(width, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x = torch.randn(16, width)
+    _compare_with_naive(model, opt, lambda: model(x).pow(2).mean(), steps=2)

@@ -7,6 +7,7 @@ Nothing reaches the host until the monitor flushes the table (one copy for all p
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -226,6 +227,11 @@ tensors of one shape or more are stacked and normed in one call instead (5x fast
 gradients of a `Linear(16, 16)`; the stack copies them, a cost in elements, not in tensors, that
 a model of many small layers does not notice)."""
 
+STACK_MAX_NUMEL = 4096
+"""Tensors of more elements than this are never stacked: the copy then costs more than the
+dispatch it saves (20 gradients of a `Linear(256, 256)`, 5 MB copied per step, took the 20-layer
+MLP of bench/overhead.py from 1.047x to 1.066x, bench/compare_revisions.py)."""
+
 
 def _stack_alike(groups: list[tuple], tensors: list[torch.Tensor]) -> list[tuple]:
     """Split each CPU (device, dtype) group: shapes shared by `STACK_ALIKE` tensors or more get a
@@ -239,11 +245,17 @@ def _stack_alike(groups: list[tuple], tensors: list[torch.Tensor]) -> list[tuple
         shapes: dict[tuple, list[int]] = {}
         for k in idx:
             shapes.setdefault(tuple(tensors[k].shape), []).append(k)
-        rest = [k for k in idx if not (len(shapes[tuple(tensors[k].shape)]) >= STACK_ALIKE)]
+
+        stack = {
+            shape
+            for shape, members in shapes.items()
+            if len(members) >= STACK_ALIKE and math.prod(shape) <= STACK_MAX_NUMEL
+        }
+        rest = [k for k in idx if tuple(tensors[k].shape) not in stack]
         for shape, members in shapes.items():
-            if len(members) >= STACK_ALIKE and len(shape) >= 1:
+            if shape in stack and len(shape) >= 1:
                 out.append((dev, dtype, members, tuple(range(1, len(shape) + 1))))
-            elif len(members) >= STACK_ALIKE:  # 0-d tensors: not stacked
+            elif shape in stack:  # 0-d tensors: not stacked
                 rest += members
         if rest:
             out.append((dev, dtype, sorted(rest), None))
