@@ -174,10 +174,10 @@ class Diagnosis:
         return json.dumps(self.to_dict(), **kw)
 
     def __str__(self) -> str:
-        from gradwatch.display.format import cause_lines
+        from gradwatch.display.format import cause_lines, caveat_lines
         from gradwatch.display.predicted import prediction_lines, what_if_lines
 
-        warned = [str(w) for w in (self.summary or {}).get("warnings", ())]
+        warned = caveat_lines(self.summary)
         lines = (
             ["gradwatch: no problem found." if not warned else "gradwatch: no finding, but:"]
             if not self.findings
