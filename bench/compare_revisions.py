@@ -4,11 +4,12 @@ Ratios from separate runs of `overhead.py` move by a few points with the machine
 step of the 20-layer MLP took 22 ms one hour and 29 ms the next on the same idle machine). To see
 what a change bought, this script imports the earlier revision's `gradwatch` under another name
 (`git archive` of its `src/gradwatch` into a temporary directory) next to the working tree's, and
-interleaves one step of every model copy per round, shuffled each round: plain training, then each
-configuration under both revisions. One torch thread; each step is timed with the main thread's
-CPU clock; the figure is the mean per step after a warm-up, as a ratio to plain. Two copies of
-identical code were seen to differ by a point (memory placement), so every configuration runs
-in `--copies` copies per revision, made in ABBA order, and the copies are averaged.
+interleaves a block of `--block` steps of every model copy per round, shuffled each round:
+plain training, then each configuration under both revisions. One torch thread; each step is
+timed with the main thread's CPU clock; the figure is the mean per step after a warm-up, as a
+ratio to plain. Two copies of identical code were seen to differ by a point (memory placement),
+so every configuration runs in `--copies` copies per revision, made in ABBA order, and the copies
+are averaged.
 
     python bench/compare_revisions.py bc77eb9                  # mlp, default and all probes
     python bench/compare_revisions.py HEAD~3 --models cnn --rounds 300
@@ -123,6 +124,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="model copies per configuration and revision, made in ABBA order and averaged (two "
         "copies of identical code can differ by a point)",
     )
+    p.add_argument(
+        "--block",
+        type=int,
+        default=20,
+        help="consecutive steps of one copy per turn. A watch times its own share of the step "
+        "from the period between steps (its budget); in a run of other copies' steps each single "
+        "step's period holds them all, so blocks, and the watch takes the median period",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     import gradwatch
@@ -139,11 +148,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                     for label, module in pair if k % 2 == 0 else pair[::-1]:
                         runs.append(Run(label, task, module, CONFIGS[config]))
             rng = random.Random(0)
-            for _ in range(args.rounds):
+            for _ in range(-(-args.rounds // args.block)):
                 order = runs[:]
                 rng.shuffle(order)
                 for run in order:
-                    run.step()
+                    for _ in range(args.block):
+                        run.step()
             means: dict[str, list[float]] = {}
             walls: dict[str, list[float]] = {}
             for run in runs:
@@ -153,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             plain_wall = statistics.mean(walls["plain"])
             print(
                 f"\n{name}: plain {plain * 1e3:.2f} ms/step, mean of {args.rounds - args.warmup} "
-                f"interleaved steps, {args.copies} copies each"
+                f"steps in interleaved blocks of {args.block}, {args.copies} copies each"
             )
             print(
                 "| configuration | ratio to plain | ms/step | each copy | wall-clock ratio |\n"

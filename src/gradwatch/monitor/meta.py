@@ -38,9 +38,15 @@ class RunMeta:
         self.started = now()
 
     def collect(
-        self, order: list[str], probes: list[Probe], steps_seen: int, finished: bool = False
+        self,
+        order: list[str],
+        probes: list[Probe],
+        steps_seen: int,
+        finished: bool = False,
+        thinned: list[tuple[int, int]] = (),
     ) -> dict:
-        """meta.json's content; `finished` stamps the time the run ended."""
+        """meta.json's content; `finished` stamps the time the run ended; `thinned`: the steps from
+        which the settled run was recorded on one eligible step in N, as (step, N)."""
         probe_meta: dict = {}
         for probe in probes:
             probe_meta.update(probe.meta())
@@ -53,6 +59,7 @@ class RunMeta:
             "started": self.started,
             "finished": now() if finished else None,
             "settings": self.settings,
+            "thinned": [list(change) for change in thinned],
             "model": {
                 **model_summary(self.model, self.layers, order, self.init),
                 "param_bytes": param_bytes(self.model),

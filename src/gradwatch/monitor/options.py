@@ -71,6 +71,7 @@ class WatchOptions:
     raise_on: tuple[str, ...] = ()  # finding kinds that stop training with an exception
     overwrite: bool = False  # replace an existing run directory at log_dir
     dist_timeout: float = 60.0  # seconds a rank waits for the others at a flush's reduction
+    budget: float | None = 0.05  # the settled run's share of step time the watch may take
 
     def __post_init__(self) -> None:
         for name in ("every", "flush_every"):
@@ -90,6 +91,14 @@ class WatchOptions:
             raise WatchError(
                 "update_memory must be a fraction of the parameter bytes in (0, 1] (0.1 keeps a "
                 f"tenth of the weights per step), got {memory!r}."
+            )
+        budget = self.budget
+        if budget is not None and (
+            not isinstance(budget, (int, float)) or isinstance(budget, bool) or not budget > 0
+        ):
+            raise WatchError(
+                "budget must be a positive fraction of the step time (0.05: the watch may take 5% "
+                f"of it once the run has settled) or None (record every step), got {budget!r}."
             )
         for name in FORWARD_PROBES:
             value = getattr(self, name)
@@ -112,6 +121,7 @@ class WatchOptions:
             "every": self.every,
             "flush_every": self.flush_every,
             "update_memory": self.update_memory,
+            "budget": self.budget,
             **{name: c.dense for name, c in cadences.items()},
             # From recorded step `flush_every` on (the run has settled): one recorded step in N.
             "settled": {

@@ -8,6 +8,7 @@ import contextlib
 import functools
 import os
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -21,6 +22,7 @@ from gradwatch.diagnose import Diagnosis, Finding, diagnose
 from gradwatch.errors import NonFiniteGradientError, TrainingStoppedError, WatchError
 from gradwatch.monitor import clipping as _clipping
 from gradwatch.monitor import distributed as _dist
+from gradwatch.monitor.budget import CostBudget
 from gradwatch.monitor.buffer import StepBuffer
 from gradwatch.monitor.caveats import FROZEN, caveats
 from gradwatch.monitor.meta import RunMeta
@@ -82,6 +84,7 @@ class Watch:
         overwrite: bool = False,
         scaler: Any = None,
         dist_timeout: float = 60.0,
+        budget: float | None = 0.05,
     ):
         optimizer = _checked_optimizer(model, optimizer, scaler)
         options = WatchOptions(
@@ -97,6 +100,7 @@ class Watch:
             raise_on=raise_on,
             overwrite=overwrite,
             dist_timeout=dist_timeout,
+            budget=budget,
         )
         self.model = unwrap(model)
         if _is_compiled(model) and options.forward:
@@ -137,6 +141,17 @@ class Watch:
         )
         self._steps_taken = 0  # optimizer steps that actually ran (a GradScaler may skip some)
         self._step = 0
+        self._recorded = 0  # steps recorded so far (the first flush_every are the young run)
+        # Thinning the settled run's recording needs the optimizer's hooks to time the step, the
+        # same steps on every rank (their flushes reduce together), and no per-step check asked.
+        self._budget = CostBudget(options.budget, every)
+        self._timed = (
+            options.budget is not None
+            and optimizer is not None
+            and "nonfinite" not in options.raise_on
+            and not _dist.active()
+        )
+        self._thin = 1  # once settled, one eligible step in `_thin` is recorded
         self._in_update: int | None = None  # slot whose optimizer update is under way
         self._step_frame = None  # the frame running the hooks of the optimizer step under way
         self._pending: int | None = None  # manual mode: slot whose update the next step() measures
@@ -162,15 +177,18 @@ class Watch:
     # ----------------------------------------------------------------- the step lifecycle
 
     def _recording(self) -> bool:
-        return self._step % self.every == 0
+        k, rest = divmod(self._step, self.every)
+        return rest == 0 and (self._thin == 1 or k % self._thin == 0)
 
     def _arm(self) -> None:
         """Decide, once per step, which probes record at the coming step; arm those of them that
         hook the forward pass, disarm the others that were armed."""
-        if self._step % self.every:
+        if not self._recording():
+            if not self._due and not self._armed:  # most steps of a thinned run: nothing to do
+                return
             due = []
         else:
-            k = self._step // self.every
+            k = self._recorded
             # Dense while the run is young (its first flush window), when most gradient
             # pathologies show and the first findings are made; sparser once it has settled.
             young = k < self.flush_every
@@ -252,9 +270,20 @@ class Watch:
         )
 
     def _advance(self) -> None:
+        recorded = self._recording()
+        self._recorded += recorded
         self._step += 1
         if self._buffer.slot == self.flush_every and self._pending is None:
-            self.flush()
+            if self._timed:
+                start = time.perf_counter()
+                self.flush()
+                self._budget.flushed(time.perf_counter() - start, self.flush_every)
+                self._budget.step_ended(recorded)
+                self._thin = self._budget.retune(self._step, self._recorded)
+            else:
+                self.flush()
+        elif self._timed:
+            self._budget.step_ended(recorded)
         self._arm()
 
     @_never_breaks_training
@@ -288,12 +317,20 @@ class Watch:
             if "closure" in kwargs:
                 return args, {**kwargs, "closure": record_after}
             return (args[0], record_after, *args[2:]), kwargs
-        self._in_update = self._record()
+        self._in_update = self._timed_record()
         return None
 
     @_never_breaks_training
     def _record_update(self) -> None:
-        self._in_update = self._record()
+        self._in_update = self._timed_record()
+
+    def _timed_record(self) -> int:
+        if not self._timed:
+            return self._record()
+        start = time.perf_counter()
+        slot = self._record()
+        self._budget.spent(time.perf_counter() - start)
+        return slot
 
     @_never_breaks_training
     def _on_post_step(self, optimizer, args, kwargs) -> None:
@@ -303,10 +340,13 @@ class Watch:
         self._step_frame = None
         self._steps_taken += 1
         if self._in_update is not None:
+            start = time.perf_counter()
             slot, self._in_update = self._in_update, None
             for probe in self._updaters:
                 probe.after_update(slot)
             self._buffer.commit(self._step)
+            if self._timed:
+                self._budget.spent(time.perf_counter() - start)
         self._advance()
 
     def step(self) -> None:
@@ -584,12 +624,19 @@ class Watch:
     def meta(self) -> dict:
         """What the run directory's meta.json holds (model summary in forward order,
         settings...)."""
-        return self._run.collect(self.layers(), self._probes, self._step)
+        return self._run.collect(self.layers(), self._probes, self._step, thinned=self._thinned())
 
     def _write_meta(self, finished: bool = False) -> None:
         if self._writer is not None:
-            meta = self._run.collect(self.layers(), self._probes, self._step, finished)
+            meta = self._run.collect(
+                self.layers(), self._probes, self._step, finished, thinned=self._thinned()
+            )
             self._writer.write_meta(meta)
+
+    def _thinned(self) -> list[tuple[int, int]]:
+        # Read by __init__'s first _write_meta, before the budget exists.
+        budget = getattr(self, "_budget", None)
+        return list(budget.changes) if budget is not None else []
 
 
 def _with_caveats(diagnosis: Diagnosis) -> Diagnosis:
@@ -659,6 +706,7 @@ def watch(
     overwrite: bool = False,
     scaler: Any = None,
     dist_timeout: float = 60.0,
+    budget: float | None = 0.05,
 ) -> Watch:
     """Watch `model`'s gradient flow while it trains; use as a context manager or call `close()`.
 
@@ -682,6 +730,13 @@ def watch(
         gradients, and a step it skips (inf/NaN) is recorded as `skipped` = 1, not measured.
     dist_timeout: seconds a rank waits for the others when statistics are reduced at a flush
         (FSDP2 shards); after that it warns and keeps its own numbers.
+    budget: the share of the step time the watch may take once the run is past its first 200
+        recorded steps. Where its (mostly fixed) cost per recorded step is more than that, as on a
+        model of a few small layers, it then records one eligible step in N (N ≤ 16, set at each
+        flush from its own measured time and the step's); losses are still logged every
+        step. meta.json's `thinned` lists each change as (step, N). None records every eligible
+        step whatever it costs; so do a watch without an optimizer, one with raise_on="nonfinite"
+        and one under torch.distributed.
     """
     return Watch(
         model,
@@ -699,4 +754,5 @@ def watch(
         overwrite=overwrite,
         scaler=scaler,
         dist_timeout=dist_timeout,
+        budget=budget,
     )

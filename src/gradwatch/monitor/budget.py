@@ -1,0 +1,81 @@
+"""The watch's share of the training time, held under a budget once the run has settled.
+
+A watch's cost per recorded step is mostly fixed (a few dozen kernel launches and their Python
+around them, whatever the layer sizes), so on a model whose step takes a millisecond it is a
+quarter of the step (bench/RESULTS.md, issue 23): no batching of those launches brings it near
+the budget, short of measuring less. So once the run is past its first `THIN_AFTER` recorded
+steps, which are always recorded in full (most gradient pathologies show there, the first findings
+are made from them, and a short debugging run is all young), the watch records one eligible step
+in `thin`, with `thin` set at each flush from what it measured of its own time and of the whole
+step's. A model whose steps are long enough keeps `thin` = 1: the
+budget changes nothing there. The losses of the steps in between are still logged (averaged into
+the next recorded step), so the loss curve loses nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+
+THIN_AFTER = 200
+"""Recorded steps always kept in full before any thinning: the young run, where most gradient
+pathologies show and the first findings are made (and all of a short debugging run)."""
+
+MAX_THIN = 16
+"""The sparsest settled recording: one eligible step in 16 (a 3-layer MLP of 1 ms a step needs
+about 4 at the default budget; a step of a tenth of that would need more, and is then watched
+at more than the budget rather than hardly at all)."""
+
+
+class CostBudget:
+    """Times the watch's own work in its step hooks and the step's period (end of one optimizer
+    step to the end of the next, so the user's data loading, forward and backward count too), and
+    at each flush says how thinly to record the settled run to stay within `budget` of it."""
+
+    def __init__(self, budget: float | None, every: int):
+        self.budget = budget
+        self.every = every
+        self.thin = 1
+        self.changes: list[tuple[int, int]] = []  # (optimizer step, thin from that step on)
+        self._own = 0.0  # seconds in the step hooks since the last retune, flushes left out
+        self._flush: float | None = None  # seconds per recorded step of the last flush
+        self._flushes = 0  # flushes timed
+        self._recorded = 0
+        self._periods: list[float] = []
+        self._last_end: float | None = None
+
+    def spent(self, seconds: float) -> None:
+        self._own += seconds
+
+    def flushed(self, seconds: float, rows: int) -> None:
+        # The first flush imports pandas and pyarrow (a few hundred ms): not the flush's cost.
+        self._flushes += 1
+        if self._flushes > 1 and rows:
+            self._flush = seconds / rows
+
+    def step_ended(self, recorded: bool) -> None:
+        now = time.perf_counter()
+        if self._last_end is not None:
+            self._periods.append(now - self._last_end)
+        self._last_end = now
+        self._recorded += recorded
+
+    def retune(self, step: int, recorded_so_far: int) -> int:
+        """`thin` for the coming steps, from the steps since the last retune."""
+        periods, own, recorded = self._periods, self._own, self._recorded
+        self._periods, self._own, self._recorded = [], 0.0, 0
+        if self.budget is None or recorded_so_far < THIN_AFTER or len(periods) < 2 or not recorded:
+            return self.thin
+        per_recorded = own / recorded + (self._flush or 0.0)
+        # The step without the watch. The median period: a pause (validation, a checkpoint, or
+        # the other runs of an interleaved benchmark) is not a step.
+        base = statistics.median(periods) - per_recorded * recorded / len(periods)
+        if base <= 0:  # the watch took the whole period: a clock oddity, not a measurement
+            return self.thin
+        thin = math.ceil(per_recorded / (self.budget * self.every * base))
+        thin = max(1, min(MAX_THIN, thin))
+        if thin != self.thin:
+            self.thin = thin
+            self.changes.append((step, thin))
+        return thin
