@@ -9,10 +9,11 @@
 
 * `layers`: the per-step overhead ratio of a default watch to plain training, for a stack of L
   narrow `Linear(16, 16)` + ReLU layers (batch 32, Adam), L in `--layers`. `--copies` plain and
-  watched copies of the same model step in turn, one step each per round, in a shuffled order,
-  timed by the thread's CPU clock with one torch thread (as `overhead.py --interleave --clock
-  cpu`); the watched copies run their first flush window untimed, and the mean covers whole flush
-  periods and about `--seconds` of plain steps per depth (at least `--rounds`).
+  watched copies of the same model step in turn, ten steps each per round, in a shuffled order,
+  timed by the thread's CPU clock with one torch thread; the watched copies run their young run
+  (`THIN_AFTER` recorded steps, never thinned by the budget) and two flush windows untimed, and
+  the mean covers whole flush periods and about `--seconds` of plain steps per depth (at least
+  `--rounds`).
   Ratio flat in L is the target: a cost per layer that Python pays per step would make it grow.
 * `memory`: a 100-layer model (`Linear(8, 8)`) trained under a default watch with a `log_dir`,
   under one without, and plain, one process each (side by side), each reading its RSS (and
@@ -51,6 +52,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from gradwatch.monitor.budget import THIN_AFTER
+
 
 def _narrow(layers: int, width: int = 16) -> nn.Module:
     mods: list[nn.Module] = []
@@ -77,6 +80,9 @@ class _Trainer:
         self.opt.step()
 
 
+BLOCK = 10  # consecutive steps of one copy per turn (divides the settled period, 50)
+
+
 def layers_part(
     layer_counts: list[int],
     rounds: int,
@@ -88,8 +94,8 @@ def layers_part(
     """Watched/plain per-step time for each depth. Each depth gets at least `rounds` rounds and
     enough to take about `seconds` of plain steps (a 10-layer step is ~1 ms: a hundred of them
     leave a ratio to chance), in whole periods of the settled schedule; `copies` plain and
-    watched copies each step once per round, in a shuffled order, and are averaged. `against`:
-    (revision, its gradwatch), watched copies of which step in the same rounds."""
+    watched copies each step `BLOCK` times per round, in a shuffled order, and are averaged.
+    `against`: (revision, its gradwatch), watched copies of which step in the same rounds."""
     torch.set_num_threads(1)
     clock = time.thread_time
     configs = {"plain": None, "watch": None}
@@ -107,7 +113,9 @@ def layers_part(
         watches = [t for name, t in trainers if name != "plain"]
         flush = watches[0].watch.flush_every
         for t in watches:
-            for _ in range(flush * 2):  # the dense first window, untimed
+            # The young run, recorded in full whatever it costs, and the first thinned flush
+            # window after it, untimed.
+            for _ in range(THIN_AFTER + flush * 2):
                 t.step()
         start = clock()
         for name, t in trainers:
@@ -121,13 +129,16 @@ def layers_part(
         steps = -(-wanted // period) * period
         rng = random.Random(seed)
         times = [0.0] * len(trainers)
-        for _ in range(steps):
+        # Blocks of BLOCK steps: a watch times its share of the step from the period between
+        # its steps, which in single interleaved steps would hold every other copy's step too.
+        for _ in range(steps // BLOCK):
             order = list(range(len(trainers)))
             rng.shuffle(order)
             for k in order:
-                begin = clock()
-                trainers[k][1].step()
-                times[k] += clock() - begin
+                for _ in range(BLOCK):
+                    begin = clock()
+                    trainers[k][1].step()
+                    times[k] += clock() - begin
         for t in watches:
             t.watch.close()
         plain = sum(x for (name, _), x in zip(trainers, times, strict=True) if name == "plain")

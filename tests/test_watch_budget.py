@@ -54,10 +54,9 @@ def test_thin_is_the_naive_ratio_of_own_time_to_the_budgeted_step(clock):
     periods = [0.75e-3 + (0.25e-3 if k % 7 == 0 else 0.0) for k in range(350)]
     _window(b, clock, periods, own=0.25e-3, recorded_every=7)
     b.flushed(5e-3, 50)
-    own_per_recorded = 0.25e-3 + 0.1e-3
     recorded = len(range(0, 350, 7))
-    base = float(np.median(periods)) - own_per_recorded * recorded / 350
-    assert b.retune(400, THIN_AFTER + 50) == math.ceil(own_per_recorded / (0.05 * base))
+    base = float(np.median(periods)) - 0.25e-3 * recorded / 350
+    assert b.retune(400, THIN_AFTER + 50) == math.ceil((0.25e-3 + 0.1e-3) / (0.05 * base))
     assert b.changes == [(50, 7), (400, b.thin)]
 
 
@@ -171,3 +170,25 @@ def test_watching_never_changes_training_when_thinned():
 def test_a_bad_budget_is_one_clear_error(bad):
     with pytest.raises(WatchError, match="budget must be"):
         gw.watch(_model(), budget=bad)
+
+
+def test_the_forward_probes_hooks_count_as_the_watchs_time(monkeypatch):
+    calls: list[float] = []
+    monkeypatch.setattr(CostBudget, "spent", lambda self, seconds: calls.append(seconds))
+    counts = {}
+    for name, kwargs in {
+        "probes on": {"activations": True, "backflow": True},
+        "probes off": {"activations": False, "backflow": False},
+        "no budget": {"activations": True, "backflow": True, "budget": None},
+    }.items():
+        calls.clear()
+        model = _model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        with gw.watch(model, opt, **kwargs) as w:
+            _loop(w, model, opt, 1)
+        counts[name] = len(calls)
+        assert all(s >= 0 for s in calls)
+    # Off: the step hooks' two timings (record, after the update), the loop probe's hooks.
+    # On: each hooked module's forward (and backward) hook besides.
+    assert counts["probes on"] >= counts["probes off"] + 3
+    assert counts["no budget"] == 0

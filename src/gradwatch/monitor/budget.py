@@ -24,7 +24,7 @@ pathologies show and the first findings are made (and all of a short debugging r
 
 MAX_THIN = 16
 """The sparsest settled recording: one eligible step in 16 (a 3-layer MLP of 1 ms a step needs
-about 4 at the default budget; a step of a tenth of that would need more, and is then watched
+about 8 at the default budget; a step of a tenth of that would need more, and is then watched
 at more than the budget rather than hardly at all)."""
 
 
@@ -67,10 +67,11 @@ class CostBudget:
         self._periods, self._own, self._recorded = [], 0.0, 0
         if self.budget is None or recorded_so_far < THIN_AFTER or len(periods) < 2 or not recorded:
             return self.thin
-        per_recorded = own / recorded + (self._flush or 0.0)
-        # The step without the watch. The median period: a pause (validation, a checkpoint, or
-        # the other runs of an interleaved benchmark) is not a step.
-        base = statistics.median(periods) - per_recorded * recorded / len(periods)
+        in_step = own / recorded  # the hooks' time, inside the periods of the recorded steps
+        per_recorded = in_step + (self._flush or 0.0)
+        # The step without the watch. The median period: a pause (validation, a checkpoint, the
+        # flush, or the other runs of an interleaved benchmark) is not a step.
+        base = statistics.median(periods) - in_step * recorded / len(periods)
         if base <= 0:  # the watch took the whole period: a clock oddity, not a measurement
             return self.thin
         thin = math.ceil(per_recorded / (self.budget * self.every * base))

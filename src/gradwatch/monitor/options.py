@@ -71,7 +71,7 @@ class WatchOptions:
     raise_on: tuple[str, ...] = ()  # finding kinds that stop training with an exception
     overwrite: bool = False  # replace an existing run directory at log_dir
     dist_timeout: float = 60.0  # seconds a rank waits for the others at a flush's reduction
-    budget: float | None = 0.05  # the settled run's share of step time the watch may take
+    budget: float | None = 0.03  # the settled run's share of step time the watch may take
 
     def __post_init__(self) -> None:
         for name in ("every", "flush_every"):
@@ -97,7 +97,7 @@ class WatchOptions:
             not isinstance(budget, (int, float)) or isinstance(budget, bool) or not budget > 0
         ):
             raise WatchError(
-                "budget must be a positive fraction of the step time (0.05: the watch may take 5% "
+                "budget must be a positive fraction of the step time (0.03: the watch may take 3% "
                 f"of it once the run has settled) or None (record every step), got {budget!r}."
             )
         for name in FORWARD_PROBES:

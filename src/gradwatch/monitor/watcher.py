@@ -84,7 +84,7 @@ class Watch:
         overwrite: bool = False,
         scaler: Any = None,
         dist_timeout: float = 60.0,
-        budget: float | None = 0.05,
+        budget: float | None = 0.03,
     ):
         optimizer = _checked_optimizer(model, optimizer, scaler)
         options = WatchOptions(
@@ -152,6 +152,9 @@ class Watch:
             and not _dist.active()
         )
         self._thin = 1  # once settled, one eligible step in `_thin` is recorded
+        if self._timed:  # the forward probes' hooks are the watch's time too
+            for probe in self._probes:
+                probe.spent = self._budget.spent
         self._in_update: int | None = None  # slot whose optimizer update is under way
         self._step_frame = None  # the frame running the hooks of the optimizer step under way
         self._pending: int | None = None  # manual mode: slot whose update the next step() measures
@@ -706,7 +709,7 @@ def watch(
     overwrite: bool = False,
     scaler: Any = None,
     dist_timeout: float = 60.0,
-    budget: float | None = 0.05,
+    budget: float | None = 0.03,
 ) -> Watch:
     """Watch `model`'s gradient flow while it trains; use as a context manager or call `close()`.
 
@@ -719,8 +722,7 @@ def watch(
         them on one recorded step in 10 until the first flush (`flush_every` recorded steps),
         then on one in 50; True on every recorded step, an integer N on one recorded step in N
         throughout, False switches one off. Once the run is past its first flush the update
-        ratio's snapshot is also taken on every other recorded step only. The default keeps the
-        whole watch within 5% of plain training on the 20-layer MLP of bench/overhead.py.
+        ratio's snapshot is also taken on every other recorded step only.
     histograms: keep a 32-bin histogram of every activation's outputs (metric `act_hist`).
     on_finding: called with each new Finding as the detectors run at every flush.
     raise_on: finding kinds that stop training with an exception. "nonfinite" is checked at every

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -327,11 +328,17 @@ class Probe:
     def rows(self) -> list[str]:
         return []
 
+    # Called with the seconds each hook took, when the watch holds its cost under a budget.
+    spent: Callable[[float], None] | None = None
+
     def guard(self, fn: Callable) -> Callable:
         """`fn` as a hook that cannot break the user's forward or backward: an error of the
-        probe's own goes to `fault`, and the hook then changes nothing (returns None)."""
+        probe's own goes to `fault`, and the hook then changes nothing (returns None). Its time
+        goes to `spent`, if set."""
 
         def hook(*args, **kwargs):
+            spent = self.spent
+            start = time.perf_counter() if spent is not None else 0.0
             try:
                 return fn(*args, **kwargs)
             except Exception as exc:
@@ -339,6 +346,9 @@ class Probe:
                     raise
                 self.fault(exc)
                 return None
+            finally:
+                if spent is not None:
+                    spent(time.perf_counter() - start)
 
         return hook
 
