@@ -539,8 +539,10 @@ def _read_parts(
         n = hi - lo + 1
         what = f"flush{'es' if n > 1 else ''} {lo}" + (f"-{hi}" if n > 1 else "")
         if flush_every:
-            what += f", up to {n * flush_every} recorded steps (optimizer steps "
-            what += f"{lo * flush_every * every}-{(hi + 1) * flush_every * every - 1})"
+            what += f", up to {n * flush_every} recorded steps"
+            if not meta.get("thinned"):  # else the recorded steps were not evenly spaced
+                what += f" (optimizer steps {lo * flush_every * every}-"
+                what += f"{(hi + 1) * flush_every * every - 1})"
         return what
 
     frames, problems = [], []
