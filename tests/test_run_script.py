@@ -299,3 +299,37 @@ def test_run_what_if_without_a_loss_module_says_so(script, tmp_path, capsys):
 def test_run_what_if_steps_must_be_positive(script, tmp_path):
     with pytest.raises(gw.errors.GradwatchError, match="--steps must be a positive integer"):
         run_script(script, [], log_dir=tmp_path / "run", what_if_steps=0)
+
+
+LONG_SCRIPT = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(260):
+        opt.zero_grad()
+        model(torch.randn(4, 5)).pow(2).mean().backward()
+        opt.step()
+    """
+)
+
+
+@pytest.mark.parametrize("budget", [1e-9, 0])
+def test_run_passes_the_cost_budget_and_zero_turns_it_off(tmp_path, budget):
+    path = tmp_path / "long.py"
+    path.write_text(LONG_SCRIPT)
+    assert run_script(path, [], log_dir=tmp_path / "run", budget=budget) == 0
+    run = gw.load(tmp_path / "run")
+    steps = sorted(run.stats.loc[run.stats.metric == "grad_norm", "step"].unique())
+    if budget:
+        assert run.meta["thinned"] and len(steps) < 260
+    else:
+        assert run.meta["thinned"] == [] and steps == list(range(260))
+
+
+def test_run_budget_must_be_a_fraction(script, tmp_path):
+    with pytest.raises(gw.errors.GradwatchError, match="--budget must be"):
+        run_script(script, [], log_dir=tmp_path / "run", budget=-1)

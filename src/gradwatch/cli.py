@@ -287,6 +287,13 @@ def run(
         None, "--log-dir", help="Run directory (default runs/SCRIPT-TIME)."
     ),
     every: int = typer.Option(1, "--every", help="Record every N-th optimizer step."),
+    budget: float = typer.Option(
+        0.03,
+        "--budget",
+        help="Share of the step time the watch may take after its first 200 recorded steps "
+        "(it then records fewer steps of a model whose steps are very short); 0 records every "
+        "step whatever it costs.",
+    ),
     overwrite: bool = _flag("--overwrite", help="Replace a run already in --log-dir."),
     what_if: bool = _flag(
         "--what-if",
@@ -307,6 +314,7 @@ def run(
         args or [],
         log_dir=log_dir,
         every=every,
+        budget=budget,
         overwrite=overwrite,
         console=err,
         what_if_steps=steps if what_if else None,

@@ -233,11 +233,12 @@ def run_script(
     console=None,
     overwrite: bool = False,
     what_if_steps: int | None = None,
+    budget: float | None = 0.03,
 ) -> int | str | None:
     """Run `script` with `args` as `__main__` under watching; return its exit code (SystemExit's
     code as it was, 1 after an uncaught exception, whose traceback is printed as the script's).
     `what_if_steps`: after the script, rehearse the diagnosis's remedies for that many steps on
-    copies (`WhatIfCapture`).
+    copies (`WhatIfCapture`). `budget`: `gw.watch`'s; 0 or None records every step.
 
     Bad arguments raise a one-sentence GradwatchError before the script starts."""
     if what_if_steps is not None and (
@@ -249,12 +250,18 @@ def run_script(
         raise GradwatchError(f"No script at {script}; give the path of a Python file to run.")
     if not isinstance(every, int) or isinstance(every, bool) or every < 1:
         raise GradwatchError(f"--every must be a positive integer, got {every!r}.")
+    if budget is not None and (
+        not isinstance(budget, (int, float)) or isinstance(budget, bool) or budget < 0
+    ):
+        raise GradwatchError(
+            f"--budget must be a fraction of the step time (0.03) or 0 for none, got {budget!r}."
+        )
     log_dir = Path(log_dir) if log_dir is not None else default_log_dir(path)
     created = check_log_dir(log_dir, overwrite)
     saved_argv, saved_path = sys.argv[:], sys.path[:]
     sys.argv = [str(path), *args]
     sys.path.insert(0, str(path.parent))
-    watcher = ScriptWatcher(log_dir, every, overwrite=overwrite)
+    watcher = ScriptWatcher(log_dir, every, overwrite=overwrite, budget=budget or None)
     capture = WhatIfCapture(watcher) if what_if_steps is not None else None
     code: int | str | None = 0
     try:
