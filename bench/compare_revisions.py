@@ -14,6 +14,7 @@ are averaged.
     python bench/compare_revisions.py bc77eb9                  # mlp, default and all probes
     python bench/compare_revisions.py HEAD~3 --models cnn --rounds 300
     python bench/compare_revisions.py dbfcc78 a5e1fd7 1a92fe2 --models tiny   # a bisect, one run
+    python bench/compare_revisions.py HEAD --models tiny --peers lightning,wandb,tensorboard,anomaly
 
 Several revisions are timed side by side in the same rounds (a bisect in one process, where
 separate runs would each drift with the machine).
@@ -110,6 +111,24 @@ class Run:
         self.i += 1
 
 
+class PeerRun(Run):
+    """One model copy trained by another tool's configuration of bench/overhead.py (Lightning's
+    grad_norm, wandb.watch, TensorBoard histograms, detect_anomaly), timed as a Run is."""
+
+    def __init__(self, key: str, task: overhead.Task):
+        (factory,) = [f for f in overhead.CONFIGS if f().key == key]
+        self.config = factory()
+        self.config.setup(task)
+        self.label, self.task, self.i, self.times, self.walls = self.config.name, task, 0, [], []
+        self.watch = None
+
+    def step(self) -> None:
+        w0, t0 = time.perf_counter(), time.thread_time()
+        self.config.step()
+        self.times.append(time.thread_time() - t0)
+        self.walls.append(time.perf_counter() - w0)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("rev", nargs="+", help="the earlier revision(s) (commits, tags or branches)")
@@ -132,6 +151,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "from the period between steps (its budget); in a run of other copies' steps each single "
         "step's period holds them all, so blocks, and the watch takes the median period",
     )
+    p.add_argument(
+        "--peers",
+        default="",
+        help="other tools timed in the same rounds, from bench/overhead.py: "
+        "lightning,wandb,tensorboard,anomaly",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     import gradwatch
@@ -147,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 for k in range(args.copies):
                     for label, module in pair if k % 2 == 0 else pair[::-1]:
                         runs.append(Run(label, task, module, CONFIGS[config]))
+            runs += [PeerRun(key, task) for key in filter(None, args.peers.split(","))]
             rng = random.Random(0)
             for _ in range(-(-args.rounds // args.block)):
                 order = runs[:]
@@ -179,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             for run in runs:
                 if run.watch is not None:
                     run.watch.close()
+                if isinstance(run, PeerRun):
+                    run.config.teardown()
 
 
 if __name__ == "__main__":

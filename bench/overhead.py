@@ -14,9 +14,11 @@ anything.
 Rare work would hide behind a median, and the first steps are not the usual ones, so gradwatch
 is timed with care:
 
-* It is timed once settled: its first flush window (`flush_every` recorded steps, where the
-  default schedule runs the forward probes on one recorded step in 10 instead of 50) runs
-  untimed at setup.
+* It is timed once settled: its young run (the first 200 recorded steps, which its cost budget
+  never thins) and one flush window after it (the default schedule runs the forward probes on
+  one recorded step in 10 instead of 50 in its first window) run untimed at setup. Once past
+  them, the budget may record one eligible step in N (`Watch._thin`): the period and the flush
+  are counted in those steps.
 * Its forward probes run on one recorded step in `cadence` (50 by default once settled) and the
   update probe on every other one, so its work repeats with a period of `every * cadence` steps.
   Blocks are cut so that they tile that period: a period of at most K steps is one block of K
@@ -299,9 +301,12 @@ class Gradwatch(Config):
             self._calibrate_flush(gw)
         self.watch = gw.watch(self.model, self.opt, **self._kwargs())
         if task.calibrate:
-            # Timed once settled: the first flush window runs here, untimed (the default schedule
-            # is denser there; run H's default column is what those steps cost).
-            for _ in range(self.watch.flush_every * self.watch.every):
+            # Timed once settled: the young run (the first THIN_AFTER recorded steps, which the
+            # cost budget never thins) and one flush window after it run here, untimed (the
+            # default schedule is denser there; run H's default column is what those steps cost).
+            from gradwatch.monitor.budget import THIN_AFTER
+
+            for _ in range((THIN_AFTER + self.watch.flush_every) * self.watch.every):
                 self.step()
         original = self.watch.flush
 
@@ -354,7 +359,12 @@ class Gradwatch(Config):
         for value in self.watch.meta()["settings"]["settled"].values():  # 0: a probe switched off
             if value > 0:
                 cadence = math.lcm(cadence, value)
-        return self.watch.every * cadence
+        return self.watch.every * self._thin() * cadence
+
+    def _thin(self) -> int:
+        """One eligible step in this many is recorded (the cost budget's, as set at the last
+        flush; it may change at the next)."""
+        return getattr(self.watch, "_thin", 1)
 
     def take_excluded(self) -> float:
         dt, self._flush_in_block = self._flush_in_block, 0.0
@@ -364,14 +374,16 @@ class Gradwatch(Config):
         return statistics.median(self._flush_samples) if self._flush_samples else 0.0
 
     def amortized_per_step(self) -> float:
-        return self.flush_seconds() / (self.watch.flush_every * self.watch.every)
+        return self.flush_seconds() / (self.watch.flush_every * self.watch.every * self._thin())
 
     def note(self) -> str:
         w = self.watch
         if not self._flush_samples:
             return "no flush timed (--quick): flush cost not included"
         return (
-            f"incl. flush {self.flush_seconds() * 1e3:.1f} ms per {w.flush_every * w.every} steps "
+            f"recording 1 step in {w.every * self._thin()}, "
+            f"incl. flush {self.flush_seconds() * 1e3:.1f} ms per "
+            f"{w.flush_every * w.every * self._thin()} steps "
             f"= {self.amortized_per_step() * 1e6:.0f} µs/step "
             f"({self._calibration} calibration + {len(self._flush_samples) - self._calibration} "
             "in-run flushes)"

@@ -154,6 +154,21 @@ def test_thinning_keeps_every_and_the_forward_probes_cadence():
     assert _steps(df, "act_std") == young + settled  # activations=True: every recorded step
 
 
+def test_a_settled_forward_probe_keeps_its_rate_in_eligible_steps_when_thinned():
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    steps = THIN_AFTER + 50 * MAX_THIN
+    with gw.watch(model, opt, flush_every=10, budget=1e-9) as w:  # activations "auto": 10, 50
+        _loop(w, model, opt, steps)
+    df = w.stats()
+    recorded = _steps(df)
+    thinned = [s for s in recorded if s >= THIN_AFTER]
+    # One recorded step in 50 // 16 = 3, i.e. one optimizer step in 48, not in 50 * 16.
+    measured = [s for s in _steps(df, "act_std") if s >= THIN_AFTER]
+    assert measured == [s for k, s in enumerate(thinned) if (THIN_AFTER + k) % 3 == 0]
+    assert np.diff(measured).tolist() == [3 * MAX_THIN] * (len(measured) - 1)
+
+
 def test_watching_never_changes_training_when_thinned():
     losses = []
     for budget in (None, 1e-9):

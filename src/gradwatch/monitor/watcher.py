@@ -194,11 +194,14 @@ class Watch:
             k = self._recorded
             # Dense while the run is young (its first flush window), when most gradient
             # pathologies show and the first findings are made; sparser once it has settled.
+            # A settled cadence is in eligible steps: where the budget records one in `_thin`,
+            # a probe of one in 50 still measures about one eligible step in 50 (the dead units
+            # and saturation a run ends with are read from as many samples).
             young = k < self.flush_every
             due = [
                 p
                 for p in self._scheduled
-                if k % (p.cadence if young or p.settled is None else p.settled) == 0
+                if k % (p.cadence if young or p.settled is None else self._settled(p.settled)) == 0
             ]
         self._due = due
         self._due_record = [p for p in due if p in self._recorders]
@@ -210,6 +213,9 @@ class Watch:
             elif probe in self._armed:
                 probe.disarm()
         self._armed = armed
+
+    def _settled(self, cadence: int) -> int:
+        return max(1, cadence // self._thin)
 
     def _record(self) -> int:
         if self._order.active and self._order.seen_any:
