@@ -152,6 +152,7 @@ class Watch:
             and not _dist.active()
         )
         self._thin = 1  # once settled, one eligible step in `_thin` is recorded
+        self._anchors = sorted({p.settled or p.cadence for p in self._switched})
         if self._timed:  # the forward probes' hooks are the watch's time too
             for probe in self._probes:
                 probe.spent = self._budget.spent
@@ -181,7 +182,14 @@ class Watch:
 
     def _recording(self) -> bool:
         k, rest = divmod(self._step, self.every)
-        return rest == 0 and (self._thin == 1 or k % self._thin == 0)
+        # Thinned, a step a sparse forward probe measures (one in 50 once settled) is still
+        # recorded: the dead units and saturation a run ends with are read from the same steps
+        # whatever the budget does. A probe denser than the thinning is thinned with the rest.
+        return rest == 0 and (
+            self._thin == 1
+            or k % self._thin == 0
+            or any(k % c == 0 for c in self._anchors if c > self._thin)
+        )
 
     def _arm(self) -> None:
         """Decide, once per step, which probes record at the coming step; arm those of them that
@@ -191,17 +199,14 @@ class Watch:
                 return
             due = []
         else:
-            k = self._recorded
+            k = self._step // self.every
             # Dense while the run is young (its first flush window), when most gradient
             # pathologies show and the first findings are made; sparser once it has settled.
-            # A settled cadence is in eligible steps: where the budget records one in `_thin`,
-            # a probe of one in 50 still measures about one eligible step in 50 (the dead units
-            # and saturation a run ends with are read from as many samples).
             young = k < self.flush_every
             due = [
                 p
                 for p in self._scheduled
-                if k % (p.cadence if young or p.settled is None else self._settled(p.settled)) == 0
+                if k % (p.cadence if young or p.settled is None else p.settled) == 0
             ]
         self._due = due
         self._due_record = [p for p in due if p in self._recorders]
@@ -213,9 +218,6 @@ class Watch:
             elif probe in self._armed:
                 probe.disarm()
         self._armed = armed
-
-    def _settled(self, cadence: int) -> int:
-        return max(1, cadence // self._thin)
 
     def _record(self) -> int:
         if self._order.active and self._order.seen_any:
