@@ -22,9 +22,9 @@ THIN_AFTER = 200
 """Recorded steps always kept in full before any thinning: the young run, where most gradient
 pathologies show and the first findings are made (and all of a short debugging run)."""
 
-MAX_THIN = 16
-"""The sparsest settled recording: one eligible step in 16 (a 3-layer MLP of 1 ms a step needs
-about 8 at the default budget; a step of a tenth of that would need more, and is then watched
+MAX_THIN = 32
+"""The sparsest settled recording: one eligible step in 32 (a 3-layer MLP of 1 ms a step needs
+about that at the default budget; a step of a tenth of that would need more, and is then watched
 at more than the budget rather than hardly at all)."""
 
 
@@ -38,7 +38,8 @@ class CostBudget:
         self.every = every
         self.thin = 1
         self.changes: list[tuple[int, int]] = []  # (optimizer step, thin from that step on)
-        self._own = 0.0  # seconds in the step hooks since the last retune, flushes left out
+        self._own = 0.0  # seconds in the step hooks of recorded steps since the last retune
+        self._idle = 0.0  # seconds in the hooks of unrecorded steps and in log_loss (every step)
         self._flush: float | None = None  # seconds per recorded step of the last flush
         self._flushes = 0  # flushes timed
         self._recorded = 0
@@ -46,7 +47,13 @@ class CostBudget:
         self._last_end: float | None = None
 
     def spent(self, seconds: float) -> None:
+        """Time of a recorded step's work (its step hooks, the forward probes' hooks)."""
         self._own += seconds
+
+    def idle(self, seconds: float) -> None:
+        """Time the watch takes whether a step is recorded or not (the hooks of an unrecorded
+        step, `log_loss`)."""
+        self._idle += seconds
 
     def flushed(self, seconds: float, rows: int) -> None:
         # The first flush imports pandas and pyarrow (a few hundred ms): not the flush's cost.
@@ -63,19 +70,25 @@ class CostBudget:
 
     def retune(self, step: int, recorded_so_far: int) -> int:
         """`thin` for the coming steps, from the steps since the last retune."""
-        periods, own, recorded = self._periods, self._own, self._recorded
-        self._periods, self._own, self._recorded = [], 0.0, 0
+        periods, own, idle, recorded = self._periods, self._own, self._idle, self._recorded
+        self._periods, self._own, self._idle, self._recorded = [], 0.0, 0.0, 0
         if self.budget is None or recorded_so_far < THIN_AFTER or len(periods) < 2 or not recorded:
             return self.thin
+        steps = len(periods)
         in_step = own / recorded  # the hooks' time, inside the periods of the recorded steps
+        fixed = idle / steps  # paid at every step, recorded or not
         per_recorded = in_step + (self._flush or 0.0)
         # The step without the watch. The median period: a pause (validation, a checkpoint, the
         # flush, or the other runs of an interleaved benchmark) is not a step.
-        base = statistics.median(periods) - in_step * recorded / len(periods)
+        base = statistics.median(periods) - in_step * recorded / steps - fixed
         if base <= 0:  # the watch took the whole period: a clock oddity, not a measurement
             return self.thin
-        thin = math.ceil(per_recorded / (self.budget * self.every * base))
-        thin = max(1, min(MAX_THIN, thin))
+        # Per optimizer step: fixed + per_recorded / (every * thin) <= budget * base.
+        room = self.budget * base - fixed
+        if room <= 0:
+            thin = MAX_THIN
+        else:
+            thin = max(1, min(MAX_THIN, math.ceil(per_recorded / (self.every * room))))
         if thin != self.thin:
             self.thin = thin
             self.changes.append((step, thin))

@@ -280,15 +280,18 @@ class Watch:
             "step under torch.autograd.detect_anomaly() to find the operation."
         )
 
-    def _advance(self) -> None:
+    def _advance(self) -> float:
+        """Move to the next step (flushing a full table); returns the seconds the flush took."""
         recorded = self._recording()
         self._recorded += recorded
         self._step += 1
+        flushed = 0.0
         if self._buffer.slot == self.flush_every and self._pending is None:
             if self._timed:
                 start = time.perf_counter()
                 self.flush()
-                self._budget.flushed(time.perf_counter() - start, self.flush_every)
+                flushed = time.perf_counter() - start
+                self._budget.flushed(flushed, self.flush_every)
                 self._budget.step_ended(recorded)
                 self._thin = self._budget.retune(self._step, self._recorded)
             else:
@@ -296,10 +299,12 @@ class Watch:
         elif self._timed:
             self._budget.step_ended(recorded)
         self._arm()
+        return flushed
 
     @_never_breaks_training
     def _on_pre_step(self, optimizer, args, kwargs) -> None:
         frame = sys._getframe(2)  # 1 is the guard, _never_breaks_training
+        start = time.perf_counter()
         if self._step_frame is not None and _encloses(self._step_frame, frame):
             # A subclass's step() that calls its parent's: torch runs the hooks again inside (once
             # the parent class has been instantiated anywhere). It is one optimizer step.
@@ -309,6 +314,8 @@ class Watch:
             self._probeset.update.discard()
             self._in_update = None
         if not self._recording():
+            if self._timed:
+                self._budget.idle(time.perf_counter() - start)
             return None
         # args are those of Optimizer.step, the optimizer itself first
         closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
@@ -328,7 +335,9 @@ class Watch:
             if "closure" in kwargs:
                 return args, {**kwargs, "closure": record_after}
             return (args[0], record_after, *args[2:]), kwargs
-        self._in_update = self._timed_record()
+        self._in_update = self._record()
+        if self._timed:
+            self._budget.spent(time.perf_counter() - start)
         return None
 
     @_never_breaks_training
@@ -348,17 +357,19 @@ class Watch:
         # the hooks of a nested parent step() (frame 1 is the guard)
         if sys._getframe(2) is not self._step_frame:
             return
+        start = time.perf_counter()
         self._step_frame = None
         self._steps_taken += 1
-        if self._in_update is not None:
-            start = time.perf_counter()
+        recorded = self._in_update is not None
+        if recorded:
             slot, self._in_update = self._in_update, None
             for probe in self._updaters:
                 probe.after_update(slot)
             self._buffer.commit(self._step)
-            if self._timed:
-                self._budget.spent(time.perf_counter() - start)
-        self._advance()
+        flushed = self._advance()
+        if self._timed:
+            seconds = time.perf_counter() - start - flushed
+            (self._budget.spent if recorded else self._budget.idle)(seconds)
 
     def step(self) -> None:
         """Mark one optimizer step when no optimizer was given: call after `backward()`.
@@ -428,8 +439,14 @@ class Watch:
         optimizer step). Stays on the device; several calls in one step (accumulation) are
         averaged. The first loss with a graph has its autograd graph read once (how the output
         layer meets the loss; before backward the graph still holds the target)."""
+        if not self._timed:
+            self._probeset.loop.note_loss(loss)
+            self._buffer.log_loss(loss)
+            return
+        start = time.perf_counter()
         self._probeset.loop.note_loss(loss)
         self._buffer.log_loss(loss)
+        self._budget.idle(time.perf_counter() - start)
 
     # ----------------------------------------------------------------- results
 
