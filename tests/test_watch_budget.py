@@ -78,6 +78,20 @@ def test_the_cost_paid_at_every_step_leaves_less_room_for_the_recorded_ones(cloc
     assert b.retune(80, THIN_AFTER) == MAX_THIN
 
 
+def test_what_no_hook_times_is_read_from_the_periods_once_thinned(clock):
+    b = CostBudget(0.05, every=1)
+    b.step_ended(False)
+    # Recorded steps take 1.5 ms, unrecorded ones 1.0 ms, but the hooks report only 0.1 ms
+    # (a forward probe's function mode slows every op of the forward, outside any hook).
+    for k in range(100):
+        recorded = k % 4 == 0
+        if recorded:
+            b.spent(0.1e-3)
+        clock.now += 1.5e-3 if recorded else 1.0e-3
+        b.step_ended(recorded)
+    assert b.retune(100, THIN_AFTER) == math.ceil(0.5e-3 / (0.05 * 1.0e-3)) == 10
+
+
 def test_a_pause_is_not_a_step_and_every_counts(clock):
     b = CostBudget(0.05, every=2)
     b.step_ended(False)

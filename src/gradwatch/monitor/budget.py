@@ -28,6 +28,10 @@ about that at the default budget; a step of a tenth of that would need more, and
 at more than the budget rather than hardly at all)."""
 
 
+MIN_PERIODS = 5
+"""Periods of recorded and of unrecorded steps each, at least, to compare their medians."""
+
+
 class CostBudget:
     """Times the watch's own work in its step hooks and the step's period (end of one optimizer
     step to the end of the next, so the user's data loading, forward and backward count too), and
@@ -44,6 +48,7 @@ class CostBudget:
         self._flushes = 0  # flushes timed
         self._recorded = 0
         self._periods: list[float] = []
+        self._was_recorded: list[bool] = []  # whether the step of each period was recorded
         self._last_end: float | None = None
 
     def spent(self, seconds: float) -> None:
@@ -65,22 +70,33 @@ class CostBudget:
         now = time.perf_counter()
         if self._last_end is not None:
             self._periods.append(now - self._last_end)
+            self._was_recorded.append(recorded)
         self._last_end = now
         self._recorded += recorded
 
     def retune(self, step: int, recorded_so_far: int) -> int:
         """`thin` for the coming steps, from the steps since the last retune."""
-        periods, own, idle, recorded = self._periods, self._own, self._idle, self._recorded
-        self._periods, self._own, self._idle, self._recorded = [], 0.0, 0.0, 0
+        periods, flags = self._periods, self._was_recorded
+        own, idle, recorded = self._own, self._idle, self._recorded
+        self._periods, self._was_recorded = [], []
+        self._own, self._idle, self._recorded = 0.0, 0.0, 0
         if self.budget is None or recorded_so_far < THIN_AFTER or len(periods) < 2 or not recorded:
             return self.thin
         steps = len(periods)
         in_step = own / recorded  # the hooks' time, inside the periods of the recorded steps
         fixed = idle / steps  # paid at every step, recorded or not
-        per_recorded = in_step + (self._flush or 0.0)
         # The step without the watch. The median period: a pause (validation, a checkpoint, the
         # flush, or the other runs of an interleaved benchmark) is not a step.
         base = statistics.median(periods) - in_step * recorded / steps - fixed
+        # Once thinned, what a recorded step really adds is also the difference of the median
+        # periods of recorded and unrecorded steps: it holds what no hook times (a forward
+        # probe's function mode, which every torch call of the forward goes through).
+        on = [p for p, r in zip(periods, flags, strict=True) if r]
+        off = [p for p, r in zip(periods, flags, strict=True) if not r]
+        if len(on) >= MIN_PERIODS and len(off) >= MIN_PERIODS:
+            base = statistics.median(off) - fixed
+            in_step = max(in_step, statistics.median(on) - statistics.median(off))
+        per_recorded = in_step + (self._flush or 0.0)
         if base <= 0:  # the watch took the whole period: a clock oddity, not a measurement
             return self.thin
         # Per optimizer step: fixed + per_recorded / (every * thin) <= budget * base.
