@@ -196,21 +196,24 @@ def test_thinning_keeps_every_and_the_forward_probes_cadence():
     assert _steps(df, "act_std") == young + settled  # activations=True: every recorded step
 
 
-def test_a_sparse_forward_probe_measures_the_same_steps_thinned_or_not():
+@pytest.mark.parametrize("thin", [8, MAX_THIN])
+def test_a_sparse_forward_probe_measures_the_steps_it_would_unthinned(monkeypatch, thin):
+    monkeypatch.setattr(budget_mod, "MAX_THIN", thin)  # a budget of 1e-9 thins to the cap
     measured = {}
     for budget in (None, 1e-9):
         model = _model()
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
         with gw.watch(model, opt, flush_every=10, budget=budget) as w:  # activations "auto"
-            _loop(w, model, opt, THIN_AFTER + 300)
-        measured[budget] = _steps(w.stats(), "act_std")
-        recorded = _steps(w.stats())
-    # Settled, one eligible step in 50, whatever the budget: those steps stay recorded.
-    assert measured[None] == measured[1e-9]
-    assert [s for s in measured[None] if s >= THIN_AFTER] == list(range(THIN_AFTER, 500, 50))
-    settled = [s for s in recorded if s >= THIN_AFTER]
-    first = -(-THIN_AFTER // MAX_THIN) * MAX_THIN
-    assert settled == sorted({*range(THIN_AFTER, 500, 50), *range(first, 500, MAX_THIN)})
+            _loop(w, model, opt, THIN_AFTER + 400)
+        measured[budget] = [s for s in _steps(w.stats(), "act_std") if s >= THIN_AFTER]
+        recorded = [s for s in _steps(w.stats()) if s >= THIN_AFTER]
+    # Settled, one eligible step in 50 without the budget; thinned up to 8, the same steps;
+    # deeper, one in 50 * (thin // 8) of them. Those steps stay recorded.
+    every = 50 * max(1, thin // 8)
+    assert measured[None] == list(range(THIN_AFTER, 600, 50))
+    assert measured[1e-9] == [s for s in measured[None] if s % every == 0]
+    first = -(-THIN_AFTER // thin) * thin
+    assert recorded == sorted({*range(THIN_AFTER, 600, every), *range(first, 600, thin)})
 
 
 def test_watching_never_changes_training_when_thinned():

@@ -36,6 +36,9 @@ from gradwatch.store import RunWriter
 if TYPE_CHECKING:
     import pandas as pd
 
+# Thinning past this (one eligible step in 8) stretches the settled forward probes' cadence too.
+STRETCH_AFTER = 8
+
 # Stops the user asked for (raise_on): they reach the training loop. Any other exception raised by
 # gradwatch's own code while training runs detaches the watch instead (see Watch._fail).
 _REQUESTED_STOPS = (NonFiniteGradientError, TrainingStoppedError)
@@ -183,13 +186,19 @@ class Watch:
     def _recording(self) -> bool:
         k, rest = divmod(self._step, self.every)
         # Thinned, a step a sparse forward probe measures (one in 50 once settled) is still
-        # recorded: the dead units and saturation a run ends with are read from the same steps
-        # whatever the budget does. A probe denser than the thinning is thinned with the rest.
-        return rest == 0 and (
-            self._thin == 1
-            or k % self._thin == 0
-            or any(k % c == 0 for c in self._anchors if c > self._thin)
-        )
+        # recorded: the dead units and saturation a run ends with are read from the steps they
+        # are read from without the budget (all of them, or where the thinning is deep, one in
+        # `_stretch()`). A probe denser than the thinning is thinned with the rest.
+        if rest or self._thin == 1 or k % self._thin == 0:
+            return rest == 0
+        stretch = self._stretch()
+        return any(k % (c * stretch) == 0 for c in self._anchors if c > self._thin)
+
+    def _stretch(self) -> int:
+        """How much sparser the settled forward probes run under deep thinning: on a model of
+        1 ms a step, their one measured step in 50 costs more than the whole budget by itself
+        (about 1.9 ms each, for a 3-layer MLP's activations and backflow)."""
+        return max(1, self._thin // STRETCH_AFTER)
 
     def _arm(self) -> None:
         """Decide, once per step, which probes record at the coming step; arm those of them that
@@ -203,10 +212,11 @@ class Watch:
             # Dense while the run is young (its first flush window), when most gradient
             # pathologies show and the first findings are made; sparser once it has settled.
             young = k < self.flush_every
+            stretch = self._stretch()
             due = [
                 p
                 for p in self._scheduled
-                if k % (p.cadence if young or p.settled is None else p.settled) == 0
+                if k % (p.cadence if young or p.settled is None else self._settled(p, stretch)) == 0
             ]
         self._due = due
         self._due_record = [p for p in due if p in self._recorders]
@@ -218,6 +228,9 @@ class Watch:
             elif probe in self._armed:
                 probe.disarm()
         self._armed = armed
+
+    def _settled(self, probe: Probe, stretch: int) -> int:
+        return probe.settled * stretch if probe in self._switched else probe.settled
 
     def _record(self) -> int:
         if self._order.active and self._order.seen_any:
