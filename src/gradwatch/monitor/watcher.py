@@ -144,7 +144,7 @@ class Watch:
         )
         self._steps_taken = 0  # optimizer steps that actually ran (a GradScaler may skip some)
         self._step = 0
-        self._recorded = 0  # steps recorded so far (the first flush_every are the young run)
+        self._recorded = 0  # steps recorded so far (the budget never thins the first 200)
         # Thinning the settled run's recording needs the optimizer's hooks to time the step, the
         # same steps on every rank (their flushes reduce together), and no per-step check asked.
         self._budget = CostBudget(options.budget, every)
@@ -156,8 +156,8 @@ class Watch:
         )
         self._thin = 1  # once settled, one eligible step in `_thin` is recorded
         self._anchors = sorted({p.settled or p.cadence for p in self._switched})
-        if self._timed:  # the forward probes' hooks are the watch's time too
-            for probe in self._probes:
+        if self._timed:  # the forward probes' hooks are a recorded step's cost too
+            for probe in self._switched:
                 probe.spent = self._budget.spent
         self._in_update: int | None = None  # slot whose optimizer update is under way
         self._step_frame = None  # the frame running the hooks of the optimizer step under way
