@@ -299,18 +299,17 @@ class Watch:
         self._recorded += recorded
         self._step += 1
         flushed = 0.0
-        if self._buffer.slot == self.flush_every and self._pending is None:
-            if self._timed:
-                start = time.perf_counter()
-                self.flush()
-                flushed = time.perf_counter() - start
+        full = self._buffer.slot == self.flush_every and self._pending is None
+        if full:
+            start = time.perf_counter()
+            self.flush()
+            flushed = time.perf_counter() - start
+        if self._timed:
+            if full:
                 self._budget.flushed(flushed, self.flush_every)
-                self._budget.step_ended(recorded)
-                self._thin = self._budget.retune(self._step, self._recorded)
-            else:
-                self.flush()
-        elif self._timed:
             self._budget.step_ended(recorded)
+            if full:
+                self._thin = self._budget.retune(self._step, self._recorded)
         self._arm()
         return flushed
 
@@ -452,14 +451,11 @@ class Watch:
         optimizer step). Stays on the device; several calls in one step (accumulation) are
         averaged. The first loss with a graph has its autograd graph read once (how the output
         layer meets the loss; before backward the graph still holds the target)."""
-        if not self._timed:
-            self._probeset.loop.note_loss(loss)
-            self._buffer.log_loss(loss)
-            return
         start = time.perf_counter()
         self._probeset.loop.note_loss(loss)
         self._buffer.log_loss(loss)
-        self._budget.idle(time.perf_counter() - start)
+        if self._timed:
+            self._budget.idle(time.perf_counter() - start)
 
     # ----------------------------------------------------------------- results
 
