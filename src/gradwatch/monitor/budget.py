@@ -7,9 +7,9 @@ the budget, short of measuring less. So once the run is past its first `THIN_AFT
 steps, which are always recorded in full (most gradient pathologies show there, the first findings
 are made from them, and a short debugging run is all young), the watch records one eligible step
 in `thin`, with `thin` set at each flush from what it measured of its own time and of the whole
-step's. A model whose steps are long enough keeps `thin` = 1: the
-budget changes nothing there. The losses of the steps in between are still logged (averaged into
-the next recorded step), so the loss curve loses nothing.
+step's. A model whose steps are long enough keeps `thin` = 1: the budget changes nothing there.
+The losses of the steps in between are still logged (averaged into the next recorded step), so
+the loss curve loses nothing.
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ class CostBudget:
         self._idle = 0.0  # seconds in the hooks of unrecorded steps and in log_loss (every step)
         self._flush: float | None = None  # seconds per recorded step of the last flush
         self._flushes = 0  # flushes timed
-        self._recorded = 0
         self._periods: list[float] = []
         self._was_recorded: list[bool] = []  # whether the step of each period was recorded
         self._last_end: float | None = None
@@ -72,14 +71,13 @@ class CostBudget:
             self._periods.append(now - self._last_end)
             self._was_recorded.append(recorded)
         self._last_end = now
-        self._recorded += recorded
 
     def retune(self, step: int, recorded_so_far: int) -> int:
         """`thin` for the coming steps, from the steps since the last retune."""
         periods, flags = self._periods, self._was_recorded
-        own, idle, recorded = self._own, self._idle, self._recorded
+        own, idle, recorded = self._own, self._idle, sum(flags)
         self._periods, self._was_recorded = [], []
-        self._own, self._idle, self._recorded = 0.0, 0.0, 0
+        self._own, self._idle = 0.0, 0.0
         if self.budget is None or recorded_so_far < THIN_AFTER or len(periods) < 2 or not recorded:
             return self.thin
         steps = len(periods)

@@ -131,6 +131,7 @@ class Watch:
         self._updaters = [p for p in self._probes if _overrides(p, "after_update")]
         self._switched = [p for p in self._probes if _overrides(p, "arm", "disarm")]
         self._scheduled = list(dict.fromkeys(self._recorders + self._switched))
+        self._records = True  # whether the coming step is recorded (see _arm)
         self._due: list[Probe] = []  # the probes that measure at the coming step (see _arm)
         self._due_record: list[Probe] = []  # those of them whose record() does something
         self._armed: list[Probe] = []  # the switched probes armed now
@@ -201,9 +202,10 @@ class Watch:
         return max(1, self._thin // STRETCH_AFTER)
 
     def _arm(self) -> None:
-        """Decide, once per step, which probes record at the coming step; arm those of them that
-        hook the forward pass, disarm the others that were armed."""
-        if not self._recording():
+        """Decide, once per step, whether the coming step is recorded and which probes record at
+        it; arm those of them that hook the forward pass, disarm the others that were armed."""
+        self._records = self._recording()
+        if not self._records:
             if not self._due and not self._armed:  # most steps of a thinned run: nothing to do
                 return
             due = []
@@ -295,7 +297,7 @@ class Watch:
 
     def _advance(self) -> float:
         """Move to the next step (flushing a full table); returns the seconds the flush took."""
-        recorded = self._recording()
+        recorded = self._records
         self._recorded += recorded
         self._step += 1
         flushed = 0.0
@@ -325,7 +327,7 @@ class Watch:
         if self._in_update is not None:  # the previous step() raised before finishing
             self._probeset.update.discard()
             self._in_update = None
-        if not self._recording():
+        if not self._records:
             if self._timed:
                 self._budget.idle(time.perf_counter() - start)
             return None
@@ -347,9 +349,7 @@ class Watch:
             if "closure" in kwargs:
                 return args, {**kwargs, "closure": record_after}
             return (args[0], record_after, *args[2:]), kwargs
-        self._in_update = self._record()
-        if self._timed:
-            self._budget.spent(time.perf_counter() - start)
+        self._in_update = self._timed_record()
         return None
 
     @_never_breaks_training
@@ -400,7 +400,7 @@ class Watch:
     @_never_breaks_training
     def _manual_step(self) -> None:
         self._finish_pending()
-        if self._recording():
+        if self._records:
             slot = self._record()
             self._buffer.commit(self._step)
             self._pending = slot
